@@ -1,0 +1,61 @@
+# The two commands a user needs: `make demo` and `make test`. Everything else is a building block.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KAFKA := deploy/kafka/kafka.sh
+export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
+
+.PHONY: help venv kafka-up kafka-down kafka-status test test-unit test-integration demo lint typecheck bench clean
+
+help:
+	@echo "make demo              set up, start Kafka, run the demo"
+	@echo "make test              set up, start Kafka, run the whole test suite"
+	@echo "make test-unit         unit tests only (no broker)"
+	@echo "make kafka-up|kafka-down|kafka-status"
+	@echo "make lint typecheck bench clean"
+
+# The venv is rebuilt when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "setup: $(PY) not found (Python >= 3.11 is required)" >&2; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+kafka-up:
+	@bash $(KAFKA) up
+
+kafka-down:
+	@bash $(KAFKA) down
+
+kafka-status:
+	@bash $(KAFKA) status
+
+test: venv kafka-up
+	$(BIN)/pytest tests
+
+test-unit: venv
+	$(BIN)/pytest tests/unit
+
+test-integration: venv kafka-up
+	$(BIN)/pytest tests/integration
+
+demo: venv kafka-up
+	$(BIN)/python -m deploy.demo
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+bench: venv
+	$(BIN)/python -m bench.inference
+	$(BIN)/python -m bench.fit
+
+clean: kafka-down
+	rm -rf .kafka .run reports

@@ -1,0 +1,107 @@
+"""Fixtures for tests against the real Apache Kafka broker (never a mock).
+
+The broker is the one `make kafka-up` started; if none answers, the session starts it with
+the same script and stops it again at the end. Every test gets topics of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tests.conftest import ROOT
+
+KAFKA_SCRIPT = ROOT / "deploy" / "kafka" / "kafka.sh"
+
+
+def run_sync(coro):  # type: ignore[no-untyped-def]
+    """Runs a coroutine to completion on a fresh loop in a helper thread.
+
+    Fixtures use it so they work for sync and async tests alike (an async test already
+    owns the current thread's loop)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _broker_answers(bootstrap: str) -> bool:
+    async def probe() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        try:
+            await admin.start()
+            await admin.describe_cluster()
+            return True
+        except Exception:
+            return False
+        finally:
+            await admin.close()
+
+    return bool(run_sync(probe()))
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap address of a running broker; starts one with deploy/kafka/kafka.sh if needed."""
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    started = False
+    if not _broker_answers(bootstrap):
+        port = bootstrap.rsplit(":", 1)[1]
+        env = {**os.environ, "KAFKA_PORT": port}
+        subprocess.run(["bash", str(KAFKA_SCRIPT), "up"], check=True, env=env)
+        started = True
+    yield bootstrap
+    if started:
+        subprocess.run(["bash", str(KAFKA_SCRIPT), "down"], check=False, env=env)
+
+
+@pytest.fixture
+def new_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """Factory: `new_topic("points", partitions=4, compact=False)` creates a unique topic."""
+    created: list[str] = []
+
+    def make(stem: str = "t", partitions: int = 1, compact: bool = False) -> str:
+        name = f"test.{stem}.{uuid.uuid4().hex[:10]}"
+        run_sync(create_topic(kafka_bootstrap, name, partitions, compact))
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        run_sync(delete_topics(kafka_bootstrap, created))
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int = 1, compact: bool = False) -> None:
+    configs = {"cleanup.policy": "compact"} if compact else {}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=configs)]
+        )
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    except Exception:  # cleanup only: a topic already gone is fine
+        pass
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def admin(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    client = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await client.start()
+    yield client
+    await client.close()
