@@ -76,7 +76,9 @@ def new_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
         run_sync(delete_topics(kafka_bootstrap, created))
 
 
-async def create_topic(bootstrap: str, name: str, partitions: int = 1, compact: bool = False) -> None:
+async def create_topic(
+    bootstrap: str, name: str, partitions: int = 1, compact: bool = False
+) -> None:
     configs = {"cleanup.policy": "compact"} if compact else {}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()

@@ -1,4 +1,4 @@
-"""The real broker carries records intact, through aiokafka and through kcat (an independent client)."""
+"""The real broker carries records intact: through aiokafka, and through kcat (independent)."""
 
 from __future__ import annotations
 
@@ -50,18 +50,36 @@ async def test_aiokafka_round_trip_10k(kafka_bootstrap, new_topic):
     assert all(json.loads(r.value)["x"] == i * 0.5 for i, r in by_id.items())
 
 
-@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed (apt-get install kcat)")
+@pytest.mark.skipif(
+    shutil.which("kcat") is None, reason="kcat is not installed (apt-get install kcat)"
+)
 def test_kcat_round_trip_10k(kafka_bootstrap, new_topic):
     topic = new_topic("kcat", partitions=2)
     lines = "".join(f'{i}\t{{"id": {i}, "x": {i}}}\n' for i in range(N))
     subprocess.run(
         ["kcat", "-P", "-b", kafka_bootstrap, "-t", topic, "-K", "\t"],
-        input=lines.encode(), check=True, timeout=60,
+        input=lines.encode(),
+        check=True,
+        timeout=60,
     )
     out = subprocess.run(
-        ["kcat", "-C", "-b", kafka_bootstrap, "-t", topic, "-o", "beginning", "-e", "-q",
-         "-f", "%k\t%s\n"],
-        capture_output=True, check=True, timeout=60,
+        [
+            "kcat",
+            "-C",
+            "-b",
+            kafka_bootstrap,
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%k\t%s\n",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
     ).stdout.decode()
     got = [line.split("\t", 1) for line in out.splitlines()]
     assert len(got) == N

@@ -1,4 +1,4 @@
-"""deploy/kafka/kafka.sh: idempotent start, clean stop, cached jars (a separate broker on its own port)."""
+"""deploy/kafka/kafka.sh: idempotent start, clean stop, cached jars (a broker on its own port)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def run(cmd: str, env: dict) -> subprocess.CompletedProcess:
 
 
 def broker_pids(state_dir) -> list[str]:
-    out = subprocess.run(["pgrep", "-f", f"{state_dir}/server.properties"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["pgrep", "-f", f"{state_dir}/server.properties"], capture_output=True, text=True
+    )
     return out.stdout.split()
 
 

@@ -1,0 +1,248 @@
+"""Mixture parameters: the pytree that jitted code takes, and the versioned JSON form on the wire.
+
+`MixtureParams` is what the classifier and the fit pass around (a NamedTuple of arrays, so a new
+model is just new leaves of the same shapes and never recompiles). `ModelParams` is the immutable,
+versioned record that the trainer publishes and the worker loads; `from_json` validates everything
+it reads, since parameters cross a process boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+SCHEMA = "gmm-params/1"
+#: Mixture weights come from float32 fits; their sum is checked to this tolerance.
+SIMPLEX_ATOL = 1e-4
+
+
+class ParamsError(ValueError):
+    """Parameters that must not be served: the message says which field and why."""
+
+
+class MixtureParams(NamedTuple):
+    """The globals of a K-component, D-dimensional Gaussian mixture (a JAX pytree).
+
+    weights: (K,) on the simplex. locs: (K, D). scale: (D,) shared by all components, or (K, D)
+    one per component; dimensions are independent (diagonal covariance).
+    """
+
+    weights: Any
+    locs: Any
+    scale: Any
+
+    @property
+    def n_components(self) -> int:
+        return int(np.shape(self.weights)[0])
+
+    @property
+    def dim(self) -> int:
+        return int(np.shape(self.locs)[1])
+
+    @property
+    def per_component_scale(self) -> bool:
+        return len(np.shape(self.scale)) == 2
+
+
+class Priors(NamedTuple):
+    """Priors over the globals, in the data's own units.
+
+    weights ~ Dirichlet(concentration * ones(K)); scale ~ LogNormal(scale_log_mean, scale_log_sd)
+    per dimension; locs ~ Normal(loc_center, loc_scale) per component and dimension.
+    """
+
+    # Any: numbers and numpy arrays on the host, jax arrays inside jitted code.
+    concentration: Any  # scalar
+    loc_center: Any  # (D,)
+    loc_scale: Any  # (D,)
+    scale_log_mean: Any  # (D,)
+    scale_log_sd: Any  # scalar
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "concentration": float(self.concentration),
+            "loc_center": [float(v) for v in self.loc_center],
+            "loc_scale": [float(v) for v in self.loc_scale],
+            "scale_log_mean": [float(v) for v in self.scale_log_mean],
+            "scale_log_sd": float(self.scale_log_sd),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Priors:
+        return cls(
+            concentration=float(obj["concentration"]),
+            loc_center=np.asarray(obj["loc_center"], dtype=np.float64),
+            loc_scale=np.asarray(obj["loc_scale"], dtype=np.float64),
+            scale_log_mean=np.asarray(obj["scale_log_mean"], dtype=np.float64),
+            scale_log_sd=float(obj["scale_log_sd"]),
+        )
+
+
+def seed_priors(dim: int = 1) -> Priors:
+    """The tutorial's priors exactly: Dirichlet(0.5), LogNormal(0, 2), Normal(0, 10)."""
+    return Priors(0.5, np.zeros(dim), np.full(dim, 10.0), np.zeros(dim), 2.0)
+
+
+def data_priors(points: np.ndarray) -> Priors:
+    """Weak priors placed relative to the data's own location and spread.
+
+    They carry the seed's shape (same Dirichlet, same log-scale width, locs ten spreads wide)
+    but are centred on the data, so values near 0, 50 or 10^4 are fit alike.
+    """
+    mean = points.mean(axis=0)
+    std = points.std(axis=0)
+    return Priors(0.5, mean, 10.0 * std, np.log(std), 2.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitMetadata:
+    """Where a model came from; informational, carried with the parameters."""
+
+    fitted_at: str | None = None
+    n_points: int | None = None
+    final_loss: float | None = None
+    fit_seconds: float | None = None
+    priors: dict[str, Any] | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> FitMetadata:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: obj[k] for k in names if k in obj}
+        extra = {k: v for k, v in obj.items() if k not in names}
+        return cls(**known, extra=extra)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    """A versioned, validated model: what the trainer publishes and the worker serves."""
+
+    version: int
+    mixture: MixtureParams
+    metadata: FitMetadata = dataclasses.field(default_factory=FitMetadata)
+
+    def __post_init__(self) -> None:
+        validate_mixture(self.mixture)
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
+            raise ParamsError(f"version must be a non-negative integer, got {self.version!r}")
+
+    def with_version(self, version: int) -> ModelParams:
+        return dataclasses.replace(self, version=version)
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.mixture
+        dim = m.dim
+        locs = np.asarray(m.locs, dtype=np.float64)
+        scale = np.asarray(m.scale, dtype=np.float64)
+        if m.per_component_scale:
+            scale_out: Any = scale.tolist()
+        elif dim == 1:
+            scale_out = float(scale[0])
+        else:
+            scale_out = scale.tolist()
+        return {
+            "schema": SCHEMA,
+            "version": self.version,
+            "n_components": m.n_components,
+            "dim": dim,
+            "weights": np.asarray(m.weights, dtype=np.float64).tolist(),
+            "locs": locs[:, 0].tolist() if dim == 1 else locs.tolist(),
+            "scale": scale_out,
+            "metadata": self.metadata.to_json(),
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ModelParams:
+        """Validates and loads the JSON form; raises ParamsError with the reason otherwise."""
+        if not isinstance(obj, dict):
+            raise ParamsError("parameters must be a JSON object")
+        for field in ("version", "weights", "locs", "scale"):
+            if field not in obj:
+                raise ParamsError(f"missing field {field!r}")
+        if obj.get("schema", SCHEMA) != SCHEMA:
+            raise ParamsError(f"unknown schema {obj.get('schema')!r}, expected {SCHEMA!r}")
+        weights = _array(obj["weights"], "weights")
+        locs = _array(obj["locs"], "locs")
+        scale = _array(obj["scale"], "scale")
+        if weights.ndim != 1:
+            raise ParamsError(f"weights must be a list of K numbers, got shape {weights.shape}")
+        k = weights.shape[0]
+        if locs.ndim == 1:
+            locs = locs[:, None]
+        if locs.ndim != 2 or locs.shape[0] != k:
+            raise ParamsError(f"locs must have K={k} rows (K or K x D), got shape {locs.shape}")
+        dim = locs.shape[1]
+        if scale.ndim == 0:
+            if dim != 1:
+                raise ParamsError(f"a scalar scale needs D=1, but locs have D={dim}")
+            scale = scale.reshape(1)
+        elif scale.ndim == 1:
+            if scale.shape[0] != dim:
+                raise ParamsError(f"scale must have D={dim} entries, got {scale.shape[0]}")
+        elif scale.ndim != 2 or scale.shape != (k, dim):
+            raise ParamsError(
+                f"scale must be scalar, (D,) or (K, D)=({k}, {dim}); got {scale.shape}"
+            )
+        for field, expect in (("n_components", k), ("dim", dim)):
+            if field in obj and obj[field] != expect:
+                raise ParamsError(f"{field}={obj[field]!r} disagrees with the arrays ({expect})")
+        version = obj["version"]
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ParamsError(f"version must be an integer, got {version!r}")
+        meta = obj.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise ParamsError("metadata must be an object")
+        return cls(version, MixtureParams(weights, locs, scale), FitMetadata.from_json(meta))
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> ModelParams:
+        try:
+            obj = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ParamsError(f"not valid JSON: {exc}") from None
+        return cls.from_json(obj)
+
+
+def validate_mixture(m: MixtureParams) -> None:
+    """Rejects disagreeing shapes, weights off the simplex, non-positive or non-finite scales."""
+    weights = np.asarray(m.weights, dtype=np.float64)
+    locs = np.asarray(m.locs, dtype=np.float64)
+    scale = np.asarray(m.scale, dtype=np.float64)
+    if weights.ndim != 1 or weights.shape[0] < 1:
+        raise ParamsError(f"weights must have shape (K,), got {weights.shape}")
+    k = weights.shape[0]
+    if locs.ndim != 2 or locs.shape[0] != k or locs.shape[1] < 1:
+        raise ParamsError(f"locs must have shape (K, D) with K={k}, got {locs.shape}")
+    dim = locs.shape[1]
+    if scale.shape not in ((dim,), (k, dim)):
+        raise ParamsError(f"scale must have shape ({dim},) or ({k}, {dim}), got {scale.shape}")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ParamsError("weights must be finite and non-negative")
+    if not math.isclose(float(weights.sum()), 1.0, abs_tol=SIMPLEX_ATOL):
+        raise ParamsError(f"weights must sum to 1, got {weights.sum():.6g}")
+    if not np.all(np.isfinite(locs)):
+        raise ParamsError("locs must be finite")
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        raise ParamsError("scale must be finite and positive")
+
+
+def _array(value: Any, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ParamsError(f"{name} must be numbers (nested lists), got {value!r:.60}") from None
+    if arr.dtype == object:
+        raise ParamsError(f"{name} is ragged")
+    return arr

@@ -1,0 +1,1 @@
+"""The stream worker: a Faust app that classifies points from Kafka with the latest model."""

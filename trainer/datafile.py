@@ -1,0 +1,63 @@
+"""Reading points for offline fits: CSV with a header, or JSON lines with an "x" field."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+
+import numpy as np
+
+from mixture.fit import DataError
+from mixture.points import PointError, parse_point
+
+
+def load_points(path: str | pathlib.Path, columns: list[str] | None = None) -> np.ndarray:
+    """Returns the file's points as an (N, D) float array; DataError says what is wrong."""
+    p = pathlib.Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise DataError(f"cannot read {p}: {exc.strerror}") from None
+    first = text.lstrip()[:1]
+    if first in ("{", "["):
+        return _load_jsonl(p, text)
+    return _load_csv(p, text, columns)
+
+
+def _load_jsonl(p: pathlib.Path, text: str) -> np.ndarray:
+    rows, dim = [], None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            point = parse_point(json.loads(line), dim)
+        except (ValueError, PointError) as exc:
+            raise DataError(f"{p}:{lineno}: {exc}") from None
+        dim = len(point.x)
+        rows.append(point.x)
+    if not rows:
+        raise DataError(f"{p} holds no points")
+    return np.vstack(rows)
+
+
+def _load_csv(p: pathlib.Path, text: str, columns: list[str] | None) -> np.ndarray:
+    reader = csv.DictReader(text.splitlines())
+    header = reader.fieldnames or []
+    if not header:
+        raise DataError(f"{p} is empty or has no header row")
+    chosen = columns or header
+    missing = [c for c in chosen if c not in header]
+    if missing:
+        raise DataError(f"{p} has no column(s) {', '.join(missing)}; it has {', '.join(header)}")
+    rows = []
+    for lineno, row in enumerate(reader, 2):
+        try:
+            rows.append([float(row[c]) for c in chosen])
+        except (TypeError, ValueError):
+            raise DataError(
+                f"{p}:{lineno}: non-numeric value in column(s) {', '.join(chosen)}"
+            ) from None
+    if not rows:
+        raise DataError(f"{p} holds no data rows")
+    return np.asarray(rows, dtype=np.float64)
