@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.contrib.funsor import infer_discrete
 
@@ -47,13 +46,23 @@ def bucket_sizes(max_batch: int, smallest: int = 16, factor: int = 4) -> tuple[i
 
 
 def posterior(points: Any, params: MixtureParams) -> tuple[Any, Any]:
-    """Closed-form log p(component, x) normalised: returns (probs (B, K), log p(x) (B,))."""
-    scale = params.scale if params.scale.ndim == 2 else params.scale[None, :]
-    log_joint = jnp.log(params.weights) + dist.Normal(params.locs, scale).log_prob(
-        points[:, None, :]
-    ).sum(-1)
-    log_px = jax.scipy.special.logsumexp(log_joint, axis=-1)
-    return jnp.exp(log_joint - log_px[:, None]), log_px
+    """Closed-form p(component | x) and log p(x): returns (probs (K, B), log_px (B,)).
+
+    Component-major, so the reductions over K run elementwise across the batch (several times
+    faster on CPU than a (B, K) layout for small K); callers transpose on the host for free.
+    """
+    scale = params.scale if params.scale.ndim == 2 else params.scale[None, :]  # (K or 1, D)
+    z = (points[None, :, :] - params.locs[:, None, :]) / scale[:, None, :]  # (K, B, D)
+    log_norm = (
+        jnp.log(params.weights)
+        - jnp.log(scale).sum(-1)
+        - 0.5 * points.shape[1] * jnp.log(2 * jnp.pi)
+    )
+    log_joint = log_norm[:, None] - 0.5 * (z * z).sum(-1)  # (K, B)
+    top = log_joint.max(0)
+    unnorm = jnp.exp(log_joint - top)
+    total = unnorm.sum(0)
+    return unnorm / total, top + jnp.log(total)
 
 
 class Classifier:
@@ -81,16 +90,18 @@ class Classifier:
         self._compilations = 0
         self._lock = threading.Lock()
         self._program = jax.jit(self._classify_padded)
+        self._fixed_key = jax.random.PRNGKey(0)  # temperature 0 never reads it
 
     @property
     def compilations(self) -> int:
         """How many programs have been traced and compiled so far."""
         return self._compilations
 
-    def _classify_padded(self, points: Any, params: MixtureParams, key: Any) -> Any:
+    def _classify_padded(self, points: Any, params: MixtureParams, key: Any, chunk: Any) -> Any:
         # Runs only while tracing: exactly one increment per compiled program.
         with self._lock:
             self._compilations += 1
+        key = jax.random.fold_in(key, chunk)
         model = infer_discrete(
             assignment_model,
             temperature=self.temperature,
@@ -100,6 +111,14 @@ class Classifier:
         trace = handlers.trace(handlers.seed(model, key)).get_trace(points, params)
         probs, log_px = posterior(points, params)
         return trace["assignment"]["value"].astype(jnp.int32), probs, log_px
+
+    def prepare(self, params: MixtureParams) -> MixtureParams:
+        """Checks parameters against this classifier and puts them on the device as float32.
+
+        Serving calls this once per model version; calls with prepared parameters skip it.
+        """
+        self._check(params)
+        return MixtureParams(*(jnp.asarray(v, dtype=jnp.float32) for v in params))
 
     def _check(self, params: MixtureParams) -> None:
         expect_scale = (self.n_components, self.dim) if self.per_component_scale else (self.dim,)
@@ -121,27 +140,36 @@ class Classifier:
         return self.max_batch
 
     def __call__(self, points: Any, params: MixtureParams, key: Any = None) -> Classification:
-        """Classifies points (B, D) or (B,) when D == 1. Temperature 1 needs a jax.random key."""
+        """Classifies points (B, D), or (B,) when D == 1. Temperature 1 needs a jax.random key.
+
+        params: MixtureParams, ideally from `prepare()` (otherwise prepared on every call).
+        """
         if self.temperature == 1 and key is None:
             raise ValueError("temperature 1 draws a posterior sample and needs an explicit rng key")
-        self._check(params)
+        if not (isinstance(params.weights, jax.Array) and params.weights.dtype == jnp.float32):
+            params = self.prepare(params)
         x = np.asarray(points, dtype=np.float32)
         if x.ndim == 1 and self.dim == 1:
             x = x[:, None]
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"points must have shape (B, {self.dim}), got {x.shape}")
-        jparams = MixtureParams(*(jnp.asarray(v, dtype=jnp.float32) for v in params))
-        key = jax.random.PRNGKey(0) if key is None else key
+        key = self._fixed_key if key is None else key
         parts = []
-        for start in range(0, max(len(x), 1), self.max_batch):
+        for chunk_index, start in enumerate(range(0, max(len(x), 1), self.max_batch)):
             chunk = x[start : start + self.max_batch]
-            size = self._size_for(len(chunk))
-            padded = np.zeros((size, self.dim), dtype=np.float32)
-            padded[: len(chunk)] = chunk
-            key, sub = jax.random.split(key)
-            out = self._program(padded, jparams, sub)
-            # Rows past len(chunk) are padding: their outputs are dropped here.
-            parts.append(tuple(np.asarray(a)[: len(chunk)] for a in out))
+            n = len(chunk)
+            size = self._size_for(n)
+            if n != size:
+                padded = np.zeros((size, self.dim), dtype=np.float32)
+                padded[:n] = chunk
+                chunk = padded
+            assignment, probs, log_px = jax.device_get(
+                self._program(chunk, params, key, np.int32(chunk_index))
+            )
+            # Rows past n are padding: their outputs are dropped here.
+            parts.append((assignment[:n], probs[:, :n].T, log_px[:n]))
+        if len(parts) == 1:
+            return Classification(*parts[0])
         return Classification(*(np.concatenate(p) for p in zip(*parts, strict=True)))
 
     def warmup(self) -> int:

@@ -54,6 +54,9 @@ class FitConfig:
     priors: PriorsChoice = "data"
     n_init: int = 100
     learning_rate: float = 0.1
+    #: Starting step size when the warm start wins: from near the optimum, Adam's first steps
+    #: of size learning_rate would only kick the parameters away and back.
+    warm_learning_rate: float = 0.01
     b1: float = 0.8
     b2: float = 0.99
     #: Adam's step size halves every this many steps (down to 1e-3 of the start): a fixed step
@@ -61,8 +64,8 @@ class FitConfig:
     lr_half_life_steps: int = 100
     #: Stop when the mean loss of a chunk changes by less than tol * max(1, |loss|).
     tol: float = 1e-6
-    chunk_steps: int = 50
-    min_steps: int = 200
+    chunk_steps: int = 25
+    min_steps: int = 50
     max_steps: int = 5000
 
 
@@ -245,7 +248,8 @@ def fit_map(
     """Fits the MAP globals to data ((N,) or (N, D)), from the best of config.n_init candidates.
 
     key: a jax.random key (passed explicitly; the fit is deterministic given it).
-    warm_start: a current model (data units) to add as one more candidate, for refits.
+    warm_start: a current model (data units) to take one candidate's place, for refits; if it
+        wins, the fit starts from config.warm_learning_rate.
     priors: explicit priors; by default config.priors chooses the seed's or data-relative ones.
     progress: called as progress(step, loss) after each chunk, for terminals and logs.
     """
@@ -266,14 +270,17 @@ def fit_map(
         init_key, points, config.n_init, config.n_components, config.per_component_scale
     )
     if warm_start is not None:
+        # In slot 0, so the candidates keep their shape and the program is reused.
         warm = std.params_from_data(warm_start)
         candidates = jax.tree.map(
-            lambda c, w: jnp.concatenate([c, jnp.asarray(w, c.dtype)[None]]), candidates, warm
+            lambda c, w: c.at[0].set(jnp.asarray(w, c.dtype)), candidates, warm
         )
     losses0 = np.asarray(prog.candidate_losses(candidates, points, priors_z, mask))
     losses0 = np.where(np.isfinite(losses0), losses0, np.inf)
     best = int(np.argmin(losses0))
     start = jax.tree.map(lambda c: c[best], candidates)
+    if warm_start is not None and best == 0:
+        prog = _program(dataclasses.replace(config, learning_rate=config.warm_learning_rate), dim)
 
     state = prog.init_state(svi_key, start, points, priors_z, mask)
     loss_chunks: list[np.ndarray] = []

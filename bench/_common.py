@@ -1,0 +1,59 @@
+"""Shared helpers for benchmarks: repeat-until-stable timing and results in md, JSON and PNG."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def best_seconds(
+    fn: Callable[[], Any], min_total: float = 0.3, min_reps: int = 3, max_reps: int = 1000
+) -> float:
+    """Best-of-repetitions wall time of fn(); repeats until min_total seconds and min_reps."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (
+        len(times) < min_reps or time.perf_counter() - start < min_total
+    ):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def machine() -> dict[str, Any]:
+    import jax
+
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "jax": jax.__version__,
+    }
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(name: str, payload: dict[str, Any], markdown: str) -> pathlib.Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)
+    return RESULTS / f"{name}.md"
