@@ -107,3 +107,20 @@ async def admin(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
     await client.start()
     yield client
     await client.close()
+
+
+@pytest.fixture
+def start_worker(kafka_bootstrap, tmp_path):
+    """Factory: start_worker(topics, **env) -> a running gmm-worker; all are stopped afterwards."""
+    from tests.integration.harness import Worker
+
+    workers: list = []
+
+    def start(topics, **env):
+        worker = Worker(kafka_bootstrap, topics, tmp_path, **env).start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()

@@ -1,0 +1,178 @@
+"""Typed settings built once per process from environment variables.
+
+Each field names its variable and documents itself (`env_field`), so `load()` can parse and
+validate all of them in one place and the README's configuration table can be generated from the
+same source (`python -m stream_app.settings --markdown`). Secrets come only from the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; the message names the variable."""
+
+
+def env_field(
+    env: str,
+    default: Any,
+    doc: str,
+    *,
+    secret: bool = False,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
+    """A dataclass field read from the environment variable `env`."""
+    return dataclasses.field(
+        default=default,
+        metadata={"env": env, "doc": doc, "secret": secret, "choices": choices},
+    )
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def _nested(f: dataclasses.Field) -> type | None:
+    """The settings class of a nested-settings field (one whose default factory is a dataclass)."""
+    factory = f.default_factory
+    if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory):
+        return factory
+    return None
+
+
+def load(cls: type[T], environ: Mapping[str, str], **overrides: Any) -> T:
+    """Builds settings dataclass `cls` from `environ`, nested settings included, and validates."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in overrides:
+            values[f.name] = overrides[f.name]
+        elif (sub := _nested(f)) is not None:
+            values[f.name] = load(sub, environ)
+        elif (env := f.metadata.get("env")) is not None and env in environ:
+            value = _parse(env, environ[env], hints[f.name])
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise SettingsError(
+                    f"{env}={value!r} must be one of {', '.join(map(str, choices))}"
+                )
+            values[f.name] = value
+    obj = cls(**values)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        check()
+    return obj
+
+
+def describe(cls: type) -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting of cls, nested ones included."""
+    rows: list[tuple[str, str, str]] = []
+    for f in dataclasses.fields(cls):
+        if (sub := _nested(f)) is not None:
+            rows.extend(describe(sub))
+            continue
+        env = f.metadata.get("env")
+        if env is None:
+            continue
+        default = "" if f.default in (None, "") else str(f.default)
+        doc = f.metadata["doc"]
+        if f.metadata.get("choices"):
+            doc += f" (one of: {', '.join(map(str, f.metadata['choices']))})"
+        rows.append((env, default, doc))
+    return rows
+
+
+def markdown_table(cls: type) -> str:
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    lines += [f"| `{env}` | {f'`{d}`' if d else ''} | {doc} |" for env, d, doc in describe(cls)]
+    return "\n".join(lines) + "\n"
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaSettings:
+    """How to reach the brokers; shared by every process of the service."""
+
+    bootstrap_servers: str = env_field(
+        "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092", "Kafka brokers, comma-separated host:port"
+    )
+    security_protocol: str = env_field(
+        "KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        "Kafka security protocol",
+        choices=SECURITY_PROTOCOLS,
+    )
+    sasl_mechanism: str = env_field(
+        "KAFKA_SASL_MECHANISM",
+        "PLAIN",
+        "SASL mechanism when the protocol is SASL_*",
+        choices=SASL_MECHANISMS,
+    )
+    sasl_username: str = env_field("KAFKA_SASL_USERNAME", "", "SASL user name")
+    sasl_password: str = env_field(
+        "KAFKA_SASL_PASSWORD", "", "SASL password (from the environment only)", secret=True
+    )
+    ssl_cafile: str = env_field(
+        "KAFKA_SSL_CAFILE", "", "CA bundle for SSL/SASL_SSL; empty: system CAs"
+    )
+    replication_factor: int = env_field(
+        "KAFKA_TOPIC_REPLICATION_FACTOR", 1, "Replication of the topics the service creates"
+    )
+
+    def validate(self) -> None:
+        if not self.servers:
+            raise SettingsError("KAFKA_BOOTSTRAP_SERVERS is empty")
+        for server in self.servers:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit():
+                raise SettingsError(f"KAFKA_BOOTSTRAP_SERVERS entry {server!r} is not host:port")
+        if self.security_protocol.startswith("SASL") and not self.sasl_username:
+            raise SettingsError(
+                f"KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs KAFKA_SASL_USERNAME"
+            )
+
+    @property
+    def servers(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if "SSL" not in self.security_protocol:
+            return None
+        return ssl.create_default_context(cafile=self.ssl_cafile or None)
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka producers, consumers and admin clients."""
+        opts: dict[str, Any] = {
+            "bootstrap_servers": self.servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL"):
+            opts.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        context = self.ssl_context()
+        if context is not None:
+            opts["ssl_context"] = context
+        return opts

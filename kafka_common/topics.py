@@ -1,0 +1,46 @@
+"""Creating the service's topics, idempotently, with the right settings."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import NamedTuple
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from kafka_common.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class TopicSpec(NamedTuple):
+    name: str
+    partitions: int = 1
+    compact: bool = False
+
+
+async def ensure_topics(kafka: KafkaSettings, specs: list[TopicSpec]) -> list[str]:
+    """Creates the topics that do not exist yet; returns the names it created."""
+    admin = AIOKafkaAdminClient(**kafka.client_options())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if not missing:
+            return []
+        new = [
+            NewTopic(
+                s.name,
+                num_partitions=s.partitions,
+                replication_factor=kafka.replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if s.compact else {},
+            )
+            for s in missing
+        ]
+        with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
+            await admin.create_topics(new)
+        log.info("created topics %s", [s.name for s in missing])
+        return [s.name for s in missing]
+    finally:
+        await admin.close()

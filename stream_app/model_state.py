@@ -1,0 +1,78 @@
+"""The model being served, swapped atomically between batches.
+
+A model is installed by building (or reusing) the classifier for its shape, compiling every
+padding size off the event loop, putting its parameters on the device, and only then replacing
+`current` in one assignment. A batch reads `current` once, so it is classified by one model
+from start to end; a new version of the same shape never recompiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from typing import NamedTuple
+
+from mixture.classify import Classifier, classifier_for
+from mixture.params import MixtureParams, ModelParams
+from stream_app.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class ServingModel(NamedTuple):
+    model: ModelParams
+    classifier: Classifier
+    device_params: MixtureParams
+
+
+class ModelHolder:
+    """Holds the current ServingModel; `ready` is set once the first one is installed."""
+
+    def __init__(
+        self, temperature: int, max_batch: int, metrics: WorkerMetrics, executor: Executor
+    ) -> None:
+        self.temperature = temperature
+        self.max_batch = max_batch
+        self.metrics = metrics
+        self.executor = executor
+        self.current: ServingModel | None = None
+        self.ready = asyncio.Event()
+        self._classifiers: dict[tuple[int, int, bool], Classifier] = {}
+        self._compilations_counted = 0
+
+    async def install(self, model: ModelParams) -> bool:
+        """Serves `model` from the next batch on; False if it is not newer than the current one."""
+        current = self.current
+        if current is not None and model.version <= current.model.version:
+            log.info(
+                "not installing model version %d: serving %d", model.version, current.model.version
+            )
+            return False
+        m = model.mixture
+        shape = (m.n_components, m.dim, m.per_component_scale)
+        loop = asyncio.get_running_loop()
+        classifier = self._classifiers.get(shape)
+        if classifier is None:
+            log.info(
+                "compiling the classifier for K=%d D=%d%s",
+                *shape[:2],
+                " (per-component scale)" if shape[2] else "",
+            )
+            classifier = classifier_for(m, temperature=self.temperature, max_batch=self.max_batch)
+            await loop.run_in_executor(self.executor, classifier.warmup)
+            self._classifiers[shape] = classifier
+        device_params = await loop.run_in_executor(self.executor, classifier.prepare, m)
+        self.current = ServingModel(model, classifier, device_params)
+        self.count_compilations()
+        self.metrics.model_installed(model)
+        self.metrics.ready.set(1)
+        self.ready.set()
+        log.info("serving model version %d", model.version)
+        return True
+
+    def count_compilations(self) -> None:
+        total = sum(c.compilations for c in self._classifiers.values())
+        if total > self._compilations_counted:
+            self.metrics.compilations.inc(total - self._compilations_counted)
+            self._compilations_counted = total

@@ -1,0 +1,59 @@
+"""The worker's topics and the JSON records on each (schemas as TypedDicts, beside their topic).
+
+- input (`GMM_INPUT_TOPIC`): `PointRecord`, raw bytes validated by `mixture.points`.
+- output (`GMM_OUTPUT_TOPIC`): `AssignmentRecord`, same Kafka key as the input record.
+- dead letters (`GMM_DLQ_TOPIC`): `DeadLetterRecord`, same Kafka key as the input record.
+- params (`GMM_PARAMS_TOPIC`, compacted, key = model name): `mixture.params.ModelParams` JSON,
+  read by `kafka_common.params_topic` outside any consumer group.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+import faust
+
+from stream_app.settings import WorkerSettings
+
+
+class PointRecord(TypedDict):
+    """Input: `{"id": "p-1", "x": 4.2}` or `{"x": [1.0, 2.5]}`; id optional."""
+
+    id: NotRequired[str | int]
+    x: float | list[float]
+
+
+class SourceRef(TypedDict):
+    topic: str
+    partition: int
+    offset: int
+
+
+class AssignmentRecord(TypedDict):
+    """Output: the input's id (or topic:partition:offset) and x, and the model's verdict."""
+
+    id: str | int
+    x: float | list[float]
+    assignment: int
+    probs: list[float]
+    log_likelihood: float
+    model_version: int
+    ts_in: float | None  # the input record's Kafka timestamp, seconds since the epoch
+    ts_out: float  # when the assignment was produced
+    source: SourceRef
+
+
+class DeadLetterRecord(TypedDict):
+    """Dead letter: why, where from, and the original bytes (base64, and as text if UTF-8)."""
+
+    reason: str
+    error: str
+    source: SourceRef
+    ts_in: float | None
+    payload_base64: str
+    payload_text: str | None
+
+
+def points_topic(app: faust.App, settings: WorkerSettings) -> Any:
+    """The input topic, as raw bytes: the worker validates them itself."""
+    return app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw")

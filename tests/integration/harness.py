@@ -1,0 +1,246 @@
+"""Helpers for integration tests: real worker processes, real topics, waiting on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from kafka_common.params_topic import publish
+from kafka_common.settings import KafkaSettings
+from mixture.params import FitMetadata, MixtureParams, ModelParams
+
+SEED_MODEL = ModelParams(
+    1,
+    MixtureParams([0.375, 0.625], [[0.49894], [10.98446]], [0.651434]),
+    FitMetadata(fitted_at="2026-01-01T00:00:00+00:00", n_points=5),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 60.0,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> Any:
+    """Polls condition() until it returns a truthy value; fails the test after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class Topics:
+    """A test's own set of worker topics."""
+
+    def __init__(self, stem: str) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.input = f"it.{stem}.{tag}.points"
+        self.output = f"it.{stem}.{tag}.assignments"
+        self.params = f"it.{stem}.{tag}.params"
+        self.dlq = f"it.{stem}.{tag}.deadletter"
+        self.group = f"it-{stem}-{tag}"
+
+
+class Worker:
+    """A `gmm-worker` process on the test's topics, with its own web port and log file."""
+
+    def __init__(self, bootstrap: str, topics: Topics, log_dir: pathlib.Path, **env: str) -> None:
+        self.port = free_port()
+        self.log_path = log_dir / f"worker-{self.port}.log"
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "GMM_INPUT_TOPIC": topics.input,
+            "GMM_OUTPUT_TOPIC": topics.output,
+            "GMM_PARAMS_TOPIC": topics.params,
+            "GMM_DLQ_TOPIC": topics.dlq,
+            "GMM_CONSUMER_GROUP": topics.group,
+            "GMM_WORKER_WEB_PORT": str(self.port),
+            "GMM_WORKER_WEB_HOST": "127.0.0.1",
+            "GMM_WORKER_DATA_DIR": str(log_dir / f"data-{self.port}"),
+            "GMM_INPUT_PARTITIONS": "2",
+            **env,
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_app.main"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ready_status(self) -> int:
+        self.check_alive()
+        return self.get("/ready")[0]
+
+    def wait_ready(self, timeout: float = 120) -> dict:
+        wait_for(lambda: self.ready_status() == 200, timeout, message="worker /ready")
+        return json.loads(self.get("/ready")[1])
+
+    def wait_serving(self, timeout: float = 120) -> None:
+        """Up (answers /health), with or without a model."""
+        wait_for(
+            lambda: self.check_alive() or self.get("/health")[0] == 200,
+            timeout,
+            message="worker /health",
+        )
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise AssertionError(
+                f"worker exited ({self.proc and self.proc.returncode}):\n{self.log_tail()}"
+            )
+
+    def metrics_text(self) -> str:
+        return self.get("/metrics")[1]
+
+    def metric(self, name: str, **labels: str) -> float:
+        total = 0.0
+        for family in text_string_to_metric_families(self.metrics_text()):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    total += sample.value
+        return total
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def publish_model(bootstrap: str, topic: str, model: ModelParams, name: str = "gmm") -> None:
+    run(publish(KafkaSettings(bootstrap_servers=bootstrap), topic, model, name))
+
+
+async def _produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in items]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
+    run(_produce(bootstrap, topic, items))
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, refreshing metadata until they are known (or ~10 s pass)."""
+    for _ in range(100):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+    return []
+
+
+async def _consume(bootstrap: str, topic: str, n: int, timeout: float) -> list:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    # aiokafka#647: a consumer stopped before its no-group task first ran raises CancelledError.
+    await asyncio.sleep(0)
+    try:
+        tps = await _partitions(consumer, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for records in batch.values():
+                out.extend(records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def consume(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list:
+    """Reads topic from the beginning until n records arrived or timeout (then returns fewer)."""
+    return run(_consume(bootstrap, topic, n, timeout))
+
+
+async def _end_offsets(bootstrap: str, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    # aiokafka#647: a consumer stopped before its no-group task first ran raises CancelledError.
+    await asyncio.sleep(0)
+    try:
+        tps = await _partitions(consumer, topic)
+        if not tps:
+            return 0
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        return int(sum(ends.values()))
+    finally:
+        await consumer.stop()
+
+
+def count_records(bootstrap: str, topic: str) -> int:
+    """Records in topic (sum of end offsets; the test topics are never truncated)."""
+    return run(_end_offsets(bootstrap, topic))

@@ -1,0 +1,222 @@
+"""The stream worker against the real broker: classification, model arrival, swaps, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from mixture.params import FitMetadata, MixtureParams, ModelParams
+from tests.integration.harness import (
+    SEED_MODEL,
+    Topics,
+    consume,
+    count_records,
+    produce,
+    publish_model,
+    wait_for,
+)
+
+
+def points(n: int, prefix: str, seed: int = 0) -> list[tuple[bytes, bytes]]:
+    rng = np.random.default_rng(seed)
+    xs = np.where(rng.random(n) < 0.4, rng.normal(0.5, 1.0, n), rng.normal(11.0, 1.0, n))
+    return [
+        (f"{prefix}-{i}".encode(), json.dumps({"id": f"{prefix}-{i}", "x": float(x)}).encode())
+        for i, x in enumerate(xs)
+    ]
+
+
+@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed")
+def test_10k_from_kcat_are_classified_exactly_once(kafka_bootstrap, start_worker, tmp_path):
+    topics = Topics("kcat")
+    worker = start_worker(topics)
+    worker.wait_serving()
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    worker.wait_ready()
+
+    inputs = points(10_000, "k")
+    lines = "".join(f"{k.decode()}\t{v.decode()}\n" for k, v in inputs)
+    subprocess.run(
+        ["kcat", "-P", "-b", kafka_bootstrap, "-t", topics.input, "-K", "\t"],
+        input=lines.encode(),
+        check=True,
+        timeout=60,
+    )
+    outputs = consume(kafka_bootstrap, topics.output, 10_000, timeout=90)
+    assert len(outputs) == 10_000
+    # Nothing more: the worker counted exactly 10,000 in and 10,000 out.
+    wait_for(lambda: worker.metric("gmm_assignments_out_total") == 10_000, 10, message="metrics")
+    assert worker.metric("gmm_records_in_total") == 10_000
+    assert count_records(kafka_bootstrap, topics.output) == 10_000
+
+    docs = {json.loads(r.value)["id"]: (r.key, json.loads(r.value)) for r in outputs}
+    assert len(docs) == 10_000
+    assert all(key == doc["id"].encode() for key, doc in docs.values())  # keys kept
+
+    # Classes equal gmm-classify's on the same parameters.
+    params = tmp_path / "params.json"
+    params.write_text(SEED_MODEL.dumps())
+    offline = subprocess.run(
+        [sys.executable, "-m", "stream_app.classify_cli", "--params", str(params)],
+        input="".join(v.decode() + "\n" for _, v in inputs),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    expected = {d["id"]: d["assignment"] for d in map(json.loads, offline.stdout.splitlines())}
+    assert {i: doc["assignment"] for i, (_, doc) in docs.items()} == expected
+    sample = next(iter(docs.values()))[1]
+    assert set(sample) >= {
+        "id",
+        "x",
+        "assignment",
+        "probs",
+        "log_likelihood",
+        "model_version",
+        "ts_in",
+        "ts_out",
+        "source",
+    }
+    assert sample["model_version"] == 1
+
+
+def test_records_sent_before_any_model_wait_for_one(kafka_bootstrap, start_worker):
+    topics = Topics("nomodel")
+    worker = start_worker(topics)
+    worker.wait_serving()
+    status, body = worker.get("/ready")
+    assert status == 503 and "no model" in body
+
+    produce(kafka_bootstrap, topics.input, points(500, "early"))
+    # The worker is up and the records are in Kafka, but nothing is classified without a model.
+    wait_for(lambda: count_records(kafka_bootstrap, topics.input) == 500, message="input")
+    assert worker.ready_status() == 503
+    assert count_records(kafka_bootstrap, topics.output) == 0
+
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    assert worker.wait_ready()["model_version"] == 1
+    outputs = consume(kafka_bootstrap, topics.output, 500, timeout=60)
+    assert sorted(json.loads(r.value)["id"] for r in outputs) == sorted(
+        f"early-{i}" for i in range(500)
+    )
+
+
+def test_new_version_midstream_swaps_within_a_second(kafka_bootstrap, start_worker):
+    topics = Topics("swap")
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    worker = start_worker(topics)
+    compiled = worker.wait_ready()["compilations"]
+
+    n, rate = 12_000, 3_000.0
+    stream = points(n, "s")
+    publish_at: list[float] = []
+
+    def produce_paced() -> None:
+        t0 = time.time()
+        for i in range(0, n, 300):
+            produce(kafka_bootstrap, topics.input, stream[i : i + 300])
+            time.sleep(max(0.0, t0 + (i + 300) / rate - time.time()))
+
+    producer = threading.Thread(target=produce_paced)
+    producer.start()
+    wait_for(lambda: worker.metric("gmm_records_in_total") >= n / 3, 60, message="first third")
+    v2 = ModelParams(
+        2,
+        MixtureParams([0.5, 0.5], [[0.0], [12.0]], [1.5]),
+        FitMetadata(fitted_at="2026-01-02T00:00:00+00:00"),
+    )
+    publish_model(kafka_bootstrap, topics.params, v2)
+    publish_at.append(time.time())
+    producer.join()
+
+    outputs = consume(kafka_bootstrap, topics.output, n, timeout=90)
+    docs = [json.loads(r.value) for r in outputs]
+    ids = [d["id"] for d in docs]
+    assert len(ids) == n and len(set(ids)) == n  # none skipped, none twice
+    late = [d for d in docs if d["ts_out"] > publish_at[0] + 1.0]
+    assert late, "the stream should run past the swap"
+    assert all(d["model_version"] == 2 for d in late)
+    assert {d["model_version"] for d in docs} == {1, 2}
+    assert worker.metric("gmm_compilations_total") == compiled  # the swap compiled nothing
+    assert worker.metric("gmm_model_version") == 2
+
+
+BAD_KINDS = {
+    "not_json": lambda i: b"not json %d" % i,
+    "not_object": lambda i: b"[%d]" % i,
+    "missing_x": lambda i: b'{"id": "m-%d"}' % i,
+    "not_numeric": lambda i: b'{"x": "seven-%d"}' % i,
+    "not_finite": lambda i: b'{"x": 1e999, "n": %d}' % i,
+    "wrong_dim": lambda i: b'{"x": [1, %d]}' % i,
+    "oversized": lambda i: b'{"x": 1, "pad": "' + b"a" * 70_000 + b'"}',
+}
+
+
+def test_malformed_records_are_dead_lettered_and_the_rest_classified(kafka_bootstrap, start_worker):
+    topics = Topics("garbage")
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    worker = start_worker(topics)
+    worker.wait_ready()
+
+    good = points(10_000, "g")
+    bad = [
+        (f"bad-{kind}-{i}".encode(), make(i))
+        for kind, make in BAD_KINDS.items()
+        for i in range(1_000)
+    ]
+    rng = np.random.default_rng(5)
+    mixed = good + bad
+    order = rng.permutation(len(mixed))
+    produce(kafka_bootstrap, topics.input, [mixed[i] for i in order])
+
+    n_bad = len(bad)
+    outputs = consume(kafka_bootstrap, topics.output, 10_000, timeout=120)
+    dead = consume(kafka_bootstrap, topics.dlq, n_bad, timeout=60)
+    assert sorted(json.loads(r.value)["id"] for r in outputs) == sorted(k.decode() for k, _ in good)
+    assert len(dead) == n_bad
+    by_reason: dict[str, int] = {}
+    for r in dead:
+        doc = json.loads(r.value)
+        by_reason[doc["reason"]] = by_reason.get(doc["reason"], 0) + 1
+        assert r.key.decode().startswith(f"bad-{doc['reason']}-")  # the reason fits the record
+        assert doc["source"]["topic"] == topics.input and doc["error"]
+    assert by_reason == {kind: 1_000 for kind in BAD_KINDS}
+    assert worker.get("/health")[0] == 200
+    for kind in BAD_KINDS:
+        assert worker.metric("gmm_deadlettered_total", reason=kind) == 1_000
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_metrics_pass_promtool(kafka_bootstrap, start_worker):
+    topics = Topics("promtool")
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    worker = start_worker(topics)
+    worker.wait_ready()
+    produce(kafka_bootstrap, topics.input, points(100, "m"))
+    wait_for(lambda: worker.metric("gmm_assignments_out_total") == 100, 60, message="outputs")
+    text = worker.metrics_text()
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    for name in (
+        "gmm_records_in_total",
+        "gmm_batch_size_records_bucket",
+        "gmm_inference_seconds_bucket",
+        "gmm_end_to_end_seconds_bucket",
+        "gmm_model_version",
+        "gmm_model_age_seconds",
+        "gmm_model_swaps_total",
+        "gmm_compilations_total",
+        "gmm_recent_log_likelihood_mean",
+        "faust_messages_received",
+    ):
+        assert name in text
