@@ -78,6 +78,11 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+#: Strict JSON (NaN and Infinity rejected); one decoder, since json.loads with options builds
+#: a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def decode_point(
     raw: bytes | str, dim: int | None = None, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> Point:
@@ -85,7 +90,7 @@ def decode_point(
     if len(raw) > max_bytes:
         raise PointError("oversized", f"record is {len(raw)} bytes, the limit is {max_bytes}")
     try:
-        obj = json.loads(raw, parse_constant=_reject_constant)
+        obj = _DECODER.decode(raw.decode() if isinstance(raw, bytes) else raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PointError("not_json", f"not valid JSON: {str(exc)[:80]}") from None
     return parse_point(obj, dim)

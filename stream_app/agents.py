@@ -21,6 +21,7 @@ from kafka_common import params_topic
 from mixture.params import ModelParams
 from stream_app.app import app, metrics, settings
 from stream_app.batch import BatchOutcome, InRecord, process_batch
+from stream_app.delivery import Delivery
 from stream_app.model_state import ModelHolder
 from stream_app.topics import points_topic
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 #: One thread does all JAX work, off the event loop, in order.
 inference_executor = ThreadPoolExecutor(1, thread_name_prefix="gmm-inference")
 holder = ModelHolder(settings.temperature, settings.max_batch, metrics, inference_executor)
+delivery = Delivery(settings.kafka)
 _base_key = jax.random.PRNGKey(settings.seed)
 
 
@@ -84,6 +86,14 @@ def _record(event: Any) -> InRecord:
 @app.agent(points_topic(app, settings), concurrency=1)
 async def classify_points(stream: Any) -> None:
     await holder.ready.wait()  # no model, no consumption: records wait in Kafka
+    await delivery.start()
+    try:
+        await _classify_stream(stream)
+    finally:
+        await delivery.stop()
+
+
+async def _classify_stream(stream: Any) -> None:
     loop = asyncio.get_running_loop()
     batch_no = 0
     async for events in stream.noack_take(settings.max_batch, within=settings.max_delay_ms / 1000):

@@ -1,0 +1,334 @@
+"""End-to-end throughput and latency through the real broker, worker vs a raw pipe.
+
+For each system (the raw aiokafka pipe of bench/raw_pipe.py, and the worker at several batch
+settings), on topics of its own:
+  1. drain: N records are preloaded, the system starts, and throughput is the rate at which
+     outputs were appended (broker LogAppendTime) from the first to the last;
+  2. latency: records are produced at half of that system's drain rate for a few seconds, and
+     each record's latency is its output's append time minus the input's create time.
+All systems run in one benchmark run against the same broker (start it with `make kafka-up`).
+Writes bench/results/stream.{md,json,png}.
+
+    python -m bench.stream [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench._common import RESULTS, machine, markdown_table, write_results
+from tests.integration.harness import (
+    SEED_MODEL,
+    Topics,
+    Worker,
+    consume,
+    count_records,
+    free_port,
+    publish_model,
+    wait_for,
+)
+
+BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+PARTITIONS = 2
+WORKER_CONFIGS = [(256, 5.0), (1024, 20.0), (4096, 50.0)]
+
+
+async def _create_topics(topics: Topics) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        append_time = {"message.timestamp.type": "LogAppendTime"}
+        await admin.create_topics(
+            [
+                NewTopic(topics.input, PARTITIONS, 1),
+                NewTopic(topics.output, PARTITIONS, 1, topic_configs=append_time),
+                NewTopic(topics.dlq, 1, 1),
+                NewTopic(topics.params, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+            ]
+        )
+    finally:
+        await admin.close()
+
+
+async def _produce(topic: str, start: int, n: int, rate: float | None) -> None:
+    rng = np.random.default_rng(start)
+    xs = np.where(rng.random(n) < 0.4, rng.normal(0.5, 1, n), rng.normal(11, 1, n))
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=1)
+    await producer.start()
+    try:
+        t0 = time.perf_counter()
+        futures = []
+        for i, x in enumerate(xs):
+            if rate:
+                ahead = i / rate - (time.perf_counter() - t0)
+                if ahead > 0.001:
+                    await asyncio.sleep(ahead)
+            rid = f"r-{start + i}"
+            value = json.dumps({"id": rid, "x": float(x)}).encode()
+            futures.append(await producer.send(topic, value, key=rid.encode()))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def produce(topic: str, start: int, n: int, rate: float | None = None) -> None:
+    asyncio.run(_produce(topic, start, n, rate))
+
+
+def input_times(topic: str, n: int) -> dict[bytes, float]:
+    return {r.key: r.timestamp / 1000 for r in consume(BOOTSTRAP, topic, n, timeout=120)}
+
+
+def measure(
+    name: str,
+    topics: Topics,
+    start_system: Any,
+    n_drain: int,
+    latency_seconds: float,
+    max_delay_ms: float | None,
+) -> dict[str, Any]:
+    asyncio.run(_create_topics(topics))
+    produce(topics.input, 0, n_drain)
+    proc = start_system(topics)
+    try:
+        wait_for(
+            lambda: count_records(BOOTSTRAP, topics.output) >= n_drain,
+            600,
+            interval=0.5,
+            message=f"{name}: drain",
+        )
+        out = consume(BOOTSTRAP, topics.output, n_drain, timeout=120)
+        appended = np.sort([r.timestamp / 1000 for r in out])
+        drain_rate = (len(appended) - 1) / max(appended[-1] - appended[0], 1e-3)
+
+        rate = drain_rate / 2
+        n_lat = int(rate * latency_seconds)
+        produce(topics.input, n_drain, n_lat, rate=rate)
+        total = n_drain + n_lat
+        wait_for(
+            lambda: count_records(BOOTSTRAP, topics.output) >= total,
+            300,
+            interval=0.5,
+            message=f"{name}: latency run",
+        )
+    finally:
+        proc.stop()
+    sent = input_times(topics.input, total)
+    outputs = consume(BOOTSTRAP, topics.output, total, timeout=120)
+    lat = (
+        np.array(
+            [
+                r.timestamp / 1000 - sent[r.key]
+                for r in outputs
+                if int(r.key.decode().split("-")[1]) >= n_drain
+            ]
+        )
+        * 1000
+    )
+    p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+    result = {
+        "system": name,
+        "max_delay_ms": max_delay_ms,
+        "drain_records": n_drain,
+        "throughput_records_per_second": drain_rate,
+        "latency_load_records_per_second": rate,
+        "latency_records": len(lat),
+        "latency_ms": {"p50": p50, "p95": p95, "p99": p99, "max": float(lat.max())},
+    }
+    print(
+        f"{name}: {drain_rate:,.0f} records/s; at {rate:,.0f}/s p50 {p50:.1f} ms p99 {p99:.1f} ms",
+        file=sys.stderr,
+    )
+    return result
+
+
+class RawPipe:
+    def __init__(self, topics: Topics, max_batch: int) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.raw_pipe",
+                "--bootstrap",
+                BOOTSTRAP,
+                "--source",
+                topics.input,
+                "--dest",
+                topics.output,
+                "--group",
+                topics.group,
+                "--max-batch",
+                str(max_batch),
+            ]
+        )
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+
+
+class FaustPipe:
+    def __init__(self, topics: Topics, log_dir: pathlib.Path) -> None:
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP,
+            "GMM_INPUT_TOPIC": topics.input,
+            "GMM_OUTPUT_TOPIC": topics.output,
+            "GMM_CONSUMER_GROUP": topics.group,
+            "GMM_WORKER_WEB_PORT": str(free_port()),
+            "GMM_WORKER_DATA_DIR": str(log_dir / topics.group),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "bench.faust_pipe", "worker", "-l", "warn"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+
+
+def start_worker(max_batch: int, max_delay_ms: float, log_dir: pathlib.Path) -> Any:
+    def start(topics: Topics) -> Worker:
+        publish_model(BOOTSTRAP, topics.params, SEED_MODEL)
+        worker = Worker(
+            BOOTSTRAP,
+            topics,
+            log_dir,
+            GMM_MAX_BATCH=str(max_batch),
+            GMM_MAX_DELAY_MS=str(max_delay_ms),
+            GMM_LOG_LEVEL="warn",
+        ).start()
+        worker.wait_ready()
+        return worker
+
+    return start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller runs, one worker setting")
+    args = parser.parse_args(argv)
+    n_drain, seconds = (20_000, 4.0) if args.quick else (60_000, 8.0)
+    configs = WORKER_CONFIGS[1:2] if args.quick else WORKER_CONFIGS
+    log_dir = pathlib.Path(tempfile.mkdtemp(prefix="bench-stream-"))
+
+    results = [
+        measure(
+            "raw aiokafka pipe (batch 1024)",
+            Topics("raw"),
+            lambda t: RawPipe(t, 1024),
+            n_drain,
+            seconds,
+            None,
+        ),
+        measure(
+            "Faust pipe, no model (batch 1024)",
+            Topics("fpipe"),
+            lambda t: FaustPipe(t, log_dir),
+            n_drain,
+            seconds,
+            None,
+        ),
+    ]
+    for max_batch, delay in configs:
+        results.append(
+            measure(
+                f"worker batch {max_batch}, delay {delay:g} ms",
+                Topics(f"w{max_batch}"),
+                start_worker(max_batch, delay, log_dir),
+                n_drain,
+                seconds,
+                delay,
+            )
+        )
+
+    raw = results[0]["throughput_records_per_second"]
+    rows = []
+    for r in results:
+        r["throughput_vs_raw"] = r["throughput_records_per_second"] / raw
+        lat = r["latency_ms"]
+        budget = "" if r["max_delay_ms"] is None else f"{r['max_delay_ms'] + 20:g}"
+        rows.append(
+            [
+                r["system"],
+                r["throughput_records_per_second"],
+                r["throughput_vs_raw"],
+                r["latency_load_records_per_second"],
+                lat["p50"],
+                lat["p95"],
+                lat["p99"],
+                budget,
+            ]
+        )
+    payload = {"machine": machine(), "partitions": PARTITIONS, "results": results}
+    md = (
+        "# Stream throughput and latency through the real broker\n\n"
+        f"One broker (Kafka 4.0.2, KRaft) on loopback, {PARTITIONS} partitions, "
+        f"{payload['machine']['cpus']} CPUs shared by the broker, the load generator and the "
+        "system under test. Throughput: drain rate of a preloaded backlog of "
+        f"{n_drain:,} records. Latency: output append time minus input create time, at half of "
+        "that system's drain rate.\n\n"
+        + markdown_table(
+            [
+                "system",
+                "records/s",
+                "vs raw pipe",
+                "latency load (rec/s)",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "p99 budget ms (delay + 20)",
+            ],
+            rows,
+        )
+        + "\n![stream](stream.png)\n"
+    )
+    write_results("stream", payload, md)
+    plot(results)
+    print(md)
+    return 0
+
+
+def plot(results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["system"].replace(", ", "\n") for r in results]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    a.bar(names, [r["throughput_records_per_second"] for r in results], color="C0")
+    a.set_ylabel("records / second")
+    a.set_title("Drain throughput")
+    x = np.arange(len(results))
+    for i, q in enumerate(("p50", "p95", "p99")):
+        b.bar(x + (i - 1) * 0.27, [r["latency_ms"][q] for r in results], 0.27, label=q)
+    b.set_xticks(x, names)
+    b.set_ylabel("ms")
+    b.set_title("End-to-end latency at half of peak")
+    b.legend()
+    for ax in (a, b):
+        ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "stream.png")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""A micro-batch: every input yields one output, assignment or dead letter, in order."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import jax
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from mixture.classify import make_classifier
+from mixture.params import MixtureParams, ModelParams
+from stream_app.batch import InRecord, process_batch
+from stream_app.model_state import ServingModel
+
+PARAMS = MixtureParams(
+    np.array([0.375, 0.625]), np.array([[0.4989], [10.9845]]), np.array([0.6514])
+)
+
+
+def serving(temperature: int) -> ServingModel:
+    clf = make_classifier(2, 1, temperature=temperature, max_batch=64)
+    return ServingModel(ModelParams(7, PARAMS), clf, clf.prepare(PARAMS))
+
+
+def rec(value: bytes | None, offset: int, key: bytes | None = b"k") -> InRecord:
+    return InRecord(key, value, "points", 3, offset, 1_700_000_000.5)
+
+
+@pytest.mark.parametrize("temperature", [0, 1])
+def test_valid_and_invalid_records(temperature):
+    records = [
+        rec(b'{"id": "a", "x": 0.2}', 10),
+        rec(b"garbage", 11),
+        rec(b'{"x": 11.5}', 12, key=None),
+        rec(None, 13),
+        rec(b'{"x": [1, 2]}', 14),
+    ]
+    key = jax.random.PRNGKey(0) if temperature else None
+    out = process_batch(records, serving(temperature), 1024, key)
+    assert len(out.assignments) + len(out.dead_letters) == len(records)
+    docs = [json.loads(o.value) for o in out.assignments]
+    assert [d["id"] for d in docs] == ["a", "points:3:12"]  # topic:partition:offset stands in
+    assert [d["assignment"] for d in docs] == [0, 1]
+    assert docs[0]["x"] == 0.2 and docs[0]["model_version"] == 7
+    assert_allclose([sum(d["probs"]) for d in docs], 1.0, atol=1e-6)
+    assert docs[0]["source"] == {"topic": "points", "partition": 3, "offset": 10}
+    assert docs[0]["ts_in"] == 1_700_000_000.5 and docs[0]["ts_out"] >= docs[0]["ts_in"]
+    assert [o.key for o in out.assignments] == [b"k", None]  # keys kept
+    assert out.reasons == ["not_json", "not_json", "wrong_dim"]
+    dead = json.loads(out.dead_letters[0].value)
+    assert base64.b64decode(dead["payload_base64"]) == b"garbage"
+    assert dead["payload_text"] == "garbage"
+    assert dead["source"]["offset"] == 11 and dead["error"]
+    assert out.components.tolist() == [0, 1]
+    assert np.isfinite(out.log_likelihood_sum)
+
+
+def test_a_batch_of_only_bad_records_skips_inference():
+    out = process_batch([rec(b"[]", 1), rec(b"\xff", 2)], serving(0), 1024)
+    assert out.assignments == [] and len(out.dead_letters) == 2
+    assert json.loads(out.dead_letters[1].value)["payload_text"] is None  # not UTF-8
+    assert out.inference_seconds == 0.0
+
+
+def test_oversized_records_are_dead_lettered():
+    out = process_batch([rec(b'{"x": 1, "p": "' + b"a" * 200 + b'"}', 1)], serving(0), 100)
+    assert out.reasons == ["oversized"]

@@ -1,0 +1,50 @@
+"""Worker metrics: the drift signal, model age and Faust's sensor on the same registry."""
+
+from __future__ import annotations
+
+import math
+
+from prometheus_client import generate_latest
+
+from mixture.params import FitMetadata, MixtureParams, ModelParams
+from stream_app.metrics import WorkerMetrics, batch_buckets, faust_sensor
+
+
+def test_drift_signal_is_the_mean_over_recent_batches():
+    m = WorkerMetrics(64)
+    assert math.isnan(m.recent_log_likelihood._value.get())
+    m.observe_log_likelihood(-10.0, 5)
+    m.observe_log_likelihood(-30.0, 5)
+    assert m.recent_log_likelihood._value.get() == -4.0
+
+
+def test_model_installed_sets_version_and_age():
+    m = WorkerMetrics(64)
+    model = ModelParams(
+        5, MixtureParams([1.0], [[0.0]], [1.0]), FitMetadata(fitted_at="2020-01-01T00:00:00+00:00")
+    )
+    m.model_installed(model)
+    text = generate_latest(m.registry).decode()
+    assert "gmm_model_version 5.0" in text
+    age = float(
+        next(
+            line.split()[1]
+            for line in text.splitlines()
+            if line.startswith("gmm_model_age_seconds ")
+        )
+    )
+    assert age > 86400 * 365
+
+
+def test_faust_sensor_shares_the_registry_with_seconds_units():
+    m = WorkerMetrics(64)
+    faust_sensor(m.registry)
+    text = generate_latest(m.registry).decode()
+    assert "faust_events_runtime_seconds_bucket" in text
+    assert "_runtime_ms" not in text
+    assert "gmm_records_in_total" in text
+
+
+def test_batch_buckets():
+    assert batch_buckets(1) == (1.0,)
+    assert batch_buckets(100) == (1, 2, 4, 8, 16, 32, 64, 100)
