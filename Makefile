@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 KAFKA := deploy/kafka/kafka.sh
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 
-.PHONY: help venv kafka-up kafka-down kafka-status test test-unit test-integration demo lint typecheck bench clean
+.PHONY: help venv kafka-up kafka-down kafka-status test test-unit test-integration demo demo-down lint typecheck bench clean
 
 help:
-	@echo "make demo              set up, start Kafka, run the demo"
+	@echo "make demo              set up, start Kafka, run the demo (make demo-down stops it)"
 	@echo "make test              set up, start Kafka, run the whole test suite"
 	@echo "make test-unit         unit tests only (no broker)"
 	@echo "make kafka-up|kafka-down|kafka-status"
@@ -44,7 +44,11 @@ test-integration: venv kafka-up
 	$(BIN)/pytest tests/integration
 
 demo: venv kafka-up
-	$(BIN)/python -m deploy.demo
+	@bash deploy/demo.sh
+
+demo-down:
+	@if [ -f .run/demo/worker.pid ]; then kill $$(cat .run/demo/worker.pid) 2>/dev/null || true; rm -f .run/demo/worker.pid; echo "demo: worker stopped"; fi
+	@bash $(KAFKA) down
 
 lint: venv
 	$(BIN)/ruff check .
@@ -53,9 +57,10 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-bench: venv
+bench: venv kafka-up
 	$(BIN)/python -m bench.inference
 	$(BIN)/python -m bench.fit
+	$(BIN)/python -m bench.stream
 
-clean: kafka-down
+clean: demo-down
 	rm -rf .kafka .run reports
