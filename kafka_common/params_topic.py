@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from kafka_common.settings import KafkaSettings
+from kafka_common.topics import topic_partitions
 from mixture.params import ModelParams, ParamsError
 
 log = logging.getLogger(__name__)
@@ -43,16 +44,9 @@ async def _start_consumer(
     # aiokafka#647: a consumer stopped before its no-group task first ran raises CancelledError.
     await asyncio.sleep(0)
     try:
-        partitions = None
-        for _ in range(50):  # metadata for a just-created topic can lag a moment
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions:
-                break
-            await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.1)
-        if not partitions:
+        tps = await topic_partitions(consumer, topic)
+        if not tps:
             raise LookupError(f"params topic {topic!r} does not exist")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         begins = await consumer.beginning_offsets(tps)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import NamedTuple
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -44,3 +46,16 @@ async def ensure_topics(kafka: KafkaSettings, specs: list[TopicSpec]) -> list[st
         return [s.name for s in missing]
     finally:
         await admin.close()
+
+
+async def topic_partitions(
+    consumer: AIOKafkaConsumer, topic: str, wait_s: float = 5.0
+) -> list[TopicPartition]:
+    """The topic's partitions, refreshing metadata until they are known; [] if it has none."""
+    for _ in range(max(1, int(wait_s / 0.1))):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+    return []

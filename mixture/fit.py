@@ -42,7 +42,11 @@ PriorsChoice = Literal["data", "seed"]
 
 
 class DataError(ValueError):
-    """Data that cannot be fit; the message says why in one line."""
+    """Data that cannot be fit; the message says why in one line, `reason` as a short code."""
+
+    def __init__(self, message: str, reason: str = "invalid_data") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,12 +140,16 @@ def as_points(data: Any, n_components: int | None = None) -> np.ndarray:
         raise DataError(f"data must be (N,) or (N, D); got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         bad = int((~np.isfinite(x)).any(axis=1).sum())
-        raise DataError(f"data has {bad} point(s) with NaN or inf")
+        raise DataError(f"data has {bad} point(s) with NaN or inf", "not_finite")
     if n_components is not None and x.shape[0] < n_components:
-        raise DataError(f"{x.shape[0]} point(s) cannot fit {n_components} components")
+        raise DataError(
+            f"{x.shape[0]} point(s) cannot fit {n_components} components", "too_few_points"
+        )
     if x.shape[0] < 2 or np.any(x.std(axis=0) == 0):
         dims = np.flatnonzero(x.std(axis=0) == 0).tolist() if x.shape[0] >= 2 else "all"
-        raise DataError(f"data has zero variance (dimension(s) {dims}): nothing to separate")
+        raise DataError(
+            f"data has zero variance (dimension(s) {dims}): nothing to separate", "zero_variance"
+        )
     return x
 
 

@@ -1,8 +1,10 @@
-"""`gmm-trainer`: offline fits from files (`fit`); the periodic trainer job lands as `run`."""
+"""`gmm-trainer`: offline fits from files (`fit`, optionally `--publish`ed) and the trainer job
+(`run`, or `run --once` for one cycle). Settings for Kafka come from the environment."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import pathlib
 import sys
@@ -10,9 +12,15 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from aiokafka.errors import KafkaError
 
+from kafka_common import params_topic
+from kafka_common.settings import SettingsError
 from mixture.fit import DataError, FitConfig, fit_map, to_model_params
+from mixture.params import ModelParams
+from stream_app.main import describe_kafka_error
 from trainer.datafile import load_points
+from trainer.settings import TrainerSettings
 
 PROG = "gmm-trainer"
 
@@ -52,6 +60,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     fitted_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     model = to_model_params(result, args.version, len(points), fitted_at)
+    if args.publish:
+        try:
+            model = asyncio.run(_publish(model))
+        except SettingsError as exc:
+            return _fail(str(exc))
+        except (TimeoutError, KafkaError, OSError) as exc:
+            settings = TrainerSettings.from_env()
+            return _fail(describe_kafka_error(exc, settings.kafka.bootstrap_servers))
     text = model.dumps()
     if args.out == "-":
         print(text)
@@ -68,6 +84,35 @@ def cmd_fit(args: argparse.Namespace) -> int:
             file=sys.stderr if args.out == "-" else sys.stdout,
         )
     return 0
+
+
+async def _publish(model: ModelParams) -> ModelParams:
+    """Publishes as the next version after the newest on the params topic."""
+    settings = TrainerSettings.from_env()
+    newest = await asyncio.wait_for(
+        params_topic.read_newest(settings.kafka, settings.params_topic), 60
+    )
+    model = model.with_version((newest.version if newest else 0) + 1)
+    await asyncio.wait_for(
+        params_topic.publish(settings.kafka, settings.params_topic, model, settings.model_name), 60
+    )
+    print(f"published version {model.version} to {settings.params_topic}", file=sys.stderr)
+    return model
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        settings = TrainerSettings.from_env()
+    except SettingsError as exc:
+        return _fail(str(exc))
+    from trainer.main import run
+
+    try:
+        return run(settings, once=args.once)
+    except (TimeoutError, KafkaError, OSError, LookupError) as exc:
+        return _fail(describe_kafka_error(exc, settings.kafka.bootstrap_servers))
+    except KeyboardInterrupt:
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0, help="RNG seed")
     fit.add_argument("--version", type=int, default=1, help="model version to write")
     fit.add_argument("--out", default="params.json", help="output path, or - for stdout")
+    fit.add_argument(
+        "--publish",
+        action="store_true",
+        help="also publish it to the params topic as the next version (bootstrap)",
+    )
     fit.set_defaults(func=cmd_fit)
+    run = sub.add_parser("run", help="the trainer job: refit on the input stream and publish")
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="one cycle, print its summary as JSON, exit (3: nothing published)",
+    )
+    run.set_defaults(func=cmd_run)
     return parser
 
 

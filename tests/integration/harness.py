@@ -17,11 +17,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from kafka_common.params_topic import publish
 from kafka_common.settings import KafkaSettings
+from kafka_common.topics import topic_partitions
 from mixture.params import FitMetadata, MixtureParams, ModelParams
 
 SEED_MODEL = ModelParams(
@@ -187,17 +188,6 @@ def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]])
     run(_produce(bootstrap, topic, items))
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """The topic's partitions, refreshing metadata until they are known (or ~10 s pass)."""
-    for _ in range(100):
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.1)
-    return []
-
-
 async def _consume(bootstrap: str, topic: str, n: int, timeout: float) -> list:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
@@ -206,7 +196,7 @@ async def _consume(bootstrap: str, topic: str, n: int, timeout: float) -> list:
     # aiokafka#647: a consumer stopped before its no-group task first ran raises CancelledError.
     await asyncio.sleep(0)
     try:
-        tps = await _partitions(consumer, topic)
+        tps = await topic_partitions(consumer, topic, wait_s=10)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         out: list = []
@@ -231,7 +221,7 @@ async def _end_offsets(bootstrap: str, topic: str) -> int:
     # aiokafka#647: a consumer stopped before its no-group task first ran raises CancelledError.
     await asyncio.sleep(0)
     try:
-        tps = await _partitions(consumer, topic)
+        tps = await topic_partitions(consumer, topic, wait_s=10)
         if not tps:
             return 0
         consumer.assign(tps)

@@ -1,0 +1,27 @@
+"""Trainer settings: shared Kafka variables, its own validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from kafka_common.settings import SettingsError
+from trainer.settings import TrainerSettings
+
+
+def test_defaults_and_shared_variables():
+    s = TrainerSettings.from_env({"GMM_INPUT_TOPIC": "in", "KAFKA_BOOTSTRAP_SERVERS": "h:1"})
+    assert (s.input_topic, s.kafka.servers, s.components, s.needed_points) == ("in", ["h:1"], 2, 20)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GMM_COMPONENTS": "0"}, "GMM_COMPONENTS must be >= 1"),
+        ({"GMM_COMPONENTS": "5", "GMM_TRAIN_WINDOW_RECORDS": "3"}, "cannot fit GMM_COMPONENTS=5"),
+        ({"GMM_TRAIN_INTERVAL_SECONDS": "0"}, "must be > 0"),
+        ({"GMM_PER_COMPONENT_SCALE": "maybe"}, "is not a valid bool"),
+    ],
+)
+def test_bad_settings(env, message):
+    with pytest.raises(SettingsError, match=message):
+        TrainerSettings.from_env(env)

@@ -1,0 +1,174 @@
+"""One trainer cycle: read the window, fit, check, align labels, publish, report.
+
+A fit is published only if it passes every guard; otherwise the reason is logged and counted
+and the current model keeps serving. Versions increase strictly, across restarts too (the
+trainer starts from the newest version on the params topic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import pathlib
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from kafka_common import params_topic
+from mixture.evaluate import score
+from mixture.fit import DataError, FitConfig, FitResult, fit_map, to_model_params
+from mixture.labels import align_components, order_by_location
+from mixture.params import ModelParams
+from trainer.metrics import TrainerMetrics
+from trainer.report import write_report
+from trainer.settings import TrainerSettings
+from trainer.window import read_window
+
+log = logging.getLogger(__name__)
+
+
+class CycleOutcome(NamedTuple):
+    published: ModelParams | None
+    reason: str | None  # why nothing was published
+    detail: str
+    window: int  # valid points
+    invalid: dict[str, int]
+    fit_seconds: float | None
+    report: pathlib.Path | None
+
+    def summary(self) -> dict:
+        return {
+            "published": self.published is not None,
+            "version": self.published.version if self.published else None,
+            "reason": self.reason,
+            "detail": self.detail,
+            "window": self.window,
+            "invalid": self.invalid,
+            "fit_seconds": self.fit_seconds,
+            "report": str(self.report) if self.report else None,
+        }
+
+
+class Trainer:
+    """Refits and publishes; holds the current model and the last version published."""
+
+    def __init__(self, settings: TrainerSettings, metrics: TrainerMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.current: ModelParams | None = None
+        self.version = 0
+        self.config = FitConfig(
+            n_components=settings.components,
+            per_component_scale=settings.per_component_scale,
+            n_init=settings.restarts,
+        )
+
+    async def load_current(self) -> None:
+        """The newest valid model on the params topic; its version is where numbering resumes."""
+        self.current = await params_topic.read_newest(
+            self.settings.kafka, self.settings.params_topic
+        )
+        self.version = self.current.version if self.current else 0
+        if self.current is not None:
+            self.metrics.published_version.set(self.version)
+
+    async def cycle(self) -> CycleOutcome:
+        s = self.settings
+        dim = self.current.mixture.dim if self.current else None
+        window = await read_window(
+            s.kafka, s.input_topic, s.window_records, s.window_seconds, dim, s.max_record_bytes
+        )
+        for reason, count in window.invalid.items():
+            self.metrics.invalid_records.labels(reason=reason).inc(count)
+        points = window.points
+        n = len(points)
+        self.metrics.window_records.set(n)
+        invalid = dict(window.invalid)
+
+        def reject(reason: str, detail: str, seconds: float | None = None) -> CycleOutcome:
+            log.warning("not publishing: %s (%s)", reason, detail)
+            self.metrics.rejected.labels(reason=reason).inc()
+            return CycleOutcome(None, reason, detail, n, invalid, seconds, None)
+
+        if n < s.needed_points:
+            return reject(
+                "too_few_points",
+                f"{n} valid point(s) in the window, at least {s.needed_points} needed",
+            )
+        warm = None
+        if self.current is not None and self._same_shape(self.current):
+            warm = self.current.mixture
+        key = jax.random.fold_in(jax.random.PRNGKey(s.seed), self.version + 1)
+        try:
+            result: FitResult = await asyncio.to_thread(
+                fit_map, points, key, self.config, warm_start=warm
+            )
+        except DataError as exc:
+            return reject(exc.reason, str(exc))
+        self.metrics.fits.inc()
+        self.metrics.fit_seconds.observe(result.seconds)
+        self.metrics.final_loss.set(result.final_loss)
+
+        params = result.params
+        if not all(np.all(np.isfinite(np.asarray(a))) for a in params) or not np.isfinite(
+            result.final_loss
+        ):
+            return reject("not_finite", "the fit produced NaN or infinity", result.seconds)
+        spread = points.std(axis=0)
+        if np.min(params.weights) < s.min_weight or np.any(
+            np.asarray(params.scale) < 1e-6 * spread
+        ):
+            return reject(
+                "collapsed",
+                f"a component collapsed (weights {np.round(params.weights, 4)})",
+                result.seconds,
+            )
+        if warm is not None:
+            params = align_components(params, warm)
+            current_ll = score(points, warm).mean_log_likelihood
+            new_ll = score(points, params).mean_log_likelihood
+            if new_ll < current_ll - s.max_loss_regression:
+                return reject(
+                    "worse_than_current",
+                    f"mean log-likelihood {new_ll:.4f} vs the current model's {current_ll:.4f}",
+                    result.seconds,
+                )
+        else:
+            params = order_by_location(params)
+        result = result._replace(params=params)
+
+        version = self.version + 1
+        fitted_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        fit_score = score(points, params)
+        model = to_model_params(
+            result,
+            version,
+            n,
+            fitted_at,
+            model_name=s.model_name,
+            aic=fit_score.aic,
+            bic=fit_score.bic,
+            mean_log_likelihood=fit_score.mean_log_likelihood,
+        )
+        await params_topic.publish(s.kafka, s.params_topic, model, s.model_name)
+        self.current, self.version = model, version
+        self.metrics.published_version.set(version)
+        log.info("published model version %d (%d points, %.2fs)", version, n, result.seconds)
+        report = await asyncio.to_thread(
+            write_report,
+            pathlib.Path(s.reports_dir) / s.model_name / f"v{version}",
+            model,
+            result,
+            points,
+            fit_score,
+        )
+        return CycleOutcome(model, None, "published", n, invalid, result.seconds, report)
+
+    def _same_shape(self, model: ModelParams) -> bool:
+        m = model.mixture
+        return (m.n_components, m.per_component_scale) == (
+            self.settings.components,
+            self.settings.per_component_scale,
+        )

@@ -1,0 +1,68 @@
+"""Assembles the trainer job: settings, metrics endpoint, the Trainer, and its schedule.
+
+`run(settings, once=True)` does one cycle (for cron and tests); otherwise a cycle starts every
+GMM_TRAIN_INTERVAL_SECONDS. A failing cycle (the broker unreachable, say) is logged, counted and
+retried after a back-off; the job does not die with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+
+from aiokafka.errors import KafkaError
+from prometheus_client import start_http_server
+
+from kafka_common.topics import TopicSpec, ensure_topics
+from trainer.cycle import CycleOutcome, Trainer
+from trainer.metrics import TrainerMetrics
+from trainer.settings import TrainerSettings
+
+log = logging.getLogger("trainer")
+
+#: Exit code of `run --once` when the cycle published nothing (a guard rejected the fit).
+EXIT_NOT_PUBLISHED = 3
+
+
+async def _run(settings: TrainerSettings, once: bool) -> int:
+    metrics = TrainerMetrics()
+    if settings.metrics_port and not once:
+        start_http_server(settings.metrics_port, registry=metrics.registry)
+    trainer = Trainer(settings, metrics)
+    await asyncio.wait_for(
+        ensure_topics(settings.kafka, [TopicSpec(settings.params_topic, 1, compact=True)]), 60
+    )
+    await asyncio.wait_for(trainer.load_current(), 60)
+    log.info("starting from version %d", trainer.version)
+    if once:
+        outcome = await trainer.cycle()
+        print(json.dumps(outcome.summary()))
+        return 0 if outcome.published else EXIT_NOT_PUBLISHED
+    backoff = 1.0
+    while True:
+        started = time.monotonic()
+        try:
+            result: CycleOutcome = await trainer.cycle()
+            log.info("cycle: %s", json.dumps(result.summary()))
+            backoff = 1.0
+        except (TimeoutError, KafkaError, OSError) as exc:
+            metrics.cycle_errors.inc()
+            log.warning(
+                "cycle failed (%s: %s); retrying in %.0f s", type(exc).__name__, exc, backoff
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, settings.interval_seconds)
+            continue
+        await asyncio.sleep(max(0.0, settings.interval_seconds - (time.monotonic() - started)))
+
+
+def run(settings: TrainerSettings, once: bool) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(_run(settings, once))

@@ -1,0 +1,46 @@
+"""The trainer's metrics, on one registry (served at /metrics on GMM_TRAINER_METRICS_PORT).
+
+Fit seconds are bucketed from 50 ms (a warm refit of a small window) to 10 minutes (a cold fit
+of a large one).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+FIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+class TrainerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.fits = Counter("gmm_trainer_fits_total", "Fits run", registry=r)
+        self.fit_seconds = Histogram(
+            "gmm_trainer_fit_seconds", "Duration of a fit", buckets=FIT_BUCKETS, registry=r
+        )
+        self.final_loss = Gauge(
+            "gmm_trainer_final_loss", "Final loss (negative log joint) of the last fit", registry=r
+        )
+        self.window_records = Gauge(
+            "gmm_trainer_window_records", "Valid points in the last window", registry=r
+        )
+        self.published_version = Gauge(
+            "gmm_trainer_published_version", "Version of the last published model", registry=r
+        )
+        self.rejected = Counter(
+            "gmm_trainer_rejected_fits_total",
+            "Fits not published, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.invalid_records = Counter(
+            "gmm_trainer_invalid_records_total",
+            "Invalid input records skipped, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.cycle_errors = Counter(
+            "gmm_trainer_cycle_errors_total",
+            "Cycles that failed (e.g. broker unreachable) and will retry",
+            registry=r,
+        )

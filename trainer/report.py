@@ -1,0 +1,89 @@
+"""The fit report of a published version: the tutorial's pictures and a JSON summary.
+
+loss.png (the loss per SVI step), grad_norms.png (each global's gradient norm per step) and
+density.png (the mixture's density over a histogram of the window; the first dimension's
+marginal when D > 1), plus summary.json (parameters, loss, AIC/BIC, window size, duration).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy import stats
+
+from mixture.evaluate import Score
+from mixture.fit import FitResult
+from mixture.params import ModelParams
+
+
+def write_report(
+    directory: pathlib.Path,
+    model: ModelParams,
+    result: FitResult,
+    points: np.ndarray,
+    fit_score: Score,
+) -> pathlib.Path:
+    directory.mkdir(parents=True, exist_ok=True)
+
+    fig, ax = plt.subplots(figsize=(10, 3), dpi=100)
+    ax.plot(result.losses)
+    ax.set(
+        xlabel="step", ylabel="loss", yscale="log", title=f"Convergence of SVI (v{model.version})"
+    )
+    fig.tight_layout()
+    fig.savefig(directory / "loss.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
+    for name, norms in result.grad_norms.items():
+        ax.plot(np.maximum(norms, 1e-12), label=name)
+    ax.set(xlabel="step", ylabel="gradient norm", yscale="log", title="Gradient norms during SVI")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(directory / "grad_norms.png")
+    plt.close(fig)
+
+    m = model.mixture
+    x = points[:, 0]
+    scale = np.asarray(m.scale)
+    scales = scale[:, 0] if scale.ndim == 2 else np.full(m.n_components, scale[0])
+    grid = np.linspace(x.min() - 3 * scales.max(), x.max() + 3 * scales.max(), 400)
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
+    ax.hist(x, bins=80, density=True, color="0.85", label=f"window ({len(x):,} points)")
+    total = np.zeros_like(grid)
+    for k in range(m.n_components):
+        density = m.weights[k] * stats.norm.pdf(grid, m.locs[k, 0], scales[k])
+        total += density
+        ax.plot(grid, density, label=f"component {k}")
+    ax.plot(grid, total, "k--", label="mixture")
+    ax.set(
+        xlabel="x" if m.dim == 1 else "x[0]",
+        ylabel="probability density",
+        title=f"Mixture density, version {model.version}",
+    )
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(directory / "density.png")
+    plt.close(fig)
+
+    summary = {
+        "parameters": model.to_json(),
+        "init_loss": result.init_loss,
+        "final_loss": result.final_loss,
+        "steps": result.n_steps,
+        "converged": result.converged,
+        "log_likelihood": fit_score.log_likelihood,
+        "mean_log_likelihood": fit_score.mean_log_likelihood,
+        "aic": fit_score.aic,
+        "bic": fit_score.bic,
+        "window": len(points),
+        "fit_seconds": result.seconds,
+    }
+    (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return directory

@@ -1,0 +1,94 @@
+"""The trainer's settings: one typed object, built from environment variables at start-up.
+
+Shares the Kafka and topic variables with the worker (same names, same meaning).
+
+    python -m trainer.settings --markdown   # the README's configuration table
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+
+from kafka_common.settings import KafkaSettings, SettingsError, env_field, load, markdown_table
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    """Everything the trainer job is configured with."""
+
+    kafka: KafkaSettings = dataclasses.field(default_factory=KafkaSettings)
+    input_topic: str = env_field(
+        "GMM_INPUT_TOPIC", "gmm.points", "Topic of data points to classify"
+    )
+    params_topic: str = env_field(
+        "GMM_PARAMS_TOPIC", "gmm.params", "Compacted topic of versioned model parameters"
+    )
+    model_name: str = env_field("GMM_MODEL_NAME", "gmm", "Key of the models on the params topic")
+    components: int = env_field("GMM_COMPONENTS", 2, "Number of mixture components K")
+    per_component_scale: bool = env_field(
+        "GMM_PER_COMPONENT_SCALE", False, "One scale per component instead of a shared one"
+    )
+    window_records: int = env_field(
+        "GMM_TRAIN_WINDOW_RECORDS", 100_000, "Fit on at most the newest N input records"
+    )
+    window_seconds: float = env_field(
+        "GMM_TRAIN_WINDOW_SECONDS", 0.0, "...and only those of the last T seconds (0: no limit)"
+    )
+    interval_seconds: float = env_field(
+        "GMM_TRAIN_INTERVAL_SECONDS", 300.0, "Seconds between the starts of two refits"
+    )
+    restarts: int = env_field("GMM_TRAIN_RESTARTS", 100, "Random initial candidates per fit")
+    min_points: int = env_field(
+        "GMM_TRAIN_MIN_POINTS", 0, "Fewest valid points a fit needs (0: 10 per component)"
+    )
+    max_loss_regression: float = env_field(
+        "GMM_TRAIN_MAX_REGRESSION",
+        0.5,
+        "Reject a fit whose mean log p(x) on the window is this much below the current model's",
+    )
+    min_weight: float = env_field(
+        "GMM_TRAIN_MIN_WEIGHT", 1e-3, "A component lighter than this counts as collapsed"
+    )
+    seed: int = env_field("GMM_SEED", 0, "RNG seed of the fits")
+    reports_dir: str = env_field("GMM_REPORTS_DIR", "reports", "Where fit reports are written")
+    metrics_port: int = env_field(
+        "GMM_TRAINER_METRICS_PORT", 6067, "Port of the trainer's /metrics (0: none)"
+    )
+    max_record_bytes: int = env_field(
+        "GMM_MAX_RECORD_BYTES", 65536, "Larger input records are dead-lettered as oversized"
+    )
+
+    def validate(self) -> None:
+        if self.components < 1:
+            raise SettingsError(f"GMM_COMPONENTS must be >= 1, got {self.components}")
+        if self.window_records < 1:
+            raise SettingsError(f"GMM_TRAIN_WINDOW_RECORDS must be >= 1, got {self.window_records}")
+        if self.window_records < self.components:
+            raise SettingsError(
+                f"GMM_TRAIN_WINDOW_RECORDS={self.window_records} cannot fit "
+                f"GMM_COMPONENTS={self.components} components"
+            )
+        if self.interval_seconds <= 0:
+            raise SettingsError(
+                f"GMM_TRAIN_INTERVAL_SECONDS must be > 0, got {self.interval_seconds}"
+            )
+        if self.restarts < 1:
+            raise SettingsError(f"GMM_TRAIN_RESTARTS must be >= 1, got {self.restarts}")
+        if not 0 <= self.metrics_port < 65536:
+            raise SettingsError(f"GMM_TRAINER_METRICS_PORT must be a port, got {self.metrics_port}")
+
+    @property
+    def needed_points(self) -> int:
+        return self.min_points or 10 * self.components
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> TrainerSettings:
+        return load(cls, os.environ if environ is None else environ)
+
+
+if __name__ == "__main__":
+    if "--markdown" in sys.argv:
+        print(markdown_table(TrainerSettings), end="")

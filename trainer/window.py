@@ -1,0 +1,83 @@
+"""Reading the training window: the newest input records, validated by the worker's rules.
+
+The window is the newest `max_records` records across all partitions (each partition is read
+from at most `max_records` before its end, then all are merged by timestamp), optionally only
+those of the last `max_age_s` seconds. Invalid records are skipped and counted by reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import NamedTuple
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer
+
+from kafka_common.settings import KafkaSettings
+from kafka_common.topics import topic_partitions
+from mixture.points import PointError, decode_point
+
+
+class Window(NamedTuple):
+    points: np.ndarray  # (N, D); N may be 0
+    invalid: collections.Counter[str]  # reason -> count
+    n_records: int  # records read, valid or not
+
+
+async def read_window(
+    kafka: KafkaSettings,
+    topic: str,
+    max_records: int,
+    max_age_s: float = 0,
+    dim: int | None = None,
+    max_record_bytes: int = 65536,
+) -> Window:
+    """Reads and validates the window; `dim` fixes the dimension (else the first valid point's)."""
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    await asyncio.sleep(0)  # aiokafka#647: let the no-group task start before any stop
+    try:
+        tps = await topic_partitions(consumer, topic)
+        if not tps:
+            return Window(np.zeros((0, dim or 1)), collections.Counter(), 0)
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        begins = await consumer.beginning_offsets(tps)
+        starts = {tp: max(begins[tp], ends[tp] - max_records) for tp in tps}
+        if max_age_s > 0:
+            since = int((time.time() - max_age_s) * 1000)
+            found = await consumer.offsets_for_times({tp: since for tp in tps})
+            for tp in tps:
+                at = found.get(tp)
+                starts[tp] = max(starts[tp], at.offset if at is not None else ends[tp])
+        for tp in tps:
+            consumer.seek(tp, starts[tp])
+        records: list[tuple[int, bytes | None]] = []
+        remaining = {tp for tp in tps if starts[tp] < ends[tp]}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
+            for tp, items in batch.items():
+                records.extend((r.timestamp, r.value) for r in items if r.offset < ends[tp])
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+
+    records.sort(key=lambda item: item[0])
+    records = records[-max_records:]
+    rows, invalid = [], collections.Counter[str]()
+    for _, value in records:
+        try:
+            if value is None:
+                raise PointError("not_json", "the record has no value")
+            point = decode_point(value, dim, max_record_bytes)
+        except PointError as exc:
+            invalid[exc.reason] += 1
+            continue
+        dim = len(point.x)
+        rows.append(point.x)
+    points = np.vstack(rows) if rows else np.zeros((0, dim or 1))
+    return Window(points, invalid, len(records))
