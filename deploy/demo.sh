@@ -9,20 +9,20 @@ mkdir -p "$RUN"
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"
 PORT="${GMM_WORKER_WEB_PORT:-6066}"
 
-echo "== 1. a first model: gmm-trainer fit on a sample of the stream"
+echo "== 1. a first model: gmm-trainer fit on a sample, published to gmm.params (--publish)"
 $BIN/python - <<'PY' >"$RUN/sample.jsonl"
 import json, numpy as np
 rng = np.random.default_rng(0)
 for i, x in enumerate(np.where(rng.random(2000) < 0.4, rng.normal(0, 1, 2000), rng.normal(10, 1, 2000))):
     print(json.dumps({"id": f"s-{i}", "x": float(x)}))
 PY
-$BIN/gmm-trainer fit --data "$RUN/sample.jsonl" --out "$RUN/params.json"
+$BIN/gmm-trainer fit --data "$RUN/sample.jsonl" --out "$RUN/params.json" --publish
 
 echo "== 2. the stream worker (log: $RUN/worker.log)"
 if [[ -f "$RUN/worker.pid" ]] && kill -0 "$(cat "$RUN/worker.pid")" 2>/dev/null; then
   echo "worker already running (pid $(cat "$RUN/worker.pid"))"
 else
-  GMM_PARAMS_FILE="$RUN/params.json" GMM_WORKER_WEB_PORT="$PORT" GMM_LOG_LEVEL=warn \
+  GMM_WORKER_WEB_PORT="$PORT" GMM_LOG_LEVEL=warn \
     setsid $BIN/gmm-worker >"$RUN/worker.log" 2>&1 </dev/null &
   echo $! >"$RUN/worker.pid"
 fi
@@ -64,8 +64,16 @@ async def main():
         await c.stop()
 asyncio.run(main())
 PY
-sleep 1
-echo "== 5. metrics"
+echo "== 5. the trainer refits on the stream's newest points (gmm-trainer run --once; reports in reports/)"
+before=$(curl -s "localhost:$PORT/ready" | $BIN/python -c 'import json,sys; print(json.load(sys.stdin)["model_version"])')
+GMM_TRAIN_WINDOW_RECORDS=20000 GMM_LOG_LEVEL=warn $BIN/gmm-trainer run --once 2>"$RUN/trainer.log" | tail -1
+for _ in $(seq 1 50); do
+  now=$(curl -s "localhost:$PORT/ready" | $BIN/python -c 'import json,sys; print(json.load(sys.stdin)["model_version"])')
+  [[ "$now" != "$before" ]] && break
+  sleep 0.2
+done
+echo "the worker switched from model v$before to v$now without a restart"
+echo "== 6. metrics"
 curl -s "localhost:$PORT/metrics" | grep -E '^gmm_(records_in_total|assignments_out_total\{[^}]*\}|model_version|compilations_total|recent_log_likelihood_mean) ' || true
 cat <<MSG
 

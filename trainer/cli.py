@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 from kafka_common import params_topic
 from kafka_common.settings import SettingsError
 from mixture.fit import DataError, FitConfig, fit_map, to_model_params
+from mixture.labels import order_by_location
 from mixture.params import ModelParams
 from stream_app.main import describe_kafka_error
 from trainer.datafile import load_points
@@ -58,6 +59,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
             print(file=sys.stderr)
     except DataError as exc:
         return _fail(str(exc))
+    # A first fit's labels follow location, as the trainer's do.
+    result = result._replace(params=order_by_location(result.params))
     fitted_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     model = to_model_params(result, args.version, len(points), fitted_at)
     if args.publish:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from kafka_common.settings import markdown_table
+import pytest
+
 from stream_app.settings import WorkerSettings
 from tests.conftest import ROOT
+from trainer.settings import TrainerSettings
 
 
-def test_readme_configuration_table_is_current():
+@pytest.mark.parametrize(
+    ("settings", "module"),
+    [(WorkerSettings, "stream_app.settings"), (TrainerSettings, "trainer.settings")],
+)
+def test_readme_configuration_tables_are_current(settings, module):
     readme = (ROOT / "README.md").read_text()
-    assert markdown_table(WorkerSettings) in readme, (
-        "regenerate the table: python -m stream_app.settings --markdown"
+    assert markdown_table(settings) in readme, (
+        f"regenerate the table: python -m {module} --markdown"
     )
