@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from kafka_common.settings import markdown_table
 import pytest
 
+from kafka_common.settings import markdown_table
 from stream_app.settings import WorkerSettings
 from tests.conftest import ROOT
 from trainer.settings import TrainerSettings
