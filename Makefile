@@ -47,7 +47,9 @@ demo: venv kafka-up
 	@bash deploy/demo.sh
 
 demo-down:
-	@if [ -f .run/demo/worker.pid ]; then kill $$(cat .run/demo/worker.pid) 2>/dev/null || true; rm -f .run/demo/worker.pid; echo "demo: worker stopped"; fi
+	@for p in prometheus trainer worker; do \
+	  if [ -f .run/demo/$$p.pid ]; then kill $$(cat .run/demo/$$p.pid) 2>/dev/null || true; rm -f .run/demo/$$p.pid; echo "demo: $$p stopped"; fi; \
+	done
 	@bash $(KAFKA) down
 
 lint: venv

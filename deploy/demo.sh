@@ -73,12 +73,42 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 echo "the worker switched from model v$before to v$now without a restart"
-echo "== 6. metrics"
+echo "== 6. the trainer job in the background (a refit a minute; metrics on :6067)"
+start_bg() {  # name, command...
+  local name=$1; shift
+  if [[ -f "$RUN/$name.pid" ]] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
+    echo "$name already running (pid $(cat "$RUN/$name.pid"))"; return
+  fi
+  setsid "$@" >"$RUN/$name.log" 2>&1 </dev/null &
+  echo $! >"$RUN/$name.pid"
+}
+GMM_TRAIN_INTERVAL_SECONDS=60 GMM_TRAIN_WINDOW_RECORDS=20000 start_bg trainer $BIN/gmm-trainer run
+if command -v prometheus >/dev/null 2>&1; then
+  echo "== 7. Prometheus on :9090, scraping the worker and the trainer (deploy/prometheus config)"
+  $BIN/python - "$RUN/prometheus.yml" "$PORT" <<'PY'
+import sys, yaml
+config = yaml.safe_load(open("deploy/prometheus/prometheus.yml"))
+targets = {"gmm-worker": f"127.0.0.1:{sys.argv[2]}", "gmm-trainer": "127.0.0.1:6067"}
+for job in config["scrape_configs"]:
+    job.pop("dns_sd_configs", None)
+    job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+yaml.safe_dump(config, open(sys.argv[1], "w"))
+PY
+  start_bg prometheus prometheus --config.file="$RUN/prometheus.yml" \
+    --storage.tsdb.path="$RUN/prometheus-data" --web.listen-address=127.0.0.1:9090
+  PROM_MSG="  prometheus http://localhost:9090  (try: sum(rate(gmm_records_in_total[1m])))"
+else
+  PROM_MSG="  prometheus not installed here (apt-get install prometheus); docker compose runs it with Grafana"
+fi
+echo "== metrics"
 curl -s "localhost:$PORT/metrics" | grep -E '^gmm_(records_in_total|assignments_out_total\{[^}]*\}|model_version|compilations_total|recent_log_likelihood_mean) ' || true
 cat <<MSG
 
-Running: Kafka on $KAFKA_BOOTSTRAP_SERVERS and the worker (pid $(cat "$RUN/worker.pid")).
-  metrics    http://localhost:$PORT/metrics   (Prometheus text; /ready, /health beside it)
+Running: Kafka on $KAFKA_BOOTSTRAP_SERVERS, the worker and the trainer (logs in $RUN/).
+  metrics    http://localhost:$PORT/metrics   (worker; /ready, /health beside it)
+             http://localhost:6067/metrics   (trainer)
+$PROM_MSG
+  reports    reports/gmm/v<N>/  (loss.png, grad_norms.png, density.png, summary.json)
   more load  $BIN/gmm-produce --count 0 --rate 2000        (Ctrl-C to stop)
   watch      kcat -C -b $KAFKA_BOOTSTRAP_SERVERS -t gmm.assignments -o end
   stop       make demo-down

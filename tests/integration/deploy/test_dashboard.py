@@ -1,0 +1,123 @@
+"""Every Grafana panel's query returns data from a real Prometheus scraping the real services.
+
+Grafana cannot run here, so the dashboard's wiring is proved with real peers: the compose
+stack's Prometheus configuration (targets pointed at local processes), a worker and a trainer
+on the real broker, and traffic with some bad records in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from tests.integration.deploy.prometheus import Prometheus, dashboard_queries, local_config
+from tests.integration.harness import Topics, free_port, produce, wait_for
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("prometheus") is None,
+    reason="prometheus is not installed (apt-get install prometheus)",
+)
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap, tmp_path_factory):
+    """Worker + trainer + traffic + Prometheus; yields the running Prometheus."""
+    from tests.integration.harness import Worker
+
+    tmp = tmp_path_factory.mktemp("dashboard")
+    topics = Topics("dash")
+    worker = Worker(kafka_bootstrap, topics, tmp, GMM_MAX_DELAY_MS="10").start()
+    trainer_port = free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "GMM_INPUT_TOPIC": topics.input,
+        "GMM_PARAMS_TOPIC": topics.params,
+        "GMM_TRAINER_METRICS_PORT": str(trainer_port),
+        "GMM_TRAIN_INTERVAL_SECONDS": "4",
+        "GMM_TRAIN_WINDOW_RECORDS": "2000",
+        "GMM_TRAIN_RESTARTS": "10",
+        # Every refit after the first is rejected, so the rejection panel has data too.
+        "GMM_TRAIN_MAX_REGRESSION": "-1",
+        "GMM_REPORTS_DIR": str(tmp / "reports"),
+    }
+    trainer_log = open(tmp / "trainer.log", "wb")  # noqa: SIM115
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "trainer.cli", "run"],
+        env=env,
+        stdout=trainer_log,
+        stderr=subprocess.STDOUT,
+    )
+    stop = threading.Event()
+
+    def traffic() -> None:
+        rng = np.random.default_rng(0)
+        n = 0
+        while not stop.is_set():
+            xs = np.where(rng.random(200) < 0.4, rng.normal(0, 1, 200), rng.normal(10, 1, 200))
+            batch = [
+                (None, json.dumps({"id": f"d-{n + i}", "x": float(x)}).encode())
+                for i, x in enumerate(xs)
+            ]
+            batch += [(None, b"not json"), (None, b'{"x": "seven"}')]
+            produce(kafka_bootstrap, topics.input, batch)
+            n += 200
+            stop.wait(0.5)
+
+    feeder = threading.Thread(target=traffic, daemon=True)
+    feeder.start()
+    prometheus = Prometheus(
+        local_config(
+            {
+                "gmm-worker": [f"127.0.0.1:{worker.port}"],
+                "gmm-trainer": [f"127.0.0.1:{trainer_port}"],
+            }
+        ),
+        tmp,
+    )
+    try:
+        wait_for(prometheus.ready, 60, message="prometheus ready")
+        worker.wait_ready(180)
+        wait_for(prometheus.targets_up, 60, message="both targets up")
+        yield prometheus
+    finally:
+        stop.set()
+        feeder.join(10)
+        prometheus.stop()
+        trainer.terminate()
+        trainer.wait(30)
+        trainer_log.close()
+        worker.stop()
+
+
+def test_every_dashboard_query_returns_data(stack):
+    queries = dashboard_queries()
+    assert len(queries) >= 14
+    missing = stack.without_data([expr for _, expr in queries], timeout=120)
+    titles = [title for title, expr in queries if expr in missing]
+    assert not missing, f"panels without data: {titles}: {missing}"
+
+
+def test_a_wrong_query_fails_the_check(stack):
+    exprs = [expr for _, expr in dashboard_queries()][:2]
+    wrong = "sum(rate(gmm_no_such_metric_total[1m]))"
+    assert stack.without_data([*exprs, wrong], timeout=5) == [wrong]
+
+
+def test_promtool_accepts_the_compose_configuration():
+    from tests.integration.deploy.prometheus import COMPOSE_CONFIG
+
+    result = subprocess.run(
+        ["promtool", "check", "config", str(COMPOSE_CONFIG)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
