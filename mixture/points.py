@@ -21,11 +21,16 @@ REASONS = (
     "missing_x",
     "not_numeric",
     "not_finite",
+    "out_of_range",
     "wrong_dim",
     "bad_id",
+    "not_classifiable",  # valid, but the model's arithmetic overflowed on it (set by the worker)
 )
 
 DEFAULT_MAX_BYTES = 64 * 1024
+#: Coordinates beyond this are rejected: the classifier computes in float32 (max ~3.4e38), and
+#: squared distances of larger values overflow.
+MAX_ABS = 1e15
 
 
 class PointError(ValueError):
@@ -56,6 +61,8 @@ def parse_x(value: Any, dim: int | None = None) -> tuple[np.ndarray, bool]:
             )
     if not all(math.isfinite(v) for v in items):
         raise PointError("not_finite", "x contains NaN or infinity")
+    if any(abs(v) > MAX_ABS for v in items):
+        raise PointError("out_of_range", f"x has a coordinate beyond +-{MAX_ABS:g}")
     if dim is not None and len(items) != dim:
         raise PointError("wrong_dim", f"x has {len(items)} dimension(s), the model has {dim}")
     return np.asarray(items, dtype=np.float64), scalar

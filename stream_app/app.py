@@ -38,6 +38,8 @@ def create_app(settings: WorkerSettings, metrics: WorkerMetrics) -> faust.App:
         # A new group starts at the beginning: points sent before any worker ran are classified.
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         # The take buffer must hold a whole batch.
         stream_buffer_maxsize=max(4096, 2 * settings.max_batch),
         web_port=settings.web_port,

@@ -63,7 +63,7 @@ def dead_letter(r: InRecord, reason: str, error: str) -> Outgoing:
         "payload_base64": base64.b64encode(payload).decode("ascii"),
         "payload_text": text,
     }
-    return Outgoing(r.key, json.dumps(doc).encode(), r.timestamp)
+    return Outgoing(r.key, json.dumps(doc, allow_nan=False).encode(), r.timestamp)
 
 
 def process_batch(
@@ -93,11 +93,22 @@ def process_batch(
     inference = time.perf_counter() - t0
     ts_out = time.time()
     version = serving.model.version
+    # A point far from every component can overflow the model's float32 arithmetic; it gets a
+    # dead letter rather than NaN in an output (JSON has no NaN).
+    finite = np.isfinite(result.log_likelihood) & np.all(np.isfinite(result.probs), axis=1)
     assignments = result.assignment.tolist()
     probs = result.probs.tolist()
     loglik = result.log_likelihood.tolist()
     out = []
     for i, (r, p) in enumerate(valid):
+        if not finite[i]:
+            dead.append(
+                dead_letter(
+                    r, "not_classifiable", "the model's probabilities for this point are not finite"
+                )
+            )
+            reasons.append("not_classifiable")
+            continue
         doc: AssignmentRecord = {
             "id": p.id if p.id is not None else f"{r.topic}:{r.partition}:{r.offset}",
             "x": x_to_json(p.x, p.scalar),
@@ -109,13 +120,13 @@ def process_batch(
             "ts_out": ts_out,
             "source": _source(r),
         }
-        out.append(Outgoing(r.key, json.dumps(doc).encode(), r.timestamp))
+        out.append(Outgoing(r.key, json.dumps(doc, allow_nan=False).encode(), r.timestamp))
     return BatchOutcome(
         out,
         dead,
-        result.assignment,
+        result.assignment[finite],
         reasons,
         inference,
-        float(np.sum(result.log_likelihood)),
+        float(np.sum(result.log_likelihood[finite])),
         version,
     )

@@ -44,6 +44,11 @@ class WorkerSettings:
         "GMM_TEMPERATURE", 0, "0: MAP assignment; 1: a posterior sample", choices=(0, 1)
     )
     seed: int = env_field("GMM_SEED", 0, "RNG seed for temperature 1 (a fresh key per batch)")
+    session_timeout_s: float = env_field(
+        "GMM_SESSION_TIMEOUT_S",
+        15.0,
+        "Consumer-group session timeout: how soon a dead worker's partitions move to the others",
+    )
     max_record_bytes: int = env_field(
         "GMM_MAX_RECORD_BYTES", 65536, "Larger input records are dead-lettered as oversized"
     )
@@ -62,6 +67,10 @@ class WorkerSettings:
             raise SettingsError(f"GMM_MAX_DELAY_MS must be > 0, got {self.max_delay_ms}")
         if not 0 < self.web_port < 65536:
             raise SettingsError(f"GMM_WORKER_WEB_PORT must be a port number, got {self.web_port}")
+        if self.session_timeout_s < 6:
+            raise SettingsError(
+                f"GMM_SESSION_TIMEOUT_S must be >= 6 (the broker's minimum), got {self.session_timeout_s}"
+            )
         if self.input_partitions < 1:
             raise SettingsError(f"GMM_INPUT_PARTITIONS must be >= 1, got {self.input_partitions}")
         if self.params_file and not os.path.isfile(self.params_file):

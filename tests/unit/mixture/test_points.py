@@ -23,6 +23,8 @@ from mixture.points import REASONS, PointError, decode_point
         (b'{"x": []}', None, "not_numeric"),
         (b'{"x": {"a": 1}}', None, "not_numeric"),
         (b'{"x": 1e999}', None, "not_finite"),
+        (b'{"x": 1e300}', None, "out_of_range"),
+        (b'{"x": [1, -2e15]}', None, "out_of_range"),
         (b'{"x": [1, 2]}', 1, "wrong_dim"),
         (b'{"x": 1}', 2, "wrong_dim"),
         (b'{"id": [1], "x": 1}', None, "bad_id"),

@@ -68,3 +68,12 @@ def test_a_batch_of_only_bad_records_skips_inference():
 def test_oversized_records_are_dead_lettered():
     out = process_batch([rec(b'{"x": 1, "p": "' + b"a" * 200 + b'"}', 1)], serving(0), 100)
     assert out.reasons == ["oversized"]
+
+
+def test_points_the_model_cannot_score_are_dead_lettered_not_nan():
+    tiny = MixtureParams(np.array([0.5, 0.5]), np.array([[0.0], [1.0]]), np.array([1e-30]))
+    clf = make_classifier(2, 1, max_batch=64)
+    model = ServingModel(ModelParams(1, tiny), clf, clf.prepare(tiny))
+    out = process_batch([rec(b'{"x": 1e14}', 1), rec(b'{"x": 0.0}', 2)], model, 1024)
+    assert out.reasons == ["not_classifiable"]
+    assert len(out.assignments) == 1 and out.components.tolist() == [0]
