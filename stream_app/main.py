@@ -11,8 +11,9 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
+from kafka_common.connection import KafkaUnavailable, check_connection, describe_kafka_error
 from kafka_common.settings import SettingsError
 from kafka_common.topics import TopicSpec, ensure_topics
 from stream_app.settings import WorkerSettings
@@ -29,20 +30,16 @@ def topic_specs(settings: WorkerSettings) -> list[TopicSpec]:
     ]
 
 
-def describe_kafka_error(exc: BaseException, bootstrap: str) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    if "Authentication" in text or "SaslAuthentication" in type(exc).__name__:
-        return f"authentication failed at {bootstrap}: {exc}"
-    if isinstance(exc, KafkaConnectionError | OSError | asyncio.TimeoutError):
-        return f"cannot reach Kafka at {bootstrap}: {exc or type(exc).__name__}"
-    return f"Kafka error at {bootstrap}: {text}"
-
-
 def prepare(settings: WorkerSettings) -> str | None:
-    """Creates the topics; returns a one-line error, or None when all is well."""
+    """Checks the connection and creates the topics; returns a one-line error, or None."""
+
+    async def connect_and_create() -> None:
+        await check_connection(settings.kafka)
+        await asyncio.wait_for(ensure_topics(settings.kafka, topic_specs(settings)), 60)
+
     try:
-        asyncio.run(asyncio.wait_for(ensure_topics(settings.kafka, topic_specs(settings)), 60))
-    except (TimeoutError, KafkaError, OSError) as exc:
+        asyncio.run(connect_and_create())
+    except (KafkaUnavailable, TimeoutError, KafkaError, OSError) as exc:
         return describe_kafka_error(exc, settings.kafka.bootstrap_servers)
     return None
 

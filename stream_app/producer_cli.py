@@ -20,8 +20,8 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from kafka_common.connection import KafkaUnavailable, check_connection, describe_kafka_error
 from kafka_common.settings import KafkaSettings, SettingsError, load
-from stream_app.main import describe_kafka_error
 
 PROG = "gmm-produce"
 
@@ -70,6 +70,7 @@ def replay(args: argparse.Namespace) -> Iterator[tuple[bytes | None, bytes]]:
 
 
 async def produce(args: argparse.Namespace, kafka: KafkaSettings) -> int:
+    await check_connection(kafka)
     source = replay(args) if args.replay else synthetic(args)
     producer = AIOKafkaProducer(
         **kafka.client_options(), acks="all", linger_ms=5, max_batch_size=256 * 1024
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(produce(args, kafka))
-    except (KafkaError, OSError) as exc:
+    except (KafkaUnavailable, KafkaError, OSError) as exc:
         print(
             f"{PROG}: error: {describe_kafka_error(exc, kafka.bootstrap_servers)}", file=sys.stderr
         )

@@ -69,7 +69,8 @@ class WorkerSettings:
             raise SettingsError(f"GMM_WORKER_WEB_PORT must be a port number, got {self.web_port}")
         if self.session_timeout_s < 6:
             raise SettingsError(
-                f"GMM_SESSION_TIMEOUT_S must be >= 6 (the broker's minimum), got {self.session_timeout_s}"
+                "GMM_SESSION_TIMEOUT_S must be >= 6 (the broker's minimum), "
+                f"got {self.session_timeout_s}"
             )
         if self.input_partitions < 1:
             raise SettingsError(f"GMM_INPUT_PARTITIONS must be >= 1, got {self.input_partitions}")

@@ -15,11 +15,12 @@ import numpy as np
 from aiokafka.errors import KafkaError
 
 from kafka_common import params_topic
+from kafka_common.connection import KafkaUnavailable, check_connection, describe_kafka_error
 from kafka_common.settings import SettingsError
+from kafka_common.topics import TopicSpec, ensure_topics
 from mixture.fit import DataError, FitConfig, fit_map, to_model_params
 from mixture.labels import order_by_location
 from mixture.params import ModelParams
-from stream_app.main import describe_kafka_error
 from trainer.datafile import load_points
 from trainer.settings import TrainerSettings
 
@@ -68,7 +69,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             model = asyncio.run(_publish(model))
         except SettingsError as exc:
             return _fail(str(exc))
-        except (TimeoutError, KafkaError, OSError) as exc:
+        except (KafkaUnavailable, TimeoutError, KafkaError, OSError, LookupError) as exc:
             settings = TrainerSettings.from_env()
             return _fail(describe_kafka_error(exc, settings.kafka.bootstrap_servers))
     text = model.dumps()
@@ -92,6 +93,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 async def _publish(model: ModelParams) -> ModelParams:
     """Publishes as the next version after the newest on the params topic."""
     settings = TrainerSettings.from_env()
+    await check_connection(settings.kafka)
+    await ensure_topics(settings.kafka, [TopicSpec(settings.params_topic, 1, compact=True)])
     newest = await asyncio.wait_for(
         params_topic.read_newest(settings.kafka, settings.params_topic), 60
     )
@@ -111,8 +114,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from trainer.main import run
 
     try:
+        asyncio.run(check_connection(settings.kafka))
         return run(settings, once=args.once)
-    except (TimeoutError, KafkaError, OSError, LookupError) as exc:
+    except (KafkaUnavailable, TimeoutError, KafkaError, OSError, LookupError) as exc:
         return _fail(describe_kafka_error(exc, settings.kafka.bootstrap_servers))
     except KeyboardInterrupt:
         return 130

@@ -12,7 +12,8 @@
 #   KAFKA_STATE_DIR        data, logs and pid file              (default <repo>/.kafka/<KAFKA_PORT>)
 #   KAFKA_LIBS_DIR         cached broker jars                   (default <repo>/.kafka/libs)
 #   KAFKA_HEAP_OPTS        JVM heap                             (default -Xms256m -Xmx768m)
-#   KAFKA_EXTRA_PROPS      a file appended to server.properties (e.g. SASL listeners)
+#   KAFKA_EXTRA_PROPS      a file appended to server.properties (e.g. SASL listeners; later keys win)
+#   KAFKA_CLIENT_PROPS     client properties for the readiness probe (e.g. SASL credentials)
 #   KAFKA_START_TIMEOUT    seconds to wait for readiness        (default 90)
 set -euo pipefail
 
@@ -116,7 +117,10 @@ format_once() {
 }
 
 probe() {
-  tool org.apache.kafka.tools.BrokerApiVersionsCommand --bootstrap-server "127.0.0.1:$port" >/dev/null 2>&1
+  local extra=()
+  [[ -n "${KAFKA_CLIENT_PROPS:-}" ]] && extra=(--command-config "$KAFKA_CLIENT_PROPS")
+  tool org.apache.kafka.tools.BrokerApiVersionsCommand --bootstrap-server "127.0.0.1:$port" \
+    "${extra[@]}" >/dev/null 2>&1
 }
 
 up() {

@@ -234,3 +234,60 @@ async def _end_offsets(bootstrap: str, topic: str) -> int:
 def count_records(bootstrap: str, topic: str) -> int:
     """Records in topic (sum of end offsets; the test topics are never truncated)."""
     return run(_end_offsets(bootstrap, topic))
+
+
+class Broker:
+    """A broker of a test's own (deploy/kafka/kafka.sh on a free port pair), for faults and auth."""
+
+    def __init__(
+        self, state_dir: pathlib.Path, extra_props: str = "", client_props: str = ""
+    ) -> None:
+        from tests.conftest import ROOT
+
+        self.script = ROOT / "deploy" / "kafka" / "kafka.sh"
+        self.port = _free_port_pair()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_STATE_DIR": str(state_dir)}
+        if extra_props:
+            path = state_dir / "extra.properties"
+            path.write_text(
+                extra_props.replace("{port}", str(self.port)).replace("{cport}", str(self.port + 1))
+            )
+            self.env["KAFKA_EXTRA_PROPS"] = str(path)
+        if client_props:
+            path = state_dir / "client.properties"
+            path.write_text(client_props)
+            self.env["KAFKA_CLIENT_PROPS"] = str(path)
+
+    def _run(self, command: str) -> None:
+        done = subprocess.run(
+            ["bash", str(self.script), command],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"kafka.sh {command} failed: {done.stdout}{done.stderr}")
+
+    def up(self) -> Broker:
+        self._run("up")
+        return self
+
+    def down(self) -> None:
+        self._run("down")
+
+
+def _free_port_pair() -> int:
+    for _ in range(100):
+        port = free_port()
+        if port >= 65000:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 
 from tests.conftest import ROOT
+from tests.integration.harness import _free_port_pair
 
 SCRIPT = ROOT / "deploy" / "kafka" / "kafka.sh"
-
-
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 65000:
-            with socket.socket() as s2:
-                try:
-                    s2.bind(("127.0.0.1", port + 1))
-                    return port
-                except OSError:
-                    continue
-    raise RuntimeError("no free port pair")
 
 
 def run(cmd: str, env: dict) -> subprocess.CompletedProcess:

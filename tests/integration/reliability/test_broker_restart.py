@@ -1,0 +1,100 @@
+"""The broker restarts mid-stream: the worker and the trainer reconnect; nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kafka_common.params_topic import read_newest
+from kafka_common.settings import KafkaSettings
+from tests.integration.harness import (
+    SEED_MODEL,
+    Broker,
+    Topics,
+    Worker,
+    produce,
+    publish_model,
+    wait_for,
+)
+from tests.integration.reliability.test_faults import points, wait_covered
+
+pytestmark = pytest.mark.slow
+
+
+def newest_version(bootstrap: str, topic: str) -> int:
+    try:
+        model = asyncio.run(
+            asyncio.wait_for(read_newest(KafkaSettings(bootstrap_servers=bootstrap), topic), 15)
+        )
+    except Exception:  # the broker is down or not ready yet
+        return -1
+    return model.version if model else 0
+
+
+def test_broker_restart_midstream(tmp_path, record_property):
+    broker = Broker(tmp_path / "broker").up()
+    topics = Topics("restart")
+    worker = trainer = None
+    try:
+        publish_model(broker.bootstrap, topics.params, SEED_MODEL)
+        worker = Worker(broker.bootstrap, topics, tmp_path).start()
+        worker.wait_ready()
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "GMM_INPUT_TOPIC": topics.input,
+            "GMM_PARAMS_TOPIC": topics.params,
+            "GMM_TRAIN_INTERVAL_SECONDS": "3",
+            "GMM_TRAIN_WINDOW_RECORDS": "2000",
+            "GMM_TRAIN_RESTARTS": "10",
+            "GMM_TRAINER_METRICS_PORT": "0",
+            "GMM_REPORTS_DIR": str(tmp_path / "reports"),
+        }
+        trainer_log = open(tmp_path / "trainer.log", "wb")  # noqa: SIM115
+        trainer = subprocess.Popen(
+            [sys.executable, "-m", "trainer.cli", "run"],
+            env=env,
+            stdout=trainer_log,
+            stderr=subprocess.STDOUT,
+        )
+        n = 30_000
+        produce(broker.bootstrap, topics.input, points(n, "r"))
+        wait_for(
+            lambda: worker.metric("gmm_assignments_out_total") >= 5_000,
+            120,
+            message="5k outputs before the restart",
+        )
+        wait_for(
+            lambda: newest_version(broker.bootstrap, topics.params) >= 2,
+            120,
+            message="the trainer publishing before the restart",
+        )
+
+        broker.down()
+        broker.up()
+        version_after_restart = newest_version(broker.bootstrap, topics.params)
+
+        ids = wait_covered(
+            broker.bootstrap, topics.output, {f"r-{i}" for i in range(n)}, timeout=300
+        )
+        record_property("duplicates", len(ids) - len(set(ids)))
+        assert worker.alive(), worker.log_tail()
+        # The trainer reconnected: it publishes again after the restart.
+        wait_for(
+            lambda: newest_version(broker.bootstrap, topics.params) > version_after_restart,
+            120,
+            message="a version published after the restart",
+        )
+        assert trainer.poll() is None
+        print(f"\nbroker restart: 0 of {n} lost, {len(ids) - len(set(ids))} duplicated")
+    finally:
+        if trainer is not None:
+            trainer.terminate()
+            trainer.wait(30)
+        if worker is not None:
+            worker.stop()
+        broker.down()

@@ -1,0 +1,185 @@
+"""Faults against the real broker: killed workers, poisoned parameters, a trainer that is down.
+
+Marked slow: `pytest -m "not slow"` is the quick suite; CI runs them all.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from mixture.params import FitMetadata, MixtureParams, ModelParams
+from tests.integration.harness import (
+    SEED_MODEL,
+    Topics,
+    consume,
+    count_records,
+    produce,
+    publish_model,
+    run,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def points(n: int, prefix: str) -> list[tuple[bytes, bytes]]:
+    return [
+        (
+            f"{prefix}-{i}".encode(),
+            json.dumps({"id": f"{prefix}-{i}", "x": (i % 23) - 5.0}).encode(),
+        )
+        for i in range(n)
+    ]
+
+
+def versioned(version: int) -> ModelParams:
+    return ModelParams(
+        version,
+        MixtureParams([0.4, 0.6], [[0.0], [10.0]], [1.0 + version / 10]),
+        FitMetadata(fitted_at="2026-01-01T00:00:00+00:00"),
+    )
+
+
+def output_ids(bootstrap: str, topic: str) -> list[str]:
+    n = count_records(bootstrap, topic)
+    return [json.loads(r.value)["id"] for r in consume(bootstrap, topic, n, timeout=120)]
+
+
+def wait_covered(bootstrap: str, topic: str, expected: set[str], timeout: float) -> list[str]:
+    """Waits until every expected id has an output; returns all output ids (duplicates kept)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if count_records(bootstrap, topic) >= len(expected):
+            ids = output_ids(bootstrap, topic)
+            if expected <= set(ids):
+                return ids
+        if time.monotonic() > deadline:
+            missing = len(expected - set(output_ids(bootstrap, topic)))
+            raise AssertionError(f"{missing} of {len(expected)} inputs never got an assignment")
+        time.sleep(1)
+
+
+async def _send_raw(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for v in values:
+            await producer.send_and_wait(topic, v, key=b"gmm")
+    finally:
+        await producer.stop()
+
+
+def test_poisoned_parameters_are_ignored(kafka_bootstrap, start_worker):
+    topics = Topics("poison")
+    publish_model(kafka_bootstrap, topics.params, versioned(1))
+    worker = start_worker(topics)
+    worker.wait_ready()
+    nan_weights = json.loads(versioned(2).dumps())
+    nan_weights["weights"] = [float("nan"), 1.0]
+    wrong_shapes = json.loads(versioned(3).dumps())
+    wrong_shapes["locs"] = [0.0, 1.0, 2.0]
+    run(
+        _send_raw(
+            kafka_bootstrap,
+            topics.params,
+            [b"not json {", json.dumps(nan_weights).encode(), json.dumps(wrong_shapes).encode()],
+        )
+    )
+    wait_for(lambda: worker.metric("gmm_params_rejected_total") == 3, 30, message="rejections")
+    assert worker.metric("gmm_params_rejected_total", reason="not_json") == 1
+    assert worker.metric("gmm_model_version") == 1
+
+    produce(kafka_bootstrap, topics.input, points(200, "after-poison"))
+    outputs = consume(kafka_bootstrap, topics.output, 200, timeout=60)
+    assert len(outputs) == 200 and {json.loads(r.value)["model_version"] for r in outputs} == {1}
+    publish_model(kafka_bootstrap, topics.params, versioned(4))  # the follower is still alive
+    wait_for(lambda: worker.metric("gmm_model_version") == 4, 30, message="version 4")
+
+
+def test_worker_restarted_while_the_trainer_is_down_recovers_the_newest_model(
+    kafka_bootstrap, start_worker
+):
+    topics = Topics("recover")
+    for version in (1, 2):
+        publish_model(kafka_bootstrap, topics.params, versioned(version))
+    first = start_worker(topics)
+    assert first.wait_ready()["model_version"] == 2
+    produce(kafka_bootstrap, topics.input, points(300, "a"))
+    wait_for(lambda: first.metric("gmm_assignments_out_total") == 300, 60, message="first batch")
+    first.stop(signal.SIGKILL)
+
+    second = start_worker(topics)  # no trainer anywhere: the model comes from the compacted topic
+    assert second.wait_ready()["model_version"] == 2
+    produce(kafka_bootstrap, topics.input, points(300, "b"))
+    ids = wait_covered(
+        kafka_bootstrap, topics.output, {f"{p}-{i}" for p in "ab" for i in range(300)}, timeout=90
+    )
+    docs = [json.loads(r.value) for r in consume(kafka_bootstrap, topics.output, len(ids))]
+    assert {d["model_version"] for d in docs} == {2}
+
+
+def test_sigkill_midstream_then_restart_loses_nothing(
+    kafka_bootstrap, start_worker, record_property
+):
+    topics = Topics("kill")
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    worker = start_worker(topics)
+    worker.wait_ready()
+    n = 100_000
+    produce(kafka_bootstrap, topics.input, points(n, "k"))
+    wait_for(
+        lambda: worker.metric("gmm_assignments_out_total") >= 30_000,
+        120,
+        interval=0.2,
+        message="30k outputs",
+    )
+    worker.stop(signal.SIGKILL)
+    t_kill = time.monotonic()
+    restarted = start_worker(topics)
+    restarted.wait_ready()
+    ids = wait_covered(kafka_bootstrap, topics.output, {f"k-{i}" for i in range(n)}, timeout=300)
+    duplicates = len(ids) - len(set(ids))
+    record_property("duplicates", duplicates)
+    record_property("recovery_seconds", round(time.monotonic() - t_kill, 1))
+    print(
+        f"\nSIGKILL at >=30k of {n}: 0 lost, {duplicates} duplicated "
+        f"(re-delivered since the last commit), all covered {time.monotonic() - t_kill:.1f}s after the kill"
+    )
+    assert len(set(ids)) == n
+
+
+def test_two_workers_one_killed_its_partitions_move(kafka_bootstrap, start_worker, record_property):
+    topics = Topics("failover")
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    env = {"GMM_INPUT_PARTITIONS": "4", "GMM_SESSION_TIMEOUT_S": "6"}
+    a = start_worker(topics, **env)
+    b = start_worker(topics, **env)
+    a.wait_ready()
+    b.wait_ready()
+    n = 40_000
+    produce(kafka_bootstrap, topics.input, points(n, "f"))
+    wait_for(
+        lambda: (
+            a.metric("gmm_assignments_out_total") > 0 and b.metric("gmm_assignments_out_total") > 0
+        ),
+        120,
+        message="both workers busy",
+    )
+    a.stop(signal.SIGKILL)
+    t_kill = time.monotonic()
+    ids = wait_covered(kafka_bootstrap, topics.output, {f"f-{i}" for i in range(n)}, timeout=240)
+    record_property("duplicates", len(ids) - len(set(ids)))
+    print(
+        f"\none of two workers killed: 0 lost, {len(ids) - len(set(ids))} duplicated, "
+        f"covered {time.monotonic() - t_kill:.1f}s after the kill"
+    )
+    partitions = {
+        json.loads(r.value)["source"]["partition"]
+        for r in consume(kafka_bootstrap, topics.output, len(ids))
+    }
+    assert partitions == {0, 1, 2, 3}
