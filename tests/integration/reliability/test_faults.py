@@ -147,8 +147,8 @@ def test_sigkill_midstream_then_restart_loses_nothing(
     record_property("duplicates", duplicates)
     record_property("recovery_seconds", round(time.monotonic() - t_kill, 1))
     print(
-        f"\nSIGKILL at >=30k of {n}: 0 lost, {duplicates} duplicated "
-        f"(re-delivered since the last commit), all covered {time.monotonic() - t_kill:.1f}s after the kill"
+        f"\nSIGKILL at >=30k of {n}: 0 lost, {duplicates} duplicated (re-delivered since "
+        f"the last commit), all covered {time.monotonic() - t_kill:.1f}s after the kill"
     )
     assert len(set(ids)) == n
 
@@ -183,3 +183,40 @@ def test_two_workers_one_killed_its_partitions_move(kafka_bootstrap, start_worke
         for r in consume(kafka_bootstrap, topics.output, len(ids))
     }
     assert partitions == {0, 1, 2, 3}
+
+
+def test_garbage_flood_mixed_with_valid_records(kafka_bootstrap, start_worker):
+    import random
+
+    topics = Topics("flood")
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    worker = start_worker(topics)
+    worker.wait_ready()
+    rnd = random.Random(7)
+    garbage = []
+    for i in range(10_000):
+        kind = i % 5
+        if kind == 0:
+            payload = rnd.randbytes(rnd.randint(0, 80))
+        elif kind == 1:
+            payload = json.dumps([rnd.random() for _ in range(rnd.randint(0, 3))]).encode()
+        elif kind == 2:
+            payload = json.dumps({"x": rnd.choice(["", None, {}, [None], True, "1"])}).encode()
+        elif kind == 3:
+            payload = json.dumps({"x": [rnd.random(), rnd.random()]}).encode()  # wrong dimension
+        else:
+            payload = b'{"x": ' + rnd.choice([b"1e999", b"-1e400", b"NaN", b"1e20"]) + b"}"
+        garbage.append((f"junk-{i}".encode(), payload))
+    valid = points(5_000, "ok")
+    mixed = garbage + valid
+    rnd.shuffle(mixed)
+    produce(kafka_bootstrap, topics.input, mixed)
+
+    outputs = consume(kafka_bootstrap, topics.output, 5_000, timeout=120)
+    dead = consume(kafka_bootstrap, topics.dlq, 10_000, timeout=120)
+    assert sorted(json.loads(r.value)["id"] for r in outputs) == sorted(
+        k.decode() for k, _ in valid
+    )
+    assert len(dead) == 10_000
+    assert all(r.key.startswith(b"junk-") and json.loads(r.value)["reason"] for r in dead)
+    assert worker.alive() and worker.get("/health")[0] == 200

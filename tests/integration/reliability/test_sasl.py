@@ -21,8 +21,11 @@ advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{{port}}
 inter.broker.listener.name=SASL_PLAINTEXT
 sasl.enabled.mechanisms=PLAIN
 sasl.mechanism.inter.broker.protocol=PLAIN
-listener.name.sasl_plaintext.plain.sasl.jaas.config={JAAS} username="admin" password="admin-secret" user_admin="admin-secret" user_svc="svc-secret";
-"""
+listener.name.sasl_plaintext.plain.sasl.jaas.config={JAAS} {{users}};
+""".replace(
+    "{users}",
+    'username="admin" password="admin-secret" user_admin="admin-secret" user_svc="svc-secret"',
+)
 CLIENT_PROPS = f"""security.protocol=SASL_PLAINTEXT
 sasl.mechanism=PLAIN
 sasl.jaas.config={JAAS} username="admin" password="admin-secret";
