@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 KAFKA := deploy/kafka/kafka.sh
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 
-.PHONY: help venv kafka-up kafka-down kafka-status test test-unit test-integration demo demo-down lint typecheck bench clean
+.PHONY: help venv kafka-up kafka-down kafka-status test test-quick test-unit test-integration demo demo-down lint typecheck bench clean
 
 help:
 	@echo "make demo              set up, start Kafka, run the demo (make demo-down stops it)"
 	@echo "make test              set up, start Kafka, run the whole test suite"
+	@echo "make test-quick        the suite without the slow fault tests"
 	@echo "make test-unit         unit tests only (no broker)"
 	@echo "make kafka-up|kafka-down|kafka-status"
 	@echo "make lint typecheck bench clean"
@@ -36,6 +37,9 @@ kafka-status:
 
 test: venv kafka-up
 	$(BIN)/pytest tests
+
+test-quick: venv kafka-up
+	$(BIN)/pytest tests -m "not slow"
 
 test-unit: venv
 	$(BIN)/pytest tests/unit
@@ -63,6 +67,8 @@ bench: venv kafka-up
 	$(BIN)/python -m bench.inference
 	$(BIN)/python -m bench.fit
 	$(BIN)/python -m bench.stream
+	$(BIN)/python -m bench.scaleout
+	$(BIN)/python -m bench.soak
 
 clean: demo-down
 	rm -rf .kafka .run reports

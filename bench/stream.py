@@ -47,7 +47,7 @@ PARTITIONS = 2
 WORKER_CONFIGS = [(256, 5.0), (1024, 20.0), (4096, 50.0)]
 
 
-async def _create_topics(topics: Topics) -> None:
+async def _create_topics(topics: Topics, partitions: int = PARTITIONS) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
     await admin.start()
     try:
@@ -89,6 +89,17 @@ def produce(topic: str, start: int, n: int, rate: float | None = None) -> None:
     asyncio.run(_produce(topic, start, n, rate))
 
 
+def create_topics(topics: Topics, partitions: int = PARTITIONS) -> None:
+    asyncio.run(_create_topics(topics, partitions))
+
+
+def drain_rate(topic: str, n: int) -> float:
+    """Records per second from the first to the last output (broker append times)."""
+    out = consume(BOOTSTRAP, topic, n, timeout=120)
+    appended = np.sort([r.timestamp / 1000 for r in out])
+    return (len(appended) - 1) / max(appended[-1] - appended[0], 1e-3)
+
+
 def input_times(topic: str, n: int) -> dict[bytes, float]:
     return {r.key: r.timestamp / 1000 for r in consume(BOOTSTRAP, topic, n, timeout=120)}
 
@@ -101,7 +112,7 @@ def measure(
     latency_seconds: float,
     max_delay_ms: float | None,
 ) -> dict[str, Any]:
-    asyncio.run(_create_topics(topics))
+    create_topics(topics)
     produce(topics.input, 0, n_drain)
     proc = start_system(topics)
     try:
@@ -111,11 +122,8 @@ def measure(
             interval=0.5,
             message=f"{name}: drain",
         )
-        out = consume(BOOTSTRAP, topics.output, n_drain, timeout=120)
-        appended = np.sort([r.timestamp / 1000 for r in out])
-        drain_rate = (len(appended) - 1) / max(appended[-1] - appended[0], 1e-3)
-
-        rate = drain_rate / 2
+        rate_out = drain_rate(topics.output, n_drain)
+        rate = rate_out / 2
         n_lat = int(rate * latency_seconds)
         produce(topics.input, n_drain, n_lat, rate=rate)
         total = n_drain + n_lat
@@ -144,13 +152,13 @@ def measure(
         "system": name,
         "max_delay_ms": max_delay_ms,
         "drain_records": n_drain,
-        "throughput_records_per_second": drain_rate,
+        "throughput_records_per_second": rate_out,
         "latency_load_records_per_second": rate,
         "latency_records": len(lat),
         "latency_ms": {"p50": p50, "p95": p95, "p99": p99, "max": float(lat.max())},
     }
     print(
-        f"{name}: {drain_rate:,.0f} records/s; at {rate:,.0f}/s p50 {p50:.1f} ms p99 {p99:.1f} ms",
+        f"{name}: {rate_out:,.0f} records/s; at {rate:,.0f}/s p50 {p50:.1f} ms p99 {p99:.1f} ms",
         file=sys.stderr,
     )
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import pathlib
 import sys
@@ -111,6 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = TrainerSettings.from_env()
     except SettingsError as exc:
         return _fail(str(exc))
+    if args.posterior is not None:
+        settings = dataclasses.replace(settings, posterior=args.posterior)
     from trainer.main import run
 
     try:
@@ -153,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--once",
         action="store_true",
         help="one cycle, print its summary as JSON, exit (3: nothing published)",
+    )
+    run.add_argument(
+        "--posterior",
+        choices=("none", "nuts"),
+        help="after publishing, sample the posterior with NUTS into the report "
+        "(default: GMM_TRAIN_POSTERIOR)",
     )
     run.set_defaults(func=cmd_run)
     return parser

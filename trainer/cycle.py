@@ -21,8 +21,9 @@ from mixture.evaluate import score
 from mixture.fit import DataError, FitConfig, FitResult, fit_map, to_model_params
 from mixture.labels import align_components, order_by_location
 from mixture.params import ModelParams
+from mixture.posterior import posterior_nuts
 from trainer.metrics import TrainerMetrics
-from trainer.report import write_report
+from trainer.report import write_posterior_report, write_report
 from trainer.settings import TrainerSettings
 from trainer.window import read_window
 
@@ -59,6 +60,8 @@ class Trainer:
         self.metrics = metrics
         self.current: ModelParams | None = None
         self.version = 0
+        #: The NUTS run of the last published version, if any (it never delays publication).
+        self.posterior_task: asyncio.Task | None = None
         self.config = FitConfig(
             n_components=settings.components,
             per_component_scale=settings.per_component_scale,
@@ -164,7 +167,21 @@ class Trainer:
             points,
             fit_score,
         )
+        if s.posterior == "nuts":
+            self.posterior_task = asyncio.create_task(
+                asyncio.to_thread(self._posterior, report, points, jax.random.fold_in(key, 1))
+            )
         return CycleOutcome(model, None, "published", n, invalid, result.seconds, report)
+
+    def _posterior(self, report: pathlib.Path, points: np.ndarray, key: jax.Array) -> None:
+        try:
+            posterior = posterior_nuts(
+                points, key, self.settings.components, self.settings.per_component_scale
+            )
+            write_posterior_report(report, posterior)
+            log.info("posterior written to %s (%d divergences)", report, posterior.divergences)
+        except Exception:  # a diagnostic: it must never take the trainer down
+            log.exception("the NUTS posterior failed")
 
     def _same_shape(self, model: ModelParams) -> bool:
         m = model.mixture

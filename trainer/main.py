@@ -39,7 +39,9 @@ async def _run(settings: TrainerSettings, once: bool) -> int:
     log.info("starting from version %d", trainer.version)
     if once:
         outcome = await trainer.cycle()
-        print(json.dumps(outcome.summary()))
+        print(json.dumps(outcome.summary()), flush=True)
+        if trainer.posterior_task is not None:  # published already; the report waits for NUTS
+            await trainer.posterior_task
         return 0 if outcome.published else EXIT_NOT_PUBLISHED
     backoff = 1.0
     while True:

@@ -2,7 +2,8 @@
 
 loss.png (the loss per SVI step), grad_norms.png (each global's gradient norm per step) and
 density.png (the mixture's density over a histogram of the window; the first dimension's
-marginal when D > 1), plus summary.json (parameters, loss, AIC/BIC, window size, duration).
+marginal when D > 1), plus summary.json (parameters, loss, AIC/BIC, window size, duration);
+with the NUTS posterior also posterior.json (summary, divergences) and trace.png.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from scipy import stats
 from mixture.evaluate import Score
 from mixture.fit import FitResult
 from mixture.params import ModelParams
+from mixture.posterior import Posterior
 
 
 def write_report(
@@ -86,4 +88,36 @@ def write_report(
         "fit_seconds": result.seconds,
     }
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return directory
+
+
+def write_posterior_report(directory: pathlib.Path, posterior: Posterior) -> pathlib.Path:
+    """posterior.json (the NUTS summary and divergences) and trace.png (locs per NUTS step)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "posterior.json").write_text(
+        json.dumps(
+            {
+                "method": "collapsed NUTS (assignments enumerated)",
+                "n_points": posterior.n_points,
+                "num_samples": len(posterior.samples["weights"]),
+                "divergences": posterior.divergences,
+                "summary": posterior.summary,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    locs = posterior.samples["locs"][:, :, 0]
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
+    for k in range(locs.shape[1]):
+        ax.plot(locs[:, k], label=f"component {k}")
+    ax.set(
+        xlabel="NUTS step",
+        ylabel="loc" if posterior.samples["locs"].shape[2] == 1 else "loc[0]",
+        title="Trace of the locations during NUTS",
+    )
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(directory / "trace.png")
+    plt.close(fig)
     return directory

@@ -52,6 +52,12 @@ class TrainerSettings:
     min_weight: float = env_field(
         "GMM_TRAIN_MIN_WEIGHT", 1e-3, "A component lighter than this counts as collapsed"
     )
+    posterior: str = env_field(
+        "GMM_TRAIN_POSTERIOR",
+        "none",
+        "After publishing, also sample the posterior with collapsed NUTS into the report",
+        choices=("none", "nuts"),
+    )
     seed: int = env_field("GMM_SEED", 0, "RNG seed of the fits")
     reports_dir: str = env_field("GMM_REPORTS_DIR", "reports", "Where fit reports are written")
     metrics_port: int = env_field(
