@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
+import numpy as np
 
 from kafka_common import params_topic
 from mixture.params import ModelParams
@@ -136,7 +137,5 @@ def _observe(outcome: BatchOutcome) -> None:
 
 
 def _counts(components: Any) -> tuple[list[int], list[int]]:
-    import numpy as np
-
     values, counts = np.unique(components, return_counts=True)
     return values.tolist(), counts.tolist()

@@ -291,3 +291,55 @@ def _free_port_pair() -> int:
                 continue
         return port
     raise RuntimeError("no free port pair")
+
+
+def trainer_env(
+    bootstrap: str, topics: Topics, reports: pathlib.Path, **extra: str
+) -> dict[str, str]:
+    """Environment of a trainer process on the test's topics (small windows, few restarts)."""
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "GMM_INPUT_TOPIC": topics.input,
+        "GMM_PARAMS_TOPIC": topics.params,
+        "GMM_REPORTS_DIR": str(reports),
+        "GMM_TRAIN_WINDOW_RECORDS": "2000",
+        "GMM_TRAIN_RESTARTS": "10",
+        **extra,
+    }
+
+
+def run_trainer_once(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`gmm-trainer run --once ARGS` as its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "run", "--once", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+class TrainerProcess:
+    """`gmm-trainer run` in the background, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: pathlib.Path) -> None:
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trainer.cli", "run"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()

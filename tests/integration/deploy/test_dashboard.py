@@ -8,17 +8,22 @@ on the real broker, and traffic with some bad records in it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import threading
 
 import numpy as np
 import pytest
 
 from tests.integration.deploy.prometheus import Prometheus, dashboard_queries, local_config
-from tests.integration.harness import Topics, free_port, produce, wait_for
+from tests.integration.harness import (
+    Topics,
+    TrainerProcess,
+    free_port,
+    produce,
+    trainer_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None,
@@ -35,26 +40,16 @@ def stack(kafka_bootstrap, tmp_path_factory):
     topics = Topics("dash")
     worker = Worker(kafka_bootstrap, topics, tmp, GMM_MAX_DELAY_MS="10").start()
     trainer_port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "GMM_INPUT_TOPIC": topics.input,
-        "GMM_PARAMS_TOPIC": topics.params,
-        "GMM_TRAINER_METRICS_PORT": str(trainer_port),
-        "GMM_TRAIN_INTERVAL_SECONDS": "4",
-        "GMM_TRAIN_WINDOW_RECORDS": "2000",
-        "GMM_TRAIN_RESTARTS": "10",
+    env = trainer_env(
+        kafka_bootstrap,
+        topics,
+        tmp / "reports",
+        GMM_TRAINER_METRICS_PORT=str(trainer_port),
+        GMM_TRAIN_INTERVAL_SECONDS="4",
         # Every refit after the first is rejected, so the rejection panel has data too.
-        "GMM_TRAIN_MAX_REGRESSION": "-1",
-        "GMM_REPORTS_DIR": str(tmp / "reports"),
-    }
-    trainer_log = open(tmp / "trainer.log", "wb")  # noqa: SIM115
-    trainer = subprocess.Popen(
-        [sys.executable, "-m", "trainer.cli", "run"],
-        env=env,
-        stdout=trainer_log,
-        stderr=subprocess.STDOUT,
+        GMM_TRAIN_MAX_REGRESSION="-1",
     )
+    trainer = TrainerProcess(env, tmp / "trainer.log")
     stop = threading.Event()
 
     def traffic() -> None:
@@ -91,9 +86,7 @@ def stack(kafka_bootstrap, tmp_path_factory):
         stop.set()
         feeder.join(10)
         prometheus.stop()
-        trainer.terminate()
-        trainer.wait(30)
-        trainer_log.close()
+        trainer.stop()
         worker.stop()
 
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -15,9 +12,11 @@ from tests.integration.harness import (
     SEED_MODEL,
     Broker,
     Topics,
+    TrainerProcess,
     Worker,
     produce,
     publish_model,
+    trainer_env,
     wait_for,
 )
 from tests.integration.reliability.test_faults import points, wait_covered
@@ -43,24 +42,14 @@ def test_broker_restart_midstream(tmp_path, record_property):
         publish_model(broker.bootstrap, topics.params, SEED_MODEL)
         worker = Worker(broker.bootstrap, topics, tmp_path).start()
         worker.wait_ready()
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-            "GMM_INPUT_TOPIC": topics.input,
-            "GMM_PARAMS_TOPIC": topics.params,
-            "GMM_TRAIN_INTERVAL_SECONDS": "3",
-            "GMM_TRAIN_WINDOW_RECORDS": "2000",
-            "GMM_TRAIN_RESTARTS": "10",
-            "GMM_TRAINER_METRICS_PORT": "0",
-            "GMM_REPORTS_DIR": str(tmp_path / "reports"),
-        }
-        trainer_log = open(tmp_path / "trainer.log", "wb")  # noqa: SIM115
-        trainer = subprocess.Popen(
-            [sys.executable, "-m", "trainer.cli", "run"],
-            env=env,
-            stdout=trainer_log,
-            stderr=subprocess.STDOUT,
+        env = trainer_env(
+            broker.bootstrap,
+            topics,
+            tmp_path / "reports",
+            GMM_TRAIN_INTERVAL_SECONDS="3",
+            GMM_TRAINER_METRICS_PORT="0",
         )
+        trainer = TrainerProcess(env, tmp_path / "trainer.log")
         n = 30_000
         produce(broker.bootstrap, topics.input, points(n, "r"))
         wait_for(
@@ -89,12 +78,11 @@ def test_broker_restart_midstream(tmp_path, record_property):
             120,
             message="a version published after the restart",
         )
-        assert trainer.poll() is None
+        assert trainer.alive()
         print(f"\nbroker restart: 0 of {n} lost, {len(ids) - len(set(ids))} duplicated")
     finally:
         if trainer is not None:
-            trainer.terminate()
-            trainer.wait(30)
+            trainer.stop()
         if worker is not None:
             worker.stop()
         broker.down()

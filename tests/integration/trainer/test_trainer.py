@@ -17,7 +17,14 @@ from kafka_common.params_topic import read_newest
 from kafka_common.settings import KafkaSettings
 from kafka_common.topics import TopicSpec, ensure_topics
 from mixture.params import FitMetadata, MixtureParams, ModelParams
-from tests.integration.harness import Topics, count_records, produce, publish_model
+from tests.integration.harness import (
+    Topics,
+    count_records,
+    produce,
+    publish_model,
+    run_trainer_once,
+    trainer_env,
+)
 from trainer.cycle import Trainer
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
@@ -145,37 +152,22 @@ def test_versions_continue_across_restarts_through_the_cli(kafka_bootstrap, tmp_
         ModelParams(7, MixtureParams([0.3, 0.7], [[2.0], [9.0]], [1.0])),
     )
     produce(kafka_bootstrap, topics.input, bimodal(3000, seed=2))
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "GMM_INPUT_TOPIC": topics.input,
-        "GMM_PARAMS_TOPIC": topics.params,
-        "GMM_REPORTS_DIR": str(tmp_path / "r"),
-        "GMM_TRAIN_WINDOW_RECORDS": "3000",
-        "GMM_TRAIN_RESTARTS": "20",
-    }
-    for expected in (8, 9):  # two trainer processes, one after the other
-        done = subprocess.run(
-            [sys.executable, "-m", "trainer.cli", "run", "--once"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+    env = trainer_env(kafka_bootstrap, topics, tmp_path / "r", GMM_TRAIN_WINDOW_RECORDS="3000")
+    for expected, extra in ((8, []), (9, ["--posterior", "nuts"])):  # two trainer processes
+        done = run_trainer_once(env, *extra)
         assert done.returncode == 0, done.stderr[-2000:]
         assert json.loads(done.stdout.splitlines()[-1])["version"] == expected
+    # The second also sampled the posterior with NUTS, after publishing, into its report.
+    posterior = json.loads((tmp_path / "r" / "gmm" / "v9" / "posterior.json").read_text())
+    assert posterior["divergences"] >= 0 and "r_hat" in posterior["summary"]["locs"]
+    with Image.open(tmp_path / "r" / "gmm" / "v9" / "trace.png") as image:
+        image.verify()
     assert newest(kafka_bootstrap, topics.params).version == 9
 
     # A window that cannot be fit: exit code 3 and the reason on stdout.
     topics2 = Topics("restart-empty")
     env.update(GMM_INPUT_TOPIC=topics2.input, GMM_PARAMS_TOPIC=topics2.params)
-    done = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", "run", "--once"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = run_trainer_once(env)
     assert done.returncode == 3
     assert json.loads(done.stdout.splitlines()[-1])["reason"] == "too_few_points"
 
