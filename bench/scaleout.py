@@ -15,38 +15,13 @@ import sys
 import tempfile
 
 from bench._common import machine, markdown_table, write_results
-from bench.stream import BOOTSTRAP, create_topics, drain_rate, produce
-from tests.integration.harness import (
-    SEED_MODEL,
-    Topics,
-    Worker,
-    count_records,
-    publish_model,
-    wait_for,
-)
+from bench.stream import drain_with_workers
 
 PARTITIONS = 4
 
 
 def run(n_workers: int, n: int, log_dir: pathlib.Path) -> float:
-    topics = Topics(f"scale{n_workers}")
-    create_topics(topics, PARTITIONS)
-    publish_model(BOOTSTRAP, topics.params, SEED_MODEL)
-    produce(topics.input, 0, n)
-    workers = [
-        Worker(BOOTSTRAP, topics, log_dir, GMM_LOG_LEVEL="warn").start() for _ in range(n_workers)
-    ]
-    try:
-        wait_for(
-            lambda: count_records(BOOTSTRAP, topics.output) >= n,
-            900,
-            interval=0.5,
-            message=f"{n_workers} worker(s) draining",
-        )
-    finally:
-        for w in workers:
-            w.stop()
-    rate = drain_rate(topics.output, n)
+    rate = drain_with_workers(n_workers, n, log_dir, PARTITIONS, stem="scale")
     print(f"{n_workers} worker(s): {rate:,.0f} records/s", file=sys.stderr)
     return rate
 

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from bench._common import RESULTS, machine, markdown_table, write_results
-from bench.stream import BOOTSTRAP, create_topics, drain_rate, produce
+from bench.stream import BOOTSTRAP, create_topics, drain_with_workers
 from tests.integration.harness import (
     SEED_MODEL,
     Topics,
@@ -44,21 +44,7 @@ def rss_mb(pid: int) -> float:
 
 
 def peak_rate(log_dir: pathlib.Path, n: int = 30_000) -> float:
-    topics = Topics("soakpeak")
-    create_topics(topics)
-    publish_model(BOOTSTRAP, topics.params, SEED_MODEL)
-    produce(topics.input, 0, n)
-    worker = Worker(BOOTSTRAP, topics, log_dir, GMM_LOG_LEVEL="warn").start()
-    try:
-        wait_for(
-            lambda: count_records(BOOTSTRAP, topics.output) >= n,
-            600,
-            interval=0.5,
-            message="peak drain",
-        )
-    finally:
-        worker.stop()
-    return drain_rate(topics.output, n)
+    return drain_with_workers(1, n, log_dir, stem="soakpeak")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,6 +100,30 @@ def drain_rate(topic: str, n: int) -> float:
     return (len(appended) - 1) / max(appended[-1] - appended[0], 1e-3)
 
 
+def drain_with_workers(
+    n_workers: int, n: int, log_dir: pathlib.Path, partitions: int = PARTITIONS, stem: str = "drain"
+) -> float:
+    """Drain rate of n preloaded records by n_workers workers in one group."""
+    topics = Topics(f"{stem}{n_workers}")
+    create_topics(topics, partitions)
+    publish_model(BOOTSTRAP, topics.params, SEED_MODEL)
+    produce(topics.input, 0, n)
+    workers = [
+        Worker(BOOTSTRAP, topics, log_dir, GMM_LOG_LEVEL="warn").start() for _ in range(n_workers)
+    ]
+    try:
+        wait_for(
+            lambda: count_records(BOOTSTRAP, topics.output) >= n,
+            900,
+            interval=0.5,
+            message=f"{n_workers} worker(s) draining",
+        )
+    finally:
+        for w in workers:
+            w.stop()
+    return drain_rate(topics.output, n)
+
+
 def input_times(topic: str, n: int) -> dict[bytes, float]:
     return {r.key: r.timestamp / 1000 for r in consume(BOOTSTRAP, topic, n, timeout=120)}
 
