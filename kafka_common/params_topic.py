@@ -26,11 +26,6 @@ OnModel = Callable[[ModelParams], Awaitable[object]]
 OnReject = Callable[[str, str], None]  # (reason code, message)
 
 
-def reject_reason(exc: ParamsError) -> str:
-    text = str(exc)
-    return "not_json" if text.startswith("not valid JSON") else "invalid"
-
-
 async def _start_consumer(
     kafka: KafkaSettings, topic: str
 ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
@@ -101,7 +96,7 @@ def _decode(value: bytes | None, on_reject: OnReject | None) -> ModelParams | No
     except ParamsError as exc:
         log.warning("ignoring invalid parameters record: %s", exc)
         if on_reject is not None:
-            on_reject(reject_reason(exc), str(exc))
+            on_reject(exc.reason, str(exc))
         return None
 
 

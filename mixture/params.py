@@ -21,7 +21,12 @@ SIMPLEX_ATOL = 1e-4
 
 
 class ParamsError(ValueError):
-    """Parameters that must not be served: the message says which field and why."""
+    """Parameters that must not be served: the message says which field and why; `reason` is
+    a short code (`not_json` or `invalid`) for metrics."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class MixtureParams(NamedTuple):
@@ -211,7 +216,7 @@ class ModelParams:
         try:
             obj = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ParamsError(f"not valid JSON: {exc}") from None
+            raise ParamsError(f"not valid JSON: {exc}", "not_json") from None
         return cls.from_json(obj)
 
 

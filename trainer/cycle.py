@@ -128,10 +128,12 @@ class Trainer:
                 f"a component collapsed (weights {np.round(params.weights, 4)})",
                 result.seconds,
             )
+        # Scored once: aligning labels permutes components and leaves the score unchanged.
+        fit_score = score(points, params)
         if warm is not None:
             params = align_components(params, warm)
             current_ll = score(points, warm).mean_log_likelihood
-            new_ll = score(points, params).mean_log_likelihood
+            new_ll = fit_score.mean_log_likelihood
             if new_ll < current_ll - s.max_loss_regression:
                 return reject(
                     "worse_than_current",
@@ -144,7 +146,6 @@ class Trainer:
 
         version = self.version + 1
         fitted_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        fit_score = score(points, params)
         model = to_model_params(
             result,
             version,

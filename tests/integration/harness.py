@@ -245,7 +245,7 @@ class Broker:
         from tests.conftest import ROOT
 
         self.script = ROOT / "deploy" / "kafka" / "kafka.sh"
-        self.port = _free_port_pair()
+        self.port = free_port_pair()
         self.bootstrap = f"127.0.0.1:{self.port}"
         state_dir.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_STATE_DIR": str(state_dir)}
@@ -279,7 +279,7 @@ class Broker:
         self._run("down")
 
 
-def _free_port_pair() -> int:
+def free_port_pair() -> int:
     for _ in range(100):
         port = free_port()
         if port >= 65000:

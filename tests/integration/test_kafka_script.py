@@ -6,7 +6,7 @@ import os
 import subprocess
 
 from tests.conftest import ROOT
-from tests.integration.harness import _free_port_pair
+from tests.integration.harness import free_port_pair
 
 SCRIPT = ROOT / "deploy" / "kafka" / "kafka.sh"
 
@@ -26,7 +26,7 @@ def broker_pids(state_dir) -> list[str]:
 
 def test_up_twice_then_down_leaves_no_broker(tmp_path, kafka_bootstrap):
     # kafka_bootstrap: the shared jars are fetched already, so nothing here touches Maven.
-    port = _free_port_pair()
+    port = free_port_pair()
     env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_STATE_DIR": str(tmp_path / "broker")}
     try:
         first = run("up", env)
