@@ -1,7 +1,10 @@
 """The baseline for bench/stream: a raw aiokafka consume-then-produce pipe, no parsing, no model.
 
-It does what the worker does minus Faust and inference: read a batch, send every record on with
-its key, wait for delivery, commit. Runs until stopped (SIGTERM).
+It does what the worker does minus Faust, parsing and inference: read a batch, send every record
+on with its key, wait for delivery, commit. By default it sends as the worker does: record
+batches per partition, each output on its input's partition (kafka_common.batch_sender).
+`--per-record` sends record by record with `AIOKafkaProducer.send`, the plain client idiom.
+Runs until stopped (SIGTERM).
 
     python -m bench.raw_pipe --bootstrap HOST:PORT --source T --dest T --group G [--max-batch N]
 """
@@ -14,6 +17,8 @@ import signal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from kafka_common.batch_sender import BatchSender
+
 
 async def pipe(args: argparse.Namespace) -> None:
     consumer = AIOKafkaConsumer(
@@ -24,19 +29,28 @@ async def pipe(args: argparse.Namespace) -> None:
         auto_offset_reset="earliest",
         fetch_max_wait_ms=5,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=args.bootstrap, acks="all", enable_idempotence=True
+    )
     await consumer.start()
     await producer.start()
+    sender = BatchSender(producer)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=100, max_records=args.max_batch)
-            futures = [
-                await producer.send(args.dest, record.value, key=record.key)
-                for records in batch.values()
-                for record in records
-            ]
+            if args.per_record:
+                futures = [
+                    await producer.send(args.dest, record.value, key=record.key)
+                    for records in batch.values()
+                    for record in records
+                ]
+            else:
+                records = [r for records in batch.values() for r in records]
+                futures = await sender.send(
+                    args.dest, [(r.key, r.value) for r in records], [r.partition for r in records]
+                )
             if futures:
                 await asyncio.gather(*futures)
                 await consumer.commit()
@@ -52,6 +66,7 @@ def main() -> None:
     parser.add_argument("--dest", required=True)
     parser.add_argument("--group", required=True)
     parser.add_argument("--max-batch", type=int, default=1024)
+    parser.add_argument("--per-record", action="store_true", help="send record by record")
     asyncio.run(pipe(parser.parse_args()))
 
 

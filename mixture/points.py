@@ -7,11 +7,10 @@ records) and whose message says what was wrong.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, NamedTuple
 
-import numpy as np
+import orjson
 
 #: Stable reason codes, in the order checks run.
 REASONS = (
@@ -43,11 +42,11 @@ class PointError(ValueError):
 
 class Point(NamedTuple):
     id: Any  # str | int | None, as sent
-    x: np.ndarray  # (D,) float64
+    x: list[float]  # (D,) coordinates as sent (integers stay integers)
     scalar: bool  # x was sent as a bare number
 
 
-def parse_x(value: Any, dim: int | None = None) -> tuple[np.ndarray, bool]:
+def parse_x(value: Any, dim: int | None = None) -> tuple[list[float], bool]:
     """Validates an `x` value: a finite number, or a non-empty list of finite numbers."""
     scalar = not isinstance(value, list)
     items = [value] if scalar else value
@@ -55,17 +54,20 @@ def parse_x(value: Any, dim: int | None = None) -> tuple[np.ndarray, bool]:
         raise PointError("not_numeric", "x is an empty list")
     for item in items:
         # bool is an int subclass in Python, but true/false are not coordinates.
-        if isinstance(item, bool) or not isinstance(item, int | float):
+        if type(item) is not float and (
+            isinstance(item, bool) or not isinstance(item, int | float)
+        ):
             raise PointError(
                 "not_numeric", f"x must be a number or a list of numbers, got {item!r:.40}"
             )
-    if not all(math.isfinite(v) for v in items):
-        raise PointError("not_finite", "x contains NaN or infinity")
-    if any(abs(v) > MAX_ABS for v in items):
-        raise PointError("out_of_range", f"x has a coordinate beyond +-{MAX_ABS:g}")
+    for item in items:
+        if not -MAX_ABS <= item <= MAX_ABS:  # NaN fails every comparison
+            if all(math.isfinite(v) for v in items):
+                raise PointError("out_of_range", f"x has a coordinate beyond +-{MAX_ABS:g}")
+            raise PointError("not_finite", "x contains NaN or infinity")
     if dim is not None and len(items) != dim:
         raise PointError("wrong_dim", f"x has {len(items)} dimension(s), the model has {dim}")
-    return np.asarray(items, dtype=np.float64), scalar
+    return items, scalar
 
 
 def parse_point(obj: Any, dim: int | None = None) -> Point:
@@ -81,28 +83,27 @@ def parse_point(obj: Any, dim: int | None = None) -> Point:
     return Point(point_id, x, scalar)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-#: Strict JSON (NaN and Infinity rejected); one decoder, since json.loads with options builds
-#: a new one per call.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
 def decode_point(
     raw: bytes | str, dim: int | None = None, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> Point:
-    """Decodes and validates one record's bytes (strict JSON: NaN and Infinity are rejected)."""
+    """Decodes and validates one record's bytes (strict JSON: NaN and Infinity are rejected).
+
+    orjson is strict RFC 8259 (no NaN or Infinity tokens, valid UTF-8, paired surrogates) and
+    about ten times faster than the standard library, which matters at stream rates. Integers
+    beyond 64 bits are read as floats, so such an id is rejected as `bad_id`.
+    """
     if len(raw) > max_bytes:
         raise PointError("oversized", f"record is {len(raw)} bytes, the limit is {max_bytes}")
     try:
-        obj = _DECODER.decode(raw.decode() if isinstance(raw, bytes) else raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PointError("not_json", f"not valid JSON: {str(exc)[:80]}") from None
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        message = str(exc)
+        if "infinity" in message:  # a literal such as 1e999 overflows a double
+            raise PointError("not_finite", "x contains a number too large for a double") from None
+        raise PointError("not_json", f"not valid JSON: {message[:80]}") from None
     return parse_point(obj, dim)
 
 
-def x_to_json(x: np.ndarray, scalar: bool) -> float | list[float]:
+def x_to_json(x: list[float], scalar: bool) -> float | list[float]:
     """The point's x as it was sent: a bare number or a list."""
-    return float(x[0]) if scalar else [float(v) for v in x]
+    return x[0] if scalar else x

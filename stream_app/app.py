@@ -28,20 +28,18 @@ def broker_credentials(settings: WorkerSettings) -> faust.types.auth.Credentials
 
 def create_app(settings: WorkerSettings, metrics: WorkerMetrics) -> faust.App:
     app = faust.App(
-        settings.group_id,
+        # Faust's own consumer group must differ from the input topic's (stream_app.source):
+        # the two speak different assignment protocols, and the broker rejects a mixed group.
+        f"{settings.group_id}-app",
         broker=[f"kafka://{server}" for server in settings.kafka.servers],
         broker_credentials=broker_credentials(settings),
         autodiscover=["stream_app.agents", "stream_app.views"],
         origin="stream_app",
         key_serializer="raw",
         value_serializer="raw",
-        # A new group starts at the beginning: points sent before any worker ran are classified.
-        consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
-        # The take buffer must hold a whole batch.
-        stream_buffer_maxsize=max(4096, 2 * settings.max_batch),
         web_port=settings.web_port,
         web_bind=settings.web_host,
         web_in_thread=False,

@@ -7,11 +7,12 @@ outgoing record: an assignment, or a dead letter with the reason.
 from __future__ import annotations
 
 import base64
-import json
+import math
 import time
 from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 
 from mixture.points import Point, PointError, decode_point, x_to_json
 from stream_app.model_state import ServingModel
@@ -33,12 +34,14 @@ class Outgoing(NamedTuple):
     key: bytes | None
     value: bytes
     ts_in: float | None
+    partition: int  # the input's: outputs stay co-partitioned with their inputs
 
 
 class BatchOutcome(NamedTuple):
     assignments: list[Outgoing]
     dead_letters: list[Outgoing]
     components: np.ndarray  # assignment of each delivered output, for the per-component counter
+    input_times: np.ndarray  # each assignment's input timestamp (s), NaN where unknown
     reasons: list[str]  # one per dead letter
     inference_seconds: float
     log_likelihood_sum: float
@@ -63,7 +66,7 @@ def dead_letter(r: InRecord, reason: str, error: str) -> Outgoing:
         "payload_base64": base64.b64encode(payload).decode("ascii"),
         "payload_text": text,
     }
-    return Outgoing(r.key, json.dumps(doc, allow_nan=False).encode(), r.timestamp)
+    return Outgoing(r.key, orjson.dumps(doc), r.timestamp, r.partition)
 
 
 def process_batch(
@@ -85,9 +88,9 @@ def process_batch(
 
     if not valid:
         return BatchOutcome(
-            [], dead, np.zeros(0, np.int32), reasons, 0.0, 0.0, serving.model.version
+            [], dead, np.zeros(0, np.int32), np.zeros(0), reasons, 0.0, 0.0, serving.model.version
         )
-    points = np.vstack([p.x for _, p in valid])
+    points = np.array([p.x for _, p in valid], dtype=np.float64)
     t0 = time.perf_counter()
     result = serving.classifier(points, serving.device_params, key)
     inference = time.perf_counter() - t0
@@ -100,8 +103,9 @@ def process_batch(
     probs = result.probs.tolist()
     loglik = result.log_likelihood.tolist()
     out = []
+    all_finite = bool(finite.all())
     for i, (r, p) in enumerate(valid):
-        if not finite[i]:
+        if not all_finite and not finite[i]:
             dead.append(
                 dead_letter(
                     r, "not_classifiable", "the model's probabilities for this point are not finite"
@@ -120,11 +124,12 @@ def process_batch(
             "ts_out": ts_out,
             "source": _source(r),
         }
-        out.append(Outgoing(r.key, json.dumps(doc, allow_nan=False).encode(), r.timestamp))
+        out.append(Outgoing(r.key, orjson.dumps(doc), r.timestamp, r.partition))
     return BatchOutcome(
         out,
         dead,
         result.assignment[finite],
+        np.array([math.nan if o.ts_in is None else o.ts_in for o in out], dtype=np.float64),
         reasons,
         inference,
         float(np.sum(result.log_likelihood[finite])),

@@ -1,29 +1,25 @@
-"""Delivering a micro-batch's outputs: whole record batches per partition, one future each.
+"""Delivering a micro-batch's outputs: assignments and dead letters, as record batches.
 
-Sending record by record through Faust's producer costs tens of microseconds per record in
-Python; a micro-batch of outputs is already a batch, so it is cut into aiokafka record batches
-per partition instead. Keyed records land where the default partitioner (murmur2, as the Java
-client) puts them, so per-key order holds; unkeyed ones are spread over the partitions.
-The producer is idempotent with acks=all: a batch resent after a failure cannot duplicate
-within the producer's session.
+An output goes to the partition its input came from (modulo the partition count), as Kafka
+Streams does for co-partitioned topics: with as many output as input partitions (the default),
+per-key order follows the input's partitioning, whichever partitioner its producer used.
+
+The producer is idempotent with acks=all: a batch resent after a failure cannot duplicate within
+the producer's session, and an output counts as delivered only once every in-sync replica has it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import itertools
-from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 
+from kafka_common.batch_sender import BatchSender
 from kafka_common.settings import KafkaSettings
+from stream_app.batch import BatchOutcome
 
 #: Largest record batch; the broker accepts up to 1 MiB by default.
 MAX_BATCH_BYTES = 512 * 1024
-
-Record = tuple[bytes | None, bytes]  # (key, value)
 
 
 class Delivery:
@@ -32,8 +28,7 @@ class Delivery:
     def __init__(self, kafka: KafkaSettings) -> None:
         self.kafka = kafka
         self.producer: AIOKafkaProducer | None = None
-        self._partitioner = DefaultPartitioner()
-        self._spread = itertools.count()
+        self._sender: BatchSender | None = None
 
     async def start(self) -> None:
         self.producer = AIOKafkaProducer(
@@ -44,36 +39,23 @@ class Delivery:
             linger_ms=0,
         )
         await self.producer.start()
+        self._sender = BatchSender(self.producer)
 
     async def stop(self) -> None:
         if self.producer is not None:
             await self.producer.stop()
             self.producer = None
+            self._sender = None
 
-    async def send(self, topic: str, records: Sequence[Record]) -> list[asyncio.Future]:
-        """Queues the records; returns the futures that resolve once the broker has them."""
-        producer = self.producer
-        if producer is None:
+    async def send_outcome(
+        self, outcome: BatchOutcome, output_topic: str, dlq_topic: str
+    ) -> list[asyncio.Future]:
+        """Queues a batch's assignments and dead letters; the futures resolve when delivered."""
+        sender = self._sender
+        if sender is None:
             raise RuntimeError("Delivery.start() was not called")
-        if not records:
-            return []
-        partitions = sorted(await producer.partitions_for(topic))
-        by_partition: dict[int, list[Record]] = collections.defaultdict(list)
-        for key, value in records:
-            if key is None:
-                p = partitions[next(self._spread) % len(partitions)]
-            else:
-                p = self._partitioner(key, partitions, partitions)
-            by_partition[p].append((key, value))
         futures = []
-        for partition, items in by_partition.items():
-            batch = producer.create_batch()
-            for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full
-                    batch.close()
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-            batch.close()
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        for topic, outs in ((output_topic, outcome.assignments), (dlq_topic, outcome.dead_letters)):
+            records = [(o.key, o.value) for o in outs]
+            futures += await sender.send(topic, records, [o.partition for o in outs])
         return futures

@@ -13,6 +13,7 @@ import math
 import time
 from typing import Any
 
+import numpy as np
 from faust.sensors.monitor import Monitor
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -115,6 +116,23 @@ class WorkerMetrics:
             self._drift.append((total, count))
             n = sum(c for _, c in self._drift)
             self.recent_log_likelihood.set(sum(t for t, _ in self._drift) / n)
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """`histogram.observe(v)` for every v, in one vectorized pass.
+
+    prometheus_client observes one value per call (about a microsecond, under a lock); the
+    end-to-end histogram gets one value per record, tens of thousands a second, on the event
+    loop. Buckets hold counts per upper bound (`le`), as `observe` fills them.
+    """
+    if values.size == 0:
+        return
+    bounds = np.asarray(histogram._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=True):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(values.sum()))
 
 
 #: Event runtimes: from 100 us to 10 s.

@@ -20,6 +20,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from kafka_common.batch_sender import BatchSender, send_paced
 from kafka_common.connection import KafkaUnavailable, check_connection, describe_kafka_error
 from kafka_common.settings import KafkaSettings, SettingsError, load
 
@@ -72,24 +73,13 @@ def replay(args: argparse.Namespace) -> Iterator[tuple[bytes | None, bytes]]:
 async def produce(args: argparse.Namespace, kafka: KafkaSettings) -> int:
     await check_connection(kafka)
     source = replay(args) if args.replay else synthetic(args)
-    producer = AIOKafkaProducer(
-        **kafka.client_options(), acks="all", linger_ms=5, max_batch_size=256 * 1024
-    )
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", max_batch_size=256 * 1024)
     await producer.start()
-    sent, t0 = 0, time.perf_counter()
+    t0 = time.perf_counter()
     try:
-        pending = []
-        for key, value in source:
-            if args.rate > 0:
-                ahead = sent / args.rate - (time.perf_counter() - t0)
-                if ahead > 0.001:
-                    await asyncio.sleep(ahead)
-            pending.append(await producer.send(args.topic, value, key=key))
-            sent += 1
-            if len(pending) >= 10_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
+        # Ids are unique, so no key needs a fixed partition: records are spread instead.
+        sender = BatchSender(producer, by_key=False)
+        sent = await send_paced(sender, args.topic, source, rate=args.rate)
     finally:
         await producer.stop()
     elapsed = time.perf_counter() - t0

@@ -32,7 +32,9 @@ class WorkerSettings:
         "GMM_INPUT_PARTITIONS", 4, "Partitions of the input topic when the worker creates it"
     )
     group_id: str = env_field(
-        "GMM_CONSUMER_GROUP", "gmm-worker", "Consumer group (and Faust app id) of the workers"
+        "GMM_CONSUMER_GROUP",
+        "gmm-worker",
+        "Consumer group of the workers on the input topic (the Faust app id adds -app)",
     )
     web_port: int = env_field("GMM_WORKER_WEB_PORT", 6066, "Port of /metrics, /health and /ready")
     web_host: str = env_field("GMM_WORKER_WEB_HOST", "0.0.0.0", "Address the web server binds")

@@ -48,6 +48,6 @@ def test_reasons(raw, dim, reason):
 )
 def test_valid(raw, x, scalar, point_id):
     p = decode_point(raw)
-    assert p.x.tolist() == x
+    assert p.x == x
     assert p.scalar is scalar
     assert p.id == point_id

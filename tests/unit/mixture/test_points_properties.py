@@ -34,7 +34,7 @@ def check(raw: bytes, dim: int | None) -> None:
         assert exc.reason in REASONS
         assert str(exc)
         return
-    assert point.x.ndim == 1 and len(point.x) >= 1
+    assert isinstance(point.x, list) and len(point.x) >= 1
     assert all(math.isfinite(v) for v in point.x)
     assert dim is None or len(point.x) == dim
 

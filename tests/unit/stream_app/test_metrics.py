@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from prometheus_client import generate_latest
 
 from mixture.params import FitMetadata, MixtureParams, ModelParams
-from stream_app.metrics import WorkerMetrics, batch_buckets, faust_sensor
+from stream_app.metrics import (
+    END_TO_END_BUCKETS,
+    WorkerMetrics,
+    batch_buckets,
+    faust_sensor,
+    observe_many,
+)
 
 
 def test_drift_signal_is_the_mean_over_recent_batches():
@@ -48,3 +55,29 @@ def test_faust_sensor_shares_the_registry_with_seconds_units():
 def test_batch_buckets():
     assert batch_buckets(1) == (1.0,)
     assert batch_buckets(100) == (1, 2, 4, 8, 16, 32, 64, 100)
+
+
+def _exposition(histogram_values, vectorized):
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    h = Histogram("t_seconds", "t", buckets=END_TO_END_BUCKETS, registry=registry)
+    if vectorized:
+        observe_many(h, np.asarray(histogram_values, dtype=np.float64))
+    else:
+        for v in histogram_values:
+            h.observe(v)
+    return [
+        line for line in generate_latest(registry).decode().splitlines() if "_created" not in line
+    ]
+
+
+def test_observe_many_equals_one_observe_per_value():
+    rng = np.random.default_rng(0)
+    # Exactly on bucket bounds, between them, beyond the last, and zero.
+    values = [*END_TO_END_BUCKETS, 0.0, 11.0, *rng.exponential(0.1, 1000).tolist()]
+    many, one_by_one = _exposition(values, True), _exposition(values, False)
+    sums = [float(line.split()[1]) for line in (*many, *one_by_one) if "_sum " in line]
+    np.testing.assert_allclose(sums[0], sums[1], rtol=1e-12)  # summed in another order
+    assert [x for x in many if "_sum " not in x] == [x for x in one_by_one if "_sum " not in x]
+    assert _exposition([], True) == _exposition([], False)
