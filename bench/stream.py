@@ -250,78 +250,113 @@ def start_worker(max_batch: int, max_delay_ms: float, log_dir: pathlib.Path) -> 
     return start
 
 
+def systems(configs: list[tuple[int, float]], log_dir: pathlib.Path) -> list[tuple]:
+    """(name, topic stem, starter, max delay) of every system under test, baselines first."""
+    out: list[tuple] = [
+        ("raw aiokafka pipe (batch 1024)", "raw", lambda t: RawPipe(t, 1024), None),
+        (
+            "raw aiokafka pipe, per-record send (batch 1024)",
+            "rawpr",
+            lambda t: RawPipe(t, 1024, per_record=True),
+            None,
+        ),
+        ("Faust pipe, no model (batch 1024)", "fpipe", lambda t: FaustPipe(t, log_dir), None),
+    ]
+    for max_batch, delay in configs:
+        name = f"worker batch {max_batch}, delay {delay:g} ms"
+        out.append((name, f"w{max_batch}", start_worker(max_batch, delay, log_dir), delay))
+    return out
+
+
+def summarize(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Medians over rounds; each ratio is taken against the raw pipe of the same round."""
+    summary = []
+    for i, first in enumerate(rounds[0]):
+        runs = [r[i] for r in rounds]
+        ratios = [
+            r[i]["throughput_records_per_second"] / r[0]["throughput_records_per_second"]
+            for r in rounds
+        ]
+        summary.append(
+            {
+                "system": first["system"],
+                "max_delay_ms": first["max_delay_ms"],
+                "throughput_records_per_second": float(
+                    np.median([x["throughput_records_per_second"] for x in runs])
+                ),
+                "throughput_vs_raw": float(np.median(ratios)),
+                "throughput_vs_raw_range": [float(min(ratios)), float(max(ratios))],
+                "latency_load_records_per_second": float(
+                    np.median([x["latency_load_records_per_second"] for x in runs])
+                ),
+                "latency_ms": {
+                    q: float(np.median([x["latency_ms"][q] for x in runs]))
+                    for q in ("p50", "p95", "p99", "max")
+                },
+                "p99_ms_range": [
+                    float(min(x["latency_ms"]["p99"] for x in runs)),
+                    float(max(x["latency_ms"]["p99"] for x in runs)),
+                ],
+            }
+        )
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller runs, one worker setting")
+    parser.add_argument("--rounds", type=int, default=3, help="repetitions of every system")
     args = parser.parse_args(argv)
     n_drain, seconds = (40_000, 4.0) if args.quick else (200_000, 8.0)
+    rounds_n = 1 if args.quick else args.rounds
     configs = WORKER_CONFIGS[1:2] if args.quick else WORKER_CONFIGS
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="bench-stream-"))
 
-    results = [
-        measure(
-            "raw aiokafka pipe (batch 1024)",
-            Topics("raw"),
-            lambda t: RawPipe(t, 1024),
-            n_drain,
-            seconds,
-            None,
-        ),
-        measure(
-            "raw aiokafka pipe, per-record send (batch 1024)",
-            Topics("rawpr"),
-            lambda t: RawPipe(t, 1024, per_record=True),
-            n_drain,
-            seconds,
-            None,
-        ),
-        measure(
-            "Faust pipe, no model (batch 1024)",
-            Topics("fpipe"),
-            lambda t: FaustPipe(t, log_dir),
-            n_drain,
-            seconds,
-            None,
-        ),
-    ]
-    for max_batch, delay in configs:
-        results.append(
-            measure(
-                f"worker batch {max_batch}, delay {delay:g} ms",
-                Topics(f"w{max_batch}"),
-                start_worker(max_batch, delay, log_dir),
-                n_drain,
-                seconds,
-                delay,
-            )
+    # Rounds interleave the systems, so a slow spell of the shared machine hits all of them.
+    rounds = []
+    for _ in range(rounds_n):
+        rounds.append(
+            [
+                measure(name, Topics(stem), start, n_drain, seconds, delay)
+                for name, stem, start, delay in systems(configs, log_dir)
+            ]
         )
-
-    raw = results[0]["throughput_records_per_second"]
+    results = summarize(rounds)
     rows = []
     for r in results:
-        r["throughput_vs_raw"] = r["throughput_records_per_second"] / raw
         lat = r["latency_ms"]
         budget = "" if r["max_delay_ms"] is None else f"{r['max_delay_ms'] + 20:g}"
+        lo, hi = r["throughput_vs_raw_range"]
+        p_lo, p_hi = r["p99_ms_range"]
         rows.append(
             [
                 r["system"],
                 r["throughput_records_per_second"],
-                r["throughput_vs_raw"],
+                f"{r['throughput_vs_raw']:.2f} ({lo:.2f}-{hi:.2f})",
                 r["latency_load_records_per_second"],
                 lat["p50"],
                 lat["p95"],
-                lat["p99"],
+                f"{lat['p99']:.0f} ({p_lo:.0f}-{p_hi:.0f})",
                 budget,
             ]
         )
-    payload = {"machine": machine(), "partitions": PARTITIONS, "results": results}
+    payload = {
+        "machine": machine(),
+        "partitions": PARTITIONS,
+        "drain_records": n_drain,
+        "latency_seconds": seconds,
+        "rounds": rounds,
+        "results": results,
+    }
     md = (
         "# Stream throughput and latency through the real broker\n\n"
         f"One broker (Kafka 4.0.2, KRaft) on loopback, {PARTITIONS} partitions, "
         f"{payload['machine']['cpus']} CPUs shared by the broker, the load generator and the "
         "system under test. Throughput: drain rate of a preloaded backlog of "
         f"{n_drain:,} records. Latency: output append time minus input create time, at half of "
-        "that system's drain rate.\n\n"
+        f"that system's drain rate, for {seconds:g} s. Medians of {rounds_n} interleaved "
+        "round(s), with the range in brackets; each ratio is against the raw pipe of its own "
+        "round.\n\n"
         + markdown_table(
             [
                 "system",

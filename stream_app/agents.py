@@ -50,6 +50,7 @@ source = PointSource(
     settings.max_batch,
     settings.max_delay_ms / 1000,
     settings.session_timeout_s,
+    metrics,
 )
 #: In memory: one event per micro-batch (an InBatch), from the feeder to the agent.
 point_batches = app.channel(maxsize=2)

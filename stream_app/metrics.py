@@ -92,6 +92,18 @@ class WorkerMetrics:
             registry=r,
         )
         self.ready = Gauge("gmm_ready", "1 when a model is loaded and compiled", registry=r)
+        self.input_lag = Gauge(
+            "gmm_input_lag_records",
+            "Input records not yet fetched, per assigned partition (high watermark - position)",
+            ["partition"],
+            registry=r,
+        )
+        self.input_committed_offset = Gauge(
+            "gmm_input_committed_offset",
+            "Offset committed for the input topic, per assigned partition",
+            ["partition"],
+            registry=r,
+        )
         self._fitted_at: float | None = None
         self.model_age_seconds.set_function(self._model_age)
         self._drift: collections.deque[tuple[float, int]] = collections.deque(

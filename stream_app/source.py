@@ -19,6 +19,7 @@ record (no loss; duplicates only on a crash).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import NamedTuple
@@ -28,6 +29,7 @@ from aiokafka.errors import KafkaError
 
 from kafka_common.settings import KafkaSettings
 from stream_app.batch import InRecord
+from stream_app.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,10 @@ class PointSource(ConsumerRebalanceListener):
         max_batch: int,
         max_delay_s: float,
         session_timeout_s: float,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.kafka = kafka
+        self.metrics = metrics
         self.topic = topic
         self.group_id = group_id
         self.max_batch = max_batch
@@ -143,6 +147,13 @@ class PointSource(ConsumerRebalanceListener):
                 break
         number = self._fetched
         self._fetched += 1
+        if self.metrics is not None:
+            for tp, offset in offsets.items():
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    self.metrics.input_lag.labels(partition=str(tp.partition)).set(
+                        highwater - offset
+                    )
         return InBatch(number, records, offsets, first_arrival)
 
     async def delivered(self, batch: InBatch) -> None:
@@ -188,6 +199,11 @@ class PointSource(ConsumerRebalanceListener):
             if offsets:
                 await consumer.commit(offsets)
                 self._committed.update(offsets)
+                if self.metrics is not None:
+                    for tp, offset in offsets.items():
+                        self.metrics.input_committed_offset.labels(partition=str(tp.partition)).set(
+                            offset
+                        )
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # Called by aiokafka before the partitions move: hand them over settled. From here
@@ -205,6 +221,10 @@ class PointSource(ConsumerRebalanceListener):
         for tp in revoked:  # another member may commit past these before they come back
             self._delivered.pop(tp, None)
             self._committed.pop(tp, None)
+            if self.metrics is not None:
+                for gauge in (self.metrics.input_lag, self.metrics.input_committed_offset):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
