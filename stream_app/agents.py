@@ -13,6 +13,7 @@ the delivery of batch n.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import pathlib
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 MAX_UNSETTLED = 4
 #: Records classified and sent at a time within a batch (one of the classifier's padded sizes).
 SLICE = 256
+#: How long a stopping worker waits for the broker to acknowledge what it already sent.
+SETTLE_ON_STOP_S = 5.0
 
 #: One thread does all JAX work, off the event loop, in order.
 inference_executor = ThreadPoolExecutor(1, thread_name_prefix="gmm-inference")
@@ -112,6 +115,9 @@ async def feed_points() -> None:
             metrics.batch_size.observe(len(batch.records))
             await point_batches.send(value=batch)
     finally:
+        # A graceful stop settles what was already sent, so the next owner need not redo it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_unsettled.join(), SETTLE_ON_STOP_S)
         settler.cancel()
         await source.stop()
         await delivery.stop()
@@ -164,6 +170,7 @@ async def _settle_loop(queue: asyncio.Queue[_Unsettled]) -> None:
         await source.delivered(item.batch)
         for part in item.slices:
             _observe(part.outcome)
+        queue.task_done()
 
 
 async def _delivered(batch_number: int, part: _Slice) -> None:

@@ -6,7 +6,10 @@ Marked slow: `pytest -m "not slow"` is the quick suite; CI runs them all.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -183,6 +186,37 @@ def test_two_workers_one_killed_its_partitions_move(kafka_bootstrap, start_worke
         for r in consume(kafka_bootstrap, topics.output, len(ids))
     }
     assert partitions == {0, 1, 2, 3}
+
+
+def test_workers_joining_and_leaving_midstream_lose_and_repeat_nothing(
+    kafka_bootstrap, start_worker, record_property
+):
+    """Graceful rebalances: a partition changes hands only once all it fetched is committed."""
+    topics = Topics("handover")
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    env = {"GMM_INPUT_PARTITIONS": "4", "GMM_SESSION_TIMEOUT_S": "6"}
+    a = start_worker(topics, **env)
+    a.wait_ready()
+    n = 100_000
+    command = ["--topic", topics.input, "--count", str(n), "--rate", "4000", "--id-prefix", "h"]
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "stream_app.producer_cli", *command],
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
+    )
+    try:
+        wait_for(lambda: a.metric("gmm_assignments_out_total") > 2_000, 60, message="a busy")
+        b = start_worker(topics, **env)  # joins: a gives up partitions mid-stream
+        b.wait_ready()
+        wait_for(lambda: b.metric("gmm_assignments_out_total") > 2_000, 60, message="b busy")
+        b.stop()  # SIGTERM: b leaves mid-stream, its partitions go back to a
+        assert producer.wait(60) == 0
+    finally:
+        producer.kill()
+    ids = wait_covered(kafka_bootstrap, topics.output, {f"h-{i}" for i in range(n)}, timeout=120)
+    duplicates = len(ids) - len(set(ids))
+    record_property("duplicates", duplicates)
+    print(f"\nworker joined and left mid-stream: 0 of {n} lost, {duplicates} duplicated")
+    assert duplicates == 0
 
 
 def test_garbage_flood_mixed_with_valid_records(kafka_bootstrap, start_worker):

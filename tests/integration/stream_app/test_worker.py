@@ -220,3 +220,29 @@ def test_metrics_pass_promtool(kafka_bootstrap, start_worker):
         "faust_messages_received",
     ):
         assert name in text
+
+
+@pytest.mark.parametrize("temperature", [0, 1])
+def test_temperature_zero_is_the_map_and_one_samples(kafka_bootstrap, start_worker, temperature):
+    topics = Topics(f"temp{temperature}")
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    worker = start_worker(topics, GMM_TEMPERATURE=str(temperature), GMM_MAX_BATCH="64")
+    worker.wait_ready()
+    # Where the seed model's two components are equally likely a posteriori.
+    m = SEED_MODEL.mixture
+    (w0, w1), (l0, l1), s = m.weights, [loc[0] for loc in m.locs], m.scale[0]
+    x_mid = (l0 + l1) / 2 + s**2 * np.log(w1 / w0) / (l0 - l1)
+    n = 2_000
+    produce(
+        kafka_bootstrap,
+        topics.input,
+        [(f"t-{i}".encode(), json.dumps({"id": f"t-{i}", "x": x_mid}).encode()) for i in range(n)],
+    )
+    outs = [json.loads(r.value) for r in consume(kafka_bootstrap, topics.output, n, timeout=60)]
+    assert len(outs) == n
+    np.testing.assert_allclose([o["probs"] for o in outs], 0.5, atol=0.01)
+    share = np.mean([o["assignment"] for o in outs])
+    if temperature == 0:
+        assert share in (0.0, 1.0)  # the MAP: one answer for one x
+    else:
+        assert 0.4 < share < 0.6  # a posterior draw per record, fresh keys per batch
