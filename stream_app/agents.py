@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import pathlib
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -32,6 +34,7 @@ from stream_app.delivery import Delivery
 from stream_app.metrics import observe_many
 from stream_app.model_state import ModelHolder
 from stream_app.source import InBatch, PointSource
+from stream_app.topics import batches_channel
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ source = PointSource(
     metrics,
 )
 #: In memory: one event per micro-batch (an InBatch), from the feeder to the agent.
-point_batches = app.channel(maxsize=2)
+point_batches = batches_channel(app)
 _base_key = jax.random.PRNGKey(settings.seed)
 
 
@@ -113,7 +116,7 @@ async def feed_points() -> None:
             batch = await source.next_batch()
             metrics.records_in.inc(len(batch.records))
             metrics.batch_size.observe(len(batch.records))
-            await point_batches.send(value=batch)
+            await point_batches.put_batch(batch)  # see BatchChannel: never dropped
     finally:
         # A graceful stop settles what was already sent, so the next owner need not redo it.
         with contextlib.suppress(TimeoutError):
@@ -141,15 +144,21 @@ async def classify_batches(batches: Any) -> None:
                 outcome = await loop.run_in_executor(
                     inference_executor, _classify, records, batch.number, i
                 )
-            except Exception as exc:
+            except Exception:
                 # Its offsets must not be passed by a later batch's commit: stop the worker;
                 # the batch is read again at the restart.
-                log.exception("classifying batch %d failed; stopping", batch.number)
-                await app.crash(exc)
+                log.exception("classifying batch %d failed", batch.number)
+                _stop_worker()
                 return
             sent = await delivery.send_outcome(outcome, settings.output_topic, settings.dlq_topic)
             slices.append(_Slice(outcome, sent))
         await _unsettled.put(_Unsettled(batch, slices))
+
+
+def _stop_worker() -> None:
+    """Stops the worker as SIGTERM does: what was delivered in order is committed, no more."""
+    log.critical("stopping the worker: a batch could not be handled")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _classify(records: list[InRecord], batch_number: int, slice_number: int) -> BatchOutcome:
@@ -163,8 +172,16 @@ def _classify(records: list[InRecord], batch_number: int, slice_number: int) -> 
 
 async def _settle_loop(queue: asyncio.Queue[_Unsettled]) -> None:
     """In fetch order: wait until the broker has a batch's outputs, then let it be committed."""
+    expected = 0
     while True:
         item = await queue.get()
+        if item.batch.number != expected:
+            # A batch went missing between the feeder and here: committing on would pass its
+            # records. Stop uncommitted; they are read again at the restart.
+            log.error("batch %d arrived, %d expected", item.batch.number, expected)
+            _stop_worker()
+            return
+        expected += 1
         for part in item.slices:
             await _delivered(item.batch.number, part)
         await source.delivered(item.batch)

@@ -92,6 +92,9 @@ class WorkerMetrics:
             registry=r,
         )
         self.ready = Gauge("gmm_ready", "1 when a model is loaded and compiled", registry=r)
+        self.assigned_partitions = Gauge(
+            "gmm_assigned_partitions", "Input partitions assigned to this worker", registry=r
+        )
         self.input_lag = Gauge(
             "gmm_input_lag_records",
             "Input records not yet fetched, per assigned partition (high watermark - position)",

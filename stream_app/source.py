@@ -227,4 +227,6 @@ class PointSource(ConsumerRebalanceListener):
                         gauge.remove(str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        if self.metrics is not None:
+            self.metrics.assigned_partitions.set(len(assigned))
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))

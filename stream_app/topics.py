@@ -5,6 +5,8 @@
 - dead letters (`GMM_DLQ_TOPIC`): `DeadLetterRecord`, same Kafka key as the input record.
 - params (`GMM_PARAMS_TOPIC`, compacted, key = model name): `mixture.params.ModelParams` JSON,
   read by `kafka_common.params_topic` outside any consumer group.
+- the in-memory channel of micro-batches (`stream_app.source.InBatch`), from the feeder to the
+  agent.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import Any, NotRequired, TypedDict
 
 import faust
+from mode.utils.queues import ThrowableQueue
 
 from stream_app.settings import WorkerSettings
 
@@ -57,3 +60,31 @@ class DeadLetterRecord(TypedDict):
 def points_topic(app: faust.App, settings: WorkerSettings) -> Any:
     """The input topic, as raw bytes: the worker validates them itself."""
     return app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw")
+
+
+class BatchChannel(faust.Channel):
+    """An in-memory channel of micro-batches that no rebalance of the app's group can drop.
+
+    Faust drops queued events when its own consumer group rebalances: it clears channel queues
+    (`clear_on_resume`) and its streams skip events of an older generation. Both are right for
+    events it will fetch from Kafka again, wrong for these batches, which exist nowhere else: a
+    dropped batch would be skipped, and a later batch's commit would pass it. So the queue is
+    not cleared, and `put_batch` queues the batch itself, not an Event (streams yield plain
+    values as they are).
+    """
+
+    async def put_batch(self, batch: Any) -> None:
+        """Queues one batch for the agent; waits while the app's group rebalances."""
+        await self.put(batch)
+
+    @property
+    def queue(self) -> ThrowableQueue:
+        if self._queue is None:
+            maxsize = self.maxsize or self.app.conf.stream_buffer_maxsize
+            self._queue = self.app.FlowControlQueue(maxsize=maxsize, clear_on_resume=False)
+        return self._queue
+
+
+def batches_channel(app: faust.App, maxsize: int = 2) -> BatchChannel:
+    """The agent's input: one event per micro-batch of the input topic."""
+    return BatchChannel(app, maxsize=maxsize)

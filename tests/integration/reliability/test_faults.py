@@ -164,7 +164,15 @@ def test_two_workers_one_killed_its_partitions_move(kafka_bootstrap, start_worke
     b = start_worker(topics, **env)
     a.wait_ready()
     b.wait_ready()
-    n = 40_000
+    wait_for(
+        lambda: (
+            a.metric("gmm_assigned_partitions") + b.metric("gmm_assigned_partitions") == 4
+            and min(a.metric("gmm_assigned_partitions"), b.metric("gmm_assigned_partitions")) > 0
+        ),
+        60,
+        message="the group settled over both workers",
+    )
+    n = 100_000
     produce(kafka_bootstrap, topics.input, points(n, "f"))
     wait_for(
         lambda: (
