@@ -40,6 +40,15 @@ def points(n: int, prefix: str) -> list[tuple[bytes, bytes]]:
     ]
 
 
+def paced_producer(bootstrap: str, topic: str, n: int, rate: float, prefix: str):
+    """gmm-produce in the background: n records at `rate`, ids `<prefix>-<i>`."""
+    command = ["--topic", topic, "--count", str(n), "--rate", str(rate), "--id-prefix", prefix]
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream_app.producer_cli", *command],
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap},
+    )
+
+
 def versioned(version: int) -> ModelParams:
     return ModelParams(
         version,
@@ -134,7 +143,7 @@ def test_sigkill_midstream_then_restart_loses_nothing(
     worker = start_worker(topics)
     worker.wait_ready()
     n = 100_000
-    produce(kafka_bootstrap, topics.input, points(n, "k"))
+    producer = paced_producer(kafka_bootstrap, topics.input, n, 10_000, "k")
     wait_for(
         lambda: worker.metric("gmm_assignments_out_total") >= 30_000,
         120,
@@ -143,6 +152,8 @@ def test_sigkill_midstream_then_restart_loses_nothing(
     )
     worker.stop(signal.SIGKILL)
     t_kill = time.monotonic()
+    assert count_records(kafka_bootstrap, topics.output) < n  # killed mid-stream
+    assert producer.wait(60) == 0
     restarted = start_worker(topics)
     restarted.wait_ready()
     ids = wait_covered(kafka_bootstrap, topics.output, {f"k-{i}" for i in range(n)}, timeout=300)
@@ -173,16 +184,19 @@ def test_two_workers_one_killed_its_partitions_move(kafka_bootstrap, start_worke
         message="the group settled over both workers",
     )
     n = 100_000
-    produce(kafka_bootstrap, topics.input, points(n, "f"))
+    producer = paced_producer(kafka_bootstrap, topics.input, n, 10_000, "f")
     wait_for(
         lambda: (
-            a.metric("gmm_assignments_out_total") > 0 and b.metric("gmm_assignments_out_total") > 0
+            a.metric("gmm_assignments_out_total") > 5_000
+            and b.metric("gmm_assignments_out_total") > 5_000
         ),
         120,
         message="both workers busy",
     )
     a.stop(signal.SIGKILL)
     t_kill = time.monotonic()
+    assert count_records(kafka_bootstrap, topics.output) < n  # killed mid-stream
+    assert producer.wait(60) == 0
     ids = wait_covered(kafka_bootstrap, topics.output, {f"f-{i}" for i in range(n)}, timeout=240)
     record_property("duplicates", len(ids) - len(set(ids)))
     print(
@@ -206,11 +220,7 @@ def test_workers_joining_and_leaving_midstream_lose_and_repeat_nothing(
     a = start_worker(topics, **env)
     a.wait_ready()
     n = 100_000
-    command = ["--topic", topics.input, "--count", str(n), "--rate", "4000", "--id-prefix", "h"]
-    producer = subprocess.Popen(
-        [sys.executable, "-m", "stream_app.producer_cli", *command],
-        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
-    )
+    producer = paced_producer(kafka_bootstrap, topics.input, n, 4_000, "h")
     try:
         wait_for(lambda: a.metric("gmm_assignments_out_total") > 2_000, 60, message="a busy")
         b = start_worker(topics, **env)  # joins: a gives up partitions mid-stream
