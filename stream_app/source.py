@@ -48,7 +48,6 @@ class InBatch(NamedTuple):
     number: int
     records: list[InRecord]
     offsets: dict[TopicPartition, int]  # next offset to read, per partition
-    first_arrival: float  # time.monotonic() when its first record was fetched
 
 
 class PointSource(ConsumerRebalanceListener):
@@ -122,7 +121,6 @@ class PointSource(ConsumerRebalanceListener):
         assert consumer is not None, "start() first"
         records: list[InRecord] = []
         offsets: dict[TopicPartition, int] = {}
-        first_arrival = 0.0
         deadline: float | None = None
         while len(records) < self.max_batch:
             generation = self._generation
@@ -141,8 +139,7 @@ class PointSource(ConsumerRebalanceListener):
             if deadline is None:
                 if not records:
                     continue
-                first_arrival = time.monotonic()
-                deadline = first_arrival + self.max_delay_s
+                deadline = time.monotonic() + self.max_delay_s
             if time.monotonic() >= deadline:
                 break
         number = self._fetched
@@ -154,7 +151,7 @@ class PointSource(ConsumerRebalanceListener):
                     self.metrics.input_lag.labels(partition=str(tp.partition)).set(
                         highwater - offset
                     )
-        return InBatch(number, records, offsets, first_arrival)
+        return InBatch(number, records, offsets)
 
     async def delivered(self, batch: InBatch) -> None:
         """Marks a batch's outputs delivered, so its offsets may be committed.
