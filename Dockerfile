@@ -12,6 +12,7 @@ COPY mixture ./mixture
 COPY kafka_common ./kafka_common
 COPY stream_app ./stream_app
 COPY trainer ./trainer
+COPY producer ./producer
 RUN pip install . \
  && if [ -n "$JAX_EXTRA" ]; then pip install "jax[$JAX_EXTRA]==0.10.2"; fi \
  && useradd --uid 10001 --create-home app \

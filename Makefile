@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 KAFKA := deploy/kafka/kafka.sh
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 
-.PHONY: help venv kafka-up kafka-down kafka-status test test-quick test-unit test-integration demo demo-down lint typecheck bench clean
+.PHONY: help venv kafka-up kafka-down kafka-status test test-quick test-unit test-integration demo demo-down lint typecheck bench bench-summary clean
 
 help:
 	@echo "make demo              set up, start Kafka, run the demo (make demo-down stops it)"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-unit         unit tests only (no broker)"
 	@echo "make kafka-up|kafka-down|kafka-status"
 	@echo "make lint typecheck bench clean"
+	@echo "make bench-summary     rewrite README's benchmark summary from bench/results/*.json"
 
 # The venv is rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -69,6 +70,11 @@ bench: venv kafka-up
 	$(BIN)/python -m bench.stream
 	$(BIN)/python -m bench.scaleout
 	$(BIN)/python -m bench.soak
+	$(MAKE) bench-summary
+
+# README's Benchmarks section is rendered from bench/results/*.json (a unit test checks it).
+bench-summary: venv
+	$(BIN)/python -m bench.summary --write
 
 clean: demo-down
 	rm -rf .kafka .run reports

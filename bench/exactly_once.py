@@ -26,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bench._common import machine, markdown_table, write_results
 from bench.stream import BOOTSTRAP, produce
 from kafka_common.topics import topic_partitions
-from tests.integration.harness import Topics, count_records, free_port, wait_for
+from support.harness import Topics, count_records, free_port, wait_for
 
 
 async def _create(topics: Topics) -> None:

@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench._common import machine, markdown_table, write_results
 from bench.stream import BOOTSTRAP
-from tests.integration.harness import Topics
+from support.harness import Topics
 
 
 async def roundtrip(n: int) -> dict[str, float]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from bench._common import RESULTS, machine, markdown_table, write_results
 from bench.stream import BOOTSTRAP, create_topics, drain_with_workers
-from tests.integration.harness import (
+from support.harness import (
     SEED_MODEL,
     Topics,
     Worker,
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             sys.executable,
             "-m",
-            "stream_app.producer_cli",
+            "producer.cli",
             "--topic",
             topics.input,
             "--count",

@@ -31,7 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench._common import RESULTS, machine, markdown_table, write_results
 from kafka_common.batch_sender import BatchSender, send_paced
-from tests.integration.harness import (
+from support.harness import (
     SEED_MODEL,
     Topics,
     Worker,
@@ -54,8 +54,8 @@ async def _create_topics(topics: Topics, partitions: int = PARTITIONS) -> None:
         append_time = {"message.timestamp.type": "LogAppendTime"}
         await admin.create_topics(
             [
-                NewTopic(topics.input, PARTITIONS, 1),
-                NewTopic(topics.output, PARTITIONS, 1, topic_configs=append_time),
+                NewTopic(topics.input, partitions, 1),
+                NewTopic(topics.output, partitions, 1, topic_configs=append_time),
                 NewTopic(topics.dlq, 1, 1),
                 NewTopic(topics.params, 1, 1, topic_configs={"cleanup.policy": "compact"}),
             ]

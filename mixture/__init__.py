@@ -1,6 +1,6 @@
 """The Bayesian Gaussian mixture at the heart of the service.
 
-Model, MAP fit, classifier and parameters.
+Model, MAP fit, classifier and parameters; `classify_cli` is the offline `gmm-classify`.
 
 Pure and jittable: no Faust, Kafka, asyncio or environment access. The trainer and the stream
 worker both build on it; RNG keys are always passed in explicitly.

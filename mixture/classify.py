@@ -90,27 +90,25 @@ class Classifier:
         self._compilations = 0
         self._lock = threading.Lock()
         self._program = jax.jit(self._classify_padded)
-        self._fixed_key = jax.random.PRNGKey(0)  # temperature 0 never reads it
+        #: Temperature 0 reads no key; it gets these placeholders (one program per size).
+        self._no_keys = {size: np.zeros((size, 2), np.uint32) for size in self.sizes}
 
     @property
     def compilations(self) -> int:
         """How many programs have been traced and compiled so far."""
         return self._compilations
 
-    def _classify_padded(self, points: Any, params: MixtureParams, key: Any, chunk: Any) -> Any:
+    def _classify_padded(self, points: Any, params: MixtureParams, keys: Any) -> Any:
         # Runs only while tracing: exactly one increment per compiled program.
         with self._lock:
             self._compilations += 1
-        key = jax.random.fold_in(key, chunk)
-        model = infer_discrete(
-            assignment_model,
-            temperature=self.temperature,
-            first_available_dim=-2,  # left of the data plate, as in the tutorial
-            rng_key=key,
-        )
-        trace = handlers.trace(handlers.seed(model, key)).get_trace(points, params)
         probs, log_px = posterior(points, params)
-        return trace["assignment"]["value"].astype(jnp.int32), probs, log_px
+        if self.temperature == 0:
+            return _assign(points, params, 0, None), probs, log_px
+        # One draw per record, each from that record's own key: a record's draw does not depend
+        # on its batch or position, so a replayed record draws the same assignment.
+        assignment = jax.vmap(lambda x, key: _assign(x[None], params, 1, key)[0])(points, keys)
+        return assignment, probs, log_px
 
     def prepare(self, params: MixtureParams) -> MixtureParams:
         """Checks parameters against this classifier and puts them on the device as float32.
@@ -139,13 +137,16 @@ class Classifier:
                 return size
         return self.max_batch
 
-    def __call__(self, points: Any, params: MixtureParams, key: Any = None) -> Classification:
-        """Classifies points (B, D), or (B,) when D == 1. Temperature 1 needs a jax.random key.
+    def __call__(
+        self, points: Any, params: MixtureParams, key: Any = None, *, keys: Any = None
+    ) -> Classification:
+        """Classifies points (B, D), or (B,) when D == 1.
 
+        Temperature 1 draws each record's assignment with its own PRNG key: either `keys`,
+        (B, 2) uint32 raw keys, one per record (the worker derives them from the record's
+        Kafka coordinates), or one `key` from which row i's key is `fold_in(key, i)`.
         params: MixtureParams, ideally from `prepare()` (otherwise prepared on every call).
         """
-        if self.temperature == 1 and key is None:
-            raise ValueError("temperature 1 draws a posterior sample and needs an explicit rng key")
         if not (isinstance(params.weights, jax.Array) and params.weights.dtype == jnp.float32):
             params = self.prepare(params)
         x = np.asarray(points, dtype=np.float32)
@@ -153,24 +154,42 @@ class Classifier:
             x = x[:, None]
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"points must have shape (B, {self.dim}), got {x.shape}")
-        key = self._fixed_key if key is None else key
+        row_keys = self._row_keys(len(x), key, keys)
         parts = []
-        for chunk_index, start in enumerate(range(0, max(len(x), 1), self.max_batch)):
+        for start in range(0, max(len(x), 1), self.max_batch):
             chunk = x[start : start + self.max_batch]
             n = len(chunk)
             size = self._size_for(n)
+            if row_keys is None:
+                chunk_keys = self._no_keys[size]
+            else:
+                chunk_keys = np.zeros((size, 2), np.uint32)
+                chunk_keys[:n] = row_keys[start : start + n]
             if n != size:
                 padded = np.zeros((size, self.dim), dtype=np.float32)
                 padded[:n] = chunk
                 chunk = padded
-            assignment, probs, log_px = jax.device_get(
-                self._program(chunk, params, key, np.int32(chunk_index))
-            )
+            assignment, probs, log_px = jax.device_get(self._program(chunk, params, chunk_keys))
             # Rows past n are padding: their outputs are dropped here.
             parts.append((assignment[:n], probs[:, :n].T, log_px[:n]))
         if len(parts) == 1:
             return Classification(*parts[0])
         return Classification(*(np.concatenate(p) for p in zip(*parts, strict=True)))
+
+    def _row_keys(self, n: int, key: Any, keys: Any) -> np.ndarray | None:
+        if self.temperature == 0:
+            return None
+        if keys is not None:
+            row_keys = np.asarray(keys, dtype=np.uint32)
+            if row_keys.shape != (n, 2):
+                raise ValueError(f"keys must have shape ({n}, 2), got {row_keys.shape}")
+            return row_keys
+        if key is None:
+            raise ValueError("temperature 1 draws a posterior sample and needs an explicit rng key")
+        folded = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+        if jnp.issubdtype(folded.dtype, jax.dtypes.prng_key):
+            folded = jax.random.key_data(folded)
+        return np.asarray(folded, dtype=np.uint32)
 
     def warmup(self) -> int:
         """Compiles every padding size now; returns the number of compilations done."""
@@ -182,8 +201,21 @@ class Classifier:
             np.ones((k, d) if self.per_component_scale else (d,)),
         )
         for size in self.sizes:
-            self(np.zeros((size, d)), params, jax.random.PRNGKey(0))
+            self(np.zeros((size, d)), params, keys=np.zeros((size, 2), np.uint32))
         return self._compilations - before
+
+
+def _assign(points: Any, params: MixtureParams, temperature: int, key: Any) -> Any:
+    """The assignment of each point by `infer_discrete`: MAP (0) or a posterior draw (1)."""
+    model = infer_discrete(
+        assignment_model,
+        temperature=temperature,
+        first_available_dim=-2,  # left of the data plate, as in the tutorial
+        rng_key=key,
+    )
+    seeded = model if key is None else handlers.seed(model, key)
+    trace = handlers.trace(seeded).get_trace(points, params)
+    return jnp.reshape(trace["assignment"]["value"], (-1,)).astype(jnp.int32)
 
 
 def make_classifier(

@@ -1,15 +1,21 @@
 """Builds the Faust app of the stream worker (and nothing else).
 
-Run it with `gmm-worker`, or as Faust users expect: `faust -A stream_app.app worker`.
-Settings are read once, here, from the environment (see stream_app.settings).
+Run it with `gmm-worker`, or as Faust users expect: `faust -A stream_app.app worker`. Importing
+this module builds nothing: `create_app(settings)` builds the worker and its app, and the
+module attribute `app`, which `faust -A` looks up, is built from the environment on first use.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
-from stream_app.metrics import WorkerMetrics, faust_sensor
+from stream_app import agents, views
+from stream_app.metrics import faust_sensor
 from stream_app.settings import WorkerSettings
+from stream_app.topics import batches_channel
+from stream_app.worker import Worker
 
 
 def broker_credentials(settings: WorkerSettings) -> faust.types.auth.CredentialsT | None:
@@ -26,14 +32,16 @@ def broker_credentials(settings: WorkerSettings) -> faust.types.auth.Credentials
     return None
 
 
-def create_app(settings: WorkerSettings, metrics: WorkerMetrics) -> faust.App:
+def create_app(settings: WorkerSettings, worker: Worker | None = None) -> faust.App:
+    """The Faust app over one Worker (built from `settings` unless given)."""
+    worker = worker or Worker(settings)
     app = faust.App(
         # Faust's own consumer group must differ from the input topic's (stream_app.source):
         # the two speak different assignment protocols, and the broker rejects a mixed group.
         f"{settings.group_id}-app",
         broker=[f"kafka://{server}" for server in settings.kafka.servers],
         broker_credentials=broker_credentials(settings),
-        autodiscover=["stream_app.agents", "stream_app.views"],
+        autodiscover=False,
         origin="stream_app",
         key_serializer="raw",
         value_serializer="raw",
@@ -46,10 +54,16 @@ def create_app(settings: WorkerSettings, metrics: WorkerMetrics) -> faust.App:
         datadir=settings.data_dir,
         store="memory://",
     )
-    app.monitor = faust_sensor(metrics.registry)
+    app.monitor = faust_sensor(worker.metrics.registry)
+    agents.register(app, worker, batches_channel(app))
+    views.register(app, worker)
+    app.worker = worker  # type: ignore[attr-defined]  # for gmm-worker's exit code
     return app
 
 
-settings = WorkerSettings.from_env()
-metrics = WorkerMetrics(settings.max_batch)
-app = create_app(settings, metrics)
+def __getattr__(name: str) -> Any:
+    # `faust -A stream_app.app worker` reads `app`: built once, from the environment, then.
+    if name == "app":
+        built = globals()["app"] = create_app(WorkerSettings.from_env())
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,9 +7,11 @@ outgoing record: an assignment, or a dead letter with the reason.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import time
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -31,10 +33,16 @@ class InRecord(NamedTuple):
 
 
 class Outgoing(NamedTuple):
+    """One output record: an assignment for the output topic or a dead letter for the DLQ."""
+
     key: bytes | None
     value: bytes
     ts_in: float | None
     partition: int  # the input's: outputs stay co-partitioned with their inputs
+    dead_letter: bool  # True: for the dead-letter topic
+    source: SourceRef  # the input record it answers
+    reason: str | None = None  # a dead letter's reason
+    component: int = -1  # an assignment's component
 
 
 class BatchOutcome(NamedTuple):
@@ -47,32 +55,85 @@ class BatchOutcome(NamedTuple):
     log_likelihood_sum: float
     model_version: int
 
+    @property
+    def outputs(self) -> list[Outgoing]:
+        return self.assignments + self.dead_letters
+
 
 def _source(r: InRecord) -> SourceRef:
     return {"topic": r.topic, "partition": r.partition, "offset": r.offset}
 
 
-def dead_letter(r: InRecord, reason: str, error: str) -> Outgoing:
-    payload = r.value or b""
+def _text_prefix(prefix: bytes, truncated: bool) -> str | None:
+    """The prefix as text if it is UTF-8; a character cut by the truncation is dropped."""
     try:
-        text: str | None = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
+        return prefix.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if truncated and exc.reason == "unexpected end of data":
+            return prefix[: exc.start].decode("utf-8")
+        return None
+
+
+def dead_letter(r: InRecord, reason: str, error: str, payload_bytes: int) -> Outgoing:
+    """A dead letter of bounded size: at most `payload_bytes` of the payload travel with it.
+
+    The whole payload's size and SHA-256 are kept, so a record of any size the broker accepted
+    gets one dead letter that the broker also accepts (a copy of the payload, twice, would not).
+    """
+    payload = r.value or b""
+    prefix = payload[:payload_bytes]
     doc: DeadLetterRecord = {
         "reason": reason,
         "error": error,
         "source": _source(r),
         "ts_in": r.timestamp,
-        "payload_base64": base64.b64encode(payload).decode("ascii"),
-        "payload_text": text,
+        "payload_size": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "payload_truncated": len(prefix) < len(payload),
+        "payload_base64": base64.b64encode(prefix).decode("ascii"),
+        "payload_text": _text_prefix(prefix, len(prefix) < len(payload)),
     }
-    return Outgoing(r.key, orjson.dumps(doc), r.timestamp, r.partition)
+    return Outgoing(r.key, orjson.dumps(doc), r.timestamp, r.partition, True, _source(r), reason)
+
+
+def too_large_letter(out: Outgoing, error: str) -> Outgoing:
+    """The small dead letter that stands in for an output the broker would not take.
+
+    It keeps the input's coordinates (so the record can be found and replayed), the rejected
+    output's size and SHA-256, and a rejected dead letter's original reason.
+    """
+    doc: DeadLetterRecord = {
+        "reason": "output_too_large",
+        "error": error[:500],
+        "source": out.source,
+        "ts_in": out.ts_in,
+        "payload_size": len(out.value),
+        "payload_sha256": hashlib.sha256(out.value).hexdigest(),
+        "payload_truncated": True,
+        "payload_base64": "",
+        "payload_text": None,
+    }
+    if out.dead_letter and out.reason is not None:
+        doc["original_reason"] = out.reason
+    return Outgoing(
+        out.key, orjson.dumps(doc), out.ts_in, out.partition, True, out.source, "output_too_large"
+    )
 
 
 def process_batch(
-    records: list[InRecord], serving: ServingModel, max_record_bytes: int, key: Any = None
+    records: list[InRecord],
+    serving: ServingModel,
+    max_record_bytes: int,
+    seed: int | None = None,
+    dlq_payload_bytes: int = 4096,
+    max_output_bytes: int = 1_000_000,
 ) -> BatchOutcome:
-    """Classifies the valid records of a batch and dead-letters the rest, in input order."""
+    """Classifies the valid records of a batch and dead-letters the rest, in input order.
+
+    At temperature 1 each record's draw uses its own key, `record_keys(seed, ...)`: a function
+    of the record's Kafka coordinates, so a replayed record draws the same assignment.
+    An output larger than `max_output_bytes` is replaced by an `output_too_large` dead letter.
+    """
     dim = serving.model.mixture.dim
     valid: list[tuple[InRecord, Point]] = []
     dead: list[Outgoing] = []
@@ -83,7 +144,7 @@ def process_batch(
                 raise PointError("not_json", "the record has no value")
             valid.append((r, decode_point(r.value, dim, max_record_bytes)))
         except PointError as exc:
-            dead.append(dead_letter(r, exc.reason, str(exc)))
+            dead.append(dead_letter(r, exc.reason, str(exc), dlq_payload_bytes))
             reasons.append(exc.reason)
 
     if not valid:
@@ -91,8 +152,13 @@ def process_batch(
             [], dead, np.zeros(0, np.int32), np.zeros(0), reasons, 0.0, 0.0, serving.model.version
         )
     points = np.array([p.x for _, p in valid], dtype=np.float64)
+    keys = None
+    if serving.classifier.temperature == 1:
+        if seed is None:
+            raise ValueError("temperature 1 needs a seed")
+        keys = record_keys(seed, [r for r, _ in valid])
     t0 = time.perf_counter()
-    result = serving.classifier(points, serving.device_params, key)
+    result = serving.classifier(points, serving.device_params, keys=keys)
     inference = time.perf_counter() - t0
     ts_out = time.time()
     version = serving.model.version
@@ -103,12 +169,16 @@ def process_batch(
     probs = result.probs.tolist()
     loglik = result.log_likelihood.tolist()
     out = []
+    served = finite.copy()  # which valid points get an assignment
     all_finite = bool(finite.all())
     for i, (r, p) in enumerate(valid):
         if not all_finite and not finite[i]:
             dead.append(
                 dead_letter(
-                    r, "not_classifiable", "the model's probabilities for this point are not finite"
+                    r,
+                    "not_classifiable",
+                    "the model's probabilities for this point are not finite",
+                    dlq_payload_bytes,
                 )
             )
             reasons.append("not_classifiable")
@@ -124,14 +194,59 @@ def process_batch(
             "ts_out": ts_out,
             "source": _source(r),
         }
-        out.append(Outgoing(r.key, orjson.dumps(doc), r.timestamp, r.partition))
+        value = orjson.dumps(doc)
+        o = Outgoing(
+            r.key, value, r.timestamp, r.partition, False, doc["source"], None, assignments[i]
+        )
+        if len(value) > max_output_bytes:
+            dead.append(
+                too_large_letter(
+                    o, f"the assignment is {len(value)} bytes, over {max_output_bytes}"
+                )
+            )
+            reasons.append("output_too_large")
+            served[i] = False
+            continue
+        out.append(o)
     return BatchOutcome(
         out,
         dead,
-        result.assignment[finite],
+        result.assignment[served],
         np.array([math.nan if o.ts_in is None else o.ts_in for o in out], dtype=np.float64),
         reasons,
         inference,
-        float(np.sum(result.log_likelihood[finite])),
+        float(np.sum(result.log_likelihood[served])),
         version,
     )
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijection of uint64 that scrambles every bit."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def record_keys(seed: int, records: Sequence[InRecord]) -> np.ndarray:
+    """(B, 2) uint32 PRNG keys, each a function of (seed, topic, partition, offset) alone.
+
+    A replayed record (after a crash or a rebalance) draws the same assignment at temperature 1,
+    and different records, on one worker or on several, draw independently.
+    """
+    out = np.empty((len(records), 2), np.uint32)
+    by_topic: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_topic.setdefault(r.topic, []).append(i)
+    with np.errstate(over="ignore"):
+        for topic, rows in by_topic.items():
+            digest = hashlib.blake2b(f"{seed}\x00{topic}".encode(), digest_size=8).digest()
+            base = np.uint64(int.from_bytes(digest, "little") & _MASK64)
+            partitions = np.array([records[i].partition for i in rows], np.uint64)
+            offsets = np.array([records[i].offset for i in rows], np.uint64)
+            z = _mix64(_mix64(base ^ _mix64(partitions + np.uint64(0x9E3779B97F4A7C15))) + offsets)
+            out[rows, 0] = (z >> np.uint64(32)).astype(np.uint32)
+            out[rows, 1] = (z & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    return out

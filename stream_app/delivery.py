@@ -1,61 +1,311 @@
-"""Delivering a micro-batch's outputs: assignments and dead letters, as record batches.
+"""Delivering outputs: every output acknowledged by the broker once, whatever fails on the way.
 
-An output goes to the partition its input came from (modulo the partition count), as Kafka
-Streams does for co-partitioned topics: with as many output as input partitions (the default),
-per-key order follows the input's partitioning, whichever partitioner its producer used.
+`KafkaSink` sends outputs as aiokafka record batches on their input's partition (modulo the
+topic's partition count), as Kafka Streams does for co-partitioned topics. Its producer is
+idempotent with acks=all: aiokafka itself retries retriable errors without duplicating.
 
-The producer is idempotent with acks=all: a batch resent after a failure cannot duplicate within
-the producer's session, and an output counts as delivered only once every in-sync replica has it.
+`Delivery.deliver` owns what happens when a send fails (see `classify_error`):
+- retriable (the broker is away, a leader moved, a timeout): only the outputs that failed are
+  sent again, after a capped back-off, for as long as it takes; `stuck_seconds` says how long
+  the oldest output has waited, which `/ready` and the metrics report;
+- too large or invalid (the broker will never take it): the record batch is split and each of
+  its outputs resent alone; one that still fails becomes a small `output_too_large` dead letter,
+  which always fits; a stand-in that fails too is fatal. So each output takes at most three
+  sends, and an acknowledged output is never sent again;
+- not authorized, or failed authentication: `DeliveryFatal`, and the worker stops uncommitted.
+After a non-retriable error the producer is replaced: aiokafka does not roll back an idempotent
+producer's sequence numbers for a batch the broker refused, so every later batch to that
+partition would be refused as out of order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    BrokerResponseError,
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    GroupAuthorizationFailedError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 
-from kafka_common.batch_sender import BatchSender
 from kafka_common.settings import KafkaSettings
-from stream_app.batch import BatchOutcome
+from stream_app.batch import Outgoing, too_large_letter
+from stream_app.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
 
 #: Largest record batch; the broker accepts up to 1 MiB by default.
 MAX_BATCH_BYTES = 512 * 1024
 
+FATAL_ERRORS = (
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+    SaslAuthenticationFailed,
+    AuthenticationFailedError,
+)
+REJECTED_ERRORS = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    CorruptRecordException,
+)
+#: INVALID_RECORD (87) is not in aiokafka's error table: it arrives as an unknown error.
+INVALID_RECORD_ERRNO = 87
+
+
+def classify_error(exc: BaseException) -> str:
+    """`fatal` (stop), `rejected` (never accepted as it is) or `retriable` (send again)."""
+    if isinstance(exc, FATAL_ERRORS):
+        return "fatal"
+    if isinstance(exc, REJECTED_ERRORS) or getattr(exc, "errno", None) == INVALID_RECORD_ERRNO:
+        return "rejected"
+    return "retriable"
+
+
+def _spends_sequence(exc: BaseException) -> bool:
+    """A batch the broker refused for good: its idempotent sequence numbers are spent."""
+    return isinstance(exc, BrokerResponseError) and not exc.retriable
+
+
+class DeliveryFatal(RuntimeError):
+    """Outputs that can never be delivered by this worker as configured (e.g. not authorized)."""
+
+
+class Sink(Protocol):
+    """Where outputs go (`KafkaSink`, or an in-memory fake in the unit tests)."""
+
+    #: Bumped by every reset; `reset(generation)` of an older generation does nothing.
+    generation: int
+
+    async def send(
+        self, outputs: Sequence[Outgoing], alone: bool = False
+    ) -> list[tuple[asyncio.Future, list[Outgoing]]]:
+        """Queues the outputs; one (future, its outputs) per record batch. `alone`: one output
+        per batch, so one refused output cannot fail others."""
+        ...
+
+    async def reset(self, generation: int) -> None:
+        """A fresh producer session, if `generation` is still the current one."""
+        ...
+
+
+class DeliveryResult(NamedTuple):
+    """What one `deliver` call got acknowledged: `replaced` pairs (refused output, stand-in)."""
+
+    replaced: list[tuple[Outgoing, Outgoing]]
+
 
 class Delivery:
-    """The worker's producer for assignments and dead letters."""
+    """Delivers slices of outputs through a Sink, with defined outcomes for every failure."""
 
-    def __init__(self, kafka: KafkaSettings) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        metrics: WorkerMetrics | None = None,
+        *,
+        backoff: tuple[float, float] = (0.1, 5.0),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sink = sink
+        self.metrics = metrics
+        self.backoff = backoff
+        self.clock = clock
+        self.last_error: str | None = None
+        self._waiting: dict[int, float] = {}  # deliver call -> when it started
+        self._calls = 0
+
+    def stuck_seconds(self) -> float:
+        """How long the oldest unacknowledged slice has waited (0 when none waits)."""
+        if not self._waiting:
+            return 0.0
+        return max(0.0, self.clock() - min(self._waiting.values()))
+
+    async def deliver(self, outputs: Sequence[Outgoing]) -> DeliveryResult:
+        """Returns once the broker has acknowledged every output (or its stand-in).
+
+        Raises DeliveryFatal when the worker may not write (authorization, authentication).
+        """
+        call = self._calls
+        self._calls += 1
+        self._waiting[call] = self.clock()
+        try:
+            return await self._deliver(list(outputs))
+        finally:
+            del self._waiting[call]
+
+    async def _deliver(self, todo: list[Outgoing]) -> DeliveryResult:
+        replaced: list[tuple[Outgoing, Outgoing]] = []
+        alone: set[int] = set()  # ids of outputs to send one per batch (in a refused batch)
+        stand_ins: set[int] = set()  # ids of stand-ins (refused, they are fatal)
+        delay = self.backoff[0]
+        while todo:
+            generation = self.sink.generation
+            parts = await self._send(todo, alone)
+            retry: list[Outgoing] = []
+            wait = reset = False
+            for future, outs in parts:
+                try:
+                    await future
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # sorted below: every failure has an outcome
+                    error = exc
+                kind = classify_error(error)
+                self._count(kind, error)
+                reset = reset or _spends_sequence(error)
+                if kind == "fatal":
+                    raise DeliveryFatal(f"{type(error).__name__}: {error}") from error
+                if kind == "retriable":
+                    retry += outs
+                    wait = True
+                elif len(outs) > 1:  # which one was refused? send each alone
+                    alone.update(id(o) for o in outs)
+                    retry += outs
+                elif id(outs[0]) in stand_ins:
+                    raise DeliveryFatal(
+                        f"the broker refused even a {len(outs[0].value)}-byte dead letter: {error}"
+                    ) from error
+                else:
+                    stand_in = too_large_letter(
+                        outs[0], f"the broker refused the output: {type(error).__name__}"
+                    )
+                    log.warning(
+                        "output for %s refused (%s); sending an output_too_large dead letter",
+                        outs[0].source,
+                        type(error).__name__,
+                    )
+                    replaced.append((outs[0], stand_in))
+                    stand_ins.add(id(stand_in))
+                    alone.add(id(stand_in))
+                    retry.append(stand_in)
+            if reset:
+                await self.sink.reset(generation)
+            if wait:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff[1])
+            todo = retry
+        return DeliveryResult(replaced)
+
+    async def _send(
+        self, todo: list[Outgoing], alone: set[int]
+    ) -> list[tuple[asyncio.Future, list[Outgoing]]]:
+        """Queues todo; a send that raises (no metadata, producer closing) fails all of it."""
+        together = [o for o in todo if id(o) not in alone]
+        single = [o for o in todo if id(o) in alone]
+        parts: list[tuple[asyncio.Future, list[Outgoing]]] = []
+        for outs, by_one in ((together, False), (single, True)):
+            if not outs:
+                continue
+            try:
+                parts += await self.sink.send(outs, alone=by_one)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failed: asyncio.Future = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                parts.append((failed, outs))
+        return parts
+
+    def _count(self, kind: str, error: BaseException) -> None:
+        self.last_error = f"{type(error).__name__}: {error}"
+        log.warning("delivery failed (%s): %s", kind, self.last_error)
+        if self.metrics is not None:
+            self.metrics.delivery_errors.labels(reason=kind).inc()
+
+
+class KafkaSink:
+    """The worker's producer for assignments and dead letters (idempotent, acks=all)."""
+
+    def __init__(self, kafka: KafkaSettings, output_topic: str, dlq_topic: str) -> None:
         self.kafka = kafka
+        self.topics = {False: output_topic, True: dlq_topic}
+        self.generation = 0
         self.producer: AIOKafkaProducer | None = None
-        self._sender: BatchSender | None = None
+        self._retiring: set[asyncio.Task] = set()
 
-    async def start(self) -> None:
-        self.producer = AIOKafkaProducer(
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
             **self.kafka.client_options(),
             acks="all",
             enable_idempotence=True,
             max_batch_size=MAX_BATCH_BYTES,
             linger_ms=0,
         )
+
+    async def start(self) -> None:
+        self.producer = self._new_producer()
         await self.producer.start()
-        self._sender = BatchSender(self.producer)
 
     async def stop(self) -> None:
         if self.producer is not None:
-            await self.producer.stop()
-            self.producer = None
-            self._sender = None
+            producer, self.producer = self.producer, None
+            await producer.stop()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
-    async def send_outcome(
-        self, outcome: BatchOutcome, output_topic: str, dlq_topic: str
-    ) -> list[asyncio.Future]:
-        """Queues a batch's assignments and dead letters; the futures resolve when delivered."""
-        sender = self._sender
-        if sender is None:
-            raise RuntimeError("Delivery.start() was not called")
-        futures = []
-        for topic, outs in ((output_topic, outcome.assignments), (dlq_topic, outcome.dead_letters)):
-            records = [(o.key, o.value) for o in outs]
-            futures += await sender.send(topic, records, [o.partition for o in outs])
-        return futures
+    async def reset(self, generation: int) -> None:
+        if generation != self.generation or self.producer is None:
+            return
+        fresh = self._new_producer()
+        try:
+            await fresh.start()
+        except Exception as exc:  # the broker is away: keep the old one, the retry comes back
+            log.warning("could not replace the producer: %s", exc)
+            await fresh.stop()
+            return
+        self.generation += 1
+        old, self.producer = self.producer, fresh
+        log.info("producer replaced after a refused batch (generation %d)", self.generation)
+        # The old one finishes (or fails) what it holds in the background.
+        task = asyncio.create_task(old.stop())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def send(
+        self, outputs: Sequence[Outgoing], alone: bool = False
+    ) -> list[tuple[asyncio.Future, list[Outgoing]]]:
+        producer = self.producer
+        if producer is None:
+            raise RuntimeError("KafkaSink.start() was not called")
+        groups: dict[tuple[str, int], list[Outgoing]] = collections.defaultdict(list)
+        counts: dict[str, list[int]] = {}
+        for out in outputs:
+            topic = self.topics[out.dead_letter]
+            if topic not in counts:
+                counts[topic] = sorted(await producer.partitions_for(topic))
+            available = counts[topic]
+            groups[(topic, available[out.partition % len(available)])].append(out)
+        parts = []
+        for (topic, partition), outs in groups.items():
+            batch, members = producer.create_batch(), list[Outgoing]()
+            for out in outs:
+                if members and (
+                    alone or batch.append(key=out.key, value=out.value, timestamp=None) is None
+                ):  # full (or one output per batch): send it, start the next
+                    batch.close()
+                    future = await producer.send_batch(batch, topic, partition=partition)
+                    parts.append((future, members))
+                    batch, members = producer.create_batch(), []
+                if not members:  # an empty batch takes any one record
+                    batch.append(key=out.key, value=out.value, timestamp=None)
+                members.append(out)
+            batch.close()
+            parts.append((await producer.send_batch(batch, topic, partition=partition), members))
+        return parts

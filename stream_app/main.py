@@ -1,13 +1,16 @@
 """`gmm-worker`: starts the stream worker (the Faust app in stream_app.app).
 
-Before Faust starts, settings are validated and the service's topics created (the params topic
-compacted), so a bad setting, an unreachable broker or a rejected login is one clear line and
-a non-zero exit rather than a retry loop or a traceback.
+Before Faust starts, settings are validated (GMM_PARAMS_FILE included) and the service's topics
+created (the params topic compacted), so a bad setting, an unreachable broker or a rejected login
+is one clear line and a non-zero exit rather than a retry loop or a traceback. `--help` and
+`--version` touch nothing: no environment, no network.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
@@ -45,7 +48,14 @@ def prepare(settings: WorkerSettings) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="The stream worker: classifies the input topic's points into the "
+        "assignments topic. Configured by environment variables (see the README); other "
+        "arguments are passed to `faust worker`.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         settings = WorkerSettings.from_env()
     except SettingsError as exc:
@@ -55,11 +65,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if error is not None:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
-    from stream_app.app import app
+    from stream_app.app import create_app
 
-    sys.argv = [PROG, "worker", "--loglevel", settings.log_level, *args]
-    app.main()
-    return 0
+    app = create_app(settings)
+    sys.argv = [PROG, "worker", "--loglevel", settings.log_level, *rest]
+    try:
+        app.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    else:
+        code = 0
+    return app.worker.exit_code or code  # type: ignore[attr-defined]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("gmm-stream")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ class WorkerMetrics:
         )
         self.input_lag = Gauge(
             "gmm_input_lag_records",
-            "Input records not yet fetched, per assigned partition (high watermark - position)",
+            "Input records not yet committed, per assigned partition (end offset - committed "
+            "offset; updated on a timer)",
             ["partition"],
             registry=r,
         )
@@ -105,6 +106,31 @@ class WorkerMetrics:
             "gmm_input_committed_offset",
             "Offset committed for the input topic, per assigned partition",
             ["partition"],
+            registry=r,
+        )
+        self.delivery_errors = Counter(
+            "gmm_delivery_errors_total",
+            "Failed sends of output record batches, by outcome: retriable (sent again), "
+            "rejected (split, then replaced by an output_too_large dead letter), fatal (stop)",
+            ["reason"],
+            registry=r,
+        )
+        self.delivery_stuck_seconds = Gauge(
+            "gmm_delivery_stuck_seconds",
+            "How long the oldest unacknowledged output slice has waited (0: none waits)",
+            registry=r,
+        )
+        self.commit_errors = Counter(
+            "gmm_commit_errors_total", "Failed input offset commits (each retried)", registry=r
+        )
+        self.commit_pending_seconds = Gauge(
+            "gmm_commit_pending_seconds",
+            "How long delivered input offsets have waited for a commit (0: all committed)",
+            registry=r,
+        )
+        self.last_commit_timestamp_seconds = Gauge(
+            "gmm_last_commit_timestamp_seconds",
+            "When input offsets were last committed (Unix time)",
             registry=r,
         )
         self._fitted_at: float | None = None

@@ -1,9 +1,12 @@
 """The model being served, swapped atomically between batches.
 
-A model is installed by building (or reusing) the classifier for its shape, compiling every
-padding size off the event loop, putting its parameters on the device, and only then replacing
-`current` in one assignment. A batch reads `current` once, so it is classified by one model
-from start to end; a new version of the same shape never recompiles.
+A model is installed by building (or reusing) the classifier for its layout (K, D, scale),
+compiling every padding size, putting its parameters on the device, and only then replacing
+`current` in one assignment. All of that runs on the compile thread, never the inference
+thread, so a new layout compiles while the current model keeps serving. A batch reads `current`
+once, so it is classified by one model from start to end; a new version of a known layout never
+recompiles. A model that cannot be compiled or prepared is rejected and counted
+(`gmm_params_rejected_total{reason="compile_failed"}`); the current one keeps serving.
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ class ModelHolder:
     """Holds the current ServingModel; `ready` is set once the first one is installed."""
 
     def __init__(
-        self, temperature: int, max_batch: int, metrics: WorkerMetrics, executor: Executor
+        self, temperature: int, max_batch: int, metrics: WorkerMetrics, compile_executor: Executor
     ) -> None:
         self.temperature = temperature
         self.max_batch = max_batch
         self.metrics = metrics
-        self.executor = executor
+        self.executor = compile_executor
         self.current: ServingModel | None = None
         self.ready = asyncio.Event()
         self._classifiers: dict[tuple[int, int, bool], Classifier] = {}
@@ -53,16 +56,23 @@ class ModelHolder:
         shape = (m.n_components, m.dim, m.per_component_scale)
         loop = asyncio.get_running_loop()
         classifier = self._classifiers.get(shape)
-        if classifier is None:
-            log.info(
-                "compiling the classifier for K=%d D=%d%s",
-                *shape[:2],
-                " (per-component scale)" if shape[2] else "",
-            )
-            classifier = classifier_for(m, temperature=self.temperature, max_batch=self.max_batch)
-            await loop.run_in_executor(self.executor, classifier.warmup)
-            self._classifiers[shape] = classifier
-        device_params = await loop.run_in_executor(self.executor, classifier.prepare, m)
+        try:
+            if classifier is None:
+                log.info(
+                    "compiling the classifier for K=%d D=%d%s",
+                    *shape[:2],
+                    " (per-component scale)" if shape[2] else "",
+                )
+                classifier = classifier_for(
+                    m, temperature=self.temperature, max_batch=self.max_batch
+                )
+                await loop.run_in_executor(self.executor, classifier.warmup)
+                self._classifiers[shape] = classifier
+            device_params = await loop.run_in_executor(self.executor, classifier.prepare, m)
+        except Exception as exc:  # the model is bad for this worker, not the worker itself
+            log.error("rejecting model version %d: it cannot be compiled: %s", model.version, exc)
+            self.metrics.params_rejected.labels(reason="compile_failed").inc()
+            return False
         self.current = ServingModel(model, classifier, device_params)
         self.count_compilations()
         self.metrics.model_installed(model)

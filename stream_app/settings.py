@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import sys
 from collections.abc import Mapping
 
 from kafka_common.settings import KafkaSettings, SettingsError, env_field, load, markdown_table
+from mixture.params import ModelParams, ParamsError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +44,21 @@ class WorkerSettings:
     max_delay_ms: float = env_field(
         "GMM_MAX_DELAY_MS", 20.0, "Longest a record waits for its micro-batch to fill (ms)"
     )
+    slice_records: int = env_field(
+        "GMM_SLICE_RECORDS",
+        256,
+        "Records classified and sent at a time within a batch, capped by GMM_MAX_BATCH (a "
+        "padded size: 16, 64, 256, 1024 or 4096; larger on a GPU)",
+    )
     temperature: int = env_field(
         "GMM_TEMPERATURE", 0, "0: MAP assignment; 1: a posterior sample", choices=(0, 1)
     )
-    seed: int = env_field("GMM_SEED", 0, "RNG seed for temperature 1 (a fresh key per batch)")
+    seed: int = env_field(
+        "GMM_SEED",
+        0,
+        "RNG seed for temperature 1: a record's draw is a function of (seed, topic, partition, "
+        "offset)",
+    )
     session_timeout_s: float = env_field(
         "GMM_SESSION_TIMEOUT_S",
         15.0,
@@ -53,6 +66,33 @@ class WorkerSettings:
     )
     max_record_bytes: int = env_field(
         "GMM_MAX_RECORD_BYTES", 65536, "Larger input records are dead-lettered as oversized"
+    )
+    dlq_payload_bytes: int = env_field(
+        "GMM_DLQ_PAYLOAD_BYTES",
+        4096,
+        "Bytes of a bad record's payload kept in its dead letter (the size and SHA-256 of the "
+        "whole payload are always kept)",
+    )
+    max_output_bytes: int = env_field(
+        "GMM_MAX_OUTPUT_BYTES",
+        1_000_000,
+        "Largest output record sent; a larger one becomes an output_too_large dead letter "
+        "(keep under the broker's message.max.bytes)",
+    )
+    delivery_stuck_s: float = env_field(
+        "GMM_DELIVERY_STUCK_S",
+        30.0,
+        "Outputs unacknowledged this long make /ready answer 503 (delivery stuck)",
+    )
+    revoke_timeout_s: float = env_field(
+        "GMM_REVOKE_TIMEOUT_S",
+        20.0,
+        "Longest a rebalance waits for in-flight batches before giving up partitions",
+    )
+    stop_timeout_s: float = env_field(
+        "GMM_STOP_TIMEOUT_S",
+        10.0,
+        "Longest a graceful stop waits for started batches to be delivered and committed",
     )
     params_file: str = env_field(
         "GMM_PARAMS_FILE", "", "Optional parameters JSON to serve until the params topic has one"
@@ -74,10 +114,49 @@ class WorkerSettings:
                 "GMM_SESSION_TIMEOUT_S must be >= 6 (the broker's minimum), "
                 f"got {self.session_timeout_s}"
             )
+        if self.slice_records < 1:
+            raise SettingsError(f"GMM_SLICE_RECORDS must be >= 1, got {self.slice_records}")
+        if self.max_output_bytes < 4096:
+            raise SettingsError(
+                f"GMM_MAX_OUTPUT_BYTES must be >= 4096, got {self.max_output_bytes}"
+            )
+        # A kept byte takes up to 8 in the dead letter's JSON (base64, and text with escapes).
+        if not 0 <= self.dlq_payload_bytes <= self.max_output_bytes // 8:
+            raise SettingsError(
+                "GMM_DLQ_PAYLOAD_BYTES must be between 0 and GMM_MAX_OUTPUT_BYTES / 8 "
+                f"({self.max_output_bytes // 8}), got {self.dlq_payload_bytes}"
+            )
+        for name, value in (
+            ("GMM_DELIVERY_STUCK_S", self.delivery_stuck_s),
+            ("GMM_REVOKE_TIMEOUT_S", self.revoke_timeout_s),
+            ("GMM_STOP_TIMEOUT_S", self.stop_timeout_s),
+        ):
+            if not value > 0:
+                raise SettingsError(f"{name} must be > 0, got {value}")
         if self.input_partitions < 1:
             raise SettingsError(f"GMM_INPUT_PARTITIONS must be >= 1, got {self.input_partitions}")
-        if self.params_file and not os.path.isfile(self.params_file):
-            raise SettingsError(f"GMM_PARAMS_FILE={self.params_file!r} does not exist")
+        if self.params_file:
+            self.load_params_file()
+
+    @property
+    def slice_size(self) -> int:
+        """Records per slice: GMM_SLICE_RECORDS, capped by the largest batch."""
+        return min(self.slice_records, self.max_batch)
+
+    def load_params_file(self) -> ModelParams | None:
+        """The model of GMM_PARAMS_FILE (None if unset); a bad file is a one-line SettingsError."""
+        if not self.params_file:
+            return None
+        try:
+            return ModelParams.loads(pathlib.Path(self.params_file).read_bytes())
+        except OSError as exc:
+            raise SettingsError(
+                f"GMM_PARAMS_FILE={self.params_file!r} cannot be read: {exc.strerror}"
+            ) from None
+        except ParamsError as exc:
+            raise SettingsError(
+                f"GMM_PARAMS_FILE={self.params_file!r} is not a valid model: {exc}"
+            ) from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:

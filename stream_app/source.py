@@ -9,19 +9,17 @@ ConsumerRecords, and a batch becomes one event on the agent's channel (stream_ap
 Micro-batching follows Triton's dynamic batcher: a batch closes when it holds `max_batch`
 records, or `max_delay` after its first record arrived, whichever comes first.
 
-Offsets are committed only for records whose outputs the broker has: `delivered()` is called
-per batch, in order, after delivery, and a background task commits the newest delivered offsets.
-On a rebalance the consumer waits, before giving up its partitions, until every batch it fetched
-is delivered and committed, so a partition's next owner starts exactly after the last delivered
-record (no loss; duplicates only on a crash).
+What may be committed, and when, is the Checkpoint's business (stream_app.checkpoint): this
+class only fetches, commits what it is given, and tells the checkpoint (`on_revoke`) before a
+rebalance takes partitions away.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -43,7 +41,9 @@ def _in_record(r: ConsumerRecord) -> InRecord:
 
 
 class InBatch(NamedTuple):
-    """One micro-batch of input records, and the offsets to commit once it is delivered."""
+    """One micro-batch of input records, and the offsets to commit once it is delivered.
+
+    `number` counts batches in fetch order from 0 (the Checkpoint relies on it)."""
 
     number: int
     records: list[InRecord]
@@ -51,7 +51,7 @@ class InBatch(NamedTuple):
 
 
 class PointSource(ConsumerRebalanceListener):
-    """Fetches micro-batches of the input topic and commits them once delivered."""
+    """Fetches micro-batches of the input topic; commits offsets; reports lag."""
 
     def __init__(
         self,
@@ -71,16 +71,11 @@ class PointSource(ConsumerRebalanceListener):
         self.max_delay_s = max_delay_s
         self.session_timeout_s = session_timeout_s
         self.consumer: AIOKafkaConsumer | None = None
+        #: Awaited before a rebalance gives up partitions (the checkpoint settles them).
+        self.on_revoke: Callable[[list[TopicPartition]], Awaitable[None]] | None = None
         self._fetched = 0  # batches handed out
-        self._delivered_batches = 0  # of those, delivered (in order)
-        self._settled = asyncio.Condition()
-        self._closing = False
         self._generation = 0  # rebalances begun
-        self._delivered: dict[TopicPartition, int] = {}  # next offset to read, per partition
-        self._committed: dict[TopicPartition, int] = {}
-        self._commit_lock = asyncio.Lock()
-        self._commit_wanted = asyncio.Event()
-        self._committer: asyncio.Task | None = None
+        self._committed: dict[TopicPartition, int] = {}  # as known to this worker
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(
@@ -97,23 +92,25 @@ class PointSource(ConsumerRebalanceListener):
         )
         self.consumer.subscribe([self.topic], listener=self)
         await self.consumer.start()
-        self._committer = asyncio.create_task(self._commit_loop(), name="gmm-commit")
 
     async def stop(self) -> None:
-        """Commits what was delivered and leaves the group; the rest is read again."""
-        if self._committer is not None:
-            self._committer.cancel()
-            self._committer = None
-        try:
-            await asyncio.wait_for(self._commit(), 5.0)
-        except (KafkaError, TimeoutError) as exc:
-            log.warning("final commit failed: %s", exc)
-        self._closing = True
-        async with self._settled:
-            self._settled.notify_all()
+        """Leaves the group (commit first: see Checkpoint.stop)."""
         if self.consumer is not None:
-            await self.consumer.stop()
-            self.consumer = None
+            consumer, self.consumer = self.consumer, None
+            await consumer.stop()
+
+    def assignment(self) -> set[TopicPartition]:
+        return set() if self.consumer is None else set(self.consumer.assignment())
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            raise KafkaError("the input consumer is stopped")
+        await consumer.commit(dict(offsets))
+        self._committed.update(offsets)
+        if self.metrics is not None:
+            for tp, offset in offsets.items():
+                self.metrics.input_committed_offset.labels(partition=str(tp.partition)).set(offset)
 
     async def next_batch(self) -> InBatch:
         """Waits for a record, then fills a batch until it is full or its delay has passed."""
@@ -144,63 +141,28 @@ class PointSource(ConsumerRebalanceListener):
                 break
         number = self._fetched
         self._fetched += 1
-        if self.metrics is not None:
-            for tp, offset in offsets.items():
-                highwater = consumer.highwater(tp)
-                if highwater is not None:
-                    self.metrics.input_lag.labels(partition=str(tp.partition)).set(
-                        highwater - offset
-                    )
         return InBatch(number, records, offsets)
 
-    async def delivered(self, batch: InBatch) -> None:
-        """Marks a batch's outputs delivered, so its offsets may be committed.
-
-        Batches must be passed in the order fetched. Commits run one at a time in the
-        background, each carrying every partition's newest delivered offset: a commit per
-        batch, awaited, would cap a worker at one batch per broker round trip.
-        """
-        self._delivered.update(batch.offsets)
-        self._commit_wanted.set()
-        async with self._settled:
-            self._delivered_batches = batch.number + 1
-            self._settled.notify_all()
-
-    def in_flight(self) -> int:
-        """Batches fetched but not yet delivered."""
-        return self._fetched - self._delivered_batches
-
-    async def _commit_loop(self) -> None:
-        while True:
-            await self._commit_wanted.wait()
-            self._commit_wanted.clear()
-            try:
-                await self._commit()
-            except KafkaError as exc:
-                # Not fatal: the next commit carries the same offsets or later ones, and a
-                # partition that moved is re-read by its new owner (duplicates, never a loss).
-                log.warning("offset commit failed: %s", exc)
-                await asyncio.sleep(0.5)
-
-    async def _commit(self) -> None:
+    async def update_lag(self) -> None:
+        """Sets each owned partition's lag: end offset - committed offset (records not yet
+        committed). Runs on a timer, so the gauge moves while the stream is stalled too."""
         consumer = self.consumer
-        if consumer is None or self._closing:
+        if consumer is None or self.metrics is None:
             return
-        async with self._commit_lock:
-            assigned = consumer.assignment()
-            offsets = {
-                tp: o
-                for tp, o in self._delivered.items()
-                if tp in assigned and self._committed.get(tp) != o
-            }
-            if offsets:
-                await consumer.commit(offsets)
-                self._committed.update(offsets)
-                if self.metrics is not None:
-                    for tp, offset in offsets.items():
-                        self.metrics.input_committed_offset.labels(partition=str(tp.partition)).set(
-                            offset
-                        )
+        assigned = sorted(self.assignment())
+        if not assigned:
+            return
+        ends = await consumer.end_offsets(assigned)
+        unknown = [tp for tp in assigned if tp not in self._committed]
+        if unknown:
+            begins = await consumer.beginning_offsets(unknown)
+            for tp in unknown:
+                committed = await consumer.committed(tp)
+                self._committed.setdefault(tp, begins[tp] if committed is None else committed)
+        for tp in assigned:
+            if tp in self._committed:  # not revoked meanwhile
+                lag = max(0, ends[tp] - self._committed[tp])
+                self.metrics.input_lag.labels(partition=str(tp.partition)).set(lag)
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # Called by aiokafka before the partitions move: hand them over settled. From here
@@ -208,15 +170,10 @@ class PointSource(ConsumerRebalanceListener):
         self._generation += 1
         if not revoked:
             return
-        log.info("partitions revoked (%d); settling %d batch(es)", len(revoked), self.in_flight())
-        async with self._settled:
-            await self._settled.wait_for(lambda: self._closing or self.in_flight() == 0)
-        try:
-            await self._commit()
-        except KafkaError as exc:
-            log.warning("commit before giving up partitions failed: %s", exc)
+        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+        if self.on_revoke is not None:
+            await self.on_revoke(list(revoked))
         for tp in revoked:  # another member may commit past these before they come back
-            self._delivered.pop(tp, None)
             self._committed.pop(tp, None)
             if self.metrics is not None:
                 for gauge in (self.metrics.input_lag, self.metrics.input_committed_offset):

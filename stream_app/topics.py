@@ -47,14 +47,23 @@ class AssignmentRecord(TypedDict):
 
 
 class DeadLetterRecord(TypedDict):
-    """Dead letter: why, where from, and the original bytes (base64, and as text if UTF-8)."""
+    """Dead letter: why, where from, and the payload's size, SHA-256 and first bytes.
+
+    At most `GMM_DLQ_PAYLOAD_BYTES` of the payload are kept (base64, and as text if UTF-8), so
+    every dead letter fits the broker whatever the input's size. `original_reason` is set on an
+    `output_too_large` letter that stands in for a dead letter the broker refused.
+    """
 
     reason: str
     error: str
     source: SourceRef
     ts_in: float | None
+    payload_size: int
+    payload_sha256: str
+    payload_truncated: bool
     payload_base64: str
     payload_text: str | None
+    original_reason: NotRequired[str]
 
 
 def points_topic(app: faust.App, settings: WorkerSettings) -> Any:

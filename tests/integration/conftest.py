@@ -112,7 +112,7 @@ async def admin(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
 @pytest.fixture
 def start_worker(kafka_bootstrap, tmp_path):
     """Factory: start_worker(topics, **env) -> a running gmm-worker; all are stopped afterwards."""
-    from tests.integration.harness import Worker
+    from support.harness import Worker
 
     workers: list = []
 

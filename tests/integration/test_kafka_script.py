@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 
+from support.harness import free_port_pair
 from tests.conftest import ROOT
-from tests.integration.harness import free_port_pair
 
 SCRIPT = ROOT / "deploy" / "kafka" / "kafka.sh"
 

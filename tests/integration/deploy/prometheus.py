@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
+from support.harness import free_port
 from tests.conftest import ROOT
-from tests.integration.harness import free_port
 
 COMPOSE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "gmm-stream.json"

@@ -15,8 +15,7 @@ import threading
 import numpy as np
 import pytest
 
-from tests.integration.deploy.prometheus import Prometheus, dashboard_queries, local_config
-from tests.integration.harness import (
+from support.harness import (
     Topics,
     TrainerProcess,
     free_port,
@@ -24,6 +23,7 @@ from tests.integration.harness import (
     trainer_env,
     wait_for,
 )
+from tests.integration.deploy.prometheus import Prometheus, dashboard_queries, local_config
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None,
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap, tmp_path_factory):
     """Worker + trainer + traffic + Prometheus; yields the running Prometheus."""
-    from tests.integration.harness import Worker
+    from support.harness import Worker
 
     tmp = tmp_path_factory.mktemp("dashboard")
     topics = Topics("dash")

@@ -8,7 +8,7 @@ import pytest
 
 from kafka_common.params_topic import read_newest
 from kafka_common.settings import KafkaSettings
-from tests.integration.harness import (
+from support.harness import (
     SEED_MODEL,
     Broker,
     Topics,

@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from mixture.params import FitMetadata, MixtureParams, ModelParams
-from tests.integration.harness import (
+from support.harness import (
     SEED_MODEL,
     Topics,
     consume,
@@ -44,7 +44,7 @@ def paced_producer(bootstrap: str, topic: str, n: int, rate: float, prefix: str)
     """gmm-produce in the background: n records at `rate`, ids `<prefix>-<i>`."""
     command = ["--topic", topic, "--count", str(n), "--rate", str(rate), "--id-prefix", prefix]
     return subprocess.Popen(
-        [sys.executable, "-m", "stream_app.producer_cli", *command],
+        [sys.executable, "-m", "producer.cli", *command],
         env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap},
     )
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.integration.harness import Broker, Topics, Worker, wait_for
+from support.harness import Broker, Topics, Worker, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def test_right_credentials_from_the_environment(sasl_broker, tmp_path):
     ).start()
     try:
         assert worker.wait_ready()["model_version"] == 1
-        produced = run(["stream_app.producer_cli", "--topic", topics.input, "--count", "500"], env)
+        produced = run(["producer.cli", "--topic", topics.input, "--count", "500"], env)
         assert produced.returncode == 0, produced.stderr[-2000:]
         wait_for(lambda: worker.metric("gmm_assignments_out_total") == 500, 60, message="500 out")
         cycle = run(["trainer.cli", "run", "--once"], env)
@@ -106,7 +106,7 @@ def test_right_credentials_from_the_environment(sasl_broker, tmp_path):
     [
         ["stream_app.main"],
         ["trainer.cli", "run", "--once"],
-        ["stream_app.producer_cli", "--count", "10"],
+        ["producer.cli", "--count", "10"],
     ],
     ids=["worker", "trainer", "producer"],
 )

@@ -17,7 +17,7 @@ from kafka_common.params_topic import read_newest
 from kafka_common.settings import KafkaSettings
 from kafka_common.topics import TopicSpec, ensure_topics
 from mixture.params import FitMetadata, MixtureParams, ModelParams
-from tests.integration.harness import (
+from support.harness import (
     Topics,
     count_records,
     produce,

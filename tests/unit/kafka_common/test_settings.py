@@ -44,7 +44,7 @@ def test_values_are_parsed_and_typed():
         ({"KAFKA_BOOTSTRAP_SERVERS": "nohostport"}, "is not host:port"),
         ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}, "needs KAFKA_SASL_USERNAME"),
         ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "must be one of PLAINTEXT"),
-        ({"GMM_PARAMS_FILE": "/nonexistent/params.json"}, "does not exist"),
+        ({"GMM_PARAMS_FILE": "/nonexistent/params.json"}, "cannot be read"),
     ],
 )
 def test_bad_values_name_their_variable(env, message):

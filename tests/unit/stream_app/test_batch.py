@@ -77,3 +77,17 @@ def test_points_the_model_cannot_score_are_dead_lettered_not_nan():
     out = process_batch([rec(b'{"x": 1e14}', 1), rec(b'{"x": 0.0}', 2)], model, 1024)
     assert out.reasons == ["not_classifiable"]
     assert len(out.assignments) == 1 and out.components.tolist() == [0]
+
+
+def test_record_keys_depend_on_the_record_alone():
+    from stream_app.batch import record_keys
+
+    a = [rec(b"{}", o) for o in (5, 6, 7)]
+    b = [rec(b"{}", o) for o in (7, 5)]
+    ka, kb = record_keys(1, a), record_keys(1, b)
+    assert ka.shape == (3, 2) and ka.dtype == np.uint32
+    assert (kb[0] == ka[2]).all() and (kb[1] == ka[0]).all()  # position does not matter
+    assert len({tuple(k) for k in ka}) == 3
+    assert not (record_keys(2, a) == ka).all(axis=1).any()  # another seed: other keys
+    other_topic = [InRecord(b"k", b"{}", "other", 3, 5, None)]
+    assert not (record_keys(1, other_topic)[0] == ka[0]).all()

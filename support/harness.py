@@ -1,4 +1,5 @@
-"""Helpers for integration tests: real worker processes, real topics, waiting on conditions."""
+"""Helpers for the integration tests and the benchmarks: real worker processes, real topics,
+waiting on conditions."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from kafka_common.params_topic import publish
 from kafka_common.settings import KafkaSettings
 from kafka_common.topics import topic_partitions
 from mixture.params import FitMetadata, MixtureParams, ModelParams
+
+# The repository root (support/ sits at its top), for deploy/kafka/kafka.sh.
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SEED_MODEL = ModelParams(
     1,
@@ -122,11 +126,12 @@ class Worker:
 
     def wait_serving(self, timeout: float = 120) -> None:
         """Up (answers /health), with or without a model."""
-        wait_for(
-            lambda: self.check_alive() or self.get("/health")[0] == 200,
-            timeout,
-            message="worker /health",
-        )
+
+        def up() -> bool:
+            self.check_alive()
+            return self.get("/health")[0] == 200
+
+        wait_for(up, timeout, message="worker /health")
 
     def check_alive(self) -> None:
         if not self.alive():
@@ -242,8 +247,6 @@ class Broker:
     def __init__(
         self, state_dir: pathlib.Path, extra_props: str = "", client_props: str = ""
     ) -> None:
-        from tests.conftest import ROOT
-
         self.script = ROOT / "deploy" / "kafka" / "kafka.sh"
         self.port = free_port_pair()
         self.bootstrap = f"127.0.0.1:{self.port}"

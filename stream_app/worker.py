@@ -1,0 +1,261 @@
+"""The worker's composition root: builds every part from the settings and wires them together.
+
+    input topic --(PointSource: one getmany per batch; Checkpoint.fetched)--> batch channel
+        --> Faust agent --> Worker.handle: one model per batch, classified slice by slice on
+            the inference thread; each slice handed to Delivery as soon as it is classified
+        --> Delivery (KafkaSink) --> all slices acknowledged --> Checkpoint.delivered
+        --> Checkpoint.run commits, in fetch order
+
+The Faust agent, tasks and web views (stream_app.agents, stream_app.views) are thin functions
+over one `Worker`. Nothing here runs at import time; `Worker(settings)` builds the parts and
+starts nothing until the app's tasks call `feed` and `follow_params`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from kafka_common import params_topic
+from stream_app.batch import BatchOutcome, InRecord, process_batch
+from stream_app.checkpoint import Checkpoint
+from stream_app.delivery import Delivery, DeliveryResult, KafkaSink
+from stream_app.metrics import WorkerMetrics, observe_many
+from stream_app.model_state import ModelHolder, ServingModel
+from stream_app.settings import WorkerSettings
+from stream_app.source import InBatch, PointSource
+
+log = logging.getLogger(__name__)
+
+#: Batches fetched but not yet delivered; bounds memory when the broker is slow.
+MAX_IN_FLIGHT = 4
+#: How often the lag gauges are refreshed from the broker.
+LAG_INTERVAL_S = 5.0
+
+
+def _terminate(reason: str) -> None:
+    """Stops the process as SIGTERM does: what was delivered in order is committed, no more."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Worker:
+    """Owns the settings, metrics, model holder, executors, source, delivery and checkpoint."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        metrics: WorkerMetrics | None = None,
+        terminate: Callable[[str], None] = _terminate,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or WorkerMetrics(settings.max_batch)
+        self._terminate = terminate
+        self.exit_code = 0
+        # One thread does all classification, in order; another compiles new model layouts,
+        # so a compilation never stalls the stream.
+        self.inference = ThreadPoolExecutor(1, thread_name_prefix="gmm-inference")
+        self.compiler = ThreadPoolExecutor(1, thread_name_prefix="gmm-compile")
+        self.holder = ModelHolder(
+            settings.temperature, settings.max_batch, self.metrics, self.compiler
+        )
+        self.source = PointSource(
+            settings.kafka,
+            settings.input_topic,
+            settings.group_id,
+            settings.max_batch,
+            settings.max_delay_ms / 1000,
+            settings.session_timeout_s,
+            self.metrics,
+        )
+        self.sink = KafkaSink(settings.kafka, settings.output_topic, settings.dlq_topic)
+        self.delivery = Delivery(self.sink, self.metrics)
+        self.checkpoint = Checkpoint(self.source, self.metrics, on_fatal=self.halt)
+        self.source.on_revoke = self._revoke
+        self.metrics.delivery_stuck_seconds.set_function(self.delivery.stuck_seconds)
+        self.metrics.commit_pending_seconds.set_function(self.checkpoint.pending_seconds)
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def halt(self, reason: str) -> None:
+        """Stops the worker uncommitted past the failure, with one clear line and exit code 1."""
+        if self.exit_code == 0:
+            self.exit_code = 1
+            log.critical("stopping the worker: %s", reason)
+            self._terminate(reason)
+
+    async def _revoke(self, partitions: list) -> None:
+        await self.checkpoint.revoke(partitions, self.settings.revoke_timeout_s)
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    async def follow_params(self) -> None:
+        """Installs the newest model at start (file, then topic) and every newer one after."""
+        model = self.settings.load_params_file()
+        if model is not None:
+            await self.holder.install(model)
+        while True:
+            try:
+                await params_topic.follow(
+                    self.settings.kafka,
+                    self.settings.params_topic,
+                    self.holder.install,
+                    on_reject=lambda reason, _: self.metrics.params_rejected.labels(
+                        reason=reason
+                    ).inc(),
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a broker outage or a missing topic: retry, keep serving
+                log.warning("params topic: %s; retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
+
+    async def feed(self, put: Callable[[InBatch], Awaitable[None]]) -> None:
+        """Reads the input topic in micro-batches for the agent, once a model is being served."""
+        await self.holder.ready.wait()  # no model, no consumption: records wait in Kafka
+        # What exists now (JAX, NumPyro, Faust, the compiled classifier) lives as long as the
+        # process: frozen, a full garbage collection no longer walks it, a 100-200 ms pause that
+        # otherwise hit the stream every few seconds.
+        gc.freeze()
+        await self.sink.start()
+        committer = self._spawn(self.checkpoint.run(), "gmm-commit")
+        await self.source.start()
+        try:
+            while self.checkpoint.fatal is None:
+                await self.checkpoint.room(MAX_IN_FLIGHT)
+                if self.checkpoint.fatal is not None:
+                    break
+                batch = await self.source.next_batch()
+                self.checkpoint.fetched(batch.number, batch.offsets)
+                self.metrics.records_in.inc(len(batch.records))
+                self.metrics.batch_size.observe(len(batch.records))
+                await put(batch)
+            await asyncio.Event().wait()  # halted: wait here for the stop
+        finally:
+            # A graceful stop finishes the batches already started, so the next owner need not
+            # redo their first slices; then commits once.
+            await self.checkpoint.stop(self.settings.stop_timeout_s)
+            committer.cancel()
+            await self.source.stop()
+            await self.sink.stop()
+
+    async def watch_lag(self) -> None:
+        """Refreshes the lag gauges on a timer, so a stalled stream shows a growing lag."""
+        while True:
+            await asyncio.sleep(LAG_INTERVAL_S)
+            try:
+                await self.source.update_lag()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker is away: the next tick tries again
+                log.debug("lag update failed: %s", exc)
+
+    # -- one batch -------------------------------------------------------------------------
+
+    async def handle(self, batch: InBatch) -> None:
+        """Classifies one batch under one model, slice by slice, handing each slice to delivery.
+
+        A slice's outputs leave while the next slice is classified: a record waits at most
+        the batching delay plus one slice, not plus the whole batch. Never raises: a failure
+        fails the batch in the checkpoint, which halts the worker uncommitted.
+        """
+        try:
+            await self._handle(batch)
+        except Exception as exc:
+            log.exception("batch %d failed", batch.number)
+            self.checkpoint.failed(batch.number, f"{type(exc).__name__}: {exc}")
+
+    async def _handle(self, batch: InBatch) -> None:
+        serving = self.holder.current
+        assert serving is not None  # nothing is fed before `ready`
+        self.checkpoint.started(batch.number)
+        loop = asyncio.get_running_loop()
+        size = self.settings.slice_size
+        slices = []
+        for start in range(0, len(batch.records), size):
+            records = batch.records[start : start + size]
+            outcome = await loop.run_in_executor(self.inference, self._classify, records, serving)
+            slices.append(self._spawn(self._deliver(outcome), f"gmm-deliver-{batch.number}"))
+        self._spawn(self._settle(batch.number, slices), f"gmm-settle-{batch.number}")
+
+    def _classify(self, records: list[InRecord], serving: ServingModel) -> BatchOutcome:
+        s = self.settings
+        return process_batch(
+            records, serving, s.max_record_bytes, s.seed, s.dlq_payload_bytes, s.max_output_bytes
+        )
+
+    async def _deliver(self, outcome: BatchOutcome) -> None:
+        result = await self.delivery.deliver(outcome.outputs)
+        self._observe(outcome, result)
+
+    async def _settle(self, number: int, slices: list[asyncio.Task]) -> None:
+        try:
+            await asyncio.gather(*slices)
+        except Exception as exc:  # DeliveryFatal, or a bug: this batch is never committed
+            for task in slices:
+                task.cancel()
+            self.checkpoint.failed(number, f"delivery failed: {exc}")
+            return
+        self.checkpoint.delivered(number)
+        self.holder.count_compilations()
+
+    def _observe(self, outcome: BatchOutcome, result: DeliveryResult) -> None:
+        m = self.metrics
+        components = outcome.components
+        replaced = {id(original) for original, _ in result.replaced}
+        if replaced:  # rare: the broker refused outputs that delivery then replaced
+            components = np.array(
+                [o.component for o in outcome.assignments if id(o) not in replaced], np.int32
+            )
+            m.deadlettered.labels(reason="output_too_large").inc(len(replaced))
+        if outcome.assignments:
+            m.inference_seconds.observe(outcome.inference_seconds)
+            m.observe_log_likelihood(outcome.log_likelihood_sum, len(outcome.assignments))
+            values, counts = np.unique(components, return_counts=True)
+            for component, count in zip(values.tolist(), counts.tolist(), strict=True):
+                m.assignments_out.labels(component=str(component)).inc(count)
+            times = outcome.input_times[~np.isnan(outcome.input_times)]
+            observe_many(m.end_to_end_seconds, np.maximum(0.0, time.time() - times))
+        for out in outcome.dead_letters:
+            if id(out) not in replaced:
+                m.deadlettered.labels(reason=out.reason or "unknown").inc()
+
+    # -- status ----------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, details) for /ready: a model is served and delivery and commits progress."""
+        current = self.holder.current
+        if current is None:
+            return False, {"ready": False, "reason": "no model yet"}
+        details: dict[str, Any] = {
+            "model_version": current.model.version,
+            "compiled_sizes": list(current.classifier.sizes),
+            "compilations": current.classifier.compilations,
+        }
+        limit = self.settings.delivery_stuck_s
+        reason = None
+        if self.checkpoint.fatal is not None:
+            reason = f"halted: {self.checkpoint.fatal}"
+        elif (stuck := self.delivery.stuck_seconds()) > limit:
+            reason = f"delivery stuck for {stuck:.0f} s: {self.delivery.last_error or 'no ack'}"
+        elif (pending := self.checkpoint.pending_seconds()) > limit:
+            reason = f"offset commits failing for {pending:.0f} s"
+        if reason is not None:
+            return False, {"ready": False, "reason": reason, **details}
+        return True, {"ready": True, **details}

@@ -1,0 +1,1 @@
+"""Process and broker helpers shared by the integration tests and the benchmarks."""

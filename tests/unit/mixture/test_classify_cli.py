@@ -1,0 +1,72 @@
+"""`gmm-classify` (mixture.classify_cli) gives the tutorial's classes offline, and fails clearly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mixture.params import FitMetadata, MixtureParams, ModelParams
+
+# The tutorial's MAP fit of [0, 1, 10, 11, 12] (tests/unit/trainer/test_cli.py checks the trainer
+# reproduces it).
+TUTORIAL = ModelParams(
+    1,
+    MixtureParams([0.375, 0.625], [[0.49894], [10.98446]], [0.651434]),
+    FitMetadata(fitted_at="2026-01-01T00:00:00+00:00", n_points=5),
+)
+
+
+def classify(params_path, stdin: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mixture.classify_cli", "--params", str(params_path), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def seed_params(tmp_path_factory):
+    out = tmp_path_factory.mktemp("seed") / "params.json"
+    out.write_text(TUTORIAL.dumps())
+    return out
+
+
+def test_classify_cli_gives_the_tutorials_classes(seed_params):
+    result = classify(seed_params, "".join(f'{{"x": {v}}}\n' for v in [0, 1, 10, 11, 12]))
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    model = ModelParams.loads(seed_params.read_bytes())
+    low = int(np.argmin(model.mixture.locs[:, 0]))
+    classes = [0 if r["assignment"] == low else 1 for r in rows]
+    assert classes == [0, 0, 1, 1, 1]
+    assert [r["id"] for r in rows] == [1, 2, 3, 4, 5]  # line numbers stand in for missing ids
+    assert all(r["model_version"] == 1 and abs(sum(r["probs"]) - 1) < 1e-5 for r in rows)
+    assert rows[0]["x"] == 0.0
+
+
+@pytest.mark.parametrize("temperature", ["0", "1"])
+def test_classify_cli_reports_bad_lines_and_keeps_the_good(seed_params, temperature):
+    lines = ['{"id": "a", "x": 0}', "garbage", '{"x": [1, 2]}', '{"id": "b", "x": 12}', '{"y": 1}']
+    result = classify(seed_params, "\n".join(lines) + "\n", "--temperature", temperature)
+    assert result.returncode == 1
+    assert [json.loads(r)["id"] for r in result.stdout.splitlines()] == ["a", "b"]
+    errors = result.stderr.strip().splitlines()
+    assert errors[0].startswith("gmm-classify: line 2: not_json")
+    assert errors[1].startswith("gmm-classify: line 3: wrong_dim")
+    assert errors[2].startswith("gmm-classify: line 5: missing_x")
+    assert "3 bad line(s)" in errors[3]
+
+
+def test_classify_cli_rejects_bad_params(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 1, "weights": [0.2, 0.2], "locs": [0, 1], "scale": 1}')
+    result = classify(bad, "")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "sum to 1" in result.stderr
