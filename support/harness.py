@@ -278,6 +278,17 @@ class Broker:
         self._run("up")
         return self
 
+    def _signal(self, sig: int) -> None:
+        pid = int((pathlib.Path(self.env["KAFKA_STATE_DIR"]) / "broker.pid").read_text())
+        os.kill(pid, sig)
+
+    def pause(self) -> None:
+        """Freezes the broker (SIGSTOP): connections stay open and nothing is answered."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
     def down(self) -> None:
         self._run("down")
 
@@ -346,3 +357,36 @@ class TrainerProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+
+
+async def _create_worker_topics(
+    bootstrap: str, topics: Topics, partitions: int, configs: dict[str, dict[str, str]]
+) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        specs = [
+            (topics.input, partitions, {}),
+            (topics.output, partitions, {}),
+            (topics.dlq, 1, {}),
+            (topics.params, 1, {"cleanup.policy": "compact"}),
+        ]
+        await admin.create_topics(
+            [
+                NewTopic(name, n, 1, topic_configs={**base, **configs.get(name, {})})
+                for name, n, base in specs
+            ]
+        )
+    finally:
+        await admin.close()
+
+
+def create_worker_topics(
+    bootstrap: str, topics: Topics, partitions: int = 2, **configs: dict[str, str]
+) -> None:
+    """Creates the worker's topics ahead of it, with per-topic configs by attribute name:
+    `create_worker_topics(b, topics, dlq={"max.message.bytes": "1500"})`."""
+    by_name = {getattr(topics, attr): config for attr, config in configs.items()}
+    run(_create_worker_topics(bootstrap, topics, partitions, by_name))
