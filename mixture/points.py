@@ -25,6 +25,7 @@ REASONS = (
     "bad_id",
     "not_classifiable",  # valid, but the model's arithmetic overflowed on it (set by the worker)
     "output_too_large",  # its output was larger than the broker takes (set by the worker)
+    "output_rejected",  # the broker refused its output for another reason (set by the worker)
 )
 
 DEFAULT_MAX_BYTES = 64 * 1024

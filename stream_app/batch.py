@@ -96,14 +96,15 @@ def dead_letter(r: InRecord, reason: str, error: str, payload_bytes: int) -> Out
     return Outgoing(r.key, orjson.dumps(doc), r.timestamp, r.partition, True, _source(r), reason)
 
 
-def too_large_letter(out: Outgoing, error: str) -> Outgoing:
-    """The small dead letter that stands in for an output the broker would not take.
+def refused_letter(out: Outgoing, reason: str, error: str) -> Outgoing:
+    """The small dead letter that stands in for an output the broker would not take
+    (`reason`: output_too_large or output_rejected).
 
     It keeps the input's coordinates (so the record can be found and replayed), the rejected
     output's size and SHA-256, and a rejected dead letter's original reason.
     """
     doc: DeadLetterRecord = {
-        "reason": "output_too_large",
+        "reason": reason,
         "error": error[:500],
         "source": out.source,
         "ts_in": out.ts_in,
@@ -115,9 +116,7 @@ def too_large_letter(out: Outgoing, error: str) -> Outgoing:
     }
     if out.dead_letter and out.reason is not None:
         doc["original_reason"] = out.reason
-    return Outgoing(
-        out.key, orjson.dumps(doc), out.ts_in, out.partition, True, out.source, "output_too_large"
-    )
+    return Outgoing(out.key, orjson.dumps(doc), out.ts_in, out.partition, True, out.source, reason)
 
 
 def process_batch(
@@ -200,8 +199,10 @@ def process_batch(
         )
         if len(value) > max_output_bytes:
             dead.append(
-                too_large_letter(
-                    o, f"the assignment is {len(value)} bytes, over {max_output_bytes}"
+                refused_letter(
+                    o,
+                    "output_too_large",
+                    f"the assignment is {len(value)} bytes, over {max_output_bytes}",
                 )
             )
             reasons.append("output_too_large")

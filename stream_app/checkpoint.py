@@ -17,6 +17,8 @@ crash repeats at most the batches delivered since the last commit (bounded dupli
   slices may be in Kafka; finishing them avoids repeating them), then commits once. Batches
   fetched but not started are left to be read again.
 - A FAILED batch (a fatal error) blocks every commit past it; `fatal` says why.
+- The feeder fetches only while fewer than a few batches are unsettled (`room`), so a crash
+  repeats at most those batches, and a stuck one stops fetching rather than piling up.
 """
 
 from __future__ import annotations
@@ -132,6 +134,8 @@ class Checkpoint:
         for tp in gone:
             self._done.pop(tp, None)
             self._committed.pop(tp, None)
+        if not self._uncommitted():
+            self._pending_since = None
 
     def _batch(self, number: int) -> _Batch:
         try:
@@ -170,8 +174,9 @@ class Checkpoint:
         changed.set()
 
     async def room(self, limit: int) -> None:
-        """Waits until fewer than `limit` batches are in flight (backpressure for the feeder)."""
-        await self._wait(lambda: self.fatal is not None or self.in_flight() < limit)
+        """Waits until fewer than `limit` batches are unsettled: in flight, or delivered but
+        waiting behind one in flight (backpressure for the feeder)."""
+        await self._wait(lambda: self.fatal is not None or len(self._batches) < limit)
 
     async def settled(self, timeout: float, started_only: bool = False) -> bool:
         """Waits until nothing (or nothing started) is in flight; False on timeout or failure."""
@@ -201,6 +206,7 @@ class Checkpoint:
     async def commit_now(self) -> None:
         """Commits every owned partition's newest committable offset (raises on failure)."""
         async with self._lock:
+            began = self.clock()
             offsets = self._uncommitted()
             if offsets:
                 await self.committer.commit(offsets)
@@ -208,8 +214,9 @@ class Checkpoint:
             self.last_commit = self.clock()
             if self.metrics is not None:
                 self.metrics.last_commit_timestamp_seconds.set(time.time())
-            if not self._uncommitted():
-                self._pending_since = None
+            # What was delivered during the round trip waits for the next commit, since `began`
+            # at the earliest: under steady load the pending time stays one round trip.
+            self._pending_since = began if self._uncommitted() else None
 
     async def run(self) -> None:
         """The background commit loop: commits whenever there is something new to commit."""

@@ -2,20 +2,24 @@
 
 `KafkaSink` sends outputs as aiokafka record batches on their input's partition (modulo the
 topic's partition count), as Kafka Streams does for co-partitioned topics. Its producer is
-idempotent with acks=all: aiokafka itself retries retriable errors without duplicating.
+idempotent with acks=all: aiokafka itself retries retriable errors without duplicating, and
+never gives up on them (with idempotence, batches do not expire).
 
 `Delivery.deliver` owns what happens when a send fails (see `classify_error`):
-- retriable (the broker is away, a leader moved, a timeout): only the outputs that failed are
-  sent again, after a capped back-off, for as long as it takes; `stuck_seconds` says how long
-  the oldest output has waited, which `/ready` and the metrics report;
-- too large or invalid (the broker will never take it): the record batch is split and each of
-  its outputs resent alone; one that still fails becomes a small `output_too_large` dead letter,
-  which always fits; a stand-in that fails too is fatal. So each output takes at most three
-  sends, and an acknowledged output is never sent again;
-- not authorized, or failed authentication: `DeliveryFatal`, and the worker stops uncommitted.
-After a non-retriable error the producer is replaced: aiokafka does not roll back an idempotent
-producer's sequence numbers for a batch the broker refused, so every later batch to that
-partition would be refused as out of order.
+- retriable (no metadata yet, a producer being replaced, its session refused): only the
+  outputs that failed are sent again, after a capped back-off, for as long as it takes;
+  `stuck_seconds` says how long the oldest output has waited, which `/ready` and the metrics
+  report. Outputs already queued or acknowledged are never sent again;
+- rejected (any other non-retriable answer: too large, an invalid record, a policy): the record
+  batch is split and each of its outputs resent alone; one that is refused again becomes a small
+  dead letter (`output_too_large`, or `output_rejected`), which always fits; a stand-in that is
+  refused too is fatal. So an output takes at most three sends;
+- fatal (not authorized, failed authentication): `DeliveryFatal`, and the worker stops
+  uncommitted.
+After a refusal the producer is replaced: aiokafka does not roll back an idempotent producer's
+sequence numbers for a batch the broker refused, so every later batch to that partition would
+be refused as out of order. So is a producer whose sends keep failing without a broker answer
+(a dead sender).
 """
 
 from __future__ import annotations
@@ -32,24 +36,33 @@ from aiokafka.errors import (
     AuthenticationFailedError,
     BrokerResponseError,
     ClusterAuthorizationFailedError,
-    CorruptRecordException,
+    DuplicateSequenceNumber,
     GroupAuthorizationFailedError,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
     MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
     RecordListTooLargeError,
     RecordTooLargeError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
+    UnknownProducerId,
 )
 
 from kafka_common.settings import KafkaSettings
-from stream_app.batch import Outgoing, too_large_letter
+from stream_app.batch import Outgoing, refused_letter
 from stream_app.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
 #: Largest record batch; the broker accepts up to 1 MiB by default.
 MAX_BATCH_BYTES = 512 * 1024
+#: Rounds of failed sends without any broker answer before the producer is replaced.
+DEAD_PRODUCER_ROUNDS = 3
+#: Longest a replacement producer may take to start.
+PRODUCER_START_S = 30.0
 
 FATAL_ERRORS = (
     TopicAuthorizationFailedError,
@@ -59,28 +72,38 @@ FATAL_ERRORS = (
     SaslAuthenticationFailed,
     AuthenticationFailedError,
 )
-REJECTED_ERRORS = (
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
-    RecordTooLargeError,
-    CorruptRecordException,
+SIZE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+#: Refusals of the producer's session, not of its records: a fresh producer sends them again.
+SESSION_ERRORS = (
+    OutOfOrderSequenceNumber,
+    DuplicateSequenceNumber,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    UnknownProducerId,
+    ProducerFenced,
 )
-#: INVALID_RECORD (87) is not in aiokafka's error table: it arrives as an unknown error.
-INVALID_RECORD_ERRNO = 87
 
 
 def classify_error(exc: BaseException) -> str:
-    """`fatal` (stop), `rejected` (never accepted as it is) or `retriable` (send again)."""
+    """`fatal` (stop), `rejected` (never accepted as it is) or `retriable` (send again).
+
+    Any non-retriable broker answer other than a session's refusal (too large, INVALID_RECORD,
+    an invalid timestamp, a policy violation, ...) refuses those records: resending cannot help.
+    """
     if isinstance(exc, FATAL_ERRORS):
         return "fatal"
-    if isinstance(exc, REJECTED_ERRORS) or getattr(exc, "errno", None) == INVALID_RECORD_ERRNO:
+    if isinstance(exc, SESSION_ERRORS):
+        return "retriable"
+    if isinstance(exc, BrokerResponseError) and not exc.retriable:
         return "rejected"
     return "retriable"
 
 
-def _spends_sequence(exc: BaseException) -> bool:
-    """A batch the broker refused for good: its idempotent sequence numbers are spent."""
-    return isinstance(exc, BrokerResponseError) and not exc.retriable
+def _needs_new_producer(exc: BaseException) -> bool:
+    """The broker refused a batch for good (its sequence numbers are spent) or the session."""
+    return isinstance(exc, SESSION_ERRORS) or (
+        isinstance(exc, BrokerResponseError) and not exc.retriable
+    )
 
 
 class DeliveryFatal(RuntimeError):
@@ -97,7 +120,8 @@ class Sink(Protocol):
         self, outputs: Sequence[Outgoing], alone: bool = False
     ) -> list[tuple[asyncio.Future, list[Outgoing]]]:
         """Queues the outputs; one (future, its outputs) per record batch. `alone`: one output
-        per batch, so one refused output cannot fail others."""
+        per batch, so one refused output cannot fail others. Outputs it could not queue get a
+        failed future (raising instead means none was queued)."""
         ...
 
     async def reset(self, generation: int) -> None:
@@ -154,14 +178,17 @@ class Delivery:
         alone: set[int] = set()  # ids of outputs to send one per batch (in a refused batch)
         stand_ins: set[int] = set()  # ids of stand-ins (refused, they are fatal)
         delay = self.backoff[0]
+        silent_rounds = 0  # rounds whose every failure had no broker answer
         while todo:
             generation = self.sink.generation
             parts = await self._send(todo, alone)
             retry: list[Outgoing] = []
             wait = reset = False
+            answered = False
             for future, outs in parts:
                 try:
                     await future
+                    answered = True
                     continue
                 except asyncio.CancelledError:
                     raise
@@ -169,7 +196,8 @@ class Delivery:
                     error = exc
                 kind = classify_error(error)
                 self._count(kind, error)
-                reset = reset or _spends_sequence(error)
+                answered = answered or isinstance(error, BrokerResponseError)
+                reset = reset or _needs_new_producer(error)
                 if kind == "fatal":
                     raise DeliveryFatal(f"{type(error).__name__}: {error}") from error
                 if kind == "retriable":
@@ -183,18 +211,25 @@ class Delivery:
                         f"the broker refused even a {len(outs[0].value)}-byte dead letter: {error}"
                     ) from error
                 else:
-                    stand_in = too_large_letter(
-                        outs[0], f"the broker refused the output: {type(error).__name__}"
+                    reason = (
+                        "output_too_large" if isinstance(error, SIZE_ERRORS) else "output_rejected"
+                    )
+                    stand_in = refused_letter(
+                        outs[0], reason, f"the broker refused the output: {error}"
                     )
                     log.warning(
-                        "output for %s refused (%s); sending an output_too_large dead letter",
+                        "output for %s refused (%s); sending an %s dead letter",
                         outs[0].source,
                         type(error).__name__,
+                        reason,
                     )
                     replaced.append((outs[0], stand_in))
                     stand_ins.add(id(stand_in))
                     alone.add(id(stand_in))
                     retry.append(stand_in)
+            silent_rounds = 0 if answered or not retry else silent_rounds + 1
+            if silent_rounds >= DEAD_PRODUCER_ROUNDS:  # e.g. a producer whose sender died
+                reset, silent_rounds = True, 0
             if reset:
                 await self.sink.reset(generation)
             if wait:
@@ -206,7 +241,6 @@ class Delivery:
     async def _send(
         self, todo: list[Outgoing], alone: set[int]
     ) -> list[tuple[asyncio.Future, list[Outgoing]]]:
-        """Queues todo; a send that raises (no metadata, producer closing) fails all of it."""
         together = [o for o in todo if id(o) not in alone]
         single = [o for o in todo if id(o) in alone]
         parts: list[tuple[asyncio.Future, list[Outgoing]]] = []
@@ -217,10 +251,8 @@ class Delivery:
                 parts += await self.sink.send(outs, alone=by_one)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                failed: asyncio.Future = asyncio.get_running_loop().create_future()
-                failed.set_exception(exc)
-                parts.append((failed, outs))
+            except Exception as exc:  # a sink that raised queued none of them
+                parts.append((failed_future(exc), outs))
         return parts
 
     def _count(self, kind: str, error: BaseException) -> None:
@@ -228,6 +260,12 @@ class Delivery:
         log.warning("delivery failed (%s): %s", kind, self.last_error)
         if self.metrics is not None:
             self.metrics.delivery_errors.labels(reason=kind).inc()
+
+
+def failed_future(exc: BaseException) -> asyncio.Future:
+    future: asyncio.Future = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    return future
 
 
 class KafkaSink:
@@ -238,6 +276,7 @@ class KafkaSink:
         self.topics = {False: output_topic, True: dlq_topic}
         self.generation = 0
         self.producer: AIOKafkaProducer | None = None
+        self._reset_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -254,6 +293,8 @@ class KafkaSink:
         await self.producer.start()
 
     async def stop(self) -> None:
+        """Flushes and closes the producers (callers bound this: a flush to a broker that
+        never answers never ends)."""
         if self.producer is not None:
             producer, self.producer = self.producer, None
             await producer.stop()
@@ -261,18 +302,22 @@ class KafkaSink:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
     async def reset(self, generation: int) -> None:
-        if generation != self.generation or self.producer is None:
-            return
-        fresh = self._new_producer()
-        try:
-            await fresh.start()
-        except Exception as exc:  # the broker is away: keep the old one, the retry comes back
-            log.warning("could not replace the producer: %s", exc)
-            await fresh.stop()
-            return
-        self.generation += 1
-        old, self.producer = self.producer, fresh
-        log.info("producer replaced after a refused batch (generation %d)", self.generation)
+        async with self._reset_lock:  # one replacement per generation, however many ask
+            if generation != self.generation or self.producer is None:
+                return
+            fresh = self._new_producer()
+            try:
+                await asyncio.wait_for(fresh.start(), PRODUCER_START_S)
+            except Exception as exc:
+                await fresh.stop()
+                if classify_error(exc) == "fatal":
+                    raise DeliveryFatal(f"{type(exc).__name__}: {exc}") from exc
+                # The broker is away: keep the old one; the next failed round asks again.
+                log.warning("could not replace the producer: %s", exc)
+                return
+            self.generation += 1
+            old, self.producer = self.producer, fresh
+        log.info("producer replaced (generation %d)", self.generation)
         # The old one finishes (or fails) what it holds in the background.
         task = asyncio.create_task(old.stop())
         self._retiring.add(task)
@@ -281,31 +326,51 @@ class KafkaSink:
     async def send(
         self, outputs: Sequence[Outgoing], alone: bool = False
     ) -> list[tuple[asyncio.Future, list[Outgoing]]]:
+        """Queues the outputs. If queueing fails midway (no metadata, the producer closing),
+        the outputs not yet queued get a failed future; those queued keep their own."""
         producer = self.producer
         if producer is None:
-            raise RuntimeError("KafkaSink.start() was not called")
-        groups: dict[tuple[str, int], list[Outgoing]] = collections.defaultdict(list)
-        counts: dict[str, list[int]] = {}
-        for out in outputs:
-            topic = self.topics[out.dead_letter]
-            if topic not in counts:
-                counts[topic] = sorted(await producer.partitions_for(topic))
-            available = counts[topic]
-            groups[(topic, available[out.partition % len(available)])].append(out)
-        parts = []
+            return [(failed_future(RuntimeError("the producer is stopped")), list(outputs))]
+        parts: list[tuple[asyncio.Future, list[Outgoing]]] = []
+        try:
+            groups: dict[tuple[str, int], list[Outgoing]] = collections.defaultdict(list)
+            counts: dict[str, list[int]] = {}
+            for out in outputs:
+                topic = self.topics[out.dead_letter]
+                if topic not in counts:
+                    counts[topic] = sorted(await producer.partitions_for(topic))
+                available = counts[topic]
+                groups[(topic, available[out.partition % len(available)])].append(out)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return [(failed_future(exc), list(outputs))]
+        pending = list(groups.values())
         for (topic, partition), outs in groups.items():
+            pending.pop(0)
             batch, members = producer.create_batch(), list[Outgoing]()
-            for out in outs:
-                if members and (
-                    alone or batch.append(key=out.key, value=out.value, timestamp=None) is None
-                ):  # full (or one output per batch): send it, start the next
-                    batch.close()
-                    future = await producer.send_batch(batch, topic, partition=partition)
-                    parts.append((future, members))
-                    batch, members = producer.create_batch(), []
-                if not members:  # an empty batch takes any one record
-                    batch.append(key=out.key, value=out.value, timestamp=None)
-                members.append(out)
-            batch.close()
-            parts.append((await producer.send_batch(batch, topic, partition=partition), members))
+            queued = 0  # outputs of this group in batches already handed to the producer
+            try:
+                for out in outs:
+                    if members and (
+                        alone or batch.append(key=out.key, value=out.value, timestamp=None) is None
+                    ):  # full (or one output per batch): send it, start the next
+                        batch.close()
+                        future = await producer.send_batch(batch, topic, partition=partition)
+                        parts.append((future, members))
+                        queued += len(members)
+                        batch, members = producer.create_batch(), []
+                    if not members:  # an empty batch takes any one record
+                        batch.append(key=out.key, value=out.value, timestamp=None)
+                    members.append(out)
+                batch.close()
+                parts.append(
+                    (await producer.send_batch(batch, topic, partition=partition), members)
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                unsent = outs[queued:] + [o for rest in pending for o in rest]
+                parts.append((failed_future(exc), unsent))
+                break
         return parts

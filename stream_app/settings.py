@@ -133,6 +133,11 @@ class WorkerSettings:
         ):
             if not value > 0:
                 raise SettingsError(f"{name} must be > 0, got {value}")
+        if self.revoke_timeout_s > 120:
+            raise SettingsError(
+                f"GMM_REVOKE_TIMEOUT_S must be <= 120 (the group's poll interval), "
+                f"got {self.revoke_timeout_s}"
+            )
         if self.input_partitions < 1:
             raise SettingsError(f"GMM_INPUT_PARTITIONS must be >= 1, got {self.input_partitions}")
         if self.params_file:

@@ -62,6 +62,7 @@ class PointSource(ConsumerRebalanceListener):
         max_delay_s: float,
         session_timeout_s: float,
         metrics: WorkerMetrics | None = None,
+        rebalance_timeout_s: float = 60.0,
     ) -> None:
         self.kafka = kafka
         self.metrics = metrics
@@ -70,6 +71,7 @@ class PointSource(ConsumerRebalanceListener):
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.session_timeout_s = session_timeout_s
+        self.rebalance_timeout_s = rebalance_timeout_s
         self.consumer: AIOKafkaConsumer | None = None
         #: Awaited before a rebalance gives up partitions (the checkpoint settles them).
         self.on_revoke: Callable[[list[TopicPartition]], Awaitable[None]] | None = None
@@ -86,6 +88,9 @@ class PointSource(ConsumerRebalanceListener):
             auto_offset_reset="earliest",  # points sent before any worker ran are classified
             session_timeout_ms=int(self.session_timeout_s * 1000),
             heartbeat_interval_ms=int(min(3.0, self.session_timeout_s / 3) * 1000),
+            # How long the group waits for this member to settle and commit before it gives
+            # up partitions (Checkpoint.revoke); past it the member is dropped from the group.
+            rebalance_timeout_ms=int(self.rebalance_timeout_s * 1000),
             # A fetch returns as soon as it has data; this caps how long an idle one is held
             # at the broker, so the batch deadline is never overrun by a fetch in flight.
             fetch_max_wait_ms=5,

@@ -75,6 +75,8 @@ class Worker:
             settings.max_delay_ms / 1000,
             settings.session_timeout_s,
             self.metrics,
+            # Revoke settles, then commits, each bounded by the revoke timeout.
+            rebalance_timeout_s=2 * settings.revoke_timeout_s + 10,
         )
         self.sink = KafkaSink(settings.kafka, settings.output_topic, settings.dlq_topic)
         self.delivery = Delivery(self.sink, self.metrics)
@@ -83,6 +85,7 @@ class Worker:
         self.metrics.delivery_stuck_seconds.set_function(self.delivery.stuck_seconds)
         self.metrics.commit_pending_seconds.set_function(self.checkpoint.pending_seconds)
         self._tasks: set[asyncio.Task] = set()
+        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -133,10 +136,11 @@ class Worker:
         # process: frozen, a full garbage collection no longer walks it, a 100-200 ms pause that
         # otherwise hit the stream every few seconds.
         gc.freeze()
-        await self.sink.start()
-        committer = self._spawn(self.checkpoint.run(), "gmm-commit")
-        await self.source.start()
+        committer: asyncio.Task | None = None
         try:
+            await self.sink.start()
+            committer = self._spawn(self.checkpoint.run(), "gmm-commit")
+            await self.source.start()
             while self.checkpoint.fatal is None:
                 await self.checkpoint.room(MAX_IN_FLIGHT)
                 if self.checkpoint.fatal is not None:
@@ -149,11 +153,17 @@ class Worker:
             await asyncio.Event().wait()  # halted: wait here for the stop
         finally:
             # A graceful stop finishes the batches already started, so the next owner need not
-            # redo their first slices; then commits once.
-            await self.checkpoint.stop(self.settings.stop_timeout_s)
-            committer.cancel()
+            # redo their first slices; then commits once, then closes, each step bounded.
+            self._stopping = True
+            timeout = self.settings.stop_timeout_s
+            await self.checkpoint.stop(timeout)
+            if committer is not None:
+                committer.cancel()
             await self.source.stop()
-            await self.sink.stop()
+            try:
+                await asyncio.wait_for(self.sink.stop(), timeout)
+            except TimeoutError:
+                log.warning("the producer did not flush in %.0f s; closing anyway", timeout)
 
     async def watch_lag(self) -> None:
         """Refreshes the lag gauges on a timer, so a stalled stream shows a growing lag."""
@@ -202,15 +212,20 @@ class Worker:
 
     async def _deliver(self, outcome: BatchOutcome) -> None:
         result = await self.delivery.deliver(outcome.outputs)
-        self._observe(outcome, result)
+        try:
+            self._observe(outcome, result)
+        except Exception:  # metrics only: the outputs are delivered, the batch goes on
+            log.exception("observing a delivered slice failed")
 
     async def _settle(self, number: int, slices: list[asyncio.Task]) -> None:
         try:
             await asyncio.gather(*slices)
-        except Exception as exc:  # DeliveryFatal, or a bug: this batch is never committed
+        except BaseException as exc:  # DeliveryFatal, a bug, a cancellation: never committed
             for task in slices:
                 task.cancel()
-            self.checkpoint.failed(number, f"delivery failed: {exc}")
+            if isinstance(exc, asyncio.CancelledError) and self._stopping:
+                raise  # the process is closing: the batch is read again at the restart
+            self.checkpoint.failed(number, f"delivery failed: {type(exc).__name__}: {exc}")
             return
         self.checkpoint.delivered(number)
         self.holder.count_compilations()

@@ -159,3 +159,36 @@ async def test_room_is_backpressure_on_batches_in_flight():
     assert not waiting.done()
     cp.delivered(0)
     await asyncio.wait_for(waiting, 5)
+
+
+async def test_pending_seconds_stay_one_round_trip_under_steady_load():
+    now = [0.0]
+    committer = FakeCommitter()
+    cp, _ = make(committer, clock=lambda: now[0])
+
+    async def slow_commit(offsets):
+        now[0] += 0.005
+        number = cp._next  # a batch is delivered during every commit's round trip
+        cp.fetched(number, {TP0: number + 1})
+        cp.delivered(number)
+        committer.commits.append(dict(offsets))
+
+    committer.commit = slow_commit  # type: ignore[method-assign]
+    cp.fetched(0, {TP0: 1})
+    cp.delivered(0)
+    for _ in range(100):
+        await cp.commit_now()
+        now[0] += 0.002
+    assert cp.pending_seconds() < 0.01  # not the 0.7 s the run lasted
+
+
+async def test_room_counts_delivered_batches_waiting_behind_a_stuck_one():
+    cp, _ = make()
+    cp.fetched(0, {TP0: 1})  # stuck
+    cp.fetched(1, {TP1: 1})
+    cp.delivered(1)  # delivered, but not committable behind batch 0
+    waiting = asyncio.create_task(cp.room(2))
+    await asyncio.sleep(0.02)
+    assert not waiting.done()
+    cp.delivered(0)
+    await asyncio.wait_for(waiting, 5)

@@ -112,3 +112,81 @@ async def test_not_authorized_is_fatal():
     with pytest.raises(DeliveryFatal, match="TopicAuthorizationFailedError"):
         await make(sink).deliver([output(0)])
     assert len(sink.sends) == 1
+
+
+async def test_an_invalid_record_refusal_is_rejected_not_retried_forever():
+    from aiokafka.errors import for_code
+
+    sink = FakeSink()
+    sink.decide = lambda batch, attempt: for_code(87)() if not batch[0].dead_letter else None
+    await make(sink).deliver([output(0)])
+    letter = json.loads(sink.acked[0].value)
+    assert letter["reason"] == "output_rejected"
+    assert len(sink.sends) == 2 and sink.resets == 1
+
+
+async def test_a_session_refusal_gets_a_fresh_producer_and_the_same_outputs_again():
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    sink = FakeSink()
+    sink.decide = lambda batch, attempt: OutOfOrderSequenceNumber() if attempt == 1 else None
+    await make(sink).deliver([output(0), output(1)])
+    assert [o.source["offset"] for o in sink.acked] == [0, 1] and sink.resets == 1
+
+
+async def test_a_producer_that_fails_silently_is_replaced():
+    sink = FakeSink()
+    sink.decide = lambda batch, attempt: RuntimeError("sender died") if sink.resets == 0 else None
+    await make(sink).deliver([output(0)])
+    assert sink.resets == 1 and len(sink.sends) == 4  # three silent rounds, then a new producer
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.records: list[bytes] = []
+
+    def append(self, *, key, value, timestamp):
+        if len(self.records) == 2:
+            return None  # full
+        self.records.append(value)
+        return self
+
+    def close(self) -> None:
+        pass
+
+
+class _Producer:
+    """Enough of AIOKafkaProducer for KafkaSink.send: the third send_batch raises."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, list[bytes]]] = []
+
+    async def partitions_for(self, topic):
+        return {0, 1}
+
+    def create_batch(self):
+        return _Builder()
+
+    async def send_batch(self, batch, topic, *, partition):
+        if len(self.batches) == 2:
+            raise KafkaTimeoutError("producer closing")
+        self.batches.append((partition, batch.records))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+async def test_kafka_sink_fails_only_the_outputs_it_could_not_queue():
+    from stream_app.delivery import KafkaSink
+    from stream_app.settings import WorkerSettings
+
+    sink = KafkaSink(WorkerSettings().kafka, "out", "dlq")
+    sink.producer = _Producer()  # type: ignore[assignment]
+    outs = [output(i)._replace(partition=i % 2, value=b"v%d" % i) for i in range(8)]
+    parts = await sink.send(outs)
+    queued = [o for future, members in parts if future.exception() is None for o in members]
+    failed = [o for future, members in parts if future.exception() is not None for o in members]
+    # Partition 0 went out in two batches; partition 1's first batch failed to queue.
+    assert sorted(o.source["offset"] for o in queued) == [0, 2, 4, 6]
+    assert sorted(o.source["offset"] for o in failed) == [1, 3, 5, 7]  # each exactly once
+    assert len(queued) + len(failed) == 8
