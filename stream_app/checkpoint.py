@@ -55,10 +55,11 @@ class Committer(Protocol):
 
 
 class _Batch:
-    __slots__ = ("offsets", "state")
+    __slots__ = ("offsets", "since", "state")
 
-    def __init__(self, offsets: dict[TopicPartition, int]) -> None:
+    def __init__(self, offsets: dict[TopicPartition, int], since: float) -> None:
         self.offsets = offsets
+        self.since = since  # clock() when fetched
         self.state = State.FETCHED
 
 
@@ -98,7 +99,7 @@ class Checkpoint:
         if number != self._next:
             raise ValueError(f"batch {number} fetched, {self._next} expected")
         self._next += 1
-        self._batches[number] = _Batch(dict(offsets))
+        self._batches[number] = _Batch(dict(offsets), self.clock())
         self._notify()
 
     def started(self, number: int) -> None:
@@ -157,6 +158,15 @@ class Checkpoint:
         """Batches fetched (or only those started) and not yet delivered."""
         states = (State.STARTED,) if started_only else (State.FETCHED, State.STARTED)
         return sum(b.state in states for b in self._batches.values())
+
+    def unsettled_seconds(self) -> float:
+        """How long the oldest batch not yet committable has been in flight (0: none is).
+
+        A batch that never settles (lost between the feeder and the agent, say) holds every
+        commit behind it: this is how long that has lasted."""
+        if not self._batches:
+            return 0.0
+        return max(0.0, self.clock() - next(iter(self._batches.values())).since)
 
     def pending_seconds(self) -> float:
         """How long delivered offsets have waited for a commit (0 when all are committed)."""

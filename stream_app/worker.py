@@ -271,6 +271,8 @@ class Worker:
             reason = f"delivery stuck for {stuck:.0f} s: {self.delivery.last_error or 'no ack'}"
         elif (pending := self.checkpoint.pending_seconds()) > limit:
             reason = f"offset commits failing for {pending:.0f} s"
+        elif (unsettled := self.checkpoint.unsettled_seconds()) > limit:
+            reason = f"a batch has been in flight for {unsettled:.0f} s"
         if reason is not None:
             return False, {"ready": False, "reason": reason, **details}
         return True, {"ready": True, **details}

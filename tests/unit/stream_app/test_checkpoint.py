@@ -192,3 +192,17 @@ async def test_room_counts_delivered_batches_waiting_behind_a_stuck_one():
     assert not waiting.done()
     cp.delivered(0)
     await asyncio.wait_for(waiting, 5)
+
+
+async def test_unsettled_seconds_measure_the_oldest_batch_holding_commits():
+    now = [10.0]
+    cp, _ = make(clock=lambda: now[0])
+    assert cp.unsettled_seconds() == 0.0
+    cp.fetched(0, {TP0: 1})  # never settles
+    now[0] = 15.0
+    cp.fetched(1, {TP0: 2})
+    cp.delivered(1)
+    now[0] = 50.0
+    assert cp.unsettled_seconds() == 40.0
+    cp.delivered(0)
+    assert cp.unsettled_seconds() == 0.0
