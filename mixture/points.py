@@ -72,8 +72,43 @@ def parse_x(value: Any, dim: int | None = None) -> tuple[list[float], bool]:
     return items, scalar
 
 
+_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (about 2x faster)
+
+
+def _fast_point(obj: Any, dim: int | None) -> Point | None:
+    """The common, valid shapes, checked in a few type tests; None: let parse_point decide.
+
+    Streams carry tens of thousands of points a second, nearly all valid: this accepts only
+    what parse_point accepts (an object whose id is a string, an integer or absent, and whose
+    x is a number or a non-empty list of floats, all within range) and is tested against it.
+    """
+    if type(obj) is not dict:
+        return None
+    point_id = obj.get("id")
+    if not (point_id is None or type(point_id) is str or type(point_id) is int):
+        return None
+    x = obj.get("x")
+    kind = type(x)
+    if kind is float or kind is int:
+        if (dim is None or dim == 1) and -MAX_ABS <= x <= MAX_ABS:  # type: ignore[operator]
+            return _new(Point, (point_id, [x], True))
+    elif kind is list and x and (dim is None or len(x) == dim):
+        for v in x:
+            if type(v) is not float or not -MAX_ABS <= v <= MAX_ABS:
+                return None
+        return _new(Point, (point_id, x, False))
+    return None
+
+
 def parse_point(obj: Any, dim: int | None = None) -> Point:
     """Validates a decoded JSON value as a point."""
+    fast = _fast_point(obj, dim)
+    if fast is not None:
+        return fast
+    return _parse_point_fully(obj, dim)
+
+
+def _parse_point_fully(obj: Any, dim: int | None) -> Point:
     if not isinstance(obj, dict):
         raise PointError("not_object", f"a point must be a JSON object, got {type(obj).__name__}")
     if "x" not in obj:

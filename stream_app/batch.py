@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import orjson
 
-from mixture.points import Point, PointError, decode_point, x_to_json
+from mixture.points import Point, PointError, decode_point
 from stream_app.model_state import ServingModel
 from stream_app.topics import AssignmentRecord, DeadLetterRecord, SourceRef
 
@@ -58,6 +58,9 @@ class BatchOutcome(NamedTuple):
     @property
     def outputs(self) -> list[Outgoing]:
         return self.assignments + self.dead_letters
+
+
+_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (about 2x faster)
 
 
 def _source(r: InRecord) -> SourceRef:
@@ -182,21 +185,21 @@ def process_batch(
             )
             reasons.append("not_classifiable")
             continue
+        source = {"topic": r.topic, "partition": r.partition, "offset": r.offset}
+        a = assignments[i]
         doc: AssignmentRecord = {
             "id": p.id if p.id is not None else f"{r.topic}:{r.partition}:{r.offset}",
-            "x": x_to_json(p.x, p.scalar),
-            "assignment": assignments[i],
+            "x": p.x[0] if p.scalar else p.x,
+            "assignment": a,
             "probs": probs[i],
             "log_likelihood": loglik[i],
             "model_version": version,
             "ts_in": r.timestamp,
             "ts_out": ts_out,
-            "source": _source(r),
+            "source": source,  # type: ignore[typeddict-item]
         }
         value = orjson.dumps(doc)
-        o = Outgoing(
-            r.key, value, r.timestamp, r.partition, False, doc["source"], None, assignments[i]
-        )
+        o = _new(Outgoing, (r.key, value, r.timestamp, r.partition, False, source, None, a))
         if len(value) > max_output_bytes:
             dead.append(
                 refused_letter(

@@ -333,14 +333,18 @@ class KafkaSink:
             return [(failed_future(RuntimeError("the producer is stopped")), list(outputs))]
         parts: list[tuple[asyncio.Future, list[Outgoing]]] = []
         try:
+            # Grouped by (dead letter?, input partition) first: one dict lookup per output.
+            by_input: dict[tuple[bool, int], list[Outgoing]] = collections.defaultdict(list)
+            for out in outputs:
+                by_input[(out[4], out[3])].append(out)
             groups: dict[tuple[str, int], list[Outgoing]] = collections.defaultdict(list)
             counts: dict[str, list[int]] = {}
-            for out in outputs:
-                topic = self.topics[out.dead_letter]
+            for (dead_letter, input_partition), outs in by_input.items():
+                topic = self.topics[dead_letter]
                 if topic not in counts:
                     counts[topic] = sorted(await producer.partitions_for(topic))
                 available = counts[topic]
-                groups[(topic, available[out.partition % len(available)])].append(out)
+                groups[(topic, available[input_partition % len(available)])] += outs
         except asyncio.CancelledError:
             raise
         except Exception as exc:

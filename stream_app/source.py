@@ -35,9 +35,12 @@ log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.5
 
 
+_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (about 2x faster)
+
+
 def _in_record(r: ConsumerRecord) -> InRecord:
     ts = r.timestamp / 1000 if r.timestamp is not None and r.timestamp >= 0 else None
-    return InRecord(r.key, r.value, r.topic, r.partition, r.offset, ts)
+    return _new(InRecord, (r.key, r.value, r.topic, r.partition, r.offset, ts))
 
 
 class InBatch(NamedTuple):

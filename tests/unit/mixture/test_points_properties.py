@@ -83,3 +83,32 @@ def test_every_record_of_a_batch_yields_exactly_one_output(payloads):
         + [json.loads(o.value)["source"]["offset"] for o in out.dead_letters]
     )
     assert offsets == list(range(len(records)))
+
+
+point_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "x": st.floats(allow_nan=False)
+        | st.integers()
+        | st.lists(st.floats(allow_nan=False) | st.integers() | st.booleans(), max_size=3)
+        | st.booleans()
+        | st.none(),
+        "id": st.text(max_size=4) | st.integers() | st.booleans() | st.floats() | st.none(),
+    },
+)
+
+
+@given(obj=point_like | json_values, dim=st.sampled_from([None, 1, 2]))
+@settings(max_examples=600, deadline=None)
+def test_the_fast_path_accepts_only_what_the_full_rules_accept(obj, dim):
+    from mixture.points import _fast_point, _parse_point_fully
+
+    fast = _fast_point(obj, dim)
+    if fast is None:
+        return
+    # The full rules, without the fast path: what parse_point did before it existed.
+    try:
+        full = _parse_point_fully(obj, dim)
+    except PointError as exc:
+        raise AssertionError(f"fast path accepted {obj!r}, the rules say {exc.reason}") from None
+    assert fast == full
