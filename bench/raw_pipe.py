@@ -4,6 +4,8 @@ It does what the worker does minus Faust, parsing and inference: read a batch, s
 on with its key, wait for delivery, commit. By default it sends as the worker does: record
 batches per partition, each output on its input's partition (kafka_common.batch_sender).
 `--per-record` sends record by record with `AIOKafkaProducer.send`, the plain client idiom.
+`--json` also decodes each record's JSON and encodes a small JSON answer (its id, x and source),
+as the least any service answering JSON with JSON does: the floor for a Python worker.
 Runs until stopped (SIGTERM).
 
     python -m bench.raw_pipe --bootstrap HOST:PORT --source T --dest T --group G [--max-batch N]
@@ -15,7 +17,8 @@ import argparse
 import asyncio
 import signal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from kafka_common.batch_sender import BatchSender
 
@@ -48,8 +51,11 @@ async def pipe(args: argparse.Namespace) -> None:
                 ]
             else:
                 records = [r for records in batch.values() for r in records]
+                values = [_answer(r) for r in records] if args.json else [r.value for r in records]
                 futures = await sender.send(
-                    args.dest, [(r.key, r.value) for r in records], [r.partition for r in records]
+                    args.dest,
+                    [(r.key, v) for r, v in zip(records, values, strict=True)],
+                    [r.partition for r in records],
                 )
             if futures:
                 await asyncio.gather(*futures)
@@ -57,6 +63,12 @@ async def pipe(args: argparse.Namespace) -> None:
     finally:
         await producer.stop()
         await consumer.stop()
+
+
+def _answer(r: ConsumerRecord) -> bytes:
+    doc = orjson.loads(r.value)
+    source = {"topic": r.topic, "partition": r.partition, "offset": r.offset}
+    return orjson.dumps({"id": doc.get("id"), "x": doc.get("x"), "source": source})
 
 
 def main() -> None:
@@ -67,6 +79,7 @@ def main() -> None:
     parser.add_argument("--group", required=True)
     parser.add_argument("--max-batch", type=int, default=1024)
     parser.add_argument("--per-record", action="store_true", help="send record by record")
+    parser.add_argument("--json", action="store_true", help="decode and encode JSON per record")
     asyncio.run(pipe(parser.parse_args()))
 
 

@@ -187,7 +187,9 @@ def measure(
 
 
 class RawPipe:
-    def __init__(self, topics: Topics, max_batch: int, per_record: bool = False) -> None:
+    def __init__(
+        self, topics: Topics, max_batch: int, per_record: bool = False, json: bool = False
+    ) -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -204,6 +206,7 @@ class RawPipe:
                 "--max-batch",
                 str(max_batch),
                 *(["--per-record"] if per_record else []),
+                *(["--json"] if json else []),
             ]
         )
 
@@ -260,6 +263,12 @@ def systems(configs: list[tuple[int, float]], log_dir: pathlib.Path) -> list[tup
             "raw aiokafka pipe, per-record send (batch 1024)",
             "rawpr",
             lambda t: RawPipe(t, 1024, per_record=True),
+            None,
+        ),
+        (
+            "JSON pipe: decode and encode JSON per record, no model (batch 1024)",
+            "jpipe",
+            lambda t: RawPipe(t, 1024, json=True),
             None,
         ),
         ("Faust pipe, no model (batch 1024)", "fpipe", lambda t: FaustPipe(t, log_dir), None),

@@ -268,8 +268,15 @@ def scaleout(p: Payload) -> str:
     )
     cpus = (p.get("machine") or {}).get("cpus")
     shared = f" on {cpus} CPUs shared with the broker" if cpus else ""
+    rounds = p.get("rounds") or []
+    if rounds:
+        lo, hi = p["speedup_range"]
+        head = f"medians of {len(rounds)} interleaved rounds"
+        parts += f"; 2 vs 1 worker ranged {_x(lo)}-{_x(hi)}x over rounds"
+    else:
+        head = "one run"
     return (
-        f"one run, a backlog of {_n(p['records'])} records drained over {p['partitions']} "
+        f"{head}, a backlog of {_n(p['records'])} records drained over {p['partitions']} "
         f"partitions by one consumer group{shared}: {parts}."
     )
 

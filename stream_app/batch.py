@@ -1,7 +1,12 @@
-"""One micro-batch: validate, classify, encode. No Faust, no I/O: the agent sends the results.
+"""One slice of a micro-batch: validate, classify, encode. No Faust, no I/O: the worker sends
+the results. Every input record yields exactly one outgoing record: an assignment, or a dead
+letter with the reason.
 
-Runs in the inference thread, off the event loop. Every input record yields exactly one
-outgoing record: an assignment, or a dead letter with the reason.
+The three steps are separate functions because they run on different threads: validating and
+encoding are short Python loops that the worker runs on its event loop, and only the JAX call
+(`classify_slice`) goes to the inference thread. With all three on the inference thread, it and
+the event loop contended for the GIL on every slice, each waiting up to the interpreter's
+switch interval (5 ms) for the other.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import orjson
 
+from mixture.classify import Classification
 from mixture.points import Point, PointError, decode_point
 from stream_app.model_state import ServingModel
 from stream_app.topics import AssignmentRecord, DeadLetterRecord, SourceRef
@@ -122,21 +128,29 @@ def refused_letter(out: Outgoing, reason: str, error: str) -> Outgoing:
     return Outgoing(out.key, orjson.dumps(doc), out.ts_in, out.partition, True, out.source, reason)
 
 
-def process_batch(
+class ParsedSlice(NamedTuple):
+    """A slice after validation: its valid points ready for the classifier, its dead letters."""
+
+    valid: list[tuple[InRecord, Point]]
+    dead: list[Outgoing]
+    reasons: list[str]
+    points: np.ndarray  # (N, D) float64, one row per valid record
+    keys: np.ndarray | None  # (N, 2) uint32 per-record keys at temperature 1
+
+
+def parse_slice(
     records: list[InRecord],
-    serving: ServingModel,
+    dim: int,
     max_record_bytes: int,
+    temperature: int = 0,
     seed: int | None = None,
     dlq_payload_bytes: int = 4096,
-    max_output_bytes: int = 1_000_000,
-) -> BatchOutcome:
-    """Classifies the valid records of a batch and dead-letters the rest, in input order.
+) -> ParsedSlice:
+    """Validates a slice's records against a model of dimension `dim` (no JAX work).
 
-    At temperature 1 each record's draw uses its own key, `record_keys(seed, ...)`: a function
+    At temperature 1 each valid record gets its own key, `record_keys(seed, ...)`: a function
     of the record's Kafka coordinates, so a replayed record draws the same assignment.
-    An output larger than `max_output_bytes` is replaced by an `output_too_large` dead letter.
     """
-    dim = serving.model.mixture.dim
     valid: list[tuple[InRecord, Point]] = []
     dead: list[Outgoing] = []
     reasons: list[str] = []
@@ -148,22 +162,40 @@ def process_batch(
         except PointError as exc:
             dead.append(dead_letter(r, exc.reason, str(exc), dlq_payload_bytes))
             reasons.append(exc.reason)
-
-    if not valid:
-        return BatchOutcome(
-            [], dead, np.zeros(0, np.int32), np.zeros(0), reasons, 0.0, 0.0, serving.model.version
-        )
-    points = np.array([p.x for _, p in valid], dtype=np.float64)
+    points = np.array([p.x for _, p in valid], dtype=np.float64).reshape(len(valid), dim)
     keys = None
-    if serving.classifier.temperature == 1:
+    if temperature == 1 and valid:
         if seed is None:
             raise ValueError("temperature 1 needs a seed")
         keys = record_keys(seed, [r for r, _ in valid])
+    return ParsedSlice(valid, dead, reasons, points, keys)
+
+
+def classify_slice(parsed: ParsedSlice, serving: ServingModel) -> tuple[Classification, float]:
+    """The JAX part: the served model's classifier on the slice's points, and its seconds."""
     t0 = time.perf_counter()
-    result = serving.classifier(points, serving.device_params, keys=keys)
-    inference = time.perf_counter() - t0
+    result = serving.classifier(parsed.points, serving.device_params, keys=parsed.keys)
+    return result, time.perf_counter() - t0
+
+
+def encode_slice(
+    parsed: ParsedSlice,
+    result: Classification | None,
+    version: int,
+    inference_seconds: float = 0.0,
+    dlq_payload_bytes: int = 4096,
+    max_output_bytes: int = 1_000_000,
+) -> BatchOutcome:
+    """Turns a classified slice into its outgoing records, one per input record.
+
+    An output larger than `max_output_bytes` is replaced by an `output_too_large` dead letter.
+    """
+    valid, dead, reasons = parsed.valid, list(parsed.dead), list(parsed.reasons)
+    if result is None or not valid:
+        return BatchOutcome(
+            [], dead, np.zeros(0, np.int32), np.zeros(0), reasons, 0.0, 0.0, version
+        )
     ts_out = time.time()
-    version = serving.model.version
     # A point far from every component can overflow the model's float32 arithmetic; it gets a
     # dead letter rather than NaN in an output (JSON has no NaN).
     finite = np.isfinite(result.log_likelihood) & np.all(np.isfinite(result.probs), axis=1)
@@ -218,9 +250,33 @@ def process_batch(
         result.assignment[served],
         np.array([math.nan if o.ts_in is None else o.ts_in for o in out], dtype=np.float64),
         reasons,
-        inference,
+        inference_seconds,
         float(np.sum(result.log_likelihood[served])),
         version,
+    )
+
+
+def process_batch(
+    records: list[InRecord],
+    serving: ServingModel,
+    max_record_bytes: int,
+    seed: int | None = None,
+    dlq_payload_bytes: int = 4096,
+    max_output_bytes: int = 1_000_000,
+) -> BatchOutcome:
+    """Validates, classifies and encodes a batch in one call: every input record yields one
+    output, an assignment or a dead letter (the worker runs the three steps separately)."""
+    parsed = parse_slice(
+        records,
+        serving.model.mixture.dim,
+        max_record_bytes,
+        serving.classifier.temperature,
+        seed,
+        dlq_payload_bytes,
+    )
+    result, seconds = classify_slice(parsed, serving) if parsed.valid else (None, 0.0)
+    return encode_slice(
+        parsed, result, serving.model.version, seconds, dlq_payload_bytes, max_output_bytes
     )
 
 

@@ -1,8 +1,9 @@
 """The worker's composition root: builds every part from the settings and wires them together.
 
     input topic --(PointSource: one getmany per batch; Checkpoint.fetched)--> batch channel
-        --> Faust agent --> Worker.handle: one model per batch, classified slice by slice on
-            the inference thread; each slice handed to Delivery as soon as it is classified
+        --> Faust agent --> Worker.handle: one model per batch, slice by slice: validated and
+            encoded on the event loop, classified (JAX) on the inference thread; each slice
+            handed to Delivery as soon as it is encoded
         --> Delivery (KafkaSink) --> all slices acknowledged --> Checkpoint.delivered
         --> Checkpoint.run commits, in fetch order
 
@@ -26,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from kafka_common import params_topic
-from stream_app.batch import BatchOutcome, InRecord, process_batch
+from mixture.classify import Classification
+from stream_app.batch import BatchOutcome, ParsedSlice, classify_slice, encode_slice, parse_slice
 from stream_app.checkpoint import Checkpoint
 from stream_app.delivery import Delivery, DeliveryResult, KafkaSink
 from stream_app.metrics import WorkerMetrics, observe_many
@@ -198,17 +200,35 @@ class Worker:
         loop = asyncio.get_running_loop()
         size = self.settings.slice_size
         slices = []
+        s = self.settings
         for start in range(0, len(batch.records), size):
             records = batch.records[start : start + size]
-            outcome = await loop.run_in_executor(self.inference, self._classify, records, serving)
+            parsed = parse_slice(
+                records,
+                serving.model.mixture.dim,
+                s.max_record_bytes,
+                serving.classifier.temperature,
+                s.seed,
+                s.dlq_payload_bytes,
+            )
+            result, seconds = None, 0.0
+            if parsed.valid:
+                result, seconds = await loop.run_in_executor(
+                    self.inference, self._classify, parsed, serving
+                )
+            outcome = encode_slice(
+                parsed,
+                result,
+                serving.model.version,
+                seconds,
+                s.dlq_payload_bytes,
+                s.max_output_bytes,
+            )
             slices.append(self._spawn(self._deliver(outcome), f"gmm-deliver-{batch.number}"))
         self._spawn(self._settle(batch.number, slices), f"gmm-settle-{batch.number}")
 
-    def _classify(self, records: list[InRecord], serving: ServingModel) -> BatchOutcome:
-        s = self.settings
-        return process_batch(
-            records, serving, s.max_record_bytes, s.seed, s.dlq_payload_bytes, s.max_output_bytes
-        )
+    def _classify(self, parsed: ParsedSlice, serving: ServingModel) -> tuple[Classification, float]:
+        return classify_slice(parsed, serving)
 
     async def _deliver(self, outcome: BatchOutcome) -> None:
         result = await self.delivery.deliver(outcome.outputs)

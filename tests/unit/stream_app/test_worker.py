@@ -68,8 +68,8 @@ async def test_one_model_per_batch_even_if_a_new_one_is_installed_midway(classif
     original = worker._classify
     swapped = []
 
-    def classify_then_swap(records, serving):
-        out = original(records, serving)
+    def classify_then_swap(parsed, serving):
+        out = original(parsed, serving)
         if not swapped:  # a new version arrives after the first slice
             worker.holder.current = worker.holder.current._replace(model=ModelParams(4, PARAMS))
             swapped.append(True)
@@ -85,7 +85,7 @@ async def test_one_model_per_batch_even_if_a_new_one_is_installed_midway(classif
 async def test_inference_that_raises_halts_the_worker_uncommitted(classifier):
     worker, _sink, committer, stops = make_worker(classifier)
 
-    def broken(records, serving):
+    def broken(parsed, serving):
         raise FloatingPointError("device lost")
 
     worker.checkpoint.fetched(0, {TP0: 10})
