@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -236,10 +237,29 @@ def stream(p: Payload) -> str:
         f"the same round's {base['system']}: {rate(base)}, p99 {p99(base)}. Full table in "
         "`bench/results/stream.md`."
     ]
+    json_pipe = next((r for r in others if r["system"].startswith("JSON pipe")), None)
+
+    def vs_json(r: Payload) -> str:
+        """The worker against the JSON pipe of the same round: median and range."""
+        if json_pipe is None:
+            return ""
+        ratios = [
+            w["throughput_records_per_second"] / j["throughput_records_per_second"]
+            for w, j in zip(
+                _by_system(rounds, r["system"]),
+                _by_system(rounds, json_pipe["system"]),
+                strict=True,
+            )
+        ]
+        ratios.sort()
+        median = statistics.median(ratios)
+        spread = f" ({_span(_x(ratios[0]), _x(ratios[-1]))})" if len(ratios) > 1 else ""
+        return f", {_x(median)}x{spread} the JSON pipe"
+
     for r in workers:
         line = (
-            f"  - {r['system']}: {rate(r)}, **{ratio(r)} the raw pipe**; p99 **{p99(r)}** at "
-            f"{_n(r['latency_load_records_per_second'])} records/s"
+            f"  - {r['system']}: {rate(r)}, **{ratio(r)} the raw pipe**{vs_json(r)}; p99 "
+            f"**{p99(r)}** at {_n(r['latency_load_records_per_second'])} records/s"
         )
         budget = _budget(r)
         if budget is not None:
@@ -254,6 +274,11 @@ def stream(p: Payload) -> str:
             line += (
                 "; this per-record path is why the worker reads the topic with aiokafka and "
                 "hands Faust one event per batch"
+            )
+        if r is json_pipe:
+            line += (
+                "; decoding each record's JSON and encoding a small JSON answer, nothing else, "
+                "is the floor of any Python service that reads and writes JSON"
             )
         lines.append(line + ".")
     return "\n".join(lines)
