@@ -6,7 +6,13 @@ Pure and jittable: no Faust, Kafka, asyncio or environment access. The trainer a
 worker both build on it; RNG keys are always passed in explicitly.
 """
 
-from mixture.classify import Classification, Classifier, classifier_for, make_classifier
+from mixture.classify import (
+    Classification,
+    Classifier,
+    Prepared,
+    classifier_for,
+    make_classifier,
+)
 from mixture.fit import DataError, FitConfig, FitResult, as_points, fit_map
 from mixture.params import (
     FitMetadata,
@@ -31,6 +37,7 @@ __all__ = [
     "ParamsError",
     "Point",
     "PointError",
+    "Prepared",
     "Priors",
     "as_points",
     "classifier_for",

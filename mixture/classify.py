@@ -25,6 +25,30 @@ from mixture.model import assignment_model
 from mixture.params import MixtureParams
 
 
+class Prepared(NamedTuple):
+    """Parameters ready to serve: centred in float64 on the host, then float32 on the device.
+
+    Points are served in the same coordinates, x - center, computed in float64 before the cast
+    to float32, so where the data sit (an offset of 1e12, epoch seconds) costs no precision:
+    float32 arithmetic on raw coordinates far from zero loses the differences the mixture is
+    about (at 1.7e9 a float32 step is 128). `center` is the mixture's mean; probabilities, the
+    assignment and log p(x) are invariant under the shift. Coordinates are not rescaled: small
+    spreads keep their relative precision in float32, and rescaling moved infer_discrete's
+    float32 rounding enough to flip near-ties that the closed form resolves.
+    """
+
+    device: MixtureParams  # float32 device arrays, centred
+    center: np.ndarray  # (D,) float64
+
+
+def centred(params: MixtureParams) -> tuple[MixtureParams, np.ndarray]:
+    """(float64 parameters with the mixture's mean moved to 0, that mean)."""
+    w = np.asarray(params.weights, np.float64)
+    locs = np.asarray(params.locs, np.float64)
+    center = w @ locs
+    return MixtureParams(w, locs - center, np.asarray(params.scale, np.float64)), center
+
+
 class Classification(NamedTuple):
     """Per point: the assignment, p(component | x) for each component, and log p(x)."""
 
@@ -110,13 +134,16 @@ class Classifier:
         assignment = jax.vmap(lambda x, key: _assign(x[None], params, 1, key)[0])(points, keys)
         return assignment, probs, log_px
 
-    def prepare(self, params: MixtureParams) -> MixtureParams:
-        """Checks parameters against this classifier and puts them on the device as float32.
+    def prepare(self, params: MixtureParams) -> Prepared:
+        """Checks parameters against this classifier, centres them (see Prepared) and puts them
+        on the device as float32.
 
         Serving calls this once per model version; calls with prepared parameters skip it.
         """
         self._check(params)
-        return MixtureParams(*(jnp.asarray(v, dtype=jnp.float32) for v in params))
+        shifted, center = centred(params)
+        device = MixtureParams(*(jnp.asarray(v, dtype=jnp.float32) for v in shifted))
+        return Prepared(device, center)
 
     def _check(self, params: MixtureParams) -> None:
         expect_scale = (self.n_components, self.dim) if self.per_component_scale else (self.dim,)
@@ -138,22 +165,23 @@ class Classifier:
         return self.max_batch
 
     def __call__(
-        self, points: Any, params: MixtureParams, key: Any = None, *, keys: Any = None
+        self, points: Any, params: MixtureParams | Prepared, key: Any = None, *, keys: Any = None
     ) -> Classification:
         """Classifies points (B, D), or (B,) when D == 1.
 
         Temperature 1 draws each record's assignment with its own PRNG key: either `keys`,
         (B, 2) uint32 raw keys, one per record (the worker derives them from the record's
         Kafka coordinates), or one `key` from which row i's key is `fold_in(key, i)`.
-        params: MixtureParams, ideally from `prepare()` (otherwise prepared on every call).
+        params: Prepared, from `prepare()` (MixtureParams are prepared on every call).
         """
-        if not (isinstance(params.weights, jax.Array) and params.weights.dtype == jnp.float32):
-            params = self.prepare(params)
-        x = np.asarray(points, dtype=np.float32)
-        if x.ndim == 1 and self.dim == 1:
-            x = x[:, None]
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"points must have shape (B, {self.dim}), got {x.shape}")
+        prepared = params if isinstance(params, Prepared) else self.prepare(params)
+        x64 = np.asarray(points, dtype=np.float64)
+        if x64.ndim == 1 and self.dim == 1:
+            x64 = x64[:, None]
+        if x64.ndim != 2 or x64.shape[1] != self.dim:
+            raise ValueError(f"points must have shape (B, {self.dim}), got {x64.shape}")
+        x = (x64 - prepared.center).astype(np.float32)
+        device = prepared.device
         row_keys = self._row_keys(len(x), key, keys)
         parts = []
         for start in range(0, max(len(x), 1), self.max_batch):
@@ -169,7 +197,7 @@ class Classifier:
                 padded = np.zeros((size, self.dim), dtype=np.float32)
                 padded[:n] = chunk
                 chunk = padded
-            assignment, probs, log_px = jax.device_get(self._program(chunk, params, chunk_keys))
+            assignment, probs, log_px = jax.device_get(self._program(chunk, device, chunk_keys))
             # Rows past n are padding: their outputs are dropped here.
             parts.append((assignment[:n], probs[:, :n].T, log_px[:n]))
         if len(parts) == 1:

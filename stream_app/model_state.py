@@ -16,8 +16,8 @@ import logging
 from concurrent.futures import Executor
 from typing import NamedTuple
 
-from mixture.classify import Classifier, classifier_for
-from mixture.params import MixtureParams, ModelParams
+from mixture.classify import Classifier, Prepared, classifier_for
+from mixture.params import ModelParams
 from stream_app.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class ServingModel(NamedTuple):
     model: ModelParams
     classifier: Classifier
-    device_params: MixtureParams
+    device_params: Prepared
 
 
 class ModelHolder:
