@@ -24,6 +24,22 @@ from support.harness import (
 )
 
 
+def produce_in_background(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], rate: float
+) -> threading.Thread:
+    """Produces `records` at `rate` records/s (in chunks of a tenth of a second) on a thread."""
+
+    def paced() -> None:
+        chunk, t0 = max(1, int(rate / 10)), time.time()
+        for i in range(0, len(records), chunk):
+            produce(bootstrap, topic, records[i : i + chunk])
+            time.sleep(max(0.0, t0 + (i + chunk) / rate - time.time()))
+
+    thread = threading.Thread(target=paced)
+    thread.start()
+    return thread
+
+
 def points(n: int, prefix: str, seed: int = 0) -> list[tuple[bytes, bytes]]:
     rng = np.random.default_rng(seed)
     xs = np.where(rng.random(n) < 0.4, rng.normal(0.5, 1.0, n), rng.normal(11.0, 1.0, n))
@@ -115,18 +131,9 @@ def test_new_version_midstream_swaps_within_a_second(kafka_bootstrap, start_work
     worker = start_worker(topics)
     compiled = worker.wait_ready()["compilations"]
 
-    n, rate = 12_000, 3_000.0
-    stream = points(n, "s")
+    n = 12_000
     publish_at: list[float] = []
-
-    def produce_paced() -> None:
-        t0 = time.time()
-        for i in range(0, n, 300):
-            produce(kafka_bootstrap, topics.input, stream[i : i + 300])
-            time.sleep(max(0.0, t0 + (i + 300) / rate - time.time()))
-
-    producer = threading.Thread(target=produce_paced)
-    producer.start()
+    producer = produce_in_background(kafka_bootstrap, topics.input, points(n, "s"), 3_000.0)
     wait_for(lambda: worker.metric("gmm_records_in_total") >= n / 3, 60, message="first third")
     v2 = ModelParams(
         2,
@@ -259,18 +266,9 @@ def test_a_new_layout_compiles_off_the_serving_path(kafka_bootstrap, start_worke
     worker = start_worker(topics, GMM_MAX_BATCH="4096")
     worker.wait_ready()
 
-    n, rate = 6_000, 1_500.0
-    old = points(n, "d1")
+    n = 6_000
     published: list[float] = []
-
-    def produce_paced() -> None:
-        t0 = time.time()
-        for i in range(0, n, 150):
-            produce(kafka_bootstrap, topics.input, old[i : i + 150])
-            time.sleep(max(0.0, t0 + (i + 150) / rate - time.time()))
-
-    producer = threading.Thread(target=produce_paced)
-    producer.start()
+    producer = produce_in_background(kafka_bootstrap, topics.input, points(n, "d1"), 1_500.0)
     wait_for(lambda: worker.metric("gmm_records_in_total") >= n / 4, 60, message="a quarter")
     wide = ModelParams(
         2,
