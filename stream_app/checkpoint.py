@@ -82,7 +82,6 @@ class Checkpoint:
         self.clock = clock
         self.fatal: str | None = None
         self.commit_errors = 0
-        self.last_commit: float | None = None  # clock() of the last successful commit
         self._batches: collections.OrderedDict[int, _Batch] = collections.OrderedDict()
         self._next = 0  # number the next fetched batch must carry
         self._done: dict[TopicPartition, int] = {}  # committable: next offset to read
@@ -209,10 +208,6 @@ class Checkpoint:
             if tp in assigned and self._committed.get(tp) != offset
         }
 
-    def committed(self) -> dict[TopicPartition, int]:
-        """Offsets this worker has committed, per partition it owns."""
-        return dict(self._committed)
-
     async def commit_now(self) -> None:
         """Commits every owned partition's newest committable offset (raises on failure)."""
         async with self._lock:
@@ -221,7 +216,6 @@ class Checkpoint:
             if offsets:
                 await self.committer.commit(offsets)
                 self._committed.update(offsets)
-            self.last_commit = self.clock()
             if self.metrics is not None:
                 self.metrics.last_commit_timestamp_seconds.set(time.time())
             # What was delivered during the round trip waits for the next commit, since `began`

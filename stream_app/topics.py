@@ -16,8 +16,6 @@ from typing import Any, NotRequired, TypedDict
 import faust
 from mode.utils.queues import ThrowableQueue
 
-from stream_app.settings import WorkerSettings
-
 
 class PointRecord(TypedDict):
     """Input: `{"id": "p-1", "x": 4.2}` or `{"x": [1.0, 2.5]}`; id optional."""
@@ -64,11 +62,6 @@ class DeadLetterRecord(TypedDict):
     payload_base64: str
     payload_text: str | None
     original_reason: NotRequired[str]
-
-
-def points_topic(app: faust.App, settings: WorkerSettings) -> Any:
-    """The input topic, as raw bytes: the worker validates them itself."""
-    return app.topic(settings.input_topic, key_serializer="raw", value_serializer="raw")
 
 
 class BatchChannel(faust.Channel):
