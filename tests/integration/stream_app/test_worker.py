@@ -40,6 +40,17 @@ def produce_in_background(
     return thread
 
 
+def ties(n: int, prefix: str) -> list[tuple[bytes, bytes]]:
+    """n records at the x where the seed model's two components are equally likely."""
+    m = SEED_MODEL.mixture
+    (w0, w1), (l0, l1), s = m.weights, [loc[0] for loc in m.locs], m.scale[0]
+    x_mid = (l0 + l1) / 2 + s**2 * np.log(w1 / w0) / (l0 - l1)
+    return [
+        (f"{prefix}-{i}".encode(), json.dumps({"id": f"{prefix}-{i}", "x": x_mid}).encode())
+        for i in range(n)
+    ]
+
+
 def points(n: int, prefix: str, seed: int = 0) -> list[tuple[bytes, bytes]]:
     rng = np.random.default_rng(seed)
     xs = np.where(rng.random(n) < 0.4, rng.normal(0.5, 1.0, n), rng.normal(11.0, 1.0, n))
@@ -235,16 +246,8 @@ def test_temperature_zero_is_the_map_and_one_samples(kafka_bootstrap, start_work
     publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
     worker = start_worker(topics, GMM_TEMPERATURE=str(temperature), GMM_MAX_BATCH="64")
     worker.wait_ready()
-    # Where the seed model's two components are equally likely a posteriori.
-    m = SEED_MODEL.mixture
-    (w0, w1), (l0, l1), s = m.weights, [loc[0] for loc in m.locs], m.scale[0]
-    x_mid = (l0 + l1) / 2 + s**2 * np.log(w1 / w0) / (l0 - l1)
     n = 2_000
-    produce(
-        kafka_bootstrap,
-        topics.input,
-        [(f"t-{i}".encode(), json.dumps({"id": f"t-{i}", "x": x_mid}).encode()) for i in range(n)],
-    )
+    produce(kafka_bootstrap, topics.input, ties(n, "t"))
     outs = [json.loads(r.value) for r in consume(kafka_bootstrap, topics.output, n, timeout=60)]
     assert len(outs) == n
     np.testing.assert_allclose([o["probs"] for o in outs], 0.5, atol=0.01)
@@ -313,15 +316,8 @@ def test_temperature_one_replays_draw_the_same_assignments(kafka_bootstrap, star
     second consumer group over the same input) draws exactly the same assignments."""
     first = Topics("replay")
     publish_model(kafka_bootstrap, first.params, SEED_MODEL)
-    m = SEED_MODEL.mixture
-    (w0, w1), (l0, l1), s = m.weights, [loc[0] for loc in m.locs], m.scale[0]
-    x_mid = (l0 + l1) / 2 + s**2 * np.log(w1 / w0) / (l0 - l1)
     n = 1_000
-    produce(
-        kafka_bootstrap,
-        first.input,
-        [(f"r-{i}".encode(), json.dumps({"id": f"r-{i}", "x": x_mid}).encode()) for i in range(n)],
-    )
+    produce(kafka_bootstrap, first.input, ties(n, "r"))
     draws = []
     for seed, batch in (("7", "64"), ("7", "1024"), ("8", "1024")):
         replay = Topics("replay")
