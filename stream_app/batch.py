@@ -56,7 +56,6 @@ class BatchOutcome(NamedTuple):
     dead_letters: list[Outgoing]
     components: np.ndarray  # assignment of each delivered output, for the per-component counter
     input_times: np.ndarray  # each assignment's input timestamp (s), NaN where unknown
-    reasons: list[str]  # one per dead letter
     inference_seconds: float
     log_likelihood_sum: float
     model_version: int
@@ -64,6 +63,11 @@ class BatchOutcome(NamedTuple):
     @property
     def outputs(self) -> list[Outgoing]:
         return self.assignments + self.dead_letters
+
+    @property
+    def reasons(self) -> list[str]:
+        """Each dead letter's reason, in order."""
+        return [o.reason or "" for o in self.dead_letters]
 
 
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (about 2x faster)
@@ -133,7 +137,6 @@ class ParsedSlice(NamedTuple):
 
     valid: list[tuple[InRecord, Point]]
     dead: list[Outgoing]
-    reasons: list[str]
     points: np.ndarray  # (N, D) float64, one row per valid record
     keys: np.ndarray | None  # (N, 2) uint32 per-record keys at temperature 1
 
@@ -153,7 +156,6 @@ def parse_slice(
     """
     valid: list[tuple[InRecord, Point]] = []
     dead: list[Outgoing] = []
-    reasons: list[str] = []
     for r in records:
         try:
             if r.value is None:
@@ -161,14 +163,13 @@ def parse_slice(
             valid.append((r, decode_point(r.value, dim, max_record_bytes)))
         except PointError as exc:
             dead.append(dead_letter(r, exc.reason, str(exc), dlq_payload_bytes))
-            reasons.append(exc.reason)
     points = np.array([p.x for _, p in valid], dtype=np.float64).reshape(len(valid), dim)
     keys = None
     if temperature == 1 and valid:
         if seed is None:
             raise ValueError("temperature 1 needs a seed")
         keys = record_keys(seed, [r for r, _ in valid])
-    return ParsedSlice(valid, dead, reasons, points, keys)
+    return ParsedSlice(valid, dead, points, keys)
 
 
 def classify_slice(parsed: ParsedSlice, serving: ServingModel) -> tuple[Classification, float]:
@@ -190,11 +191,9 @@ def encode_slice(
 
     An output larger than `max_output_bytes` is replaced by an `output_too_large` dead letter.
     """
-    valid, dead, reasons = parsed.valid, list(parsed.dead), list(parsed.reasons)
+    valid, dead = parsed.valid, list(parsed.dead)
     if result is None or not valid:
-        return BatchOutcome(
-            [], dead, np.zeros(0, np.int32), np.zeros(0), reasons, 0.0, 0.0, version
-        )
+        return BatchOutcome([], dead, np.zeros(0, np.int32), np.zeros(0), 0.0, 0.0, version)
     ts_out = time.time()
     # A point far from every component can overflow the model's float32 arithmetic; it gets a
     # dead letter rather than NaN in an output (JSON has no NaN).
@@ -215,7 +214,6 @@ def encode_slice(
                     dlq_payload_bytes,
                 )
             )
-            reasons.append("not_classifiable")
             continue
         source = {"topic": r.topic, "partition": r.partition, "offset": r.offset}
         a = assignments[i]
@@ -240,7 +238,6 @@ def encode_slice(
                     f"the assignment is {len(value)} bytes, over {max_output_bytes}",
                 )
             )
-            reasons.append("output_too_large")
             served[i] = False
             continue
         out.append(o)
@@ -249,7 +246,6 @@ def encode_slice(
         dead,
         result.assignment[served],
         np.array([math.nan if o.ts_in is None else o.ts_in for o in out], dtype=np.float64),
-        reasons,
         inference_seconds,
         float(np.sum(result.log_likelihood[served])),
         version,

@@ -291,7 +291,9 @@ class Worker:
             reason = f"delivery stuck for {stuck:.0f} s: {self.delivery.last_error or 'no ack'}"
         elif (pending := self.checkpoint.pending_seconds()) > limit:
             reason = f"offset commits failing for {pending:.0f} s"
-        elif (unsettled := self.checkpoint.unsettled_seconds()) > limit:
+        elif (unsettled := self.checkpoint.unsettled_seconds()) > 2 * limit:
+            # Twice the limit: a batch whose delivery is stuck is reported as such first (its
+            # delivery starts a slice after its fetch); this catches one that never settles.
             reason = f"a batch has been in flight for {unsettled:.0f} s"
         if reason is not None:
             return False, {"ready": False, "reason": reason, **details}
