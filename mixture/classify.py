@@ -1,6 +1,8 @@
 """The serving classifier: jitted `infer_discrete` over padded micro-batches.
 
-`make_classifier` builds it once per (K, D, scale layout, temperature). Parameters are jit
+`make_classifier` builds it once per (K, D, scale layout, temperature); the layouts are shared or
+per-component diagonal scales and per-component Cholesky factors, which serve every covariance
+type (`mixture.covariance`). Parameters are jit
 *arguments*, so a new model version never recompiles; batches are padded up to one of a few
 fixed sizes, so any batch up to `max_batch` reuses one of at most len(sizes) programs, all of
 which `warmup()` compiles up front. Each trace of the program bumps `compilations`, which tests
@@ -49,6 +51,10 @@ def centred(params: MixtureParams) -> tuple[MixtureParams, np.ndarray]:
     return MixtureParams(w, locs - center, np.asarray(params.scale, np.float64)), center
 
 
+#: The scale layouts a classifier is compiled for (see `MixtureParams.layout`).
+LAYOUTS = ("shared", "diagonal", "cholesky")
+
+
 class Classification(NamedTuple):
     """Per point: the assignment, p(component | x) for each component, and log p(x)."""
 
@@ -75,13 +81,18 @@ def posterior(points: Any, params: MixtureParams) -> tuple[Any, Any]:
     Component-major, so the reductions over K run elementwise across the batch (several times
     faster on CPU than a (B, K) layout for small K); callers transpose on the host for free.
     """
-    scale = params.scale if params.scale.ndim == 2 else params.scale[None, :]  # (K or 1, D)
-    z = (points[None, :, :] - params.locs[:, None, :]) / scale[:, None, :]  # (K, B, D)
-    log_norm = (
-        jnp.log(params.weights)
-        - jnp.log(scale).sum(-1)
-        - 0.5 * points.shape[1] * jnp.log(2 * jnp.pi)
-    )
+    diff = points[None, :, :] - params.locs[:, None, :]  # (K, B, D)
+    if params.scale.ndim == 3:  # Cholesky factors: z = L^-1 (x - loc)
+        tril = params.scale
+        eye = jnp.broadcast_to(jnp.eye(tril.shape[-1], dtype=tril.dtype), tril.shape)
+        inv = jax.scipy.linalg.solve_triangular(tril, eye, lower=True)  # (K, D, D)
+        z = jnp.einsum("kij,kbj->kbi", inv, diff)
+        log_det = jnp.log(jnp.diagonal(tril, axis1=-2, axis2=-1)).sum(-1)
+    else:
+        scale = params.scale if params.scale.ndim == 2 else params.scale[None, :]  # (K or 1, D)
+        z = diff / scale[:, None, :]
+        log_det = jnp.log(scale).sum(-1)
+    log_norm = jnp.log(params.weights) - log_det - 0.5 * points.shape[1] * jnp.log(2 * jnp.pi)
     log_joint = log_norm[:, None] - 0.5 * (z * z).sum(-1)  # (K, B)
     top = log_joint.max(0)
     unnorm = jnp.exp(log_joint - top)
@@ -96,7 +107,7 @@ class Classifier:
         self,
         n_components: int,
         dim: int,
-        per_component_scale: bool = False,
+        layout: str = "shared",
         temperature: int = 0,
         max_batch: int = 4096,
         sizes: tuple[int, ...] | None = None,
@@ -105,9 +116,11 @@ class Classifier:
             raise ValueError(
                 f"temperature must be 0 (MAP) or 1 (posterior sample), got {temperature}"
             )
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.n_components = n_components
         self.dim = dim
-        self.per_component_scale = per_component_scale
+        self.layout = layout
         self.temperature = temperature
         self.sizes = tuple(sorted(sizes)) if sizes else bucket_sizes(max_batch)
         self.max_batch = self.sizes[-1]
@@ -146,7 +159,8 @@ class Classifier:
         return Prepared(device, center)
 
     def _check(self, params: MixtureParams) -> None:
-        expect_scale = (self.n_components, self.dim) if self.per_component_scale else (self.dim,)
+        k, d = self.n_components, self.dim
+        expect_scale = {"shared": (d,), "diagonal": (k, d), "cholesky": (k, d, d)}[self.layout]
         if (
             np.shape(params.weights) != (self.n_components,)
             or np.shape(params.locs) != (self.n_components, self.dim)
@@ -223,11 +237,12 @@ class Classifier:
         """Compiles every padding size now; returns the number of compilations done."""
         before = self._compilations
         k, d = self.n_components, self.dim
-        params = MixtureParams(
-            np.full(k, 1.0 / k),
-            np.zeros((k, d)),
-            np.ones((k, d) if self.per_component_scale else (d,)),
-        )
+        scale = {
+            "shared": np.ones(d),
+            "diagonal": np.ones((k, d)),
+            "cholesky": np.broadcast_to(np.eye(d), (k, d, d)),
+        }[self.layout]
+        params = MixtureParams(np.full(k, 1.0 / k), np.zeros((k, d)), scale)
         for size in self.sizes:
             self(np.zeros((size, d)), params, keys=np.zeros((size, 2), np.uint32))
         return self._compilations - before
@@ -235,6 +250,8 @@ class Classifier:
 
 def _assign(points: Any, params: MixtureParams, temperature: int, key: Any) -> Any:
     """The assignment of each point by `infer_discrete`: MAP (0) or a posterior draw (1)."""
+    if params.weights.shape[0] == 1:  # nothing to infer (funsor cannot enumerate one value)
+        return jnp.zeros(points.shape[0], jnp.int32)
     model = infer_discrete(
         assignment_model,
         temperature=temperature,
@@ -250,17 +267,21 @@ def make_classifier(
     n_components: int,
     dim: int = 1,
     *,
+    layout: str | None = None,
     per_component_scale: bool = False,
     temperature: int = 0,
     max_batch: int = 4096,
     sizes: tuple[int, ...] | None = None,
 ) -> Classifier:
-    """Builds the jitted classifier once; call `.warmup()` before serving."""
-    return Classifier(n_components, dim, per_component_scale, temperature, max_batch, sizes)
+    """Builds the jitted classifier once; call `.warmup()` before serving.
+
+    layout: shared, diagonal or cholesky (`MixtureParams.layout`); per_component_scale=True is
+    the older way to say diagonal.
+    """
+    layout = layout or ("diagonal" if per_component_scale else "shared")
+    return Classifier(n_components, dim, layout, temperature, max_batch, sizes)
 
 
 def classifier_for(params: MixtureParams, **kwargs: Any) -> Classifier:
     """A classifier shaped for these parameters."""
-    return make_classifier(
-        params.n_components, params.dim, per_component_scale=params.per_component_scale, **kwargs
-    )
+    return make_classifier(params.n_components, params.dim, layout=params.layout, **kwargs)

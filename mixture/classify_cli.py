@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from kafka_common.jax_cache import cache_dir_from_env, enable_compilation_cache
 from mixture.classify import classifier_for
 from mixture.params import ModelParams, ParamsError
 from mixture.points import PointError, decode_point, x_to_json
@@ -36,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="RNG seed for temperature 1")
     parser.add_argument("--batch", type=int, default=4096, help="largest compiled batch")
     args = parser.parse_args(argv)
+    # The CLI, not the model package, reads GMM_JAX_CACHE_DIR: see kafka_common.jax_cache.
+    enable_compilation_cache(cache_dir_from_env())
 
     try:
         model = ModelParams.loads(pathlib.Path(args.params).read_bytes())

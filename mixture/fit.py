@@ -28,7 +28,8 @@ from numpyro import handlers
 from numpyro.infer import SVI, TraceEnum_ELBO
 from numpyro.infer.autoguide import AutoDelta
 
-from mixture.model import GLOBAL_SITES, make_mixture_model
+from mixture.covariance import DEFAULT_REG_COVAR, check_covariance, is_cholesky
+from mixture.model import global_sites, make_mixture_model, serving_to_sites, sites_to_serving
 from mixture.params import (
     FitMetadata,
     MixtureParams,
@@ -39,6 +40,32 @@ from mixture.params import (
 )
 
 PriorsChoice = Literal["data", "seed"]
+
+#: Fit programs take windows padded (and masked) up to one of these sizes: 2^j and 3 * 2^(j-1),
+#: at least MIN_PADDED, so windows of any size reuse a few programs (at most a third wasted).
+MIN_PADDED = 256
+
+#: How many programs the fit has traced and compiled (the trainer exports it as a metric).
+_compilations = 0
+
+
+def fit_compilations() -> int:
+    """Fit programs traced and compiled so far in this process."""
+    return _compilations
+
+
+def _count_compilation() -> None:
+    # Runs only while tracing: exactly one increment per compiled program.
+    global _compilations
+    _compilations += 1
+
+
+def padded_size(n: int) -> int:
+    """The padded window size for n points (see MIN_PADDED)."""
+    size = MIN_PADDED
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
 
 
 class DataError(ValueError):
@@ -51,15 +78,22 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """Static settings of a fit (each distinct value compiles its own program)."""
+    """Static settings of a fit (each distinct value compiles its own programs)."""
 
     n_components: int = 2
-    per_component_scale: bool = False
+    #: One of mixture.covariance.COVARIANCES (aliases accepted).
+    covariance: str = "tied-diag"
+    #: Covariance floor, relative to each column's variance.
+    reg_covar: float = DEFAULT_REG_COVAR
     priors: PriorsChoice = "data"
+    #: Random initial candidates, all scored in one vmapped ELBO pass.
     n_init: int = 100
+    #: The best-scoring n_best candidates are optimised together (vmapped) and the lowest final
+    #: loss wins: one start can settle in a worse optimum when K >= 3.
+    n_best: int = 4
     learning_rate: float = 0.1
-    #: Starting step size when the warm start wins: from near the optimum, Adam's first steps
-    #: of size learning_rate would only kick the parameters away and back.
+    #: Starting step size when the warm start wins (and alone is optimised): from near the
+    #: optimum, Adam's first steps of size learning_rate would only kick the parameters away.
     warm_learning_rate: float = 0.01
     b1: float = 0.8
     b2: float = 0.99
@@ -72,18 +106,28 @@ class FitConfig:
     min_steps: int = 50
     max_steps: int = 5000
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "covariance", check_covariance(self.covariance))
+        if self.n_components < 1 or self.n_init < 1 or self.n_best < 1:
+            raise ValueError("n_components, n_init and n_best must be >= 1")
+        if self.reg_covar < 0:
+            raise ValueError(f"reg_covar must be >= 0, got {self.reg_covar}")
+
 
 class FitResult(NamedTuple):
     """A fitted mixture in data units, with the monitoring the tutorial plots."""
 
-    params: MixtureParams  # numpy arrays
+    params: MixtureParams  # numpy arrays, serving form
     priors: Priors
-    init_loss: float  # best candidate's loss, data units
-    losses: np.ndarray  # per step, data units
+    init_loss: float  # the winning candidate's initial loss, data units
+    losses: np.ndarray  # per step, data units (the winning candidate)
     grad_norms: dict[str, np.ndarray]  # per step, per global (unconstrained gradients)
     n_steps: int
     converged: bool
     seconds: float
+    covariance: str = "tied-diag"
+    #: Final loss of every candidate optimised (data units), the winner's among them.
+    candidate_losses: tuple[float, ...] = ()
 
     @property
     def final_loss(self) -> float:
@@ -91,10 +135,18 @@ class FitResult(NamedTuple):
 
 
 class Standardizer(NamedTuple):
-    """x = mean + std * z, per dimension."""
+    """x = mean + std * z, per dimension (one common std for spherical covariances, which a
+    per-dimension rescaling would make non-spherical)."""
 
     mean: np.ndarray
     std: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray, covariance: str) -> Standardizer:
+        std = x.std(axis=0)
+        if covariance == "spherical":
+            std = np.full_like(std, np.exp(np.log(std).mean()))
+        return cls(x.mean(axis=0), std)
 
     def points(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std
@@ -106,26 +158,38 @@ class Standardizer(NamedTuple):
             p.loc_scale / self.std,
             p.scale_log_mean - np.log(self.std),
             p.scale_log_sd,
+            p.lkj_concentration,
         )
 
     def params_to_data(self, m: MixtureParams) -> MixtureParams:
+        scale = np.asarray(m.scale, np.float64)
+        # diag(std) @ L is still lower triangular and the Cholesky factor of the data covariance.
+        scale = self.std[:, None] * scale if scale.ndim == 3 else self.std * scale
         return MixtureParams(
             np.asarray(m.weights, np.float64),
             self.mean + self.std * np.asarray(m.locs, np.float64),
-            self.std * np.asarray(m.scale, np.float64),
+            scale,
         )
 
     def params_from_data(self, m: MixtureParams) -> MixtureParams:
+        scale = np.asarray(m.scale, np.float64)
+        scale = scale / self.std[:, None] if scale.ndim == 3 else scale / self.std
         return MixtureParams(
-            np.asarray(m.weights),
-            (np.asarray(m.locs) - self.mean) / self.std,
-            np.asarray(m.scale) / self.std,
+            np.asarray(m.weights), (np.asarray(m.locs) - self.mean) / self.std, scale
         )
 
-    def loss_offset(self, n_points: int, n_components: int, per_component_scale: bool) -> float:
-        """log|Jacobian| of z -> x for every density in the joint (observations, locs, scale)."""
-        n_scales = n_components if per_component_scale else 1
-        return float((n_points + n_components + n_scales) * np.log(self.std).sum())
+    def loss_offset(self, n_points: int, n_components: int, covariance: str) -> float:
+        """log|Jacobian| of z -> x for every density in the joint (observations, locs, scales);
+        correlations are scale-free."""
+        log_std = float(np.log(self.std).sum())
+        per_scale = {
+            "tied-diag": log_std,
+            "diag": n_components * log_std,
+            "spherical": n_components * log_std / len(self.std),
+            "tied": log_std,
+            "full": n_components * log_std,
+        }[covariance]
+        return (n_points + n_components) * log_std + per_scale
 
 
 def as_points(data: Any, n_components: int | None = None) -> np.ndarray:
@@ -155,93 +219,183 @@ def as_points(data: Any, n_components: int | None = None) -> np.ndarray:
 
 class _Program(NamedTuple):
     svi: SVI
-    candidate_losses: Callable[..., Any]
-    init_state: Callable[..., Any]
+    sites: tuple[str, ...]
+    candidates: Callable[..., Any]
+    #: losses(values, points, priors, mask): the loss of each of a batch of site values.
+    losses: Callable[..., Any]
+    init_states: Callable[..., Any]
     run_chunk: Callable[..., Any]
+    winner: Callable[..., Any]
 
 
-@functools.lru_cache(maxsize=16)
-def _program(config: FitConfig, dim: int) -> _Program:
-    """The jitted pieces of a fit, built once per static configuration and dimension."""
-    k, per = config.n_components, config.per_component_scale
-    model = make_mixture_model(k, per)
-    # As in the tutorial: the guide sees only the globals; the seed handler feeds the local
-    # sample sites the guide's prototype run passes through.
-    global_model = handlers.block(
-        handlers.seed(model, jax.random.PRNGKey(0)),
-        hide_fn=lambda site: site.get("name") not in (*GLOBAL_SITES, "components"),
-    )
-    guide = AutoDelta(global_model)
-    elbo = TraceEnum_ELBO()
-    schedule = optax.exponential_decay(
-        config.learning_rate,
-        transition_steps=config.lr_half_life_steps,
-        decay_rate=0.5,
-        end_value=config.learning_rate * 1e-3,
-    )
-    optim = optax.chain(_record_grad_norms(), optax.adam(schedule, config.b1, config.b2))
-    svi = SVI(model, guide, optim, loss=elbo)
-
-    # Set the guide's prototype up once, outside any jit, on dummy data of the right shape.
-    dummy_priors = seed_priors(dim)
-    svi.init(jax.random.PRNGKey(0), jnp.zeros((k, dim)), dummy_priors)
-
-    def guide_values(m: MixtureParams) -> dict[str, Any]:
-        return {f"{name}_auto_loc": getattr(m, name) for name in GLOBAL_SITES}
-
-    @jax.jit
-    def candidate_losses(candidates: MixtureParams, points: Any, priors: Priors, mask: Any) -> Any:
-        def one(m: MixtureParams) -> Any:
-            return elbo.loss(
-                jax.random.PRNGKey(0), guide_values(m), model, guide, points, priors, mask
-            )
-
-        return jax.vmap(one)(candidates)
-
-    @jax.jit
-    def init_state(key: Any, start: MixtureParams, points: Any, priors: Priors, mask: Any) -> Any:
-        return svi.init(key, points, priors, mask, init_params=guide_values(start))
-
-    @jax.jit
-    def run_chunk(state: Any, points: Any, priors: Priors, mask: Any) -> Any:
-        def step(s: Any, _: Any) -> Any:
-            s, loss = svi.update(s, points, priors, mask)
-            # numpyro's optax wrapper keeps (step, (params, chain_state)).
-            return s, (loss, s.optim_state[1][1][0].norms)
-
-        return jax.lax.scan(step, state, None, length=config.chunk_steps)
-
-    return _Program(svi, candidate_losses, init_state, run_chunk)
-
-
-class _NormsState(NamedTuple):
+class _StepState(NamedTuple):
+    adam: Any
+    count: Any
+    lr0: Any  # the starting step size: state, not a constant, so cold and warm share a program
     norms: dict[str, Any]
 
 
-def _record_grad_norms() -> optax.GradientTransformation:
-    """An identity transformation that keeps each parameter's gradient norm in its state."""
+def _adam_with_decay(config: FitConfig) -> optax.GradientTransformation:
+    """Adam whose step size starts at the state's lr0 and halves every lr_half_life_steps
+    (down to 1e-3 of lr0), recording each parameter's gradient norm for the reports."""
+    adam = optax.scale_by_adam(config.b1, config.b2)
 
-    def init(params: Any) -> _NormsState:
-        return _NormsState({name: jnp.zeros(()) for name in params})
+    def init(params: Any) -> _StepState:
+        return _StepState(
+            adam.init(params),
+            jnp.zeros((), jnp.int32),
+            jnp.asarray(config.learning_rate, jnp.float32),
+            {name: jnp.zeros(()) for name in params},
+        )
 
-    def update(grads: Any, state: _NormsState, params: Any = None) -> Any:
-        return grads, _NormsState({name: jnp.linalg.norm(g) for name, g in grads.items()})
+    def update(grads: Any, state: _StepState, params: Any = None) -> Any:
+        norms = {name: jnp.linalg.norm(g) for name, g in grads.items()}
+        updates, adam_state = adam.update(grads, state.adam, params)
+        decay = jnp.maximum(0.5 ** (state.count / config.lr_half_life_steps), 1e-3)
+        step = -state.lr0 * decay
+        updates = jax.tree.map(lambda u: step * u, updates)
+        return updates, _StepState(adam_state, state.count + 1, state.lr0, norms)
 
     return optax.GradientTransformation(init, update)
 
 
+def _fit_covariance(covariance: str, dim: int) -> str:
+    """In one dimension a full covariance is a scale: tied/full fit as tied-diag/diag."""
+    if dim == 1 and is_cholesky(covariance):
+        return {"tied": "tied-diag", "full": "diag"}[covariance]
+    return covariance
+
+
+@functools.lru_cache(maxsize=32)
+def _program(config: FitConfig, dim: int) -> _Program:
+    """The jitted pieces of a fit, built once per static configuration and dimension (and
+    compiled once per padded window size and number of candidates optimised)."""
+    k = config.n_components
+    covariance = _fit_covariance(config.covariance, dim)
+    model = make_mixture_model(k, covariance, config.reg_covar)
+    sites = global_sites(covariance, k)
+    # As in the tutorial: the guide sees only the globals; the seed handler feeds the local
+    # sample sites the guide's prototype run passes through.
+    global_model = handlers.block(
+        handlers.seed(model, jax.random.PRNGKey(0)),
+        hide_fn=lambda site: site.get("name") not in (*sites, "components"),
+    )
+    guide = AutoDelta(global_model)
+    elbo = TraceEnum_ELBO()
+    svi = SVI(model, guide, _adam_with_decay(config), loss=elbo)
+
+    _setup_prototype(svi, guide, k, dim)
+
+    def guide_values(values: dict[str, Any]) -> dict[str, Any]:
+        return {f"{name}_auto_loc": values[name] for name in sites}
+
+    def loss_of(values: dict[str, Any], points: Any, priors: Priors, mask: Any) -> Any:
+        return elbo.loss(
+            jax.random.PRNGKey(0), guide_values(values), model, guide, points, priors, mask
+        )
+
+    @jax.jit
+    def candidates(
+        key: Any, points: Any, n_valid: Any, priors: Priors, mask: Any, warm: Any, use_warm: Any
+    ) -> Any:
+        """n_init candidates (warm start in slot 0 when use_warm) and their initial losses."""
+        _count_compilation()
+        values = initial_candidates(key, points, n_valid, config.n_init, k, covariance)
+        values = {
+            name: v.at[0].set(jnp.where(use_warm, warm[name].astype(v.dtype), v[0]))
+            for name, v in values.items()
+        }
+        losses = jax.vmap(lambda v: loss_of(v, points, priors, mask))(values)
+        return values, jnp.where(jnp.isfinite(losses), losses, jnp.inf)
+
+    @jax.jit
+    def losses(values: Any, points: Any, priors: Priors, mask: Any) -> Any:
+        _count_compilation()
+        return jax.vmap(lambda v: loss_of(v, points, priors, mask))(values)
+
+    @jax.jit
+    def init_states(
+        key: Any, values: Any, chosen: Any, lr0: Any, points: Any, priors: Priors, mask: Any
+    ) -> Any:
+        _count_compilation()
+        starts = jax.tree.map(lambda v: v[chosen], values)
+        keys = jax.random.split(key, chosen.shape[0])
+
+        def one(key: Any, start: Any) -> Any:
+            state = svi.init(key, points, priors, mask, init_params=guide_values(start))
+            i, (params, opt) = state.optim_state
+            return state._replace(optim_state=(i, (params, opt._replace(lr0=lr0))))
+
+        return jax.vmap(one)(keys, starts)
+
+    @jax.jit
+    def run_chunk(states: Any, points: Any, priors: Priors, mask: Any) -> Any:
+        _count_compilation()
+
+        def step(s: Any, _: Any) -> Any:
+            s, loss = svi.update(s, points, priors, mask)
+            return s, (loss, s.optim_state[1][1].norms)
+
+        def chunk(state: Any) -> Any:
+            return jax.lax.scan(step, state, None, length=config.chunk_steps)
+
+        return jax.vmap(chunk)(states)
+
+    @jax.jit
+    def winner(states: Any, win: Any) -> Any:
+        """The winning candidate's fitted site values (constrained)."""
+        _count_compilation()
+        fitted = svi.get_params(jax.tree.map(lambda v: v[win], states))
+        return {name: fitted[f"{name}_auto_loc"] for name in sites}
+
+    return _Program(svi, sites, candidates, losses, init_states, run_chunk, winner)
+
+
+def _setup_prototype(svi: SVI, guide: AutoDelta, k: int, dim: int) -> None:
+    """Sets the guide's prototype (the model's structure) up once, on dummy data.
+
+    Run eagerly, that setup dispatches over a thousand small operations, each compiled on its
+    own (most of a cold fit's time). Traced abstractly instead (`eval_shape`: nothing is
+    compiled), it records the same structure; the only values the guide keeps from it, its
+    initial locations, are replaced by concrete zeros of the same shapes (every fit passes its
+    own starting values).
+    """
+    jax.eval_shape(
+        lambda p: svi.init(jax.random.PRNGKey(0), jnp.zeros((k, dim)), p), seed_priors(dim)
+    )
+    guide._init_locs = {
+        name: jnp.zeros(np.shape(v), v.dtype) for name, v in guide._init_locs.items()
+    }
+    for site in guide.prototype_trace.values():
+        if "value" in site and hasattr(site["value"], "aval"):
+            site["value"] = jnp.zeros(np.shape(site["value"]), site["value"].dtype)
+
+
 def initial_candidates(
-    key: Any, points_z: Any, n_candidates: int, n_components: int, per_component_scale: bool
-) -> MixtureParams:
-    """The tutorial's initialisation, n_candidates at once: uniform weights, scale sqrt(var/2),
-    locs drawn (with replacement) from the data."""
-    n, d = points_z.shape
-    idx = jax.random.randint(key, (n_candidates, n_components), 0, n)
-    locs = points_z[idx]
-    weights = jnp.full((n_candidates, n_components), 1.0 / n_components)
-    scale = jnp.sqrt(points_z.var(axis=0) / 2)
-    shape = (n_candidates, n_components, d) if per_component_scale else (n_candidates, d)
-    return MixtureParams(weights, locs, jnp.broadcast_to(scale, shape))
+    key: Any, points_z: Any, n_valid: Any, n_candidates: int, n_components: int, covariance: str
+) -> dict[str, Any]:
+    """The tutorial's initialisation, n_candidates at once, as site values: uniform weights,
+    scale sqrt(var/2) (identity correlations), locs drawn with replacement from the first n_valid
+    points (the rest is padding)."""
+    d = points_z.shape[1]
+    c, k = n_candidates, n_components
+    idx = jax.random.randint(key, (c, k), 0, n_valid)
+    scale = jnp.full((d,), jnp.sqrt(0.5), points_z.dtype)  # standardised: var is 1
+    values = {
+        "weights": jnp.full((c, k), 1.0 / k, points_z.dtype),
+        "locs": points_z[idx],
+    }
+    if covariance == "spherical":
+        values["scale"] = jnp.full((c, k), jnp.sqrt(0.5), points_z.dtype)
+    elif covariance in ("diag", "full"):
+        values["scale" if covariance == "diag" else "scales"] = jnp.broadcast_to(scale, (c, k, d))
+    else:
+        values["scale" if covariance == "tied-diag" else "scales"] = jnp.broadcast_to(scale, (c, d))
+    if covariance == "full":
+        values["corr"] = jnp.broadcast_to(jnp.eye(d, dtype=points_z.dtype), (c, k, d, d))
+    elif covariance == "tied":
+        values["corr"] = jnp.broadcast_to(jnp.eye(d, dtype=points_z.dtype), (c, d, d))
+    return values
 
 
 def fit_map(
@@ -253,82 +407,106 @@ def fit_map(
     priors: Priors | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> FitResult:
-    """Fits the MAP globals to data ((N,) or (N, D)), from the best of config.n_init candidates.
+    """Fits the MAP globals to data ((N,) or (N, D)): the config.n_best best of config.n_init
+    candidates are optimised together, and the lowest final loss wins.
 
     key: a jax.random key (passed explicitly; the fit is deterministic given it).
-    warm_start: a current model (data units) to take one candidate's place, for refits; if it
-        wins, the fit starts from config.warm_learning_rate.
+    warm_start: a current model (data units, serving form, any covariance type) to take one
+        candidate's place, for refits; if it scores best it alone is optimised, from
+        config.warm_learning_rate.
     priors: explicit priors; by default config.priors chooses the seed's or data-relative ones.
     progress: called as progress(step, loss) after each chunk, for terminals and logs.
     """
     t0 = time.perf_counter()
     x = as_points(data, config.n_components)
     n, dim = x.shape
+    covariance = _fit_covariance(config.covariance, dim)
     if priors is None:
         priors = seed_priors(dim) if config.priors == "seed" else data_priors(x)
-    std = Standardizer(x.mean(axis=0), x.std(axis=0))
-    points = jnp.asarray(std.points(x), dtype=jnp.float32)
+    std = Standardizer.of(x, covariance)
+    size = padded_size(n)
+    padded = np.zeros((size, dim), np.float32)
+    padded[:n] = std.points(x)
+    points = jnp.asarray(padded)
+    mask = jnp.asarray(np.arange(size) < n)
     priors_z = Priors(*(jnp.asarray(v, dtype=jnp.float32) for v in std.priors(priors)))
-    mask = jnp.ones(n, dtype=bool)
-    offset = std.loss_offset(n, config.n_components, config.per_component_scale)
+    offset = std.loss_offset(n, config.n_components, covariance)
     prog = _program(config, dim)
 
     init_key, svi_key = jax.random.split(key)
-    candidates = initial_candidates(
-        init_key, points, config.n_init, config.n_components, config.per_component_scale
+    use_warm = warm_start is not None
+    warm_z = (
+        std.params_from_data(warm_start)
+        if warm_start is not None
+        else _placeholder(config.n_components, dim)
     )
-    if warm_start is not None:
-        # In slot 0, so the candidates keep their shape and the program is reused.
-        warm = std.params_from_data(warm_start)
-        candidates = jax.tree.map(
-            lambda c, w: c.at[0].set(jnp.asarray(w, c.dtype)), candidates, warm
-        )
-    losses0 = np.asarray(prog.candidate_losses(candidates, points, priors_z, mask))
-    losses0 = np.where(np.isfinite(losses0), losses0, np.inf)
-    best = int(np.argmin(losses0))
-    start = jax.tree.map(lambda c: c[best], candidates)
-    if warm_start is not None and best == 0:
-        prog = _program(dataclasses.replace(config, learning_rate=config.warm_learning_rate), dim)
+    warm = serving_to_sites(warm_z, covariance, config.reg_covar)
+    values, losses0 = prog.candidates(
+        init_key, points, n, priors_z, mask, warm, jnp.asarray(use_warm)
+    )
+    losses0 = np.asarray(losses0)
+    order = np.argsort(losses0, kind="stable")
+    warm_wins = use_warm and order[0] == 0
+    chosen = order[:1] if warm_wins else order[: config.n_best]
+    lr0 = config.warm_learning_rate if warm_wins else config.learning_rate
+    states = prog.init_states(
+        svi_key, values, jnp.asarray(chosen), np.float32(lr0), points, priors_z, mask
+    )
 
-    state = prog.init_state(svi_key, start, points, priors_z, mask)
     loss_chunks: list[np.ndarray] = []
     norm_chunks: list[dict[str, np.ndarray]] = []
     converged, steps, prev = False, 0, None
     while steps < config.max_steps:
-        state, (chunk_losses, chunk_norms) = prog.run_chunk(state, points, priors_z, mask)
-        chunk_losses = np.asarray(chunk_losses, dtype=np.float64)
+        states, (chunk_losses, chunk_norms) = prog.run_chunk(states, points, priors_z, mask)
+        chunk_losses = np.asarray(chunk_losses, dtype=np.float64)  # (candidates, steps)
         loss_chunks.append(chunk_losses)
-        norm_chunks.append({k: np.asarray(v) for k, v in chunk_norms.items()})
+        norm_chunks.append({name: np.asarray(v) for name, v in chunk_norms.items()})
         steps += config.chunk_steps
-        mean = float(chunk_losses.mean())
+        mean = chunk_losses.mean(axis=1)
         if progress is not None:
-            progress(steps, float(chunk_losses[-1]) + offset)
-        if not np.isfinite(mean):
+            progress(steps, float(np.min(chunk_losses[:, -1])) + offset)
+        finite = np.isfinite(mean)
+        if not finite.any():
             break
-        settled = prev is not None and abs(mean - prev) <= config.tol * max(1.0, abs(mean))
-        if settled and steps >= config.min_steps:
-            converged = True
-            break
+        if prev is not None and steps >= config.min_steps:
+            change = np.abs(mean - prev) <= config.tol * np.maximum(1.0, np.abs(mean))
+            # Candidates that went non-finite are out of the running; the rest must settle.
+            if np.all(change | ~finite):
+                converged = True
+                break
         prev = mean
 
-    fitted = prog.svi.get_params(state)
-    fitted_z = MixtureParams(
-        **{name: np.asarray(fitted[f"{name}_auto_loc"]) for name in MixtureParams._fields}
-    )
+    losses = np.concatenate(loss_chunks, axis=1)
+    final = np.where(np.isfinite(losses[:, -1]), losses[:, -1], np.inf)
+    win = int(np.argmin(final))
+    sites = {name: np.asarray(v) for name, v in prog.winner(states, win).items()}
+    fitted_z = sites_to_serving(sites, covariance, config.reg_covar, config.n_components)
+    params = std.params_to_data(fitted_z)
+    if covariance != config.covariance:  # one-dimensional tied/full: scales as 1x1 factors
+        params = params._replace(
+            scale=np.broadcast_to(params.scale, params.locs.shape)[..., None].copy()
+        )
     grad_norms = {
-        name.removesuffix("_auto_loc"): np.concatenate([c[name] for c in norm_chunks])
+        name.removesuffix("_auto_loc"): np.concatenate([c[name][win] for c in norm_chunks])
         for name in norm_chunks[0]
     }
     return FitResult(
-        params=std.params_to_data(fitted_z),
+        params=params,
         priors=priors,
-        init_loss=float(losses0[best]) + offset,
-        losses=np.concatenate(loss_chunks) + offset,
+        init_loss=float(losses0[chosen[win]]) + offset,
+        losses=losses[win] + offset,
         grad_norms=grad_norms,
         n_steps=steps,
         converged=converged,
         seconds=time.perf_counter() - t0,
+        covariance=config.covariance,
+        candidate_losses=tuple(float(v) + offset for v in final),
     )
+
+
+def _placeholder(k: int, d: int) -> MixtureParams:
+    """Stands in for an absent warm start (same shapes, never chosen)."""
+    return MixtureParams(np.full(k, 1.0 / k), np.zeros((k, d)), np.ones(d))
 
 
 def to_model_params(
@@ -348,4 +526,4 @@ def to_model_params(
             **extra,
         },
     )
-    return ModelParams(version, result.params, meta)
+    return ModelParams(version, result.params, meta, result.covariance)

@@ -15,7 +15,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-SCHEMA = "gmm-params/1"
+from mixture.covariance import (
+    check_covariance,
+    check_serving_scale,
+    compact_scale,
+    infer_covariance,
+    is_cholesky,
+    serving_scale,
+)
+
+#: Written by this version; `gmm-params/1` (diagonal scales, no `covariance` field) still loads.
+SCHEMA = "gmm-params/2"
+SCHEMA_V1 = "gmm-params/1"
 #: Mixture weights come from float32 fits; their sum is checked to this tolerance.
 SIMPLEX_ATOL = 1e-4
 
@@ -32,8 +43,9 @@ class ParamsError(ValueError):
 class MixtureParams(NamedTuple):
     """The globals of a K-component, D-dimensional Gaussian mixture (a JAX pytree).
 
-    weights: (K,) on the simplex. locs: (K, D). scale: (D,) shared by all components, or (K, D)
-    one per component; dimensions are independent (diagonal covariance).
+    weights: (K,) on the simplex. locs: (K, D). scale, in one of three layouts (see
+    `mixture.covariance`): (D,) a diagonal scale shared by all components, (K, D) a diagonal
+    scale per component, or (K, D, D) a lower Cholesky factor of each component's covariance.
     """
 
     weights: Any
@@ -50,7 +62,12 @@ class MixtureParams(NamedTuple):
 
     @property
     def per_component_scale(self) -> bool:
-        return len(np.shape(self.scale)) == 2
+        return len(np.shape(self.scale)) >= 2
+
+    @property
+    def layout(self) -> str:
+        """shared, diagonal or cholesky: what the classifier is compiled for."""
+        return {1: "shared", 2: "diagonal", 3: "cholesky"}[len(np.shape(self.scale))]
 
 
 class Priors(NamedTuple):
@@ -66,9 +83,12 @@ class Priors(NamedTuple):
     loc_scale: Any  # (D,)
     scale_log_mean: Any  # (D,)
     scale_log_sd: Any  # scalar
+    #: LKJ concentration of the correlations (full and tied covariances); 1 is uniform.
+    lkj_concentration: Any = 1.0
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "lkj_concentration": float(self.lkj_concentration),
             "concentration": float(self.concentration),
             "loc_center": [float(v) for v in self.loc_center],
             "loc_scale": [float(v) for v in self.loc_scale],
@@ -84,6 +104,7 @@ class Priors(NamedTuple):
             loc_scale=np.asarray(obj["loc_scale"], dtype=np.float64),
             scale_log_mean=np.asarray(obj["scale_log_mean"], dtype=np.float64),
             scale_log_sd=float(obj["scale_log_sd"]),
+            lkj_concentration=float(obj.get("lkj_concentration", 1.0)),
         )
 
 
@@ -129,16 +150,33 @@ class FitMetadata:
 
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
-    """A versioned, validated model: what the trainer publishes and the worker serves."""
+    """A versioned, validated model: what the trainer publishes and the worker serves.
+
+    covariance: the covariance type (`mixture.covariance`); None infers it from the scale's
+    layout (tied-diag, diag or full).
+    """
 
     version: int
     mixture: MixtureParams
     metadata: FitMetadata = dataclasses.field(default_factory=FitMetadata)
+    covariance: str | None = None
 
     def __post_init__(self) -> None:
         validate_mixture(self.mixture)
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
             raise ParamsError(f"version must be a non-negative integer, got {self.version!r}")
+        covariance = self.covariance or infer_covariance(self.mixture.scale)
+        try:
+            covariance = check_covariance(covariance)
+        except ValueError as exc:
+            raise ParamsError(str(exc)) from None
+        m = self.mixture
+        why = check_serving_scale(
+            covariance, np.asarray(m.scale, np.float64), m.n_components, m.dim
+        )
+        if why:
+            raise ParamsError(why)
+        object.__setattr__(self, "covariance", covariance)
 
     def with_version(self, version: int) -> ModelParams:
         return dataclasses.replace(self, version=version)
@@ -147,40 +185,55 @@ class ModelParams:
         m = self.mixture
         dim = m.dim
         locs = np.asarray(m.locs, dtype=np.float64)
-        scale = np.asarray(m.scale, dtype=np.float64)
-        if m.per_component_scale:
-            scale_out: Any = scale.tolist()
-        elif dim == 1:
-            scale_out = float(scale[0])
-        else:
-            scale_out = scale.tolist()
-        return {
+        covariance = str(self.covariance)
+        compact = compact_scale(covariance, np.asarray(m.scale, dtype=np.float64))
+        out: dict[str, Any] = {
             "schema": SCHEMA,
             "version": self.version,
+            "covariance": covariance,
             "n_components": m.n_components,
             "dim": dim,
             "weights": np.asarray(m.weights, dtype=np.float64).tolist(),
             "locs": locs[:, 0].tolist() if dim == 1 else locs.tolist(),
-            "scale": scale_out,
-            "metadata": self.metadata.to_json(),
         }
+        if is_cholesky(covariance):
+            out["scale_tril"] = compact.tolist()
+        elif covariance == "tied-diag" and dim == 1:
+            out["scale"] = float(compact[0])
+        else:
+            out["scale"] = compact.tolist()
+        out["metadata"] = self.metadata.to_json()
+        return out
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), allow_nan=False)
 
     @classmethod
     def from_json(cls, obj: Any) -> ModelParams:
-        """Validates and loads the JSON form; raises ParamsError with the reason otherwise."""
+        """Validates and loads the JSON form (`gmm-params/2`, or `/1`); raises ParamsError with
+        the reason otherwise."""
         if not isinstance(obj, dict):
             raise ParamsError("parameters must be a JSON object")
-        for field in ("version", "weights", "locs", "scale"):
+        schema = obj.get("schema", SCHEMA_V1)
+        if schema not in (SCHEMA, SCHEMA_V1):
+            raise ParamsError(f"unknown schema {schema!r}, expected {SCHEMA!r} or {SCHEMA_V1!r}")
+        if schema == SCHEMA_V1:
+            covariance = None
+        else:
+            covariance = obj.get("covariance")
+            if not isinstance(covariance, str):
+                raise ParamsError(f"{SCHEMA} needs a covariance type, got {covariance!r}")
+            try:
+                covariance = check_covariance(covariance)
+            except ValueError as exc:
+                raise ParamsError(str(exc)) from None
+        scale_field = "scale_tril" if covariance and is_cholesky(covariance) else "scale"
+        for field in ("version", "weights", "locs", scale_field):
             if field not in obj:
                 raise ParamsError(f"missing field {field!r}")
-        if obj.get("schema", SCHEMA) != SCHEMA:
-            raise ParamsError(f"unknown schema {obj.get('schema')!r}, expected {SCHEMA!r}")
         weights = _array(obj["weights"], "weights")
         locs = _array(obj["locs"], "locs")
-        scale = _array(obj["scale"], "scale")
+        scale = _array(obj[scale_field], scale_field)
         if weights.ndim != 1:
             raise ParamsError(f"weights must be a list of K numbers, got shape {weights.shape}")
         k = weights.shape[0]
@@ -189,17 +242,7 @@ class ModelParams:
         if locs.ndim != 2 or locs.shape[0] != k:
             raise ParamsError(f"locs must have K={k} rows (K or K x D), got shape {locs.shape}")
         dim = locs.shape[1]
-        if scale.ndim == 0:
-            if dim != 1:
-                raise ParamsError(f"a scalar scale needs D=1, but locs have D={dim}")
-            scale = scale.reshape(1)
-        elif scale.ndim == 1:
-            if scale.shape[0] != dim:
-                raise ParamsError(f"scale must have D={dim} entries, got {scale.shape[0]}")
-        elif scale.ndim != 2 or scale.shape != (k, dim):
-            raise ParamsError(
-                f"scale must be scalar, (D,) or (K, D)=({k}, {dim}); got {scale.shape}"
-            )
+        scale = _compact_to_serving(covariance, scale, k, dim)
         for field, expect in (("n_components", k), ("dim", dim)):
             if field in obj and obj[field] != expect:
                 raise ParamsError(f"{field}={obj[field]!r} disagrees with the arrays ({expect})")
@@ -209,7 +252,9 @@ class ModelParams:
         meta = obj.get("metadata") or {}
         if not isinstance(meta, dict):
             raise ParamsError("metadata must be an object")
-        return cls(version, MixtureParams(weights, locs, scale), FitMetadata.from_json(meta))
+        return cls(
+            version, MixtureParams(weights, locs, scale), FitMetadata.from_json(meta), covariance
+        )
 
     @classmethod
     def loads(cls, text: str | bytes) -> ModelParams:
@@ -218,6 +263,27 @@ class ModelParams:
         except (ValueError, UnicodeDecodeError) as exc:
             raise ParamsError(f"not valid JSON: {exc}", "not_json") from None
         return cls.from_json(obj)
+
+
+def _compact_to_serving(covariance: str | None, scale: np.ndarray, k: int, dim: int) -> np.ndarray:
+    """Checks a compact scale's shape for its type and returns its serving form."""
+    if covariance in (None, "tied-diag", "diag"):
+        if scale.ndim == 0:
+            if dim != 1:
+                raise ParamsError(f"a scalar scale needs D=1, but locs have D={dim}")
+            return scale.reshape(1)
+        if scale.ndim == 1 and covariance != "diag":
+            if scale.shape[0] != dim:
+                raise ParamsError(f"scale must have D={dim} entries, got {scale.shape[0]}")
+            return scale
+        if scale.ndim == 2 and scale.shape == (k, dim) and covariance != "tied-diag":
+            return scale
+        raise ParamsError(f"scale must be scalar, (D,) or (K, D)=({k}, {dim}); got {scale.shape}")
+    expect = {"spherical": (k,), "tied": (dim, dim), "full": (k, dim, dim)}[covariance]
+    if scale.shape != expect:
+        field = "scale" if covariance == "spherical" else "scale_tril"
+        raise ParamsError(f"{covariance}: {field} must have shape {expect}, got {scale.shape}")
+    return serving_scale(covariance, scale, k, dim)
 
 
 def validate_mixture(m: MixtureParams) -> None:
@@ -231,15 +297,18 @@ def validate_mixture(m: MixtureParams) -> None:
     if locs.ndim != 2 or locs.shape[0] != k or locs.shape[1] < 1:
         raise ParamsError(f"locs must have shape (K, D) with K={k}, got {locs.shape}")
     dim = locs.shape[1]
-    if scale.shape not in ((dim,), (k, dim)):
-        raise ParamsError(f"scale must have shape ({dim},) or ({k}, {dim}), got {scale.shape}")
+    if scale.shape not in ((dim,), (k, dim), (k, dim, dim)):
+        raise ParamsError(
+            f"scale must have shape ({dim},), ({k}, {dim}) or ({k}, {dim}, {dim}), "
+            f"got {scale.shape}"
+        )
     if not np.all(np.isfinite(weights)) or np.any(weights < 0):
         raise ParamsError("weights must be finite and non-negative")
     if not math.isclose(float(weights.sum()), 1.0, abs_tol=SIMPLEX_ATOL):
         raise ParamsError(f"weights must sum to 1, got {weights.sum():.6g}")
     if not np.all(np.isfinite(locs)):
         raise ParamsError("locs must be finite")
-    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+    if scale.ndim < 3 and (not np.all(np.isfinite(scale)) or np.any(scale <= 0)):
         raise ParamsError("scale must be finite and positive")
 
 

@@ -15,7 +15,8 @@ import numpy as np
 from numpyro.diagnostics import summary
 from numpyro.infer import MCMC, NUTS
 
-from mixture.fit import Standardizer, as_points
+from mixture.covariance import DEFAULT_REG_COVAR, check_covariance
+from mixture.fit import Standardizer, _fit_covariance, as_points
 from mixture.model import make_mixture_model
 from mixture.params import Priors, data_priors
 
@@ -31,11 +32,12 @@ def posterior_nuts(
     data: Any,
     key: Any,
     n_components: int,
-    per_component_scale: bool = False,
+    covariance: str = "tied-diag",
     priors: Priors | None = None,
     num_warmup: int = 200,
     num_samples: int = 500,
     max_points: int = 5000,
+    reg_covar: float = DEFAULT_REG_COVAR,
 ) -> Posterior:
     """Samples p(weights, locs, scale | data) with NUTS; key is a jax.random key."""
     x = as_points(data, n_components)
@@ -43,18 +45,20 @@ def posterior_nuts(
     if len(x) > max_points:
         x = x[np.asarray(jax.random.choice(sub_key, len(x), (max_points,), replace=False))]
     priors = priors if priors is not None else data_priors(x)
-    std = Standardizer(x.mean(axis=0), x.std(axis=0))
+    covariance = _fit_covariance(check_covariance(covariance), x.shape[1])
+    std = Standardizer.of(x, covariance)
     points = jnp.asarray(std.points(x), jnp.float32)
     priors_z = Priors(*(jnp.asarray(v, jnp.float32) for v in std.priors(priors)))
-    model = make_mixture_model(n_components, per_component_scale)
+    model = make_mixture_model(n_components, covariance, reg_covar)
     mcmc = MCMC(NUTS(model), num_warmup=num_warmup, num_samples=num_samples, progress_bar=False)
     mcmc.run(mcmc_key, points, priors_z, None, extra_fields=("diverging",))
     z = {k: np.asarray(v, np.float64) for k, v in mcmc.get_samples().items()}
-    samples = {
-        "weights": z["weights"],
-        "locs": std.mean + std.std * z["locs"],
-        "scale": std.std * z["scale"],
-    }
+    samples = {"weights": z["weights"], "locs": std.mean + std.std * z["locs"]}
+    if "scale" in z:
+        samples["scale"] = (std.std[0] if covariance == "spherical" else std.std) * z["scale"]
+    else:  # full and tied: per-dimension scales (data units) and the correlation factor
+        samples["scales"] = std.std * z["scales"]
+        samples["corr"] = z["corr"]
     stats = summary(samples, group_by_chain=False)
     return Posterior(
         samples,

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from aiokafka.errors import KafkaError
 
 from kafka_common.connection import KafkaUnavailable, check_connection, describe_kafka_error
+from kafka_common.jax_cache import enable_compilation_cache
 from kafka_common.settings import SettingsError
 from kafka_common.topics import TopicSpec, ensure_topics
 from stream_app.settings import WorkerSettings
@@ -61,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    enable_compilation_cache(settings.jax_cache_dir)  # before anything is compiled
     error = prepare(settings)
     if error is not None:
         print(f"{PROG}: error: {error}", file=sys.stderr)

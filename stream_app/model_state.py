@@ -41,7 +41,7 @@ class ModelHolder:
         self.executor = compile_executor
         self.current: ServingModel | None = None
         self.ready = asyncio.Event()
-        self._classifiers: dict[tuple[int, int, bool], Classifier] = {}
+        self._classifiers: dict[tuple[int, int, str], Classifier] = {}
         self._compilations_counted = 0
 
     async def install(self, model: ModelParams) -> bool:
@@ -53,16 +53,12 @@ class ModelHolder:
             )
             return False
         m = model.mixture
-        shape = (m.n_components, m.dim, m.per_component_scale)
+        shape = (m.n_components, m.dim, m.layout)
         loop = asyncio.get_running_loop()
         classifier = self._classifiers.get(shape)
         try:
             if classifier is None:
-                log.info(
-                    "compiling the classifier for K=%d D=%d%s",
-                    *shape[:2],
-                    " (per-component scale)" if shape[2] else "",
-                )
+                log.info("compiling the classifier for K=%d D=%d (%s scale)", *shape)
                 classifier = classifier_for(
                     m, temperature=self.temperature, max_batch=self.max_batch
                 )

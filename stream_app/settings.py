@@ -101,6 +101,13 @@ class WorkerSettings:
     log_level: str = env_field(
         "GMM_LOG_LEVEL", "info", "Log level", choices=("debug", "info", "warn", "error")
     )
+    jax_cache_dir: str = env_field(
+        "GMM_JAX_CACHE_DIR",
+        "auto",
+        "JAX's persistent compilation cache, for fast restarts (safe to delete); auto: "
+        "$JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME/gmm-stream/jax or "
+        "~/.cache/gmm-stream/jax; off: no cache",
+    )
 
     def validate(self) -> None:
         if self.max_batch < 1:

@@ -17,11 +17,14 @@ from aiokafka.errors import KafkaError
 
 from kafka_common import params_topic
 from kafka_common.connection import KafkaUnavailable, check_connection, describe_kafka_error
+from kafka_common.jax_cache import cache_dir_from_env, enable_compilation_cache
 from kafka_common.settings import SettingsError
 from kafka_common.topics import TopicSpec, ensure_topics
+from mixture.covariance import DEFAULT_REG_COVAR, check_covariance
 from mixture.fit import DataError, FitConfig, fit_map, to_model_params
 from mixture.labels import order_by_location
 from mixture.params import ModelParams
+from mixture.select import DEFAULT_MAX_COMPONENTS, fit_auto
 from trainer.datafile import load_points
 from trainer.settings import TrainerSettings
 
@@ -45,18 +48,36 @@ def _progress_printer() -> object | None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
-    if args.components < 1:
-        return _fail(f"--components must be >= 1, got {args.components}")
+    auto = args.components == "auto"
+    if not auto and not (args.components.isdigit() and int(args.components) >= 1):
+        return _fail(f"--components must be an integer >= 1 or auto, got {args.components!r}")
+    if args.max_components < 1:
+        return _fail(f"--max-components must be >= 1, got {args.max_components}")
+    if not 0 <= args.reg_covar < 1:
+        return _fail(f"--reg-covar must be in [0, 1), got {args.reg_covar}")
+    covariance = args.covariance
+    if args.per_component_scale:
+        if covariance not in ("tied-diag", "diag"):
+            return _fail("--per-component-scale is the older name of --covariance diag")
+        covariance = "diag"
+    bics: dict[int, float] = {}
     try:
         points = load_points(args.data, columns)
         config = FitConfig(
-            n_components=args.components,
-            per_component_scale=args.per_component_scale,
+            n_components=1 if auto else int(args.components),
+            covariance=covariance,
+            reg_covar=args.reg_covar,
             priors=args.priors,
             n_init=args.restarts,
         )
         progress = _progress_printer()
-        result = fit_map(points, jax.random.PRNGKey(args.seed), config, progress=progress)  # type: ignore[arg-type]
+        key = jax.random.PRNGKey(args.seed)
+        if auto:
+            shown = None if progress is None else (lambda k, step, loss: progress(step, loss))  # type: ignore[operator]
+            selection = fit_auto(points, key, config, args.max_components, progress=shown)
+            result, bics = selection.result, selection.bics
+        else:
+            result = fit_map(points, key, config, progress=progress)  # type: ignore[arg-type]
         if progress is not None:
             print(file=sys.stderr)
     except DataError as exc:
@@ -64,7 +85,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     # A first fit's labels follow location, as the trainer's do.
     result = result._replace(params=order_by_location(result.params))
     fitted_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    model = to_model_params(result, args.version, len(points), fitted_at)
+    extra = {"bic_by_components": {str(k): v for k, v in bics.items()}} if bics else {}
+    model = to_model_params(result, args.version, len(points), fitted_at, **extra)
     if args.publish:
         try:
             model = asyncio.run(_publish(model))
@@ -79,14 +101,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
     else:
         pathlib.Path(args.out).write_text(text + "\n")
     p = result.params
+    out = sys.stderr if args.out == "-" else sys.stdout
+    for k, bic in bics.items():
+        chosen = "  <- lowest" if k == p.n_components else ""
+        print(f"K={k}: BIC {bic:.2f}{chosen}", file=out)
+    scale = p.scale if p.scale.ndim < 3 else p.scale.tolist()
     with np.printoptions(precision=4, suppress=True):
         print(
-            f"fit: K={p.n_components} D={p.dim} n={len(points)} loss {result.final_loss:.4f} "
+            f"fit: K={p.n_components} D={p.dim} covariance {model.covariance} n={len(points)} "
+            f"loss {result.final_loss:.4f} "
             f"(best init {result.init_loss:.4f}) steps {result.n_steps}"
             f"{'' if result.converged else ' (step cap)'} in {result.seconds:.2f}s; "
             f"weights {p.weights} locs {p.locs.squeeze(-1) if p.dim == 1 else p.locs} "
-            f"scale {p.scale.squeeze()} -> {args.out}",
-            file=sys.stderr if args.out == "-" else sys.stdout,
+            f"{'scale' if p.scale.ndim < 3 else 'scale_tril'} "
+            f"{np.squeeze(scale) if p.scale.ndim < 3 else np.round(p.scale, 4).tolist()} "
+            f"-> {args.out}",
+            file=out,
         )
     return 0
 
@@ -125,6 +155,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
 
 
+def _covariance(value: str) -> str:
+    try:
+        return check_covariance(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,14 +170,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="CSV with a header, or JSON lines with an 'x' field"
     )
     fit.add_argument("--columns", help="comma-separated CSV columns to use (default: all)")
-    fit.add_argument("--components", "-k", type=int, default=2, help="number of components K")
+    fit.add_argument(
+        "--components",
+        "-k",
+        default="2",
+        help="number of components K, or auto: the lowest BIC of K = 1..--max-components",
+    )
+    fit.add_argument(
+        "--max-components",
+        type=int,
+        default=DEFAULT_MAX_COMPONENTS,
+        help="largest K that --components auto tries (default %(default)s)",
+    )
+    fit.add_argument(
+        "--covariance",
+        type=_covariance,
+        default="tied-diag",
+        help="covariance type: tied-diag (the tutorial's shared scale; default), diag, "
+        "spherical, tied or full",
+    )
+    fit.add_argument(
+        "--reg-covar",
+        type=float,
+        default=DEFAULT_REG_COVAR,
+        help="covariance floor, relative to each column's variance (default %(default)g)",
+    )
     fit.add_argument(
         "--priors",
         choices=("data", "seed"),
         default="data",
         help="'seed': the tutorial's priors exactly; 'data': weak priors placed on the data",
     )
-    fit.add_argument("--per-component-scale", action="store_true", help="one scale per component")
+    fit.add_argument(
+        "--per-component-scale", action="store_true", help="older name of --covariance diag"
+    )
     fit.add_argument("--restarts", type=int, default=100, help="random initial candidates")
     fit.add_argument("--seed", type=int, default=0, help="RNG seed")
     fit.add_argument("--version", type=int, default=1, help="model version to write")
@@ -169,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    enable_compilation_cache(cache_dir_from_env())  # GMM_JAX_CACHE_DIR, before any compile
     return int(args.func(args))
 
 

@@ -18,10 +18,11 @@ import numpy as np
 
 from kafka_common import params_topic
 from mixture.evaluate import score
-from mixture.fit import DataError, FitConfig, FitResult, fit_map, to_model_params
-from mixture.labels import align_components, order_by_location
+from mixture.fit import DataError, FitConfig, fit_compilations, fit_map, to_model_params
+from mixture.labels import align_components, component_sds, order_by_location
 from mixture.params import ModelParams
 from mixture.posterior import posterior_nuts
+from mixture.select import fit_auto
 from trainer.metrics import TrainerMetrics
 from trainer.report import write_posterior_report, write_report
 from trainer.settings import TrainerSettings
@@ -63,8 +64,9 @@ class Trainer:
         #: The NUTS run of the last published version, if any (it never delays publication).
         self.posterior_task: asyncio.Task | None = None
         self.config = FitConfig(
-            n_components=settings.components,
-            per_component_scale=settings.per_component_scale,
+            n_components=settings.n_components or 1,
+            covariance=settings.fit_covariance,
+            reg_covar=settings.reg_covar,
             n_init=settings.restarts,
         )
 
@@ -104,12 +106,19 @@ class Trainer:
         if self.current is not None and self._same_shape(self.current):
             warm = self.current.mixture
         key = jax.random.fold_in(jax.random.PRNGKey(s.seed), self.version + 1)
+        bics: dict[int, float] | None = None
         try:
-            result: FitResult = await asyncio.to_thread(
-                fit_map, points, key, self.config, warm_start=warm
-            )
+            if s.n_components is None:
+                selection = await asyncio.to_thread(
+                    fit_auto, points, key, self.config, s.max_components, warm_start=warm
+                )
+                result, bics = selection.result, selection.bics
+            else:
+                result = await asyncio.to_thread(fit_map, points, key, self.config, warm_start=warm)
         except DataError as exc:
             return reject(exc.reason, str(exc))
+        finally:
+            self.metrics.count_compilations(fit_compilations())
         self.metrics.fits.inc()
         self.metrics.fit_seconds.observe(result.seconds)
         self.metrics.final_loss.set(result.final_loss)
@@ -120,16 +129,14 @@ class Trainer:
         ):
             return reject("not_finite", "the fit produced NaN or infinity", result.seconds)
         spread = points.std(axis=0)
-        if np.min(params.weights) < s.min_weight or np.any(
-            np.asarray(params.scale) < 1e-6 * spread
-        ):
+        if np.min(params.weights) < s.min_weight or np.any(component_sds(params) < 1e-6 * spread):
             return reject(
                 "collapsed",
                 f"a component collapsed (weights {np.round(params.weights, 4)})",
                 result.seconds,
             )
         # Scored once: aligning labels permutes components and leaves the score unchanged.
-        fit_score = score(points, params)
+        fit_score = score(points, params, result.covariance)
         if warm is not None:
             params = align_components(params, warm)
             current_ll = score(points, warm).mean_log_likelihood
@@ -155,6 +162,7 @@ class Trainer:
             aic=fit_score.aic,
             bic=fit_score.bic,
             mean_log_likelihood=fit_score.mean_log_likelihood,
+            **({"bic_by_components": {str(k): v for k, v in bics.items()}} if bics else {}),
         )
         await params_topic.publish(s.kafka, s.params_topic, model, s.model_name)
         self.current, self.version = model, version
@@ -176,8 +184,14 @@ class Trainer:
 
     def _posterior(self, report: pathlib.Path, points: np.ndarray, key: jax.Array) -> None:
         try:
+            model = self.current
+            assert model is not None
             posterior = posterior_nuts(
-                points, key, self.settings.components, self.settings.per_component_scale
+                points,
+                key,
+                model.mixture.n_components,
+                str(model.covariance),
+                reg_covar=self.settings.reg_covar,
             )
             write_posterior_report(report, posterior)
             log.info("posterior written to %s (%d divergences)", report, posterior.divergences)
@@ -185,8 +199,8 @@ class Trainer:
             log.exception("the NUTS posterior failed")
 
     def _same_shape(self, model: ModelParams) -> bool:
-        m = model.mixture
-        return (m.n_components, m.per_component_scale) == (
-            self.settings.components,
-            self.settings.per_component_scale,
+        """Whether the current model can warm-start the refit (auto K: any K can)."""
+        k = self.settings.n_components
+        return model.covariance == self.settings.fit_covariance and (
+            k is None or model.mixture.n_components == k
         )

@@ -16,6 +16,7 @@ import time
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 
+from kafka_common.jax_cache import enable_compilation_cache
 from kafka_common.topics import TopicSpec, ensure_topics
 from trainer.cycle import CycleOutcome, Trainer
 from trainer.metrics import TrainerMetrics
@@ -67,4 +68,5 @@ def run(settings: TrainerSettings, once: bool) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    enable_compilation_cache(settings.jax_cache_dir)  # before anything is compiled
     return asyncio.run(_run(settings, once))

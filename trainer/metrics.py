@@ -39,8 +39,21 @@ class TrainerMetrics:
             ["reason"],
             registry=r,
         )
+        self.compilations = Counter(
+            "gmm_trainer_compilations_total",
+            "Fit programs traced and compiled (steady once every padded window size and K has "
+            "been seen; a rise every cycle means refits recompile)",
+            registry=r,
+        )
+        self._compilations_seen = 0
         self.cycle_errors = Counter(
             "gmm_trainer_cycle_errors_total",
             "Cycles that failed (e.g. broker unreachable) and will retry",
             registry=r,
         )
+
+    def count_compilations(self, total: int) -> None:
+        """Advances the compilations counter to the process's running total."""
+        if total > self._compilations_seen:
+            self.compilations.inc(total - self._compilations_seen)
+            self._compilations_seen = total

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Mapping
 
 from kafka_common.settings import KafkaSettings, SettingsError, env_field, load, markdown_table
+from mixture.covariance import ALIASES, COVARIANCES, DEFAULT_REG_COVAR, check_covariance
+from mixture.select import DEFAULT_MAX_COMPONENTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,9 +29,31 @@ class TrainerSettings:
         "GMM_PARAMS_TOPIC", "gmm.params", "Compacted topic of versioned model parameters"
     )
     model_name: str = env_field("GMM_MODEL_NAME", "gmm", "Key of the models on the params topic")
-    components: int = env_field("GMM_COMPONENTS", 2, "Number of mixture components K")
+    components: str = env_field(
+        "GMM_COMPONENTS",
+        "2",
+        "Number of mixture components K, or `auto`: chosen by BIC at each refit, from 1 to "
+        "GMM_MAX_COMPONENTS",
+    )
+    max_components: int = env_field(
+        "GMM_MAX_COMPONENTS", DEFAULT_MAX_COMPONENTS, "Largest K that GMM_COMPONENTS=auto tries"
+    )
+    covariance: str = env_field(
+        "GMM_COVARIANCE",
+        "tied-diag",
+        "Covariance type: tied-diag (the tutorial's shared scale), diag, spherical, tied, full",
+        choices=(*COVARIANCES, *ALIASES),
+    )
+    reg_covar: float = env_field(
+        "GMM_REG_COVAR",
+        DEFAULT_REG_COVAR,
+        "Covariance floor, relative to each column's variance (keeps repeated values from "
+        "collapsing a component)",
+    )
     per_component_scale: bool = env_field(
-        "GMM_PER_COMPONENT_SCALE", False, "One scale per component instead of a shared one"
+        "GMM_PER_COMPONENT_SCALE",
+        False,
+        "Older name for GMM_COVARIANCE=diag (used when GMM_COVARIANCE is tied-diag)",
     )
     window_records: int = env_field(
         "GMM_TRAIN_WINDOW_RECORDS", 100_000, "Fit on at most the newest N input records"
@@ -66,13 +90,28 @@ class TrainerSettings:
     max_record_bytes: int = env_field(
         "GMM_MAX_RECORD_BYTES", 65536, "Larger input records are dead-lettered as oversized"
     )
+    jax_cache_dir: str = env_field(
+        "GMM_JAX_CACHE_DIR",
+        "auto",
+        "JAX's persistent compilation cache, for fast restarts (safe to delete); auto: "
+        "$JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME/gmm-stream/jax or "
+        "~/.cache/gmm-stream/jax; off: no cache",
+    )
 
     def validate(self) -> None:
-        if self.components < 1:
-            raise SettingsError(f"GMM_COMPONENTS must be >= 1, got {self.components}")
+        if self.components != "auto" and not (
+            self.components.strip().isdigit() and int(self.components) >= 1
+        ):
+            raise SettingsError(
+                f"GMM_COMPONENTS must be an integer >= 1 or auto, got {self.components!r}"
+            )
+        if self.max_components < 1:
+            raise SettingsError(f"GMM_MAX_COMPONENTS must be >= 1, got {self.max_components}")
+        if not 0 <= self.reg_covar < 1:
+            raise SettingsError(f"GMM_REG_COVAR must be in [0, 1), got {self.reg_covar}")
         if self.window_records < 1:
             raise SettingsError(f"GMM_TRAIN_WINDOW_RECORDS must be >= 1, got {self.window_records}")
-        if self.window_records < self.components:
+        if self.window_records < self.smallest_k:
             raise SettingsError(
                 f"GMM_TRAIN_WINDOW_RECORDS={self.window_records} cannot fit "
                 f"GMM_COMPONENTS={self.components} components"
@@ -87,8 +126,23 @@ class TrainerSettings:
             raise SettingsError(f"GMM_TRAINER_METRICS_PORT must be a port, got {self.metrics_port}")
 
     @property
+    def n_components(self) -> int | None:
+        """K, or None for auto."""
+        return None if self.components == "auto" else int(self.components)
+
+    @property
+    def smallest_k(self) -> int:
+        return self.n_components or 1
+
+    @property
+    def fit_covariance(self) -> str:
+        """The covariance type fitted (GMM_PER_COMPONENT_SCALE=true turns tied-diag into diag)."""
+        covariance = check_covariance(self.covariance)
+        return "diag" if covariance == "tied-diag" and self.per_component_scale else covariance
+
+    @property
     def needed_points(self) -> int:
-        return self.min_points or 10 * self.components
+        return self.min_points or 10 * (self.n_components or self.max_components)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TrainerSettings:

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from mixture.evaluate import component_log_pdf
 from mixture.params import FitMetadata, MixtureParams, ModelParams
 from support.harness import (
     SEED_MODEL,
@@ -330,3 +331,58 @@ def test_temperature_one_replays_draw_the_same_assignments(kafka_bootstrap, star
     assert draws[0] == draws[1]  # same seed, other batching: the same draws
     assert draws[0] != draws[2]  # another seed: other draws
     assert 0.4 < np.mean(list(draws[0].values())) < 0.6
+
+
+def test_full_covariance_model_serves_and_swaps_type_without_restart(kafka_bootstrap, start_worker):
+    """A D=3 full-covariance model (gmm-params/2) served on the real broker, then a tied-diag
+    one of the same K and D: each record's probabilities are the float64 reference's."""
+    topics = Topics("fullcov")
+    tril = np.array(
+        [
+            [[1.0, 0.0, 0.0], [0.9, 0.5, 0.0], [0.2, 0.1, 0.8]],
+            [[0.6, 0.0, 0.0], [-0.4, 0.7, 0.0], [0.0, 0.3, 1.2]],
+        ]
+    )
+    full = ModelParams(
+        1,
+        MixtureParams(np.array([0.4, 0.6]), np.array([[0.0, 0.0, 0.0], [2.0, 1.0, -1.0]]), tril),
+        FitMetadata(fitted_at="2026-01-01T00:00:00+00:00"),
+        covariance="full",
+    )
+    publish_model(kafka_bootstrap, topics.params, full)
+    worker = start_worker(topics)
+    worker.wait_ready()
+    rng = np.random.default_rng(9)
+    xs = rng.normal(0.5, 1.5, (400, 3))
+    records = [
+        (f"f{i}".encode(), json.dumps({"id": f"f{i}", "x": x.tolist()}).encode())
+        for i, x in enumerate(xs)
+    ]
+    produce(kafka_bootstrap, topics.input, records[:200])
+    wait_for(lambda: worker.metric("gmm_input_committed_offset") == 200, 60, message="first half")
+    diag = ModelParams(
+        2,
+        MixtureParams(full.mixture.weights, full.mixture.locs, np.array([1.0, 0.8, 1.1])),
+        FitMetadata(fitted_at="2026-01-02T00:00:00+00:00"),
+        covariance="tied-diag",
+    )
+    publish_model(kafka_bootstrap, topics.params, diag)
+    wait_for(lambda: worker.metric("gmm_model_version") == 2, 120, message="v2 served")
+    produce(kafka_bootstrap, topics.input, records[200:])
+
+    outs = {
+        d["id"]: d
+        for d in (json.loads(r.value) for r in consume(kafka_bootstrap, topics.output, 400, 60))
+    }
+    assert len(outs) == 400
+    models = {1: full.mixture, 2: diag.mixture}
+    for i, x in enumerate(xs):
+        out = outs[f"f{i}"]
+        assert out["model_version"] == (1 if i < 200 else 2)
+        m = models[out["model_version"]]
+        log_joint = np.log(m.weights) + component_log_pdf(x[None], m)[0]
+        want = np.exp(log_joint - log_joint.max())
+        want /= want.sum()
+        np.testing.assert_allclose(out["probs"], want, atol=1e-5)
+        if abs(want[0] - want[1]) > 1e-4:
+            assert out["assignment"] == int(want.argmax())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +24,7 @@ from mixture.fit import (
     fit_map,
 )
 from mixture.model import make_mixture_model
-from mixture.params import MixtureParams, seed_priors
+from mixture.params import seed_priors
 
 SEED_DATA = [0.0, 1.0, 10.0, 11.0, 12.0]
 SEED = FitConfig(priors="seed")
@@ -64,21 +66,21 @@ def test_vectorized_candidate_losses_equal_the_tutorials_elbo():
     """Vmapped standardised initial losses equal TraceEnum_ELBO on raw data, one by one."""
     x = as_points(SEED_DATA)
     std = Standardizer(x.mean(0), x.std(0))
-    prog = _program(SEED, 1)
+    prog = _program(dataclasses.replace(SEED, reg_covar=0.0), 1)
     priors = seed_priors(1)
-    candidates = MixtureParams(
-        jnp.full((3, 2), 0.5),
-        jnp.asarray(std.points(np.array([[[0.0], [11.0]], [[1.0], [12.0]], [[10.0], [10.0]]]))),
-        jnp.full((3, 1), np.sqrt(0.5)),
-    )
+    candidates = {
+        "weights": jnp.full((3, 2), 0.5),
+        "locs": jnp.asarray(
+            std.points(np.array([[[0.0], [11.0]], [[1.0], [12.0]], [[10.0], [10.0]]]))
+        ),
+        "scale": jnp.full((3, 1), np.sqrt(0.5)),
+    }
     z = jnp.asarray(std.points(x), jnp.float32)
     got = np.asarray(
-        prog.candidate_losses(
-            candidates, z, jax.tree.map(jnp.asarray, std.priors(priors)), jnp.ones(5, bool)
-        )
-    ) + std.loss_offset(5, 2, False)
+        prog.losses(candidates, z, jax.tree.map(jnp.asarray, std.priors(priors)), jnp.ones(5, bool))
+    ) + std.loss_offset(5, 2, "tied-diag")
 
-    model = make_mixture_model(2, False)
+    model = make_mixture_model(2, "tied-diag")
     data = jnp.asarray(x)
     for i, locs in enumerate(([0.0, 11.0], [1.0, 12.0], [10.0, 10.0])):
         values = {
@@ -106,7 +108,7 @@ def test_recovers_k3_in_2d_wherever_the_data_sit(offset):
     z = rng.choice(3, size=n, p=true_w)
     x = true_locs[z] + true_scale[z] * rng.normal(size=(n, 2))
 
-    config = FitConfig(n_components=3, per_component_scale=True)
+    config = FitConfig(n_components=3, covariance="diag")
     fit = fit_map(x, jax.random.PRNGKey(0), config)
     order = match(fit.params.locs, true_locs)
     assert_allclose(fit.params.locs[order], true_locs, atol=0.15)

@@ -42,8 +42,32 @@ def test_first_fit_is_ordered_by_location():
     assert order_by_location(params).locs[:, 0].tolist() == [-1.0, 2.0, 4.0]
 
 
-def test_a_different_shape_falls_back_to_location_order():
+def test_a_new_component_takes_the_next_label():
+    current = MixtureParams(np.array([0.5, 0.5]), np.array([[5.0], [0.0]]), np.array([1.0]))
     refit = MixtureParams(
-        np.array([0.2, 0.3, 0.5]), np.array([[3.0], [1.0], [2.0]]), np.array([1.0])
+        np.array([0.2, 0.3, 0.5]), np.array([[10.0], [0.1], [5.1]]), np.array([1.0])
+    )
+    assert align_components(refit, current).locs[:, 0].tolist() == [5.1, 0.1, 10.0]
+
+
+def test_a_removed_component_frees_its_label():
+    current = MixtureParams(np.full(3, 1 / 3), np.array([[0.0], [20.0], [10.0]]), np.array([1.0]))
+    # The component at 20 (label 1) is gone; the one at 10 (label 2) takes label 1.
+    refit = MixtureParams(np.array([0.5, 0.5]), np.array([[10.2], [0.1]]), np.array([1.0]))
+    assert align_components(refit, current).locs[:, 0].tolist() == [0.1, 10.2]
+
+
+def test_full_covariances_align_by_their_spread():
+    tril = np.stack([np.eye(2), 2 * np.eye(2)])
+    current = MixtureParams(np.array([0.5, 0.5]), np.array([[0.0, 0.0], [5.0, 5.0]]), tril)
+    refit = permute(current, np.array([1, 0]))
+    aligned = align_components(refit, current)
+    assert_allclose(aligned.locs, current.locs)
+    assert_allclose(aligned.scale, current.scale)
+
+
+def test_a_different_dimension_falls_back_to_location_order():
+    refit = MixtureParams(
+        np.array([0.2, 0.3, 0.5]), np.array([[3.0, 0], [1.0, 0], [2.0, 0]]), np.array([1.0, 1.0])
     )
     assert align_components(refit, CURRENT).locs[:, 0].tolist() == [1.0, 2.0, 3.0]

@@ -62,6 +62,13 @@ def test_fit_cli_csv_columns_and_2d(tmp_path):
         ('{"x": 1}\n{"x": "q"}\n', [], ":2: x must be a number"),
         ('{"x": 1}\n', [], "cannot fit 2 components"),
         ('{"x": 1}\n{"x": 1}\n{"x": 1}\n', [], "zero variance"),
+        ('{"x": 1}\n{"x": 2}\n', ["--components", "many"], "integer >= 1 or auto"),
+        ('{"x": 1}\n{"x": 2}\n', ["--reg-covar", "-1"], "--reg-covar must be in"),
+        (
+            '{"x": 1}\n{"x": 2}\n',
+            ["--covariance", "full", "--per-component-scale"],
+            "older name of --covariance diag",
+        ),
     ],
 )
 def test_fit_cli_bad_data_is_one_line_and_nonzero(tmp_path, capsys, content, args, message):
@@ -79,3 +86,31 @@ def test_fit_cli_bad_data_is_one_line_and_nonzero(tmp_path, capsys, content, arg
 def test_fit_cli_missing_file(tmp_path, capsys):
     assert trainer_main(["fit", "--data", str(tmp_path / "nope.csv")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_fit_cli_full_covariance_auto_k_prints_each_bic(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    rows = np.vstack(
+        [
+            rng.multivariate_normal([0, 0], [[1, 0.8], [0.8, 1]], 300),
+            rng.multivariate_normal([6, 6], [[1, -0.7], [-0.7, 1]], 300),
+        ]
+    )
+    (tmp_path / "d.csv").write_text("a,b\n" + "".join(f"{x},{y}\n" for x, y in rows))
+    out = tmp_path / "p.json"
+    args = ["fit", "--data", str(tmp_path / "d.csv"), "--out", str(out)]
+    assert trainer_main([*args, "--covariance", "full", "-k", "auto", "--max-components", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert [line.split(":")[0] for line in printed.splitlines()[:3]] == ["K=1", "K=2", "K=3"]
+    assert "K=2: BIC" in printed and "<- lowest" in printed.splitlines()[1]
+    model = ModelParams.loads(out.read_bytes())
+    assert (model.covariance, model.mixture.n_components) == ("full", 2)
+    assert model.mixture.scale.shape == (2, 2, 2)
+    assert set(model.metadata.extra["bic_by_components"]) == {"1", "2", "3"}
+
+
+def test_fit_cli_unknown_covariance_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        trainer_main(["fit", "--data", "x", "--covariance", "banded"])
+    assert exc.value.code == 2
+    assert "unknown covariance type 'banded'" in capsys.readouterr().err

@@ -1,0 +1,112 @@
+"""JAX's persistent compilation cache, on by default for every process of the service.
+
+A new process (a CLI run, a restarted worker or trainer job) would otherwise compile every jitted
+program again; with the cache it loads the compiled programs from disk. One setting, the
+environment variable `GMM_JAX_CACHE_DIR`, read by the entry points (never by the model code
+in `mixture/`; `gmm-classify` reads it through `cache_dir_from_env`):
+
+- `auto` (the default): `$JAX_COMPILATION_CACHE_DIR` when that is set (JAX reads it itself),
+  else `$XDG_CACHE_HOME/gmm-stream/jax`, else `~/.cache/gmm-stream/jax`;
+- a path: that directory, whatever `JAX_COMPILATION_CACHE_DIR` says;
+- `off` or empty: no persistent cache at all (not even `JAX_COMPILATION_CACHE_DIR`'s).
+
+Every program is cached, however quick its compilation (JAX's default keeps only those over one
+second), unless `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` or
+`JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES` is set. A directory that cannot be created or written
+costs one warning line and the process runs without the cache. The cache only ever saves
+compilations: deleting it is always safe.
+
+Call `enable_compilation_cache` at process start, before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+
+log = logging.getLogger(__name__)
+
+ENV = "GMM_JAX_CACHE_DIR"
+AUTO = "auto"
+OFF = ("", "off")
+#: JAX's own variable for the cache directory, honoured under `auto`.
+JAX_ENV = "JAX_COMPILATION_CACHE_DIR"
+#: JAX's thresholds for what is worth caching; we cache everything unless these are set.
+_THRESHOLDS = (
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+)
+#: Directories already warned about: a second call (the trainer CLI, then its job) stays quiet.
+_warned: set[str] = set()
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> str:
+    """`$XDG_CACHE_HOME/gmm-stream/jax`, or `~/.cache/gmm-stream/jax` without XDG_CACHE_HOME."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "gmm-stream", "jax")
+
+
+def cache_dir_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """The value of GMM_JAX_CACHE_DIR (`auto` when unset)."""
+    environ = os.environ if environ is None else environ
+    return environ.get(ENV, AUTO)
+
+
+def resolve_cache_dir(
+    directory: str | None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The directory a GMM_JAX_CACHE_DIR value stands for; None: no cache."""
+    environ = os.environ if environ is None else environ
+    setting = AUTO if directory is None else directory.strip()
+    if setting.lower() in OFF:
+        return None
+    if setting.lower() == AUTO:
+        return environ.get(JAX_ENV) or default_cache_dir(environ)
+    return os.path.expanduser(setting)
+
+
+def _unusable(path: str) -> str | None:
+    """Why `path` cannot hold the cache (created, mode 0700, if missing); None if it can."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def enable_compilation_cache(
+    directory: str | None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """Points JAX's persistent compilation cache at `directory` (a GMM_JAX_CACHE_DIR value; None
+    is `auto`) and returns the directory in use, or None when the cache is off. Never raises for
+    an unusable directory: it logs one warning and turns the cache off."""
+    import jax  # here, so that importing this module (and `--help`) stays cheap
+
+    environ = os.environ if environ is None else environ
+    path = resolve_cache_dir(directory, environ)
+    if path is not None and (reason := _unusable(path)) is not None:
+        if path not in _warned:
+            _warned.add(path)
+            log.warning(
+                "JAX compilation cache off: cannot use %s (%s); set %s to a writable "
+                "directory or to off",
+                path,
+                reason,
+                ENV,
+            )
+        path = None
+    if path is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    for name in _THRESHOLDS:
+        if name.upper() not in environ:
+            jax.config.update(name, 0)
+    return path

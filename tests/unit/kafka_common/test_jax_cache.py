@@ -1,0 +1,194 @@
+"""GMM_JAX_CACHE_DIR: JAX's persistent compilation cache, on by default, off on request, and never
+fatal when its directory cannot be used."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+
+import jax
+import pytest
+
+from kafka_common import jax_cache
+from kafka_common.jax_cache import (
+    AUTO,
+    ENV,
+    cache_dir_from_env,
+    default_cache_dir,
+    enable_compilation_cache,
+    resolve_cache_dir,
+)
+from stream_app.settings import WorkerSettings
+from tests.conftest import ROOT
+from trainer.settings import TrainerSettings
+
+_CONFIG = (
+    "jax_enable_compilation_cache",
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_jax_config():
+    """The tests below change process-wide JAX flags: put them back for the rest of the run."""
+    saved = {name: getattr(jax.config, name) for name in _CONFIG}
+    warned = set(jax_cache._warned)
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    jax_cache._warned.clear()
+    jax_cache._warned.update(warned)
+
+
+def test_default_directory_follows_xdg_cache_home(tmp_path):
+    assert default_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == str(
+        tmp_path / "gmm-stream" / "jax"
+    )
+
+
+def test_default_directory_without_xdg_is_under_the_home_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    expected = str(tmp_path / ".cache" / "gmm-stream" / "jax")
+    assert default_cache_dir({}) == expected
+    assert default_cache_dir({"XDG_CACHE_HOME": ""}) == expected
+
+
+def test_auto_prefers_jax_own_variable_and_an_explicit_path_wins(tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    assert resolve_cache_dir(AUTO, env) == str(tmp_path / "xdg" / "gmm-stream" / "jax")
+    assert resolve_cache_dir(None, env) == resolve_cache_dir(AUTO, env)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "jaxs")
+    assert resolve_cache_dir("auto", env) == str(tmp_path / "jaxs")
+    assert resolve_cache_dir(str(tmp_path / "mine"), env) == str(tmp_path / "mine")
+
+
+@pytest.mark.parametrize("value", ["off", "OFF", " off ", "", "  "])
+def test_off_or_empty_disables_the_cache(value, tmp_path):
+    env = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jaxs")}
+    assert resolve_cache_dir(value, env) is None
+    assert enable_compilation_cache(value, env) is None
+    assert jax.config.jax_enable_compilation_cache is False
+    assert not (tmp_path / "jaxs").exists()
+
+
+def test_the_setting_is_read_from_gmm_jax_cache_dir():
+    assert cache_dir_from_env({}) == AUTO
+    assert cache_dir_from_env({ENV: "/somewhere"}) == "/somewhere"
+
+
+@pytest.mark.parametrize("cls", [WorkerSettings, TrainerSettings])
+def test_worker_and_trainer_settings_carry_the_same_setting(cls):
+    field = {f.name: f for f in dataclasses.fields(cls)}["jax_cache_dir"]
+    assert field.metadata["env"] == ENV
+    assert field.default == AUTO
+    assert cls.from_env({ENV: "off"}).jax_cache_dir == "off"
+
+
+def test_enable_creates_a_private_directory_and_caches_every_program(tmp_path):
+    target = tmp_path / "a" / "cache"
+    assert enable_compilation_cache(str(target), {}) == str(target)
+    assert target.is_dir()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    assert list(target.iterdir()) == []  # the write probe is gone
+    assert jax.config.jax_enable_compilation_cache is True
+    assert jax.config.jax_compilation_cache_dir == str(target)
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+    assert jax.config.jax_persistent_cache_min_entry_size_bytes == 0
+
+
+def test_jax_threshold_variables_set_by_the_operator_are_kept(tmp_path):
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.5)
+    env = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "2.5"}
+    enable_compilation_cache(str(tmp_path), env)
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.5
+
+
+def _assert_one_warning_and_no_cache(caplog, result, where):
+    assert result is None
+    assert jax.config.jax_enable_compilation_cache is False
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert "\n" not in message and where in message and ENV in message
+
+
+def test_a_directory_that_cannot_be_created_is_one_warning_not_a_failure(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("in the way")
+    where = str(blocker / "cache")
+    with caplog.at_level(logging.WARNING, logger="kafka_common.jax_cache"):
+        result = enable_compilation_cache(where, {})
+        _assert_one_warning_and_no_cache(caplog, result, where)
+        # Asked again (the trainer CLI, then its job): still no cache, and no second line.
+        assert enable_compilation_cache(where, {}) is None
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes through chmod"
+)
+def test_an_unwritable_directory_is_one_warning_not_a_failure(tmp_path, caplog):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kafka_common.jax_cache"):
+            result = enable_compilation_cache(str(locked), {})
+            _assert_one_warning_and_no_cache(caplog, result, str(locked))
+    finally:
+        locked.chmod(0o700)
+
+
+_PROGRAM = textwrap.dedent(
+    """
+    import json
+
+    import jax
+    import jax.numpy as jnp
+
+    from kafka_common.jax_cache import cache_dir_from_env, enable_compilation_cache
+
+    used = enable_compilation_cache(cache_dir_from_env())
+    hits = []
+    jax.monitoring.register_event_listener(
+        lambda event, **kw: hits.append(event)
+        if event == "/jax/compilation_cache/cache_hits" else None
+    )
+    value = jax.jit(lambda x: jnp.tanh(x) * 3.0 + 1.0)(jnp.arange(4.0))
+    print(json.dumps({"dir": used, "hits": len(hits), "sum": float(value.sum())}))
+    """
+)
+
+
+def test_a_second_process_loads_what_the_first_compiled(tmp_path):
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env[ENV] = str(cache)
+
+    def run() -> dict:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROGRAM],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    first = run()
+    assert first["dir"] == str(cache)
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries, "the first process wrote nothing to the cache"
+    second = run()
+    assert second["hits"] >= 1, "the second process compiled everything again"
+    assert second["sum"] == first["sum"]
