@@ -23,7 +23,7 @@ import numpy as np
 from numpyro import handlers
 from numpyro.contrib.funsor import infer_discrete
 
-from mixture.model import assignment_model
+from mixture.model import assignment_model, per_record_assignment_model
 from mixture.params import MixtureParams
 
 
@@ -127,6 +127,7 @@ class Classifier:
         self._compilations = 0
         self._lock = threading.Lock()
         self._program = jax.jit(self._classify_padded)
+        self._program_missing = jax.jit(self._classify_missing)
         #: Temperature 0 reads no key; it gets these placeholders (one program per size).
         self._no_keys = {size: np.zeros((size, 2), np.uint32) for size in self.sizes}
 
@@ -145,6 +146,24 @@ class Classifier:
         # One draw per record, each from that record's own key: a record's draw does not depend
         # on its batch or position, so a replayed record draws the same assignment.
         assignment = jax.vmap(lambda x, key: _assign(x[None], params, 1, key)[0])(points, keys)
+        return assignment, probs, log_px
+
+    def _classify_missing(
+        self, points: Any, params: MixtureParams, keys: Any, observed: Any
+    ) -> Any:
+        """_classify_padded for a batch with missing coordinates (observed: (B, D) bool)."""
+        with self._lock:
+            self._compilations += 1
+        x, locs, scale = marginalised(points, observed, params)
+        probs, log_px = posterior_per_record(x, observed, params.weights, locs, scale)
+        if self.temperature == 0:
+            assignment = _assign_per_record(x, params.weights, locs, scale, 0, None)
+            return assignment, probs, log_px
+
+        def one(xi: Any, li: Any, si: Any, key: Any) -> Any:
+            return _assign_per_record(xi[None], params.weights, li[:, None], si[:, None], 1, key)[0]
+
+        assignment = jax.vmap(one, in_axes=(0, 1, 1, 0))(x, locs, scale, keys)
         return assignment, probs, log_px
 
     def prepare(self, params: MixtureParams) -> Prepared:
@@ -194,7 +213,12 @@ class Classifier:
             x64 = x64[:, None]
         if x64.ndim != 2 or x64.shape[1] != self.dim:
             raise ValueError(f"points must have shape (B, {self.dim}), got {x64.shape}")
-        x = (x64 - prepared.center).astype(np.float32)
+        observed = ~np.isnan(x64)
+        complete = bool(observed.all())
+        if not complete and not observed.any(axis=1).all():
+            raise ValueError("a point has no observed coordinate")
+        # Missing coordinates (NaN) become 0 here; the program marginalises them out.
+        x = np.where(observed, x64 - prepared.center, 0.0).astype(np.float32)
         device = prepared.device
         row_keys = self._row_keys(len(x), key, keys)
         parts = []
@@ -211,7 +235,14 @@ class Classifier:
                 padded = np.zeros((size, self.dim), dtype=np.float32)
                 padded[:n] = chunk
                 chunk = padded
-            assignment, probs, log_px = jax.device_get(self._program(chunk, device, chunk_keys))
+            chunk_observed = None if complete else observed[start : start + n]
+            if chunk_observed is None or chunk_observed.all():
+                outputs = self._program(chunk, device, chunk_keys)
+            else:
+                mask = np.ones((size, self.dim), dtype=bool)
+                mask[:n] = chunk_observed
+                outputs = self._program_missing(chunk, device, chunk_keys, mask)
+            assignment, probs, log_px = jax.device_get(outputs)
             # Rows past n are padding: their outputs are dropped here.
             parts.append((assignment[:n], probs[:, :n].T, log_px[:n]))
         if len(parts) == 1:
@@ -245,6 +276,10 @@ class Classifier:
         params = MixtureParams(np.full(k, 1.0 / k), np.zeros((k, d)), scale)
         for size in self.sizes:
             self(np.zeros((size, d)), params, keys=np.zeros((size, 2), np.uint32))
+            if d >= 2:  # the program for batches with missing coordinates, too
+                x = np.zeros((size, d))
+                x[0, 0] = np.nan
+                self(x, params, keys=np.zeros((size, 2), np.uint32))
         return self._compilations - before
 
 
@@ -260,6 +295,68 @@ def _assign(points: Any, params: MixtureParams, temperature: int, key: Any) -> A
     )
     seeded = model if key is None else handlers.seed(model, key)
     trace = handlers.trace(seeded).get_trace(points, params)
+    return jnp.reshape(trace["assignment"]["value"], (-1,)).astype(jnp.int32)
+
+
+def marginalised(points: Any, observed: Any, params: MixtureParams) -> tuple[Any, Any, Any]:
+    """Each record's component parameters with its missing coordinates marginalised out.
+
+    A missing coordinate gets residual 0 and unit variance, uncorrelated with the rest: the
+    density over all D coordinates is then the marginal over the observed ones times N(0; 0, 1)
+    per missing coordinate, the same factor for every component, so probabilities and the
+    assignment are exactly the marginal's (log p(x) takes the factor back out).
+    Returns (x (B, D), locs (K, B, D), scale (K, B, D) or Cholesky factors (K, B, D, D)).
+    """
+    k, d = params.locs.shape
+    x = jnp.where(observed, points, 0.0)
+    locs = jnp.where(observed[None], params.locs[:, None, :], 0.0)
+    if params.scale.ndim == 3:
+        cov = params.scale @ jnp.swapaxes(params.scale, -1, -2)  # (K, D, D)
+        both = observed[:, :, None] & observed[:, None, :]  # (B, D, D)
+        cov = jnp.where(both[None], cov[:, None], jnp.eye(d, dtype=cov.dtype))
+        return x, locs, jnp.linalg.cholesky(cov)
+    scale = jnp.broadcast_to(params.scale, (k, d))
+    return x, locs, jnp.where(observed[None], scale[:, None, :], 1.0)
+
+
+def posterior_per_record(
+    x: Any, observed: Any, weights: Any, locs: Any, scale: Any
+) -> tuple[Any, Any]:
+    """`posterior` with per-record parameters from `marginalised`: (probs (K, B), log_px (B,))."""
+    diff = x[None] - locs  # (K, B, D)
+    if scale.ndim == 4:
+        z = jax.scipy.linalg.solve_triangular(scale, diff[..., None], lower=True)[..., 0]
+        log_det = jnp.log(jnp.diagonal(scale, axis1=-2, axis2=-1)).sum(-1)
+    else:
+        z = diff / scale
+        log_det = jnp.log(scale).sum(-1)
+    n_observed = observed.sum(-1)  # (B,)
+    log_joint = (
+        jnp.log(weights)[:, None]
+        - log_det
+        - 0.5 * (z * z).sum(-1)
+        - 0.5 * n_observed[None] * jnp.log(2 * jnp.pi)
+    )
+    top = log_joint.max(0)
+    unnorm = jnp.exp(log_joint - top)
+    total = unnorm.sum(0)
+    return unnorm / total, top + jnp.log(total)
+
+
+def _assign_per_record(
+    points: Any, weights: Any, locs: Any, scale: Any, temperature: int, key: Any
+) -> Any:
+    """`_assign` with per-record component parameters (records with missing coordinates)."""
+    if weights.shape[0] == 1:
+        return jnp.zeros(points.shape[0], jnp.int32)
+    model = infer_discrete(
+        per_record_assignment_model,
+        temperature=temperature,
+        first_available_dim=-2,
+        rng_key=key,
+    )
+    seeded = model if key is None else handlers.seed(model, key)
+    trace = handlers.trace(seeded).get_trace(points, weights, locs, scale)
     return jnp.reshape(trace["assignment"]["value"], (-1,)).astype(jnp.int32)
 
 

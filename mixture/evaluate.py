@@ -8,13 +8,35 @@ import numpy as np
 from scipy.linalg import solve_triangular
 from scipy.special import logsumexp
 
-from mixture.covariance import infer_covariance, n_scale_parameters
+from mixture.covariance import cholesky_factors, infer_covariance, n_scale_parameters
 from mixture.params import MixtureParams
 
 
 def component_log_pdf(points: np.ndarray, params: MixtureParams) -> np.ndarray:
-    """log N(x | loc_k, Sigma_k) for each point and component: (N, K), any covariance layout."""
+    """log N(x | loc_k, Sigma_k) for each point and component: (N, K), any covariance layout.
+
+    NaN coordinates are missing: a point's density is the marginal over its observed
+    coordinates (the Gaussian with those rows and columns of loc and Sigma).
+    """
     x = np.asarray(points, dtype=np.float64)
+    observed = ~np.isnan(x)
+    if observed.all():
+        return _complete_log_pdf(x, params)
+    out = np.empty((len(x), params.n_components))
+    chol = cholesky_factors(params.scale, params.n_components)
+    cov = chol @ np.swapaxes(chol, -1, -2)
+    patterns, which = np.unique(observed, axis=0, return_inverse=True)
+    for i, keep in enumerate(patterns):
+        rows = np.flatnonzero(which.ravel() == i)
+        sub_cov = cov[:, keep][:, :, keep]
+        sub = MixtureParams(
+            params.weights, np.asarray(params.locs)[:, keep], np.linalg.cholesky(sub_cov)
+        )
+        out[rows] = _complete_log_pdf(x[rows][:, keep], sub)
+    return out
+
+
+def _complete_log_pdf(x: np.ndarray, params: MixtureParams) -> np.ndarray:
     locs = np.asarray(params.locs, np.float64)
     k, d = locs.shape
     diff = x[:, None, :] - locs[None]  # (N, K, D)

@@ -143,10 +143,11 @@ class Standardizer(NamedTuple):
 
     @classmethod
     def of(cls, x: np.ndarray, covariance: str) -> Standardizer:
-        std = x.std(axis=0)
+        """From the data's observed values (NaN: missing)."""
+        std = np.nanstd(x, axis=0)
         if covariance == "spherical":
             std = np.full_like(std, np.exp(np.log(std).mean()))
-        return cls(x.mean(axis=0), std)
+        return cls(np.nanmean(x, axis=0), std)
 
     def points(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std
@@ -178,9 +179,19 @@ class Standardizer(NamedTuple):
             np.asarray(m.weights), (np.asarray(m.locs) - self.mean) / self.std, scale
         )
 
-    def loss_offset(self, n_points: int, n_components: int, covariance: str) -> float:
+    def loss_offset(
+        self, n_points: int, n_components: int, covariance: str, observed: Any = None
+    ) -> float:
         """log|Jacobian| of z -> x for every density in the joint (observations, locs, scales);
-        correlations are scale-free."""
+        correlations are scale-free. observed: per dimension, how many values were observed
+        (default: all n_points)."""
+        log_std = float(np.log(self.std).sum())
+        if observed is not None:
+            obs_term = float((np.asarray(observed) * np.log(self.std)).sum())
+            return obs_term + n_components * log_std + self._per_scale(n_components, covariance)
+        return (n_points + n_components) * log_std + self._per_scale(n_components, covariance)
+
+    def _per_scale(self, n_components: int, covariance: str) -> float:
         log_std = float(np.log(self.std).sum())
         per_scale = {
             "tied-diag": log_std,
@@ -189,7 +200,7 @@ class Standardizer(NamedTuple):
             "tied": log_std,
             "full": n_components * log_std,
         }[covariance]
-        return (n_points + n_components) * log_std + per_scale
+        return per_scale
 
 
 def as_points(data: Any, n_components: int | None = None) -> np.ndarray:
@@ -202,15 +213,21 @@ def as_points(data: Any, n_components: int | None = None) -> np.ndarray:
         x = x[:, None]
     if x.ndim != 2 or x.shape[1] < 1:
         raise DataError(f"data must be (N,) or (N, D); got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        bad = int((~np.isfinite(x)).any(axis=1).sum())
-        raise DataError(f"data has {bad} point(s) with NaN or inf", "not_finite")
+    if np.any(np.isinf(x)):
+        bad = int(np.isinf(x).any(axis=1).sum())
+        raise DataError(f"data has {bad} point(s) with infinite coordinates", "not_finite")
+    # NaN is a missing coordinate (null on the wire); a point needs at least one observed.
+    missing = np.isnan(x)
+    if missing.any() and (x.shape[1] == 1 or missing.all(axis=1).any()):
+        bad = int(missing.all(axis=1).sum())
+        raise DataError(f"data has {bad} point(s) with no observed value", "not_finite")
     if n_components is not None and x.shape[0] < n_components:
         raise DataError(
             f"{x.shape[0]} point(s) cannot fit {n_components} components", "too_few_points"
         )
-    if x.shape[0] < 2 or np.any(x.std(axis=0) == 0):
-        dims = np.flatnonzero(x.std(axis=0) == 0).tolist() if x.shape[0] >= 2 else "all"
+    std = np.nanstd(x, axis=0) if x.shape[0] >= 2 else np.zeros(x.shape[1])
+    if x.shape[0] < 2 or not np.all(std > 0):
+        dims = np.flatnonzero(~(std > 0)).tolist() if x.shape[0] >= 2 else "all"
         raise DataError(
             f"data has zero variance (dimension(s) {dims}): nothing to separate", "zero_variance"
         )
@@ -419,18 +436,27 @@ def fit_map(
     """
     t0 = time.perf_counter()
     x = as_points(data, config.n_components)
+    covariance = _fit_covariance(config.covariance, x.shape[1])
+    if is_cholesky(covariance) and np.isnan(x).any():
+        # Full and tied covariances fit the complete points only (see the README).
+        x = as_points(x[~np.isnan(x).any(axis=1)], config.n_components)
     n, dim = x.shape
-    covariance = _fit_covariance(config.covariance, dim)
     if priors is None:
         priors = seed_priors(dim) if config.priors == "seed" else data_priors(x)
     std = Standardizer.of(x, covariance)
     size = padded_size(n)
     padded = np.zeros((size, dim), np.float32)
-    padded[:n] = std.points(x)
+    observed = ~np.isnan(x)
+    padded[:n] = np.where(observed, std.points(x), 0.0)
     points = jnp.asarray(padded)
-    mask = jnp.asarray(np.arange(size) < n)
+    if is_cholesky(covariance):
+        mask = jnp.asarray(np.arange(size) < n)
+    else:  # per coordinate: a missing one does not count (padding rows: none counts)
+        coords = np.zeros((size, dim), bool)
+        coords[:n] = observed
+        mask = jnp.asarray(coords)
     priors_z = Priors(*(jnp.asarray(v, dtype=jnp.float32) for v in std.priors(priors)))
-    offset = std.loss_offset(n, config.n_components, covariance)
+    offset = std.loss_offset(n, config.n_components, covariance, observed.sum(axis=0))
     prog = _program(config, dim)
 
     init_key, svi_key = jax.random.split(key)

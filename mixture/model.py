@@ -44,7 +44,12 @@ def global_sites(covariance: str, n_components: int = 2) -> tuple[str, ...]:
 def make_mixture_model(
     n_components: int, covariance: str = "tied-diag", reg_covar: float = 0.0
 ) -> Callable[..., None]:
-    """Builds model(points (N, D), priors, mask (N,) or None) for a fixed K and covariance."""
+    """Builds model(points (N, D), priors, mask) for a fixed K and covariance.
+
+    mask: None, (N,) which rows count (padding does not), or, for the diagonal types, (N, D)
+    which coordinates are observed: the likelihood of a row is then over its observed
+    coordinates only (exact for independent dimensions), and a row with none does not count.
+    """
     k = n_components
 
     @config_enumerate
@@ -86,7 +91,9 @@ def make_mixture_model(
             if covariance == "spherical":
                 scale = jnp.broadcast_to(scale[:, None], (k, d))
 
-        with numpyro.plate("data", n), numpyro.handlers.mask(mask=True if mask is None else mask):
+        coords = mask if mask is not None and mask.ndim == 2 else None
+        rows = mask if coords is None else coords.any(-1)
+        with numpyro.plate("data", n), numpyro.handlers.mask(mask=True if rows is None else rows):
             # One component has nothing to enumerate (and funsor cannot enumerate a size-1 site).
             assignment = (
                 numpyro.sample("assignment", dist.Categorical(weights))
@@ -94,7 +101,9 @@ def make_mixture_model(
                 else jnp.zeros((), jnp.int32)
             )
             spread = tril if is_cholesky(covariance) else scale
-            numpyro.sample("obs", _component(locs, spread, assignment, covariance), obs=points)
+            numpyro.sample(
+                "obs", _component(locs, spread, assignment, covariance, coords), obs=points
+            )
 
     return mixture_model
 
@@ -115,14 +124,18 @@ class CholeskyNormal(dist.MultivariateNormal):
         return -0.5 * (z * z).sum(-1) - half_log_det - 0.5 * d * jnp.log(2 * jnp.pi)
 
 
-def _component(locs: Any, scale: Any, assignment: Any, covariance: str) -> dist.Distribution:
-    """The observation distribution of the assigned component."""
+def _component(
+    locs: Any, scale: Any, assignment: Any, covariance: str, coords: Any = None
+) -> dist.Distribution:
+    """The observation distribution of the assigned component (diagonal types: over the
+    coordinates `coords` marks observed, if given)."""
     if covariance == "tied":
         return CholeskyNormal(locs[assignment], scale_tril=scale)
     if covariance == "full":
         return CholeskyNormal(locs[assignment], scale_tril=scale[assignment])
     component_scale = scale if covariance == "tied-diag" else scale[assignment]
-    return dist.Normal(locs[assignment], component_scale).to_event(1)
+    normal = dist.Normal(locs[assignment], component_scale)
+    return (normal if coords is None else normal.mask(coords)).to_event(1)
 
 
 def floored_tril(scales: Any, corr: Any, reg_covar: float) -> Any:
@@ -206,4 +219,20 @@ def assignment_model(points: Any, params: MixtureParams) -> None:
         else:
             component_scale = scale[assignment] if scale.ndim == 2 else scale
             obs = dist.Normal(params.locs[assignment], component_scale).to_event(1)
+        numpyro.sample("obs", obs, obs=points)
+
+
+@config_enumerate
+def per_record_assignment_model(points: Any, weights: Any, locs: Any, scale: Any) -> None:
+    """assignment_model where each record has its own component parameters: locs (K, B, D),
+    scale (K, B, D) diagonal or (K, B, D, D) Cholesky. Serving uses it for records with missing
+    coordinates, each record's parameters being its marginal's (see `mixture.classify`)."""
+    n = points.shape[0]
+    with numpyro.plate("data", n):
+        assignment = numpyro.sample("assignment", dist.Categorical(weights))
+        idx = (assignment, jnp.arange(n))
+        if scale.ndim == 4:
+            obs = CholeskyNormal(locs[idx], scale_tril=scale[idx])
+        else:
+            obs = dist.Normal(locs[idx], scale[idx]).to_event(1)
         numpyro.sample("obs", obs, obs=points)

@@ -119,8 +119,8 @@ def data_priors(points: np.ndarray) -> Priors:
     They carry the seed's shape (same Dirichlet, same log-scale width, locs ten spreads wide)
     but are centred on the data, so values near 0, 50 or 10^4 are fit alike.
     """
-    mean = points.mean(axis=0)
-    std = points.std(axis=0)
+    mean = np.nanmean(points, axis=0)
+    std = np.nanstd(points, axis=0)
     return Priors(0.5, mean, 10.0 * std, np.log(std), 2.0)
 
 

@@ -1,6 +1,7 @@
 """One set of rules for what a data point is, shared by the worker, the trainer and the CLIs.
 
-A point arrives as JSON `{"id": ..., "x": number | [numbers]}`. Anything else is rejected with a
+A point arrives as JSON `{"id": ..., "x": number | [numbers]}`; in D >= 2 a coordinate may be
+`null` (missing: the classifier marginalises it out). Anything else is rejected with a
 `PointError` whose `reason` is a short, stable code (used as a metric label and in dead-letter
 records) and whose message says what was wrong.
 """
@@ -22,6 +23,7 @@ REASONS = (
     "not_finite",
     "out_of_range",
     "wrong_dim",
+    "no_observed_values",  # every coordinate of x is null (missing)
     "bad_id",
     "not_classifiable",  # valid, but the model's arithmetic overflowed on it (set by the worker)
     "output_too_large",  # its output was larger than the broker takes (set by the worker)
@@ -44,16 +46,27 @@ class PointError(ValueError):
 
 class Point(NamedTuple):
     id: Any  # str | int | None, as sent
-    x: list[float]  # (D,) coordinates as sent (integers stay integers)
+    x: list[Any]  # (D,) coordinates as sent: numbers (integers stay integers), None if missing
     scalar: bool  # x was sent as a bare number
 
 
 def parse_x(value: Any, dim: int | None = None) -> tuple[list[float], bool]:
-    """Validates an `x` value: a finite number, or a non-empty list of finite numbers."""
+    """Validates an `x` value: a finite number, or a non-empty list of finite numbers in which
+    some (not all) coordinates may be null when there are two or more."""
     scalar = not isinstance(value, list)
     items = [value] if scalar else value
     if not items:
         raise PointError("not_numeric", "x is an empty list")
+    if value is None or None in items:
+        observed = [v for v in items if v is not None]
+        if not observed:
+            raise PointError("no_observed_values", "every coordinate of x is null (missing)")
+        if len(items) < 2:
+            raise PointError("not_numeric", "x is null")
+        parse_x(observed)  # the observed coordinates must be finite numbers in range
+        if dim is not None and len(items) != dim:
+            raise PointError("wrong_dim", f"x has {len(items)} dimension(s), the model has {dim}")
+        return items, scalar
     for item in items:
         # bool is an int subclass in Python, but true/false are not coordinates.
         if type(item) is not float and (

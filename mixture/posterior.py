@@ -41,6 +41,7 @@ def posterior_nuts(
 ) -> Posterior:
     """Samples p(weights, locs, scale | data) with NUTS; key is a jax.random key."""
     x = as_points(data, n_components)
+    x = as_points(x[~np.isnan(x).any(axis=1)], n_components)  # complete points only
     sub_key, mcmc_key = jax.random.split(key)
     if len(x) > max_points:
         x = x[np.asarray(jax.random.choice(sub_key, len(x), (max_points,), replace=False))]

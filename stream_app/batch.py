@@ -228,6 +228,8 @@ def encode_slice(
             "ts_out": ts_out,
             "source": source,  # type: ignore[typeddict-item]
         }
+        if None in p.x:
+            doc["missing"] = [j for j, v in enumerate(p.x) if v is None]
         value = orjson.dumps(doc)
         o = _new(Outgoing, (r.key, value, r.timestamp, r.partition, False, source, None, a))
         if len(value) > max_output_bytes:

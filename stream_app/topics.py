@@ -34,7 +34,7 @@ class AssignmentRecord(TypedDict):
     """Output: the input's id (or topic:partition:offset) and x, and the model's verdict."""
 
     id: str | int
-    x: float | list[float]
+    x: float | list[float | None]  # None: a missing coordinate (null), marginalised out
     assignment: int
     probs: list[float]
     log_likelihood: float
@@ -42,6 +42,7 @@ class AssignmentRecord(TypedDict):
     ts_in: float | None  # the input record's Kafka timestamp, seconds since the epoch
     ts_out: float  # when the assignment was produced
     source: SourceRef
+    missing: NotRequired[list[int]]  # indices of the missing coordinates, only when there are
 
 
 class DeadLetterRecord(TypedDict):

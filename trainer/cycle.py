@@ -128,7 +128,7 @@ class Trainer:
             result.final_loss
         ):
             return reject("not_finite", "the fit produced NaN or infinity", result.seconds)
-        spread = points.std(axis=0)
+        spread = np.nanstd(points, axis=0)
         if np.min(params.weights) < s.min_weight or np.any(component_sds(params) < 1e-6 * spread):
             return reject(
                 "collapsed",

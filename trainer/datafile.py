@@ -38,7 +38,7 @@ def _load_jsonl(p: pathlib.Path, text: str) -> np.ndarray:
         rows.append(point.x)
     if not rows:
         raise DataError(f"{p} holds no points")
-    return np.vstack(rows)
+    return np.array(rows, dtype=np.float64)  # None (missing) becomes NaN
 
 
 def _load_csv(p: pathlib.Path, text: str, columns: list[str] | None) -> np.ndarray:

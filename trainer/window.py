@@ -79,5 +79,6 @@ async def read_window(
             continue
         dim = len(point.x)
         rows.append(point.x)
-    points = np.vstack(rows) if rows else np.zeros((0, dim or 1))
+    # None (a missing coordinate) becomes NaN, which the fit treats as missing.
+    points = np.array(rows, dtype=np.float64) if rows else np.zeros((0, dim or 1))
     return Window(points, invalid, len(records))

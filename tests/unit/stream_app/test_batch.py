@@ -91,3 +91,26 @@ def test_record_keys_depend_on_the_record_alone():
     assert not (record_keys(2, a) == ka).all(axis=1).any()  # another seed: other keys
     other_topic = [InRecord(b"k", b"{}", "other", 3, 5, None)]
     assert not (record_keys(1, other_topic)[0] == ka[0]).all()
+
+
+def test_missing_coordinates_are_marginalised_and_listed():
+    params = MixtureParams(
+        np.array([0.5, 0.5]), np.array([[0.0, 0.0], [10.0, -10.0]]), np.array([1.0, 1.0])
+    )
+    clf = make_classifier(2, 2, max_batch=64)
+    model = ServingModel(ModelParams(3, params), clf, clf.prepare(params))
+    records = [
+        rec(b'{"id": "a", "x": [9.0, null]}', 0),
+        rec(b'{"id": "b", "x": [null, 0.5]}', 1),
+        rec(b'{"id": "c", "x": [null, null]}', 2),
+        rec(b'{"id": "d", "x": [0.5, 0.5]}', 3),
+    ]
+    out = process_batch(records, model, 1024, None)
+    docs = {d["id"]: d for d in (json.loads(o.value) for o in out.assignments)}
+    assert out.reasons == ["no_observed_values"]
+    assert (docs["a"]["assignment"], docs["a"]["missing"], docs["a"]["x"]) == (1, [1], [9.0, None])
+    assert (docs["b"]["assignment"], docs["b"]["missing"]) == (0, [0])
+    assert "missing" not in docs["d"]
+    # The marginal of one coordinate: log N(9; 10, 1) and N(9; 0, 1), weighted.
+    want = np.logaddexp(np.log(0.5) - 0.5 * 81, np.log(0.5) - 0.5) - 0.5 * np.log(2 * np.pi)
+    assert_allclose(docs["a"]["log_likelihood"], want, rtol=1e-5)
