@@ -13,13 +13,9 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from aiokafka.errors import KafkaError
 
-from kafka_common import params_topic
-from kafka_common.connection import KafkaUnavailable, check_connection, describe_kafka_error
 from kafka_common.jax_cache import cache_dir_from_env, enable_compilation_cache
 from kafka_common.settings import SettingsError
-from kafka_common.topics import TopicSpec, ensure_topics
 from mixture.covariance import DEFAULT_REG_COVAR, check_covariance
 from mixture.fit import DataError, FitConfig, fit_map, to_model_params
 from mixture.labels import order_by_location
@@ -92,7 +88,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
             model = asyncio.run(_publish(model))
         except SettingsError as exc:
             return _fail(str(exc))
-        except (KafkaUnavailable, TimeoutError, KafkaError, OSError, LookupError) as exc:
+        except _kafka_errors() as exc:
+            from kafka_common.connection import describe_kafka_error
+
             settings = TrainerSettings.from_env()
             return _fail(describe_kafka_error(exc, settings.kafka.bootstrap_servers))
     text = model.dumps()
@@ -121,8 +119,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kafka_errors() -> tuple[type[Exception], ...]:
+    """What a failed talk with Kafka raises. Kafka's modules load only when Kafka is used: an
+    offline fit starts faster without them."""
+    from aiokafka.errors import KafkaError
+
+    from kafka_common.connection import KafkaUnavailable
+
+    return (KafkaUnavailable, TimeoutError, KafkaError, OSError, LookupError)
+
+
 async def _publish(model: ModelParams) -> ModelParams:
     """Publishes as the next version after the newest on the params topic."""
+    from kafka_common import params_topic
+    from kafka_common.connection import check_connection
+    from kafka_common.topics import TopicSpec, ensure_topics
+
     settings = TrainerSettings.from_env()
     await check_connection(settings.kafka)
     await ensure_topics(settings.kafka, [TopicSpec(settings.params_topic, 1, compact=True)])
@@ -144,12 +156,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if args.posterior is not None:
         settings = dataclasses.replace(settings, posterior=args.posterior)
+    from kafka_common.connection import check_connection, describe_kafka_error
     from trainer.main import run
 
     try:
         asyncio.run(check_connection(settings.kafka))
         return run(settings, once=args.once)
-    except (KafkaUnavailable, TimeoutError, KafkaError, OSError, LookupError) as exc:
+    except _kafka_errors() as exc:
         return _fail(describe_kafka_error(exc, settings.kafka.bootstrap_servers))
     except KeyboardInterrupt:
         return 130
