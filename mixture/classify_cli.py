@@ -66,22 +66,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         scalars.append(point.scalar)
 
     if xs:
-        result = classifier(np.vstack(xs), params, jax.random.PRNGKey(args.seed))
+        # None (a missing coordinate) becomes NaN, which the classifier marginalises out.
+        x = np.array(xs, dtype=np.float64)
+        result = classifier(x, params, jax.random.PRNGKey(args.seed))
         out = sys.stdout
         for i, point_id in enumerate(ids):
-            out.write(
-                json.dumps(
-                    {
-                        "id": point_id,
-                        "x": x_to_json(xs[i], scalars[i]),
-                        "assignment": int(result.assignment[i]),
-                        "probs": [float(p) for p in result.probs[i]],
-                        "log_likelihood": float(result.log_likelihood[i]),
-                        "model_version": model.version,
-                    }
-                )
-                + "\n"
-            )
+            doc = {
+                "id": point_id,
+                "x": x_to_json(xs[i], scalars[i]),
+                "assignment": int(result.assignment[i]),
+                "probs": [float(p) for p in result.probs[i]],
+                "log_likelihood": float(result.log_likelihood[i]),
+                "model_version": model.version,
+            }
+            if None in xs[i]:
+                doc["missing"] = [j for j, v in enumerate(xs[i]) if v is None]
+            out.write(json.dumps(doc) + "\n")
     if bad:
         print(f"{PROG}: {bad} bad line(s) skipped, {len(xs)} classified", file=sys.stderr)
         return 1

@@ -204,3 +204,60 @@ def test_guards_keep_the_last_good_model(kafka_bootstrap, tmp_path, env, reason)
     assert outcome.published is None and outcome.reason == reason
     assert metrics.rejected.labels(reason=reason)._value.get() == 1
     assert newest(kafka_bootstrap, topics.params).version == 3
+
+
+def test_auto_k_full_covariance_and_missing_values_on_the_stream(kafka_bootstrap, tmp_path):
+    """GMM_COMPONENTS=auto with GMM_COVARIANCE=full: K chosen by BIC on a 2-D stream with
+    correlated clusters, some coordinates null; a second cycle on a window of another size
+    compiles nothing new (padded windows)."""
+    topics = Topics("autok")
+    rng = np.random.default_rng(5)
+    x = np.concatenate(
+        [
+            rng.multivariate_normal([0, 0], [[1, 0.8], [0.8, 1]], 700),
+            rng.multivariate_normal([6, 2], [[1, -0.6], [-0.6, 1]], 500),
+        ]
+    )
+    rows = [[float(a), float(b)] for a, b in x]
+    for i in range(0, len(rows), 10):
+        rows[i][i % 2] = None  # one point in ten has a missing coordinate
+    records = [(None, json.dumps({"id": f"a{i}", "x": r}).encode()) for i, r in enumerate(rows)]
+    produce(kafka_bootstrap, topics.input, records)
+    env = {"GMM_COMPONENTS": "auto", "GMM_MAX_COMPONENTS": "3", "GMM_COVARIANCE": "full"}
+    s = settings(kafka_bootstrap, topics, tmp_path, GMM_TRAIN_WINDOW_RECORDS="1100", **env)
+
+    outcome, metrics = cycle(s)
+    model = outcome.published
+    assert model is not None and model.covariance == "full"
+    assert model.mixture.n_components == 2
+    assert set(model.metadata.extra["bic_by_components"]) == {"1", "2", "3"}
+    assert_allclose(model.mixture.locs, [[0, 0], [6, 2]], atol=0.2)
+    compiled = metrics.registry.get_sample_value("gmm_trainer_compilations_total")
+    assert compiled > 0
+
+    # Refits in the same process, warm-started, on windows of other sizes that pad to the same
+    # size (1,536): the first warm refit compiles the warm path once, the next compiles nothing.
+    async def refit(window: int) -> None:
+        trainer = Trainer(
+            TrainerSettings.from_env(
+                {**_env_of(s), "GMM_TRAIN_WINDOW_RECORDS": str(window), **env}
+            ),
+            metrics,
+        )
+        await trainer.load_current()
+        assert (await trainer.cycle()).window == window
+
+    asyncio.run(refit(1050))
+    compiled = metrics.registry.get_sample_value("gmm_trainer_compilations_total")
+    asyncio.run(refit(1030))
+    assert metrics.registry.get_sample_value("gmm_trainer_compilations_total") == compiled
+
+
+def _env_of(s: TrainerSettings) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": ",".join(s.kafka.servers),
+        "GMM_INPUT_TOPIC": s.input_topic,
+        "GMM_PARAMS_TOPIC": s.params_topic,
+        "GMM_REPORTS_DIR": s.reports_dir,
+        "GMM_TRAIN_RESTARTS": str(s.restarts),
+    }

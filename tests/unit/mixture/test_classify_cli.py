@@ -70,3 +70,20 @@ def test_classify_cli_rejects_bad_params(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "sum to 1" in result.stderr
+
+
+def test_classify_cli_serves_full_covariances_and_missing_coordinates(tmp_path):
+    tril = np.array([[[1.0, 0.0], [0.8, 0.6]], [[1.0, 0.0], [-0.8, 0.6]]])
+    model = ModelParams(
+        2, MixtureParams([0.5, 0.5], [[0.0, 0.0], [4.0, 4.0]], tril), covariance="full"
+    )
+    path = tmp_path / "full.json"
+    path.write_text(model.dumps())
+    lines = ['{"id": "a", "x": [0.1, 0.2]}', '{"id": "b", "x": [null, 4.5]}', '{"x": [null, null]}']
+    result = classify(path, "\n".join(lines) + "\n")
+    assert result.returncode == 1
+    rows = {r["id"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert rows["a"]["assignment"] == 0 and "missing" not in rows["a"]
+    assert rows["b"]["assignment"] == 1 and rows["b"]["missing"] == [0]
+    assert rows["b"]["x"] == [None, 4.5]
+    assert "no_observed_values" in result.stderr
