@@ -20,6 +20,7 @@ from scipy import stats
 
 from mixture.evaluate import Score
 from mixture.fit import FitResult
+from mixture.labels import component_sds
 from mixture.params import ModelParams
 from mixture.posterior import Posterior
 
@@ -53,8 +54,8 @@ def write_report(
 
     m = model.mixture
     x = points[:, 0]
-    scale = np.asarray(m.scale)
-    scales = scale[:, 0] if scale.ndim == 2 else np.full(m.n_components, scale[0])
+    x = x[~np.isnan(x)]  # missing coordinates
+    scales = component_sds(m)[:, 0]  # the marginal along x[0], any covariance type
     grid = np.linspace(x.min() - 3 * scales.max(), x.max() + 3 * scales.max(), 400)
     fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
     ax.hist(x, bins=80, density=True, color="0.85", label=f"window ({len(x):,} points)")
