@@ -80,6 +80,10 @@ def _unusable(path: str) -> str | None:
     return None
 
 
+#: The cache's size bound (JAX_COMPILATION_CACHE_MAX_SIZE overrides it).
+MAX_CACHE_BYTES = 1 << 30
+
+
 def enable_compilation_cache(
     directory: str | None, environ: Mapping[str, str] | None = None
 ) -> str | None:
@@ -106,6 +110,10 @@ def enable_compilation_cache(
         return None
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", path)
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in environ:
+        # Every program is cached (auto K, padded window sizes): bounded, least recently used
+        # entries go first.
+        jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
     for name in _THRESHOLDS:
         if name.upper() not in environ:
             jax.config.update(name, 0)

@@ -51,6 +51,9 @@ def centred(params: MixtureParams) -> tuple[MixtureParams, np.ndarray]:
     return MixtureParams(w, locs - center, np.asarray(params.scale, np.float64)), center
 
 
+#: Largest chunk of rows with missing coordinates classified at once (see Classifier).
+MISSING_CHUNK = 256
+
 #: The scale layouts a classifier is compiled for (see `MixtureParams.layout`).
 LAYOUTS = ("shared", "diagonal", "cholesky")
 
@@ -129,7 +132,17 @@ class Classifier:
         self._program = jax.jit(self._classify_padded)
         self._program_missing = jax.jit(self._classify_missing)
         #: Temperature 0 reads no key; it gets these placeholders (one program per size).
-        self._no_keys = {size: np.zeros((size, 2), np.uint32) for size in self.sizes}
+        #: Padding sizes of the missing-values program: its per-record factors take
+        #: K x B x D x D memory, so its chunks stay small.
+        self.missing_sizes = tuple(
+            sorted(
+                {size for size in self.sizes if size < MISSING_CHUNK}
+                | {min(MISSING_CHUNK, self.max_batch)}
+            )
+        )
+        self._no_keys = {
+            size: np.zeros((size, 2), np.uint32) for size in (*self.sizes, *self.missing_sizes)
+        }
 
     @property
     def compilations(self) -> int:
@@ -191,21 +204,25 @@ class Classifier:
                 f"classifier (K={self.n_components}, D={self.dim}, scale={expect_scale})"
             )
 
-    def _size_for(self, n: int) -> int:
-        for size in self.sizes:
+    def _size_for(self, n: int, sizes: tuple[int, ...]) -> int:
+        for size in sizes:
             if n <= size:
                 return size
-        return self.max_batch
+        return sizes[-1]
 
     def __call__(
         self, points: Any, params: MixtureParams | Prepared, key: Any = None, *, keys: Any = None
     ) -> Classification:
-        """Classifies points (B, D), or (B,) when D == 1.
+        """Classifies points (B, D), or (B,) when D == 1; NaN coordinates are missing (D >= 2)
+        and marginalised out.
 
         Temperature 1 draws each record's assignment with its own PRNG key: either `keys`,
         (B, 2) uint32 raw keys, one per record (the worker derives them from the record's
         Kafka coordinates), or one `key` from which row i's key is `fold_in(key, i)`.
         params: Prepared, from `prepare()` (MixtureParams are prepared on every call).
+
+        Rows with missing coordinates go through their own program, so a row's result never
+        depends on what else is in the batch.
         """
         prepared = params if isinstance(params, Prepared) else self.prepare(params)
         x64 = np.asarray(points, dtype=np.float64)
@@ -214,18 +231,42 @@ class Classifier:
         if x64.ndim != 2 or x64.shape[1] != self.dim:
             raise ValueError(f"points must have shape (B, {self.dim}), got {x64.shape}")
         observed = ~np.isnan(x64)
-        complete = bool(observed.all())
-        if not complete and not observed.any(axis=1).all():
+        complete = observed.all(axis=1)
+        if not observed.any(axis=1).all():
             raise ValueError("a point has no observed coordinate")
         # Missing coordinates (NaN) become 0 here; the program marginalises them out.
         x = np.where(observed, x64 - prepared.center, 0.0).astype(np.float32)
-        device = prepared.device
         row_keys = self._row_keys(len(x), key, keys)
+        if complete.all():
+            return self._run(x, row_keys, None, prepared.device)
+        n, k = len(x), self.n_components
+        out = Classification(np.zeros(n, np.int32), np.zeros((n, k)), np.zeros(n))
+        for rows, mask in ((complete, None), (~complete, observed)):
+            idx = np.flatnonzero(rows)
+            if len(idx) == 0:
+                continue
+            part = self._run(
+                x[idx],
+                None if row_keys is None else row_keys[idx],
+                None if mask is None else mask[idx],
+                prepared.device,
+            )
+            for whole, piece in zip(out, part, strict=True):
+                whole[idx] = piece
+        return out
+
+    def _run(
+        self, x: np.ndarray, row_keys: np.ndarray | None, observed: np.ndarray | None, device: Any
+    ) -> Classification:
+        """Runs padded chunks through the complete-data program, or through the missing-values
+        program when `observed` is given (chunks of at most MISSING_CHUNK rows)."""
+        sizes = self.sizes if observed is None else self.missing_sizes
+        step = sizes[-1]
         parts = []
-        for start in range(0, max(len(x), 1), self.max_batch):
-            chunk = x[start : start + self.max_batch]
+        for start in range(0, max(len(x), 1), step):
+            chunk = x[start : start + step]
             n = len(chunk)
-            size = self._size_for(n)
+            size = self._size_for(n, sizes)
             if row_keys is None:
                 chunk_keys = self._no_keys[size]
             else:
@@ -235,12 +276,11 @@ class Classifier:
                 padded = np.zeros((size, self.dim), dtype=np.float32)
                 padded[:n] = chunk
                 chunk = padded
-            chunk_observed = None if complete else observed[start : start + n]
-            if chunk_observed is None or chunk_observed.all():
+            if observed is None:
                 outputs = self._program(chunk, device, chunk_keys)
             else:
                 mask = np.ones((size, self.dim), dtype=bool)
-                mask[:n] = chunk_observed
+                mask[:n] = observed[start : start + n]
                 outputs = self._program_missing(chunk, device, chunk_keys, mask)
             assignment, probs, log_px = jax.device_get(outputs)
             # Rows past n are padding: their outputs are dropped here.
@@ -276,9 +316,10 @@ class Classifier:
         params = MixtureParams(np.full(k, 1.0 / k), np.zeros((k, d)), scale)
         for size in self.sizes:
             self(np.zeros((size, d)), params, keys=np.zeros((size, 2), np.uint32))
-            if d >= 2:  # the program for batches with missing coordinates, too
+        if d >= 2:  # the program for rows with missing coordinates, too
+            for size in self.missing_sizes:
                 x = np.zeros((size, d))
-                x[0, 0] = np.nan
+                x[:, 0] = np.nan
                 self(x, params, keys=np.zeros((size, 2), np.uint32))
         return self._compilations - before
 
@@ -311,10 +352,15 @@ def marginalised(points: Any, observed: Any, params: MixtureParams) -> tuple[Any
     x = jnp.where(observed, points, 0.0)
     locs = jnp.where(observed[None], params.locs[:, None, :], 0.0)
     if params.scale.ndim == 3:
-        cov = params.scale @ jnp.swapaxes(params.scale, -1, -2)  # (K, D, D)
-        both = observed[:, :, None] & observed[:, None, :]  # (B, D, D)
-        cov = jnp.where(both[None], cov[:, None], jnp.eye(d, dtype=cov.dtype))
-        return x, locs, jnp.linalg.cholesky(cov)
+        # The factor F of M S M + (I - M) (M: the observed coordinates) from a QR of
+        # [M L, I - M]^T, never forming S = L L^T in float32 (that would square L's condition).
+        m = observed.astype(params.scale.dtype)  # (B, D)
+        rows = m[None, :, :, None] * params.scale[:, None]  # (K, B, D, D)
+        pad = jnp.broadcast_to(jnp.eye(d, dtype=m.dtype) * (1.0 - m)[:, :, None], rows.shape)
+        r = jnp.linalg.qr(jnp.swapaxes(jnp.concatenate([rows, pad], -1), -1, -2), mode="r")
+        sign = jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))
+        sign = jnp.where(sign == 0, 1.0, sign)
+        return x, locs, jnp.swapaxes(r, -1, -2) * sign[..., None, :]
     scale = jnp.broadcast_to(params.scale, (k, d))
     return x, locs, jnp.where(observed[None], scale[:, None, :], 1.0)
 

@@ -30,6 +30,11 @@ ALIASES = {"shared": "tied-diag", "per-component": "diag"}
 DEFAULT_REG_COVAR = 1e-6
 
 
+#: Largest condition number of a Cholesky correlation factor served (its square is the
+#: correlation matrix's): float32 keeps about 7 digits, of which the solve then loses 4.
+MAX_CORRELATION_CONDITION = 1e4
+
+
 def check_covariance(name: str) -> str:
     """The canonical name of a covariance type; ValueError naming the choices otherwise."""
     name = ALIASES.get(name, name)
@@ -121,11 +126,16 @@ def check_serving_scale(covariance: str, scale: np.ndarray, k: int, d: int) -> s
     diag = np.diagonal(scale, axis1=-2, axis2=-1)
     if np.any(diag <= 0):
         return "scale_tril must have a positive diagonal (covariance positive definite)"
-    # Positive definite as float32 serving sees it: the factor's condition must not exceed what
-    # float32 resolves, or the Cholesky solve in the classifier loses every digit.
-    ratio = diag.max(axis=-1) / diag.min(axis=-1)
-    if np.any(ratio > 1e6):
-        return "covariance is too ill-conditioned to serve (Cholesky diagonal ratio > 1e6)"
+    # Served in float32: the correlation factor diag(1/sd) L (unit-free, unlike L itself) must
+    # be conditioned well enough that its float32 solve keeps digits.
+    sd = np.sqrt(np.einsum("kij,kij->ki", scale, scale))
+    corr = scale / sd[..., :, None]
+    singular = np.linalg.svd(corr, compute_uv=False)
+    if np.any(singular[..., 0] > MAX_CORRELATION_CONDITION * singular[..., -1]):
+        return (
+            "covariance is too ill-conditioned to serve (correlation factor condition > "
+            f"{MAX_CORRELATION_CONDITION:g}, i.e. correlations within about 1e-8 of +-1)"
+        )
     if covariance == "tied" and np.any(scale != scale[:1]):
         return "a tied covariance must be the same for every component"
     return None

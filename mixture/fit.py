@@ -437,9 +437,18 @@ def fit_map(
     t0 = time.perf_counter()
     x = as_points(data, config.n_components)
     covariance = _fit_covariance(config.covariance, x.shape[1])
-    if is_cholesky(covariance) and np.isnan(x).any():
-        # Full and tied covariances fit the complete points only (see the README).
-        x = as_points(x[~np.isnan(x).any(axis=1)], config.n_components)
+    if is_cholesky(covariance):
+        # Full and tied covariances fit the complete points only (see the README), and need
+        # more of them than dimensions per component.
+        x = x[~np.isnan(x).any(axis=1)]
+        needed = (x.shape[1] + 1) * config.n_components
+        if len(x) < needed:
+            raise DataError(
+                f"{len(x)} complete point(s): a {config.covariance} fit of K="
+                f"{config.n_components} in D={x.shape[1]} needs at least {needed}",
+                "too_few_points",
+            )
+        x = as_points(x, config.n_components)
     n, dim = x.shape
     if priors is None:
         priors = seed_priors(dim) if config.priors == "seed" else data_priors(x)
@@ -466,7 +475,13 @@ def fit_map(
         if warm_start is not None
         else _placeholder(config.n_components, dim)
     )
-    warm = serving_to_sites(warm_z, covariance, config.reg_covar)
+    try:
+        warm = serving_to_sites(warm_z, covariance, config.reg_covar)
+    except (np.linalg.LinAlgError, ValueError):  # not a usable start: fit without it
+        use_warm = False
+        warm = serving_to_sites(
+            _placeholder(config.n_components, dim), covariance, config.reg_covar
+        )
     values, losses0 = prog.candidates(
         init_key, points, n, priors_z, mask, warm, jnp.asarray(use_warm)
     )

@@ -183,8 +183,12 @@ def serving_to_sites(params: MixtureParams, covariance: str, reg_covar: float) -
             else np.stack([np.diag(r) for r in np.broadcast_to(scale, locs.shape)])
         )
         cov = chol @ np.swapaxes(chol, -1, -2) - reg_covar * np.eye(d)
-        var = np.clip(np.diagonal(cov, axis1=-2, axis2=-1), 1e-12, None)
-        scales = np.sqrt(var)
+        # Taking the floor off can leave a component pinned at the floor indefinite: clip its
+        # eigenvalues back into the positive definite cone.
+        w, v = np.linalg.eigh(cov)
+        w = np.maximum(w, 1e-9 * np.abs(w).max(axis=-1, keepdims=True) + 1e-12)
+        cov = (v * w[..., None, :]) @ np.swapaxes(v, -1, -2)
+        scales = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
         corr_m = cov / (scales[..., :, None] * scales[..., None, :])
         corr_m = 0.999 * corr_m + 0.001 * np.eye(d)  # strictly inside the LKJ support
         corr_m[..., np.arange(d), np.arange(d)] = 1.0

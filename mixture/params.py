@@ -27,6 +27,13 @@ from mixture.covariance import (
 #: Written by this version; `gmm-params/1` (diagonal scales, no `covariance` field) still loads.
 SCHEMA = "gmm-params/2"
 SCHEMA_V1 = "gmm-params/1"
+#: Served in float32: locations as far out as points may be, scales (standard deviations) well
+#: inside float32's range once squared.
+MAX_ABS_LOC = 1e15
+MIN_SCALE, MAX_SCALE = 1e-15, 1e15
+#: Size limits of a served model; full and tied covariances are bounded by K x D x D because
+#: records with missing coordinates get per-record factors of that size.
+MAX_COMPONENTS, MAX_DIM, MAX_CHOLESKY_ENTRIES = 256, 1024, 32768
 #: Mixture weights come from float32 fits; their sum is checked to this tolerance.
 SIMPLEX_ATOL = 1e-4
 
@@ -268,6 +275,8 @@ class ModelParams:
 def _compact_to_serving(covariance: str | None, scale: np.ndarray, k: int, dim: int) -> np.ndarray:
     """Checks a compact scale's shape for its type and returns its serving form."""
     if covariance in (None, "tied-diag", "diag"):
+        if covariance == "diag" and dim == 1 and scale.size == k and scale.ndim <= 1:
+            return scale.reshape(k, 1)  # one number per component (a single one when K = 1)
         if scale.ndim == 0:
             if dim != 1:
                 raise ParamsError(f"a scalar scale needs D=1, but locs have D={dim}")
@@ -306,10 +315,23 @@ def validate_mixture(m: MixtureParams) -> None:
         raise ParamsError("weights must be finite and non-negative")
     if not math.isclose(float(weights.sum()), 1.0, abs_tol=SIMPLEX_ATOL):
         raise ParamsError(f"weights must sum to 1, got {weights.sum():.6g}")
-    if not np.all(np.isfinite(locs)):
-        raise ParamsError("locs must be finite")
+    if k > MAX_COMPONENTS or dim > MAX_DIM:
+        raise ParamsError(f"K={k}, D={dim}: at most K={MAX_COMPONENTS} and D={MAX_DIM} are served")
+    if scale.ndim == 3 and k * dim * dim > MAX_CHOLESKY_ENTRIES:
+        raise ParamsError(
+            f"K x D x D = {k * dim * dim} covariance entries, at most {MAX_CHOLESKY_ENTRIES} "
+            "are served (memory: records with missing values are classified with per-record "
+            "factors)"
+        )
+    if not np.all(np.isfinite(locs)) or np.any(np.abs(locs) > MAX_ABS_LOC):
+        raise ParamsError(f"locs must be finite and within +-{MAX_ABS_LOC:g}")
+    spread = np.diagonal(scale, axis1=-2, axis2=-1) if scale.ndim == 3 else scale
     if scale.ndim < 3 and (not np.all(np.isfinite(scale)) or np.any(scale <= 0)):
         raise ParamsError("scale must be finite and positive")
+    if np.any(np.abs(spread) < MIN_SCALE) or np.any(np.abs(scale) > MAX_SCALE):
+        raise ParamsError(
+            f"scales must lie within [{MIN_SCALE:g}, {MAX_SCALE:g}]: served in float32"
+        )
 
 
 def _array(value: Any, name: str) -> np.ndarray:

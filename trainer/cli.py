@@ -45,7 +45,9 @@ def _progress_printer() -> object | None:
 def cmd_fit(args: argparse.Namespace) -> int:
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     auto = args.components == "auto"
-    if not auto and not (args.components.isdigit() and int(args.components) >= 1):
+    if not auto and not (
+        args.components.isascii() and args.components.isdigit() and int(args.components) >= 1
+    ):
         return _fail(f"--components must be an integer >= 1 or auto, got {args.components!r}")
     if args.max_components < 1:
         return _fail(f"--max-components must be >= 1, got {args.max_components}")

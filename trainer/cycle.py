@@ -20,7 +20,7 @@ from kafka_common import params_topic
 from mixture.evaluate import score
 from mixture.fit import DataError, FitConfig, fit_compilations, fit_map, to_model_params
 from mixture.labels import align_components, component_sds, order_by_location
-from mixture.params import ModelParams
+from mixture.params import ModelParams, ParamsError
 from mixture.posterior import posterior_nuts
 from mixture.select import fit_auto
 from trainer.metrics import TrainerMetrics
@@ -117,6 +117,9 @@ class Trainer:
                 result = await asyncio.to_thread(fit_map, points, key, self.config, warm_start=warm)
         except DataError as exc:
             return reject(exc.reason, str(exc))
+        except Exception as exc:  # a numerical failure of this window: the next cycle retries
+            log.exception("the fit failed")
+            return reject("fit_failed", f"{type(exc).__name__}: {exc}")
         finally:
             self.metrics.count_compilations(fit_compilations())
         self.metrics.fits.inc()
@@ -153,17 +156,20 @@ class Trainer:
 
         version = self.version + 1
         fitted_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        model = to_model_params(
-            result,
-            version,
-            n,
-            fitted_at,
-            model_name=s.model_name,
-            aic=fit_score.aic,
-            bic=fit_score.bic,
-            mean_log_likelihood=fit_score.mean_log_likelihood,
-            **({"bic_by_components": {str(k): v for k, v in bics.items()}} if bics else {}),
-        )
+        try:
+            model = to_model_params(
+                result,
+                version,
+                n,
+                fitted_at,
+                model_name=s.model_name,
+                aic=fit_score.aic,
+                bic=fit_score.bic,
+                mean_log_likelihood=fit_score.mean_log_likelihood,
+                **({"bic_by_components": {str(k): v for k, v in bics.items()}} if bics else {}),
+            )
+        except ParamsError as exc:  # e.g. beyond what a worker can serve
+            return reject("unservable", str(exc), result.seconds)
         await params_topic.publish(s.kafka, s.params_topic, model, s.model_name)
         self.current, self.version = model, version
         self.metrics.published_version.set(version)

@@ -100,7 +100,7 @@ class TrainerSettings:
 
     def validate(self) -> None:
         if self.components != "auto" and not (
-            self.components.strip().isdigit() and int(self.components) >= 1
+            self.components.isascii() and self.components.isdigit() and int(self.components) >= 1
         ):
             raise SettingsError(
                 f"GMM_COMPONENTS must be an integer >= 1 or auto, got {self.components!r}"
@@ -128,7 +128,7 @@ class TrainerSettings:
     @property
     def n_components(self) -> int | None:
         """K, or None for auto."""
-        return None if self.components == "auto" else int(self.components)
+        return None if self.components == "auto" else int(self.components.strip())
 
     @property
     def smallest_k(self) -> int:

@@ -121,7 +121,10 @@ GOOD2 = {"schema": "gmm-params/2", "version": 1, "weights": [0.5, 0.5], "locs": 
         ({"covariance": "full", "scale_tril": [[[1, 0], [0, 1]]]}, r"shape \(2, 2, 2\)"),
         ({"covariance": "full", "scale_tril": [[[1, 1], [0, 1]], [[1, 0], [0, 1]]]}, "lower tri"),
         ({"covariance": "full", "scale_tril": [[[1, 0], [0, -1]], [[1, 0], [0, 1]]]}, "positive"),
-        ({"covariance": "full", "scale_tril": [[[1, 0], [0, 1e-9]], [[1, 0], [0, 1]]]}, "ill-con"),
+        ({"covariance": "full", "scale_tril": [[[1, 0], [1e5, 1]], [[1, 0], [0, 1]]]}, "ill-con"),
+        ({"covariance": "full", "scale_tril": [[[1, 0], [0, 1e-40]], [[1, 0], [0, 1]]]}, "within"),
+        ({"covariance": "diag", "scale": [[1e-46, 1], [1, 1]]}, "within"),
+        ({"locs": [[0, 0], [1e39, 3]], "covariance": "diag", "scale": [[1, 1], [1, 1]]}, "locs"),
         ({"covariance": "tied", "scale_tril": [[1, 0], [0.5, 1]], "scale": 1}, None),
         ({"covariance": "tied"}, "missing field 'scale_tril'"),
         ({"covariance": "spherical", "scale": [1, 2, 3]}, r"shape \(2,\)"),
@@ -145,3 +148,40 @@ def test_a_tied_record_must_be_tied():
         ModelParams(
             1, MixtureParams(np.array([0.5, 0.5]), np.zeros((2, 2)), tril), covariance="tied"
         )
+
+
+def test_units_do_not_make_a_covariance_ill_conditioned():
+    """Columns whose spreads differ by 1e8 (epoch seconds beside a ratio) are fine when
+    uncorrelated: conditioning is judged on the correlations."""
+    tril = np.stack([np.diag([2e4, 1e-3]), np.diag([1e4, 2e-3])])
+    model = ModelParams(
+        1, MixtureParams(np.array([0.5, 0.5]), np.zeros((2, 2)), tril), covariance="full"
+    )
+    assert ModelParams.loads(model.dumps()).covariance == "full"
+
+
+def test_size_limits():
+    k, d = 40, 30  # 36,000 covariance entries
+    tril = np.broadcast_to(np.eye(d), (k, d, d))
+    with pytest.raises(ParamsError, match="covariance entries"):
+        ModelParams(1, MixtureParams(np.full(k, 1 / k), np.zeros((k, d)), tril), covariance="full")
+
+
+def test_a_warm_start_pinned_at_the_floor_is_usable():
+    """A component on repeated values sits at the covariance floor; taking the floor off for
+    the warm start must not leave an invalid correlation (the next window may be wider)."""
+    from mixture.model import serving_to_sites
+
+    s = 3e-5
+    chol = np.linalg.cholesky(
+        np.array([[s * s, 0.5 * s * s], [0.5 * s * s, s * s]]) + 1e-6 * np.eye(2)
+    )
+    current = MixtureParams(
+        np.array([0.5, 0.5]), np.array([[0.0, 0.0], [3.0, 3.0]]), np.stack([chol / 2, np.eye(2)])
+    )
+    sites = serving_to_sites(current, "full", 1e-6)
+    assert np.all(np.isfinite(sites["corr"])) and np.all(sites["scales"] > 0)
+    rng = np.random.default_rng(8)
+    x = np.concatenate([np.full((200, 2), 0.0), rng.normal(3, 1, (300, 2))])
+    fit = fit_map(x, jax.random.PRNGKey(0), FitConfig(2, "full"), warm_start=current)
+    assert all(np.all(np.isfinite(a)) for a in fit.params)

@@ -115,3 +115,22 @@ def test_a_point_with_nothing_observed_cannot_be_fit():
     x = np.array([[1.0, 2.0], [np.nan, np.nan], [3.0, 1.0]])
     with pytest.raises(DataError, match="no observed value"):
         fit_map(x, jax.random.PRNGKey(0), FitConfig(2))
+
+
+def test_a_rows_result_does_not_depend_on_the_rest_of_the_batch():
+    rng = np.random.default_rng(15)
+    params = params_for("cholesky", rng)
+    clf = make_classifier(K, D, layout="cholesky", max_batch=64)
+    complete = rng.normal(0, 3, (5, D))
+    alone = clf(complete, params)
+    mixed = clf(np.vstack([complete, [[1.0, np.nan, 2.0]]]), params)
+    np.testing.assert_array_equal(mixed.probs[:5], alone.probs)
+    np.testing.assert_array_equal(mixed.log_likelihood[:5], alone.log_likelihood)
+
+
+def test_full_fits_need_enough_complete_points():
+    rng = np.random.default_rng(16)
+    x = rng.normal(size=(40, 3))
+    x[:35, 1] = np.nan  # 5 complete points left: K=2 full in D=3 needs 8
+    with pytest.raises(DataError, match="5 complete point"):
+        fit_map(x, jax.random.PRNGKey(0), FitConfig(2, "full"))

@@ -71,7 +71,7 @@ def test_oversized_records_are_dead_lettered():
 
 
 def test_points_the_model_cannot_score_are_dead_lettered_not_nan():
-    tiny = MixtureParams(np.array([0.5, 0.5]), np.array([[0.0], [1.0]]), np.array([1e-30]))
+    tiny = MixtureParams(np.array([0.5, 0.5]), np.array([[0.0], [1.0]]), np.array([1e-12]))
     clf = make_classifier(2, 1, max_batch=64)
     model = ServingModel(ModelParams(1, tiny), clf, clf.prepare(tiny))
     out = process_batch([rec(b'{"x": 1e14}', 1), rec(b'{"x": 0.0}', 2)], model, 1024)
