@@ -104,6 +104,13 @@ class FitConfig:
     tol: float = 1e-6
     chunk_steps: int = 25
     min_steps: int = 50
+    #: A refit that starts from the current model (the trainer's steady state) is already near
+    #: its optimum: it checks every warm_chunk_steps, from warm_min_steps, and stops when the
+    #: mean loss per point changes by less than warm_tol nats between checks (scikit-learn's
+    #: EM stops at 1e-3 per point per iteration).
+    warm_chunk_steps: int = 10
+    warm_min_steps: int = 20
+    warm_tol: float = 1e-4
     max_steps: int = 5000
 
     def __post_init__(self) -> None:
@@ -345,8 +352,8 @@ def _program(config: FitConfig, dim: int) -> _Program:
 
         return jax.vmap(one)(keys, starts)
 
-    @jax.jit
-    def run_chunk(states: Any, points: Any, priors: Priors, mask: Any) -> Any:
+    @functools.partial(jax.jit, static_argnames="length")
+    def run_chunk(states: Any, points: Any, priors: Priors, mask: Any, length: int) -> Any:
         _count_compilation()
 
         def step(s: Any, _: Any) -> Any:
@@ -354,7 +361,7 @@ def _program(config: FitConfig, dim: int) -> _Program:
             return s, (loss, s.optim_state[1][1].norms)
 
         def chunk(state: Any) -> Any:
-            return jax.lax.scan(step, state, None, length=config.chunk_steps)
+            return jax.lax.scan(step, state, None, length=length)
 
         return jax.vmap(chunk)(states)
 
@@ -497,20 +504,26 @@ def fit_map(
     loss_chunks: list[np.ndarray] = []
     norm_chunks: list[dict[str, np.ndarray]] = []
     converged, steps, prev = False, 0, None
+    chunk = config.warm_chunk_steps if warm_wins else config.chunk_steps
+    min_steps = config.warm_min_steps if warm_wins else config.min_steps
     while steps < config.max_steps:
-        states, (chunk_losses, chunk_norms) = prog.run_chunk(states, points, priors_z, mask)
+        states, (chunk_losses, chunk_norms) = prog.run_chunk(
+            states, points, priors_z, mask, length=chunk
+        )
         chunk_losses = np.asarray(chunk_losses, dtype=np.float64)  # (candidates, steps)
         loss_chunks.append(chunk_losses)
         norm_chunks.append({name: np.asarray(v) for name, v in chunk_norms.items()})
-        steps += config.chunk_steps
+        steps += chunk
         mean = chunk_losses.mean(axis=1)
         if progress is not None:
             progress(steps, float(np.min(chunk_losses[:, -1])) + offset)
         finite = np.isfinite(mean)
         if not finite.any():
             break
-        if prev is not None and steps >= config.min_steps:
+        if prev is not None and steps >= min_steps:
             change = np.abs(mean - prev) <= config.tol * np.maximum(1.0, np.abs(mean))
+            if warm_wins:
+                change |= np.abs(mean - prev) <= config.warm_tol * n
             # Candidates that went non-finite are out of the running; the rest must settle.
             if np.all(change | ~finite):
                 converged = True

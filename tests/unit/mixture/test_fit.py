@@ -157,8 +157,8 @@ def test_step_cap_stops_an_unconverged_fit():
     ("data", "message"),
     [
         ([1.0], "cannot fit 2 components"),
-        ([0.0, 1.0, float("nan"), 3.0], "NaN or inf"),
-        ([0.0, 1.0, float("inf"), 3.0], "NaN or inf"),
+        ([0.0, 1.0, float("nan"), 3.0], "1 point(s) with no observed value"),
+        ([0.0, 1.0, float("inf"), 3.0], "1 point(s) with infinite coordinates"),
         ([5.0, 5.0, 5.0, 5.0], "zero variance"),
         ([[[1.0]], [[2.0]], [[3.0]]], "must be (N,) or (N, D)"),
         (["a", "b", "c"], "must be numbers"),
