@@ -19,7 +19,8 @@ from mixture.points import REASONS, PointError, decode_point
         (b'{"id": 1}', None, "missing_x"),
         (b'{"x": "1.5"}', None, "not_numeric"),
         (b'{"x": true}', None, "not_numeric"),
-        (b'{"x": [1, null]}', None, "not_numeric"),
+        (b'{"x": [1, null]}', 1, "wrong_dim"),  # a null coordinate is missing (D >= 2)
+        (b'{"x": [null]}', None, "no_observed_values"),
         (b'{"x": []}', None, "not_numeric"),
         (b'{"x": {"a": 1}}', None, "not_numeric"),
         (b'{"x": 1e999}', None, "not_finite"),
