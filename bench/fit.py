@@ -57,6 +57,8 @@ WARM_CACHE_RUNS = 3
 #: scikit-learn's EM runs on Old Faithful: as many as the optimised starts of `gmm-trainer fit`
 #: (100 random candidates scored, the best FitConfig().n_best=4 optimised).
 FAITHFUL_SKLEARN_N_INIT = FitConfig().n_best
+#: The trainer's fit settings (its FitConfig takes only K, the covariance and the restarts).
+WARM = FitConfig()
 
 
 def _truth_8d() -> MixtureParams:
@@ -98,10 +100,10 @@ CASES = (
 )
 SCOPE = (
     "The cold comparison runs at one size per case, 100,000 points for D=1 and 10,000 for "
-    "D=8, not at 1,000,000: the whole benchmark has to fit about 25 minutes on 2 CPUs, and "
-    "our 10 candidates are optimised until every one of them settles (or the 5,000-step cap), "
-    "so one slow candidate holds all ten: a trial run took 368 s at 100,000 points for D=1 "
-    "(step cap), and D=8 full costs about 0.56 s per step at 100,000 points for the ten."
+    "D=8, not at 1,000,000: the whole benchmark has to fit in about 25 minutes on 2 CPUs. Our "
+    "ten candidates are optimised together until every one of them settles (or the 5,000-step "
+    "cap), so the slowest holds all ten: thousands of steps for D=1 (see the table), and a "
+    "trial of D=8 full at 100,000 points ran over 9 minutes (1,000 steps)."
 )
 
 
@@ -220,6 +222,12 @@ def bench_warm(case: Case, n: int, prev: MixtureParams) -> tuple[dict[str, Any],
         o, prev = ours(x, 3 + i, config, warm=prev)
         row["rounds"].append(_pair(o, sklearn(sk, x)))
         _log(case, n, f"warm round {i + 1}", row["rounds"][-1])
+    # Diagnostic, not the trainer's config: the same refit with the warm start as the only
+    # candidate (n_init=1), compiled on one window and timed on the next, shows what scoring
+    # the random candidates costs.
+    alone = dataclasses.replace(config, n_init=1)
+    ours(x, 5, alone, warm=prev)
+    row["warm_start_alone"], _ = ours(next(w), 6, alone, warm=prev)
     return row, prev
 
 
@@ -298,7 +306,7 @@ def _cold_section(rows: list[dict[str, Any]]) -> str:
             f"{r['n_points']:,}",
             r["ours_first_call"]["seconds"],
             r["ours"]["seconds"],
-            _steps(r["ours"]),
+            f"{_steps(r['ours_first_call'])} / {_steps(r['ours'])}",
             r["sklearn"]["seconds"],
             f"{r['sklearn']['iterations']}{'' if r['sklearn']['converged'] else ' (cap)'}",
             r["sklearn_over_ours_seconds"],
@@ -309,7 +317,8 @@ def _cold_section(rows: list[dict[str, Any]]) -> str:
         for r in rows
     ]
     header = ["case", "points", "ours 1st call, compile incl. (s)", "ours compiled (s)"]
-    header += ["ours steps", "sklearn (s)", "EM iters (best init)", "sklearn / ours compiled"]
+    header += ["ours steps (1st / compiled)", "sklearn (s)", "EM iters (best init)"]
+    header += ["sklearn / ours compiled"]
     header += ["loglik/pt ours", "loglik/pt sklearn", "ours - sklearn"]
     return (
         f"## Cold: {RESTARTS} optimised starts each\n\n"
@@ -341,6 +350,7 @@ def _warm_section(rows: list[dict[str, Any]]) -> str:
                 " / ".join(f"{p['ours']['seconds']:.3g}" for p in rounds),
                 " / ".join(_steps(p["ours"]) for p in rounds),
                 statistics.median(p["ours"]["seconds_per_step"] for p in rounds),
+                r["warm_start_alone"]["seconds"],
                 " / ".join(f"{p['sklearn']['seconds']:.3g}" for p in rounds),
                 " / ".join(str(p["sklearn"]["iterations"]) for p in rounds),
                 _worst_ratio(rounds),
@@ -350,7 +360,8 @@ def _warm_section(rows: list[dict[str, Any]]) -> str:
     refits = [p for r in rows for p in (r["first_refit"], *r["rounds"])]
     won = sum(p["ours"]["candidates_optimised"] == 1 for p in refits)
     header = ["case", "points", "ours 1st refit, compile incl. (s)", "ours refit (s), each round"]
-    header += ["ours steps", "ours s/step", "sklearn refit (s), each round", "EM iters"]
+    header += ["ours steps", "ours s/step (refit / steps)", "ours, warm start alone (s)"]
+    header += ["sklearn refit (s), each round", "EM iters"]
     header += ["sklearn / ours, worst rounds", "loglik/pt ours - sklearn"]
     return (
         "## Warm: the trainer's refit vs scikit-learn's `warm_start=True`\n\n"
@@ -360,12 +371,16 @@ def _warm_section(rows: list[dict[str, Any]]) -> str:
         f"{rows[0]['n_init']}` random candidates scored in one pass with the warm "
         "start; when the warm start scores best it alone is optimised, as in "
         f"{won} of {len(refits)} refits here); scikit-learn's `warm_start=True` runs EM from its "
-        "previous solution (no restarts). The first refit at a size compiles ours (shown "
+        "previous solution (no restarts). Our warm refit stops when the loss per point changes "
+        f"by less than {WARM.warm_tol:g} nats between checks every {WARM.warm_chunk_steps} "
+        f"steps (from step {WARM.warm_min_steps}). The first refit at a size compiles ours (shown "
         f"separately); the {WARM_ROUNDS} rounds after it are the steady state `gmm-trainer run` "
         "sees, every round shown; the ratio is worst round over worst round. Our chain's first "
         "refit starts from our last fit of the same mixture (the cold fit, or the refits at "
         "the size before), scikit-learn's from its fit of a previous window; the timed rounds "
-        "start from each system's own fit of the same windows.\n\n" + markdown_table(header, table)
+        'start from each system\'s own fit of the same windows. "Warm start alone" is a '
+        "diagnostic, not the trainer's config: the same refit with `n_init=1` (no random "
+        "candidates scored), on one more window.\n\n" + markdown_table(header, table)
     )
 
 
@@ -410,15 +425,18 @@ def _faithful_section(of: dict[str, Any]) -> str:
 
 
 def markdown(payload: dict[str, Any]) -> str:
-    m = payload["machine"]
+    m, load = payload["machine"], payload["load_average_1min"]
     return (
         "# Fit time and quality vs scikit-learn\n\n"
         f"{m['cpus']} CPUs, {m['machine']}, JAX {m['jax']} on {m['jax_backend']}, Python "
-        f"{m['python']}; one process, one run of each (no best-of). Log-likelihoods are the mean "
-        "log p(x) per point on the window fitted, both models scored by the same float64 "
-        "evaluator; positive differences favour ours. Ours is a MAP fit (weak priors placed on "
-        "the data) by Adam on the enumerated ELBO; scikit-learn's is maximum-likelihood EM "
-        "(its defaults: tol 1e-3 on the mean log-likelihood, max_iter 100).\n\n"
+        f"{m['python']}; 1-minute load average {load['start']:.1f} at the start, "
+        f"{load['end']:.1f} at the end (this benchmark counts for 1 to 2 of it). One process, "
+        "one run of each (no best-of). Log-likelihoods are the mean log p(x) per point on the "
+        "window fitted, both models scored by the same float64 evaluator; positive differences "
+        "favour ours. Ours is a MAP fit (weak priors placed on the data) by Adam on the "
+        "enumerated ELBO; scikit-learn's is maximum-likelihood EM (its defaults: it stops when "
+        "the mean log-likelihood per point changes by less than 1e-3, or after 100 "
+        "iterations).\n\n"
         + f"{payload['scope']}\n\n"
         + _cold_section(payload["cold"])
         + "\n"
@@ -464,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
     # "Compile included" must mean it: no persistent cache in this process.
     enable_compilation_cache("off")
+    load_before = os.getloadavg()[0]
     cold, warm = [], []
     for case in CASES:
         row, prev = bench_cold(case, min(case.cold_points, *sizes))
@@ -474,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "machine": machine(),
         "scope": SCOPE,
+        # Other work on the machine slows both sides; the 1-minute load average shows it.
+        "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
         "cold": cold,
         "warm": warm,
         "old_faithful": old_faithful(),

@@ -148,28 +148,31 @@ def inference(p: Payload) -> str:
     )
 
 
-def _versus(ours: float, sklearn: float) -> str:
+def _versus(ours: float, sklearn: float, note: str = "") -> str:
     """Ours against scikit-learn's seconds, and which is faster by how much."""
     ratio = sklearn / ours
     faster = f"ours {_x(ratio)}x faster" if ratio >= 1 else f"scikit-learn {_x(1 / ratio)}x faster"
-    return f"ours {_s(ours)} s, scikit-learn {_s(sklearn)} s ({faster})"
+    return f"ours {_s(ours)} s, scikit-learn {_s(sklearn)} s ({faster}{note})"
 
 
-def _fit_case(rows: Sequence[Payload]) -> str:
-    """One case's largest cold size and largest warm size (worst rounds)."""
-    name, cold = rows[0]["case"], [r for r in rows if r["cold"] is not None]
-    text = name
-    if cold:
-        c = max(cold, key=lambda r: r["n_points"])
+def _fit_case(cold: Payload | None, warm: Sequence[Payload]) -> str:
+    """One case: its cold comparison, and its warm refits at the largest size (worst rounds)."""
+    w = max(warm, key=lambda r: r["n_points"])
+    ours = max(r["ours"]["seconds"] for r in w["rounds"])
+    sklearn = max(r["sklearn"]["seconds"] for r in w["rounds"])
+    alone = w.get("warm_start_alone")
+    note = (
+        f"; ours {_s(alone['seconds'])} s with the warm start alone, no random candidates scored"
+        if alone
+        else ""
+    )
+    text = f"{w['case']}: warm refit at {_n(w['n_points'])} points {_versus(ours, sklearn, note)}"
+    if cold is not None:
         text += (
-            f": cold at {_n(c['n_points'])} points "
-            f"{_versus(c['cold']['ours']['seconds'], c['cold']['sklearn']['seconds'])}"
+            f", cold at {_n(cold['n_points'])} points "
+            f"{_versus(cold['ours']['seconds'], cold['sklearn']['seconds'])}"
         )
-    w = max(rows, key=lambda r: r["n_points"])
-    rounds = w["warm"]["rounds"]
-    ours = max(r["ours"]["seconds"] for r in rounds)
-    sklearn = max(r["sklearn"]["seconds"] for r in rounds)
-    return text + f", warm refit at {_n(w['n_points'])} points {_versus(ours, sklearn)}"
+    return text
 
 
 def _faithful(f: Payload) -> str:
@@ -188,32 +191,30 @@ def _faithful(f: Payload) -> str:
 
 
 def fit(p: Payload) -> str:
-    rows = p["results"]
-    cases = list(dict.fromkeys(r["case"] for r in rows))
-    by_case = [[r for r in rows if r["case"] == c] for c in cases]
-    pairs = [r["cold"] for r in rows if r["cold"] is not None]
-    pairs += [x for r in rows for x in r["warm"]["rounds"]]
+    cold, warm = p["cold"], p["warm"]
+    cases = list(dict.fromkeys(r["case"] for r in warm))
+    pairs = [*cold, *(x for r in warm for x in r["rounds"])]
     diffs = [x["loglik_difference"] for x in pairs]
-    skipped = [f"{r['case']} at {_n(r['n_points'])}" for r in rows if r["cold"] is None]
-    unconverged = sorted(
-        {
-            f"{r['case']} at {_n(r['n_points'])}"
-            for r in rows
-            for x in ([r["cold"]] if r["cold"] else []) + r["warm"]["rounds"]
-            if not x["ours"]["converged"]
-        }
+    capped = [f"{r['case']} cold" for r in cold if not r["ours"]["converged"]]
+    capped += [
+        f"{r['case']} warm at {_n(r['n_points'])}"
+        for r in warm
+        if not all(x["ours"]["converged"] for x in r["rounds"])
+    ]
+    cases_text = "; ".join(
+        _fit_case(
+            next((r for r in cold if r["case"] == c), None), [r for r in warm if r["case"] == c]
+        )
+        for c in cases
     )
-    rounds = len(rows[0]["warm"]["rounds"])
     return (
-        "one run per size, both fits in the same process; cold = 10 optimised starts each "
-        "(ours compiled, its second call at the size), warm = the trainer's refit against "
-        f"scikit-learn's `warm_start=True` EM on the same new windows (worst of {rounds} "
-        f"rounds). {'; '.join(_fit_case(c) for c in by_case)}"
-        + (f" (cold not run: {', '.join(skipped)})" if skipped else "")
-        + ". Mean log-likelihood per point, ours minus scikit-learn (same evaluator): "
-        f"{min(diffs):+.1e} to {max(diffs):+.1e}. "
+        "one run each, both fits in the same process: warm = the trainer's refit (compiled, "
+        "warm-started) against scikit-learn's `warm_start=True` EM on the same new windows, "
+        f"worst of {len(warm[0]['rounds'])} rounds; cold = 10 optimised starts each, ours "
+        f"compiled. {cases_text}. Mean log-likelihood per point, ours minus scikit-learn (same "
+        f"evaluator): {min(diffs):+.1e} to {max(diffs):+.1e}. "
         + _faithful(p["old_faithful"])
-        + (f" **Not converged**: {', '.join(unconverged)}." if unconverged else "")
+        + (f" **Step cap reached** (not converged): {', '.join(capped)}." if capped else "")
     )
 
 
