@@ -25,6 +25,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +119,16 @@ def enable_compilation_cache(
         if name.upper() not in environ:
             jax.config.update(name, 0)
     return path
+
+
+def jax_cache_dir_field() -> Any:
+    """The `GMM_JAX_CACHE_DIR` setting, for every process's settings class."""
+    from kafka_common.settings import env_field
+
+    return env_field(
+        "GMM_JAX_CACHE_DIR",
+        "auto",
+        "JAX's persistent compilation cache, for fast restarts (safe to delete); auto: "
+        "$JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME/gmm-stream/jax or "
+        "~/.cache/gmm-stream/jax; off: no cache",
+    )

@@ -96,7 +96,11 @@ def posterior(points: Any, params: MixtureParams) -> tuple[Any, Any]:
         z = diff / scale[:, None, :]
         log_det = jnp.log(scale).sum(-1)
     log_norm = jnp.log(params.weights) - log_det - 0.5 * points.shape[1] * jnp.log(2 * jnp.pi)
-    log_joint = log_norm[:, None] - 0.5 * (z * z).sum(-1)  # (K, B)
+    return _normalised(log_norm[:, None] - 0.5 * (z * z).sum(-1))  # (K, B)
+
+
+def _normalised(log_joint: Any) -> tuple[Any, Any]:
+    """(p(component | x), log p(x)) from log p(component, x), (K, B), stably."""
     top = log_joint.max(0)
     unnorm = jnp.exp(log_joint - top)
     total = unnorm.sum(0)
@@ -326,16 +330,21 @@ class Classifier:
 
 def _assign(points: Any, params: MixtureParams, temperature: int, key: Any) -> Any:
     """The assignment of each point by `infer_discrete`: MAP (0) or a posterior draw (1)."""
-    if params.weights.shape[0] == 1:  # nothing to infer (funsor cannot enumerate one value)
-        return jnp.zeros(points.shape[0], jnp.int32)
-    model = infer_discrete(
-        assignment_model,
+    return _infer(assignment_model, (points, params), params.weights, temperature, key)
+
+
+def _infer(model: Any, args: tuple[Any, ...], weights: Any, temperature: int, key: Any) -> Any:
+    """Runs `infer_discrete` on model(*args) (args[0]: the points) and returns the assignment."""
+    if weights.shape[0] == 1:  # nothing to infer (funsor cannot enumerate one value)
+        return jnp.zeros(args[0].shape[0], jnp.int32)
+    discrete = infer_discrete(
+        model,
         temperature=temperature,
         first_available_dim=-2,  # left of the data plate, as in the tutorial
         rng_key=key,
     )
-    seeded = model if key is None else handlers.seed(model, key)
-    trace = handlers.trace(seeded).get_trace(points, params)
+    seeded = discrete if key is None else handlers.seed(discrete, key)
+    trace = handlers.trace(seeded).get_trace(*args)
     return jnp.reshape(trace["assignment"]["value"], (-1,)).astype(jnp.int32)
 
 
@@ -377,33 +386,21 @@ def posterior_per_record(
         z = diff / scale
         log_det = jnp.log(scale).sum(-1)
     n_observed = observed.sum(-1)  # (B,)
-    log_joint = (
+    return _normalised(
         jnp.log(weights)[:, None]
         - log_det
         - 0.5 * (z * z).sum(-1)
         - 0.5 * n_observed[None] * jnp.log(2 * jnp.pi)
     )
-    top = log_joint.max(0)
-    unnorm = jnp.exp(log_joint - top)
-    total = unnorm.sum(0)
-    return unnorm / total, top + jnp.log(total)
 
 
 def _assign_per_record(
     points: Any, weights: Any, locs: Any, scale: Any, temperature: int, key: Any
 ) -> Any:
     """`_assign` with per-record component parameters (records with missing coordinates)."""
-    if weights.shape[0] == 1:
-        return jnp.zeros(points.shape[0], jnp.int32)
-    model = infer_discrete(
-        per_record_assignment_model,
-        temperature=temperature,
-        first_available_dim=-2,
-        rng_key=key,
+    return _infer(
+        per_record_assignment_model, (points, weights, locs, scale), weights, temperature, key
     )
-    seeded = model if key is None else handlers.seed(model, key)
-    trace = handlers.trace(seeded).get_trace(points, weights, locs, scale)
-    return jnp.reshape(trace["assignment"]["value"], (-1,)).astype(jnp.int32)
 
 
 def make_classifier(

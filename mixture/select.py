@@ -21,6 +21,16 @@ from mixture.params import MixtureParams
 DEFAULT_MAX_COMPONENTS = 8
 
 
+def parse_components(text: str) -> int | None:
+    """K from "3", or None from "auto"; ValueError otherwise (one-line reason)."""
+    text = text.strip()
+    if text == "auto":
+        return None
+    if not (text.isascii() and text.isdigit() and int(text) >= 1):
+        raise ValueError(f"must be an integer >= 1 or auto, got {text!r}")
+    return int(text)
+
+
 class Selection(NamedTuple):
     """The fit of the chosen K, and every K's BIC (inf where the fit failed)."""
 

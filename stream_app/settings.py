@@ -11,6 +11,7 @@ import pathlib
 import sys
 from collections.abc import Mapping
 
+from kafka_common.jax_cache import jax_cache_dir_field
 from kafka_common.settings import KafkaSettings, SettingsError, env_field, load, markdown_table
 from mixture.params import ModelParams, ParamsError
 
@@ -101,13 +102,7 @@ class WorkerSettings:
     log_level: str = env_field(
         "GMM_LOG_LEVEL", "info", "Log level", choices=("debug", "info", "warn", "error")
     )
-    jax_cache_dir: str = env_field(
-        "GMM_JAX_CACHE_DIR",
-        "auto",
-        "JAX's persistent compilation cache, for fast restarts (safe to delete); auto: "
-        "$JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME/gmm-stream/jax or "
-        "~/.cache/gmm-stream/jax; off: no cache",
-    )
+    jax_cache_dir: str = jax_cache_dir_field()
 
     def validate(self) -> None:
         if self.max_batch < 1:

@@ -20,7 +20,7 @@ from mixture.covariance import DEFAULT_REG_COVAR, check_covariance
 from mixture.fit import DataError, FitConfig, fit_map, to_model_params
 from mixture.labels import order_by_location
 from mixture.params import ModelParams
-from mixture.select import DEFAULT_MAX_COMPONENTS, fit_auto
+from mixture.select import DEFAULT_MAX_COMPONENTS, fit_auto, parse_components
 from trainer.datafile import load_points
 from trainer.settings import TrainerSettings
 
@@ -44,11 +44,11 @@ def _progress_printer() -> object | None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
-    auto = args.components == "auto"
-    if not auto and not (
-        args.components.isascii() and args.components.isdigit() and int(args.components) >= 1
-    ):
-        return _fail(f"--components must be an integer >= 1 or auto, got {args.components!r}")
+    try:
+        k = parse_components(args.components)
+    except ValueError as exc:
+        return _fail(f"--components {exc}")
+    auto = k is None
     if args.max_components < 1:
         return _fail(f"--max-components must be >= 1, got {args.max_components}")
     if not 0 <= args.reg_covar < 1:
@@ -62,7 +62,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     try:
         points = load_points(args.data, columns)
         config = FitConfig(
-            n_components=1 if auto else int(args.components),
+            n_components=k or 1,
             covariance=covariance,
             reg_covar=args.reg_covar,
             priors=args.priors,

@@ -12,9 +12,10 @@ import os
 import sys
 from collections.abc import Mapping
 
+from kafka_common.jax_cache import jax_cache_dir_field
 from kafka_common.settings import KafkaSettings, SettingsError, env_field, load, markdown_table
 from mixture.covariance import ALIASES, COVARIANCES, DEFAULT_REG_COVAR, check_covariance
-from mixture.select import DEFAULT_MAX_COMPONENTS
+from mixture.select import DEFAULT_MAX_COMPONENTS, parse_components
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,21 +91,13 @@ class TrainerSettings:
     max_record_bytes: int = env_field(
         "GMM_MAX_RECORD_BYTES", 65536, "Larger input records are dead-lettered as oversized"
     )
-    jax_cache_dir: str = env_field(
-        "GMM_JAX_CACHE_DIR",
-        "auto",
-        "JAX's persistent compilation cache, for fast restarts (safe to delete); auto: "
-        "$JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME/gmm-stream/jax or "
-        "~/.cache/gmm-stream/jax; off: no cache",
-    )
+    jax_cache_dir: str = jax_cache_dir_field()
 
     def validate(self) -> None:
-        if self.components != "auto" and not (
-            self.components.isascii() and self.components.isdigit() and int(self.components) >= 1
-        ):
-            raise SettingsError(
-                f"GMM_COMPONENTS must be an integer >= 1 or auto, got {self.components!r}"
-            )
+        try:
+            parse_components(self.components)
+        except ValueError as exc:
+            raise SettingsError(f"GMM_COMPONENTS {exc}") from None
         if self.max_components < 1:
             raise SettingsError(f"GMM_MAX_COMPONENTS must be >= 1, got {self.max_components}")
         if not 0 <= self.reg_covar < 1:
@@ -128,7 +121,7 @@ class TrainerSettings:
     @property
     def n_components(self) -> int | None:
         """K, or None for auto."""
-        return None if self.components == "auto" else int(self.components.strip())
+        return parse_components(self.components)
 
     @property
     def smallest_k(self) -> int:
