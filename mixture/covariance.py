@@ -50,11 +50,6 @@ def is_cholesky(covariance: str) -> bool:
     return covariance in ("tied", "full")
 
 
-def layout(scale: Any) -> str:
-    """The classifier layout of a serving-form scale: shared, diagonal or cholesky."""
-    return {1: "shared", 2: "diagonal", 3: "cholesky"}[len(np.shape(scale))]
-
-
 def infer_covariance(scale: Any) -> str:
     """The covariance type a serving-form scale most plainly is (for `gmm-params/1` records)."""
     return {1: "tied-diag", 2: "diag", 3: "full"}[len(np.shape(scale))]
