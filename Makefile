@@ -5,8 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 KAFKA := deploy/kafka/kafka.sh
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
+# Docker Compose v2, built from its Go module once per version into a cache outside the clone
+# (`make compose-tool`); tests/unit/deploy/test_compose.py runs its `config` on every variant.
+GO ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
+COMPOSE_VERSION := v2.32.4
+COMPOSE_CACHE ?= $(HOME)/.cache/gmm-ci/compose-$(COMPOSE_VERSION)
+COMPOSE_BIN := $(COMPOSE_CACHE)/docker-compose
+export DOCKER_COMPOSE ?= $(wildcard $(COMPOSE_BIN))
 
-.PHONY: help venv kafka-up kafka-down kafka-status test test-quick test-unit test-integration demo demo-down lint typecheck bench bench-summary clean
+.PHONY: help venv kafka-up kafka-down kafka-status test test-quick test-unit test-integration demo demo-down lint typecheck bench bench-summary clean compose-tool
 
 help:
 	@echo "make demo              set up, start Kafka, run the demo (make demo-down stops it)"
@@ -15,6 +22,7 @@ help:
 	@echo "make test-unit         unit tests only (no broker)"
 	@echo "make kafka-up|kafka-down|kafka-status"
 	@echo "make lint typecheck bench clean"
+	@echo "make compose-tool      build Docker Compose $(COMPOSE_VERSION) (cached) for the compose tests"
 	@echo "make bench-summary     rewrite README's benchmark summary from bench/results/*.json"
 
 # The venv is rebuilt when pyproject.toml changes.
@@ -56,6 +64,21 @@ demo-down:
 	  if [ -f .run/demo/$$p.pid ]; then kill $$(cat .run/demo/$$p.pid) 2>/dev/null || true; rm -f .run/demo/$$p.pid; echo "demo: $$p stopped"; fi; \
 	done
 	@bash $(KAFKA) down
+
+# `go install` names the binary after its package directory (cmd); it is renamed, and only a
+# complete build is moved into place, so an interrupted one is retried on the next run.
+compose-tool: $(COMPOSE_BIN)
+
+$(COMPOSE_BIN):
+	@command -v $(GO) >/dev/null || { echo "compose-tool: Go not found (set GO=/path/to/go)" >&2; exit 1; }
+	@mkdir -p $(COMPOSE_CACHE)
+	rm -rf $(COMPOSE_CACHE)/tmp
+	GOBIN=$(COMPOSE_CACHE)/tmp $(GO) install -trimpath \
+	  -ldflags "-s -w -X github.com/docker/compose/v2/internal.Version=$(COMPOSE_VERSION)" \
+	  github.com/docker/compose/v2/cmd@$(COMPOSE_VERSION)
+	mv $(COMPOSE_CACHE)/tmp/cmd $@
+	rmdir $(COMPOSE_CACHE)/tmp
+	@$@ version
 
 lint: venv
 	$(BIN)/ruff check .

@@ -2,12 +2,14 @@
 
 Each field names its variable and documents itself (`env_field`), so `load()` can parse and
 validate all of them in one place and the README's configuration table can be generated from the
-same source (`python -m stream_app.settings --markdown`). Secrets come only from the environment.
+same source (`python -m stream_app.settings --markdown`). Secrets come only from the environment,
+and a secret setting is held as a `Secret`, which no repr, str, format or log line shows.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import ssl
 import typing
 from collections.abc import Mapping
@@ -18,6 +20,45 @@ T = TypeVar("T")
 
 class SettingsError(ValueError):
     """A setting with a bad value; the message names the variable."""
+
+
+class Secret:
+    """A secret setting's value (a password). repr, str and format show a mask, never the value,
+    so neither a settings object's repr nor a log line that formats one can leak it; `reveal()`
+    gives the value to the one place that needs it (the Kafka client's options)."""
+
+    __slots__ = ("_value",)
+    MASK = "**********"
+
+    def __init__(self, value: str = "") -> None:
+        if isinstance(value, Secret):
+            value = value.reveal()
+        if not isinstance(value, str):
+            raise TypeError(f"a Secret holds a str, not {type(value).__name__}")
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+    def __str__(self) -> str:
+        return self.MASK if self._value else ""
+
+    def __repr__(self) -> str:
+        return f"Secret({str(self)!r})"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 def env_field(
@@ -36,6 +77,8 @@ def env_field(
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:
+    if kind is Secret:
+        return Secret(raw)
     try:
         if kind is bool:
             lowered = raw.strip().lower()
@@ -67,7 +110,8 @@ def load(cls: type[T], environ: Mapping[str, str], **overrides: Any) -> T:
         elif (sub := _nested(f)) is not None:
             values[f.name] = load(sub, environ)
         elif (env := f.metadata.get("env")) is not None and env in environ:
-            value = _parse(env, environ[env], hints[f.name])
+            kind = Secret if f.metadata.get("secret") else hints[f.name]
+            value = _parse(env, environ[env], kind)
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise SettingsError(
@@ -129,8 +173,11 @@ class KafkaSettings:
         choices=SASL_MECHANISMS,
     )
     sasl_username: str = env_field("KAFKA_SASL_USERNAME", "", "SASL user name")
-    sasl_password: str = env_field(
-        "KAFKA_SASL_PASSWORD", "", "SASL password (from the environment only)", secret=True
+    sasl_password: Secret = env_field(  # noqa: RUF009  (a Secret is immutable, like a str)
+        "KAFKA_SASL_PASSWORD",
+        Secret(),
+        "SASL password (from the environment only; never shown in a repr or a log line)",
+        secret=True,
     )
     ssl_cafile: str = env_field(
         "KAFKA_SSL_CAFILE", "", "CA bundle for SSL/SASL_SSL; empty: system CAs"
@@ -138,6 +185,10 @@ class KafkaSettings:
     replication_factor: int = env_field(
         "KAFKA_TOPIC_REPLICATION_FACTOR", 1, "Replication of the topics the service creates"
     )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sasl_password, Secret):  # KafkaSettings(sasl_password="...")
+            object.__setattr__(self, "sasl_password", Secret(self.sasl_password))
 
     def validate(self) -> None:
         if not self.servers:
@@ -170,7 +221,7 @@ class KafkaSettings:
             opts.update(
                 sasl_mechanism=self.sasl_mechanism,
                 sasl_plain_username=self.sasl_username,
-                sasl_plain_password=self.sasl_password,
+                sasl_plain_password=self.sasl_password.reveal(),
             )
         context = self.ssl_context()
         if context is not None:

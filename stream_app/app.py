@@ -23,7 +23,7 @@ def broker_credentials(settings: WorkerSettings) -> faust.types.auth.Credentials
     if kafka.security_protocol.startswith("SASL"):
         return faust.SASLCredentials(
             username=kafka.sasl_username,
-            password=kafka.sasl_password,
+            password=kafka.sasl_password.reveal(),
             mechanism=kafka.sasl_mechanism,
             ssl_context=kafka.ssl_context(),
         )

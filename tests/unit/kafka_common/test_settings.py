@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import re
+import typing
+
 import pytest
 
-from kafka_common.settings import KafkaSettings, SettingsError, describe, load
+from kafka_common.settings import KafkaSettings, Secret, SettingsError, describe, load
 from stream_app.settings import WorkerSettings
+from trainer.settings import TrainerSettings
 
 
 def test_defaults():
@@ -82,3 +88,86 @@ def test_every_setting_is_documented():
         "KAFKA_SASL_PASSWORD",
     } <= set(names)
     assert all(doc for _, _, doc in rows)
+
+
+PASSWORD = "hunter2-do-not-print"
+SASL_ENV = {
+    "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+    "KAFKA_SASL_USERNAME": "svc",
+    "KAFKA_SASL_PASSWORD": PASSWORD,
+}
+
+
+def _secret_fields(cls):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory):
+            yield from _secret_fields(f.default_factory)
+        elif "env" in f.metadata:
+            yield f.metadata["env"], f.metadata["secret"], hints[f.name]
+
+
+@pytest.mark.parametrize("cls", [WorkerSettings, TrainerSettings])
+def test_password_like_settings_are_secret(cls):
+    """Every setting named like a password is marked secret and held as a Secret."""
+    fields = list(_secret_fields(cls))
+    assert ("KAFKA_SASL_PASSWORD", True, Secret) in fields
+    for env, secret, hint in fields:
+        if re.search("PASSWORD|SECRET|TOKEN|PASSPHRASE", env):
+            assert secret, f"{env} must be env_field(..., secret=True)"
+        if secret:
+            assert hint is Secret, f"{env} must be typed Secret"
+
+
+@pytest.mark.parametrize("cls", [WorkerSettings, TrainerSettings])
+def test_secrets_never_appear_in_a_repr_or_a_log_line(cls, caplog):
+    settings = cls.from_env(SASL_ENV)
+    password = settings.kafka.sasl_password
+    shown = [
+        repr(settings),
+        str(settings),
+        f"{settings}",
+        repr(settings.kafka),
+        repr(dataclasses.asdict(settings)),
+        repr(password),
+        str(password),
+        f"{password} {password!r} {password:>30}",
+        "%s %r" % (password, password),  # noqa: UP031  (the logging module's own formatting)
+    ]
+    log = logging.getLogger("gmm.test.secrets")
+    with caplog.at_level(logging.DEBUG, logger="gmm.test.secrets"):
+        log.info("settings %s", settings)
+        log.info("settings %r", settings)
+        log.info("kafka %s password %s", settings.kafka, password)
+        log.warning("asdict %s", dataclasses.asdict(settings))
+    shown.append(caplog.text)
+    for text in shown:
+        assert PASSWORD not in text
+    assert "sasl_password=Secret('**********')" in repr(settings)
+    assert caplog.text.count("**********") >= 4
+
+
+def test_every_user_of_the_password_gets_the_real_value():
+    from stream_app.app import broker_credentials
+
+    settings = WorkerSettings.from_env(SASL_ENV)
+    assert settings.kafka.sasl_password.reveal() == PASSWORD
+    assert settings.kafka.client_options()["sasl_plain_password"] == PASSWORD
+    assert broker_credentials(settings).password == PASSWORD
+    assert PASSWORD not in repr(broker_credentials(settings))
+
+
+def test_secret_value_semantics():
+    assert not Secret() and Secret("x") and str(Secret()) == "" and repr(Secret()) == "Secret('')"
+    assert Secret("a") == Secret("a") and Secret("a") != Secret("b") and Secret("a") != "a"
+    assert len({Secret("a"), Secret("a")}) == 1
+    assert Secret(Secret("a")).reveal() == "a"
+    with pytest.raises(TypeError):
+        Secret(123)  # type: ignore[arg-type]
+    # Built in code rather than from the environment: held as a Secret all the same.
+    direct = KafkaSettings(sasl_password="p")  # type: ignore[arg-type]
+    assert isinstance(direct.sasl_password, Secret) and direct.sasl_password.reveal() == "p"
+    assert load(KafkaSettings, {}).sasl_password == Secret("")
+    # The README's table shows no default for the password, and no mask either.
+    (row,) = [r for r in describe(KafkaSettings) if r[0] == "KAFKA_SASL_PASSWORD"]
+    assert row[1] == ""
