@@ -13,7 +13,7 @@ COMPOSE_CACHE ?= $(HOME)/.cache/gmm-ci/compose-$(COMPOSE_VERSION)
 COMPOSE_BIN := $(COMPOSE_CACHE)/docker-compose
 export DOCKER_COMPOSE ?= $(wildcard $(COMPOSE_BIN))
 
-.PHONY: help venv kafka-up kafka-down kafka-status test test-quick test-unit test-integration demo demo-down lint typecheck bench bench-summary clean compose-tool
+.PHONY: help venv kafka-up kafka-down kafka-status test test-quick test-unit test-integration demo demo-down lint typecheck bench bench-summary device-wheels clean compose-tool
 
 help:
 	@echo "make demo              set up, start Kafka, run the demo (make demo-down stops it)"
@@ -24,6 +24,7 @@ help:
 	@echo "make lint typecheck bench clean"
 	@echo "make compose-tool      build Docker Compose $(COMPOSE_VERSION) (cached) for the compose tests"
 	@echo "make bench-summary     rewrite README's benchmark summary from bench/results/*.json"
+	@echo "make device-wheels     wheels the GPU machine lacks, into .whl (for bench/device/run.sh)"
 
 # The venv is rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -98,6 +99,19 @@ bench: venv kafka-up
 # README's Benchmarks section is rendered from bench/results/*.json (a unit test checks it).
 bench-summary: venv
 	$(BIN)/python -m bench.summary --write
+
+# The wheels the device machine (Python 3.12, no registry) lacks for bench/device/run.sh: funsor
+# and its makefun, orjson, and NumPyro at the project's pin (the machine has 0.21). Same versions
+# as pyproject.toml and the venv; each without its dependencies (the machine has the rest).
+DEVICE_WHEELS := funsor==0.4.8 makefun==1.16.0 numpyro==0.22.0 orjson==3.13.0
+DEVICE_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 \
+	manylinux2014_x86_64 manylinux1_x86_64
+
+device-wheels: venv
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp $(addprefix --platform ,$(DEVICE_PLATFORMS)) -d .whl $(DEVICE_WHEELS)
+	@ls .whl
 
 clean: demo-down
 	rm -rf .kafka .run reports

@@ -2,11 +2,11 @@
 
 `make_classifier` builds it once per (K, D, scale layout, temperature); the layouts are shared or
 per-component diagonal scales and per-component Cholesky factors, which serve every covariance
-type (`mixture.covariance`). Parameters are jit
-*arguments*, so a new model version never recompiles; batches are padded up to one of a few
-fixed sizes, so any batch up to `max_batch` reuses one of at most len(sizes) programs, all of
-which `warmup()` compiles up front. Each trace of the program bumps `compilations`, which tests
-and the worker's metrics read.
+type (`mixture.covariance`). Parameters are jit *arguments*, so a new model version never
+recompiles; batches are padded up to one of a few fixed sizes (by default chosen per backend,
+`default_sizes`), so any batch up to `max_batch` reuses one of at most len(sizes) programs, all
+of which `warmup()` compiles up front. Each trace of the program bumps `compilations`, which
+tests and the worker's metrics read.
 
 Alongside the sampled or MAP assignment it returns the exact membership probabilities and the
 log-likelihood log p(x) under the mixture, both closed-form from the same parameters.
@@ -78,6 +78,22 @@ def bucket_sizes(max_batch: int, smallest: int = 16, factor: int = 4) -> tuple[i
     return tuple(sizes)
 
 
+#: The smallest padding size on a CPU and on an accelerator (GPU, TPU). On a CPU a program's
+#: time grows with its rows, so small batches get small programs (16, 64, 256, ...); on an
+#: accelerator a call of thousands of rows should cost little more than one of a few (launch and
+#: transfer dominate; bench/device measures it), so fewer, larger programs are compiled.
+SMALLEST_PADDED_CPU = 16
+SMALLEST_PADDED_ACCELERATOR = 256
+
+
+def default_sizes(max_batch: int, backend: str | None = None) -> tuple[int, ...]:
+    """The padding sizes for `backend` (default: JAX's default backend): `bucket_sizes` from
+    SMALLEST_PADDED_CPU on a CPU, from SMALLEST_PADDED_ACCELERATOR elsewhere."""
+    backend = backend or jax.default_backend()
+    smallest = SMALLEST_PADDED_CPU if backend == "cpu" else SMALLEST_PADDED_ACCELERATOR
+    return bucket_sizes(max_batch, smallest)
+
+
 def posterior(points: Any, params: MixtureParams) -> tuple[Any, Any]:
     """Closed-form p(component | x) and log p(x): returns (probs (K, B), log_px (B,)).
 
@@ -129,7 +145,7 @@ class Classifier:
         self.dim = dim
         self.layout = layout
         self.temperature = temperature
-        self.sizes = tuple(sorted(sizes)) if sizes else bucket_sizes(max_batch)
+        self.sizes = tuple(sorted(sizes)) if sizes else default_sizes(max_batch)
         self.max_batch = self.sizes[-1]
         self._compilations = 0
         self._lock = threading.Lock()

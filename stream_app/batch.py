@@ -16,15 +16,17 @@ import hashlib
 import math
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import orjson
 
 from mixture.classify import Classification
 from mixture.points import Point, PointError, decode_point
-from stream_app.model_state import ServingModel
-from stream_app.topics import AssignmentRecord, DeadLetterRecord, SourceRef
+
+if TYPE_CHECKING:  # types only: this module runs without Faust (bench/device uses it so)
+    from stream_app.model_state import ServingModel
+    from stream_app.topics import AssignmentRecord, DeadLetterRecord, SourceRef
 
 
 class InRecord(NamedTuple):

@@ -33,10 +33,17 @@ class ModelHolder:
     """Holds the current ServingModel; `ready` is set once the first one is installed."""
 
     def __init__(
-        self, temperature: int, max_batch: int, metrics: WorkerMetrics, compile_executor: Executor
+        self,
+        temperature: int,
+        max_batch: int,
+        metrics: WorkerMetrics,
+        compile_executor: Executor,
+        sizes: tuple[int, ...] | None = None,
     ) -> None:
         self.temperature = temperature
         self.max_batch = max_batch
+        #: Padding sizes of every classifier; None: the backend's, up to max_batch.
+        self.sizes = sizes
         self.metrics = metrics
         self.executor = compile_executor
         self.current: ServingModel | None = None
@@ -60,7 +67,7 @@ class ModelHolder:
             if classifier is None:
                 log.info("compiling the classifier for K=%d D=%d (%s scale)", *shape)
                 classifier = classifier_for(
-                    m, temperature=self.temperature, max_batch=self.max_batch
+                    m, temperature=self.temperature, max_batch=self.max_batch, sizes=self.sizes
                 )
                 await loop.run_in_executor(self.executor, classifier.warmup)
                 self._classifiers[shape] = classifier

@@ -6,6 +6,7 @@ python -m stream_app.settings --markdown   # the README's configuration table
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import sys
@@ -14,6 +15,37 @@ from collections.abc import Mapping
 from kafka_common.jax_cache import jax_cache_dir_field
 from kafka_common.settings import KafkaSettings, SettingsError, env_field, load, markdown_table
 from mixture.params import ModelParams, ParamsError
+
+#: GMM_SLICE_RECORDS=0 picks the slice by JAX's backend. On a CPU a slice's classification
+#: takes time in proportion to its rows, and small slices let its outputs leave while the next
+#: is classified; on a GPU a call costs about the same up to thousands of rows, so larger
+#: slices make fewer calls (mixture.classify.default_sizes picks the padding sizes alike).
+SLICE_RECORDS_CPU = 256
+SLICE_RECORDS_ACCELERATOR = 1024
+
+
+@functools.cache
+def jax_backend() -> str:
+    """JAX's default backend (cpu, gpu or tpu); initialises JAX's backends on first call."""
+    import jax
+
+    return str(jax.default_backend())
+
+
+def parse_pad_sizes(raw: str) -> tuple[int, ...] | None:
+    """GMM_PAD_SIZES: None for auto (or empty), else the sizes, sorted; SettingsError if bad."""
+    text = raw.strip().lower()
+    if text in ("", "auto"):
+        return None
+    try:
+        sizes = tuple(sorted({int(v) for v in text.split(",")}))
+    except ValueError:
+        sizes = ()
+    if not sizes or sizes[0] < 1:
+        raise SettingsError(
+            f"GMM_PAD_SIZES must be auto or positive integers separated by commas, got {raw!r}"
+        )
+    return sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +79,16 @@ class WorkerSettings:
     )
     slice_records: int = env_field(
         "GMM_SLICE_RECORDS",
-        256,
-        "Records classified and sent at a time within a batch, capped by GMM_MAX_BATCH (a "
-        "padded size: 16, 64, 256, 1024 or 4096; larger on a GPU)",
+        0,
+        "Records classified and sent at a time within a batch, capped by GMM_MAX_BATCH; 0: by "
+        f"JAX's backend, {SLICE_RECORDS_CPU} on a CPU, {SLICE_RECORDS_ACCELERATOR} on a GPU",
+    )
+    pad_sizes: str = env_field(
+        "GMM_PAD_SIZES",
+        "auto",
+        "Batch sizes the classifier is compiled for, comma-separated (a slice is padded up to "
+        "the next one; the largest is the most rows per call); auto: 16, 64, 256, ... up to "
+        "GMM_MAX_BATCH on a CPU, from 256 on a GPU",
     )
     temperature: int = env_field(
         "GMM_TEMPERATURE", 0, "0: MAP assignment; 1: a posterior sample", choices=(0, 1)
@@ -116,8 +155,11 @@ class WorkerSettings:
                 "GMM_SESSION_TIMEOUT_S must be >= 6 (the broker's minimum), "
                 f"got {self.session_timeout_s}"
             )
-        if self.slice_records < 1:
-            raise SettingsError(f"GMM_SLICE_RECORDS must be >= 1, got {self.slice_records}")
+        if self.slice_records < 0:
+            raise SettingsError(
+                f"GMM_SLICE_RECORDS must be >= 1, or 0 for the backend's, got {self.slice_records}"
+            )
+        parse_pad_sizes(self.pad_sizes)
         if self.max_output_bytes < 4096:
             raise SettingsError(
                 f"GMM_MAX_OUTPUT_BYTES must be >= 4096, got {self.max_output_bytes}"
@@ -147,8 +189,18 @@ class WorkerSettings:
 
     @property
     def slice_size(self) -> int:
-        """Records per slice: GMM_SLICE_RECORDS, capped by the largest batch."""
-        return min(self.slice_records, self.max_batch)
+        """Records per slice: GMM_SLICE_RECORDS (0: the backend's), capped by the largest
+        batch."""
+        records = self.slice_records
+        if records == 0:
+            records = SLICE_RECORDS_CPU if jax_backend() == "cpu" else SLICE_RECORDS_ACCELERATOR
+        return min(records, self.max_batch)
+
+    @property
+    def classifier_sizes(self) -> tuple[int, ...] | None:
+        """The padding sizes of GMM_PAD_SIZES; None (auto): the classifier's default for the
+        backend, up to GMM_MAX_BATCH."""
+        return parse_pad_sizes(self.pad_sizes)
 
     def load_params_file(self) -> ModelParams | None:
         """The model of GMM_PARAMS_FILE (None if unset); a bad file is a one-line SettingsError."""

@@ -67,7 +67,11 @@ class Worker:
         self.inference = ThreadPoolExecutor(1, thread_name_prefix="gmm-inference")
         self.compiler = ThreadPoolExecutor(1, thread_name_prefix="gmm-compile")
         self.holder = ModelHolder(
-            settings.temperature, settings.max_batch, self.metrics, self.compiler
+            settings.temperature,
+            settings.max_batch,
+            self.metrics,
+            self.compiler,
+            settings.classifier_sizes,
         )
         self.source = PointSource(
             settings.kafka,

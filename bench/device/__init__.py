@@ -1,0 +1,1 @@
+"""The device benchmark: one short run on a GPU machine (bench/device/run.sh)."""
