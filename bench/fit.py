@@ -101,9 +101,8 @@ CASES = (
 SCOPE = (
     "The cold comparison runs at one size per case, 100,000 points for D=1 and 10,000 for "
     "D=8, not at 1,000,000: the whole benchmark has to fit in about 25 minutes on 2 CPUs. Our "
-    "ten candidates are optimised together until every one of them settles (or the 5,000-step "
-    "cap), so the slowest holds all ten: thousands of steps for D=1 (see the table), and a "
-    "trial of D=8 full at 100,000 points ran over 9 minutes (1,000 steps)."
+    "ten candidates are optimised together until each one has settled or fallen hopelessly "
+    "behind the best (FitConfig.prune_chunks), so the slowest hopeful candidate holds all ten."
 )
 
 
@@ -368,10 +367,13 @@ def _warm_section(rows: list[dict[str, Any]]) -> str:
         "Like for like: both systems first fit a previous window, then refit fresh windows of "
         "the same size drawn from the same mixture, each warm-started from its own previous "
         "solution. Ours runs the trainer's default config (`n_init="
-        f"{rows[0]['n_init']}` random candidates scored in one pass with the warm "
-        "start; when the warm start scores best it alone is optimised, as in "
+        f"{rows[0]['n_init']}` random candidates scored with the warm start in one pass, on "
+        f"a random sample of {WARM.score_points:,} of the window's points; when the warm "
+        "start scores best it alone is optimised, as in "
         f"{won} of {len(refits)} refits here); scikit-learn's `warm_start=True` runs EM from its "
-        "previous solution (no restarts). Our warm refit stops when the loss per point changes "
+        "previous solution (no restarts). Our warm refit starts Adam at a step size of "
+        f"min({WARM.warm_learning_rate:g}, {WARM.warm_step_points:g}/sqrt(N)) and stops when "
+        "the loss per point changes "
         f"by less than {WARM.warm_tol:g} nats between checks every {WARM.warm_chunk_steps} "
         f"steps (from step {WARM.warm_min_steps}). The first refit at a size compiles ours (shown "
         f"separately); the {WARM_ROUNDS} rounds after it are the steady state `gmm-trainer run` "
