@@ -1,39 +1,72 @@
-"""The compacted params topic: every worker reads every model, independent of consumer groups.
+"""The model topics: what workers serve, and every version ever published.
 
-Models are published with key = model name and value = ModelParams JSON. Readers assign all
-partitions manually (no group), start a little before the end so they find the newest valid
-model even if the very last record is poisoned, and then follow the topic.
+- The params topic (compacted, key = model name, value = ModelParams JSON) holds the newest
+  version of each name. Several names share it; every reader filters on the key, so a worker
+  serves only the name it is configured with.
+- The history topic (same records, never compacted or expired) keeps every version, for
+  `gmm-trainer models` and `gmm-trainer rollback`.
+
+Publishing is compare-and-set per name. A publisher is a transactional producer whose id is
+derived from the name, so at most one publisher of a name is live: starting one fences the
+previous one and waits for its open transaction to end. Only then does it read the newest
+version (read_committed) and write version + 1 to both topics in one transaction. A publisher
+that was fenced in between fails its commit, reads again and retries (a bounded number of
+times). Two publishers of one name at once therefore never write the same version, and every
+reader reads committed records only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import random
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 from kafka_common.settings import KafkaSettings
-from kafka_common.topics import topic_partitions
+from kafka_common.topics import TopicSpec, topic_partitions
 from mixture.params import ModelParams, ParamsError
 
 log = logging.getLogger(__name__)
 
-#: How many records before the end of each partition a reader starts from.
-LOOKBACK = 20
-
 OnModel = Callable[[ModelParams], Awaitable[object]]
 OnReject = Callable[[str, str], None]  # (reason code, message)
+
+#: Who published a version (metadata.published_by).
+PUBLISHERS = ("trainer", "cli", "rollback")
+
+#: How often a publisher fenced by a concurrent one of the same name reads again and retries.
+PUBLISH_ATTEMPTS = 8
+
+
+def params_spec(topic: str) -> TopicSpec:
+    """The params topic: one partition (one order of versions), compacted."""
+    return TopicSpec(topic, 1, compact=True)
+
+
+def history_spec(topic: str) -> TopicSpec:
+    """The history topic: one partition, neither compacted nor expired."""
+    return TopicSpec(topic, 1, retain_forever=True)
+
+
+class PublishConflict(RuntimeError):
+    """Another publisher of the same name kept winning: nothing of ours was committed."""
 
 
 async def _start_consumer(
     kafka: KafkaSettings, topic: str
 ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    """A group-less consumer of every partition of `topic`, from the beginning (the params
+    topic is compacted: one record per name, plus the not yet compacted tail)."""
     consumer = AIOKafkaConsumer(
         **kafka.client_options(),
         enable_auto_commit=False,
         group_id=None,
         auto_offset_reset="earliest",
+        isolation_level="read_committed",
     )
     await consumer.start()
     # aiokafka#647: a consumer stopped before its no-group task first ran raises CancelledError.
@@ -41,12 +74,9 @@ async def _start_consumer(
     try:
         tps = await topic_partitions(consumer, topic)
         if not tps:
-            raise LookupError(f"params topic {topic!r} does not exist")
+            raise LookupError(f"topic {topic!r} does not exist")
         consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        begins = await consumer.beginning_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, max(begins[tp], ends[tp] - LOOKBACK))
+        await consumer.seek_to_beginning(*tps)
         return consumer, tps
     except BaseException:
         await consumer.stop()
@@ -62,70 +92,91 @@ async def _behind(
     return False
 
 
-async def _catch_up(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition], on_reject: OnReject | None
+def _decode(
+    key: bytes | None, value: bytes | None, name: str, on_reject: OnReject | None
 ) -> ModelParams | None:
-    """Reads to the current end of every partition; returns the highest-version valid model."""
-    ends = await consumer.end_offsets(tps)
-    newest: ModelParams | None = None
-    while await _behind(consumer, tps, ends):
-        for records in (await consumer.getmany(timeout_ms=1000)).values():
-            for record in records:
-                model = _decode(record.value, on_reject)
-                if model is not None and (newest is None or model.version > newest.version):
-                    newest = model
-    return newest
-
-
-async def read_newest(
-    kafka: KafkaSettings, topic: str, on_reject: OnReject | None = None
-) -> ModelParams | None:
-    """The newest valid model on the topic (highest version), or None if there is none."""
-    consumer, tps = await _start_consumer(kafka, topic)
-    try:
-        return await _catch_up(consumer, tps, on_reject)
-    finally:
-        await consumer.stop()
-
-
-def _decode(value: bytes | None, on_reject: OnReject | None) -> ModelParams | None:
-    if value is None:  # a tombstone
+    """The record's model if it is a valid one of `name`; None for other names and tombstones."""
+    if value is None or key != name.encode():
         return None
     try:
-        return ModelParams.loads(value)
+        model = ModelParams.loads(value)
+        claimed = model.metadata.extra.get("model_name", name)
+        if claimed != name:
+            raise ParamsError(f"record keyed {name!r} holds model {claimed!r}", "name_mismatch")
+        return model
     except ParamsError as exc:
-        log.warning("ignoring invalid parameters record: %s", exc)
+        log.warning("ignoring invalid parameters record of %r: %s", name, exc)
         if on_reject is not None:
             on_reject(exc.reason, str(exc))
         return None
 
 
+async def _read_to_end(
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    name: str,
+    on_reject: OnReject | None,
+) -> list[ModelParams]:
+    """Every valid model of `name` up to the current end of each partition, in topic order."""
+    ends = await consumer.end_offsets(tps)
+    models: list[ModelParams] = []
+    while await _behind(consumer, tps, ends):
+        for records in (await consumer.getmany(timeout_ms=1000)).values():
+            for record in records:
+                model = _decode(record.key, record.value, name, on_reject)
+                if model is not None:
+                    models.append(model)
+    return models
+
+
+def _newest(models: list[ModelParams]) -> ModelParams | None:
+    return max(models, key=lambda m: m.version, default=None)
+
+
+async def read_all(
+    kafka: KafkaSettings, topic: str, name: str, on_reject: OnReject | None = None
+) -> list[ModelParams]:
+    """Every valid model of `name` on `topic` (the history topic: every version published)."""
+    consumer, tps = await _start_consumer(kafka, topic)
+    try:
+        return await _read_to_end(consumer, tps, name, on_reject)
+    finally:
+        await consumer.stop()
+
+
+async def read_newest(
+    kafka: KafkaSettings, topic: str, name: str, on_reject: OnReject | None = None
+) -> ModelParams | None:
+    """The newest valid model of `name` on `topic` (highest version), or None."""
+    return _newest(await read_all(kafka, topic, name, on_reject))
+
+
 async def follow(
     kafka: KafkaSettings,
     topic: str,
+    name: str,
     on_model: OnModel,
     on_reject: OnReject | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Calls on_model for each valid model: first the newest existing one, then each new one.
-
-    Models older than the newest seen so far are skipped (versions only increase).
-    """
+    """Calls on_model for each valid model of `name`: first the newest existing one, then each
+    newer one. Versions not above the newest seen are skipped (versions only increase)."""
     consumer, tps = await _start_consumer(kafka, topic)
     try:
         # Catch up first, so a worker starts with the newest model rather than replaying.
-        newest = await _catch_up(consumer, tps, on_reject)
+        newest = _newest(await _read_to_end(consumer, tps, name, on_reject))
         if newest is not None:
             await on_model(newest)
         while stop is None or not stop.is_set():
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
-                    model = _decode(record.value, on_reject)
+                    model = _decode(record.key, record.value, name, on_reject)
                     if model is None:
                         continue
                     if newest is not None and model.version <= newest.version:
                         log.warning(
-                            "ignoring model version %d: not newer than %d",
+                            "ignoring %r version %d: not newer than %d",
+                            name,
                             model.version,
                             newest.version,
                         )
@@ -136,11 +187,68 @@ async def follow(
         await consumer.stop()
 
 
-async def publish(kafka: KafkaSettings, topic: str, model: ModelParams, model_name: str) -> None:
-    """Publishes one model (key = model name) and waits until the broker has it."""
-    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, model.dumps().encode(), key=model_name.encode())
-    finally:
-        await producer.stop()
+def stamped(model: ModelParams, name: str, published_by: str, **extra: object) -> ModelParams:
+    """The model with its name and publisher (and any extra provenance) in its metadata."""
+    if published_by not in PUBLISHERS:
+        raise ValueError(f"published_by must be one of {PUBLISHERS}, got {published_by!r}")
+    meta = model.metadata
+    meta = dataclasses.replace(
+        meta, extra={**meta.extra, "model_name": name, "published_by": published_by, **extra}
+    )
+    return dataclasses.replace(model, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class Publisher:
+    """Publishes versions of one model name, compare-and-set (see the module's docstring)."""
+
+    kafka: KafkaSettings
+    params_topic: str
+    history_topic: str
+    name: str
+    attempts: int = PUBLISH_ATTEMPTS
+
+    @property
+    def transactional_id(self) -> str:
+        return f"gmm-params-publisher-{self.name}"
+
+    async def publish(self, model: ModelParams, published_by: str) -> ModelParams:
+        """Publishes `model` as the next version of the name; returns it as published.
+
+        Raises PublishConflict if concurrent publishers fenced every attempt (nothing of this
+        call was committed then), and Kafka's errors if the broker refuses.
+        """
+        model = stamped(model, self.name, published_by)
+        value_key = self.name.encode()
+        for attempt in range(1, self.attempts + 1):
+            producer = AIOKafkaProducer(
+                **self.kafka.client_options(),
+                transactional_id=self.transactional_id,
+                enable_idempotence=True,
+                acks="all",
+            )
+            # start() initialises the transactions: it fences any other live publisher of this
+            # name and waits for its open transaction to be committed or aborted.
+            await producer.start()
+            try:
+                newest = await read_newest(self.kafka, self.params_topic, self.name)
+                versioned = model.with_version((newest.version if newest else 0) + 1)
+                value = versioned.dumps().encode()
+                async with producer.transaction():
+                    await producer.send(self.history_topic, value, key=value_key)
+                    await producer.send(self.params_topic, value, key=value_key)
+                return versioned
+            except (ProducerFenced, InvalidProducerEpoch) as exc:
+                log.warning(
+                    "publishing %r: fenced by another publisher (%s); attempt %d of %d",
+                    self.name,
+                    type(exc).__name__,
+                    attempt,
+                    self.attempts,
+                )
+                await asyncio.sleep(random.uniform(0.05, 0.25) * attempt)
+            finally:
+                await producer.stop()
+        raise PublishConflict(
+            f"{self.attempts} attempts to publish {self.name!r} were fenced by other publishers"
+        )

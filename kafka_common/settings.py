@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import re
 import ssl
 import typing
 from collections.abc import Mapping
@@ -74,6 +75,29 @@ def env_field(
         default=default,
         metadata={"env": env, "doc": doc, "secret": secret, "choices": choices},
     )
+
+
+#: A model name: the params records' key, part of a transactional id and of a report path.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def model_name_field() -> Any:
+    """GMM_MODEL_NAME: the same variable and meaning for the worker, the trainer and the CLI."""
+    return env_field(
+        "GMM_MODEL_NAME",
+        "gmm",
+        "Name of the model (the key of its records on the params topics): the worker serves "
+        "it, the trainer publishes it",
+    )
+
+
+def check_model_name(name: str) -> None:
+    """A SettingsError unless `name` is 1-64 of letters, digits, '.', '_', '-' (not first)."""
+    if not _MODEL_NAME.fullmatch(name):
+        raise SettingsError(
+            f"GMM_MODEL_NAME must be 1-64 letters, digits, '.', '_' or '-' (starting with a "
+            f"letter or digit), got {name!r}"
+        )
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

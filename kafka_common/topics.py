@@ -20,6 +20,15 @@ class TopicSpec(NamedTuple):
     name: str
     partitions: int = 1
     compact: bool = False
+    #: Neither deleted by age nor by size (the models' history).
+    retain_forever: bool = False
+
+    @property
+    def configs(self) -> dict[str, str]:
+        out = {"cleanup.policy": "compact"} if self.compact else {}
+        if self.retain_forever:
+            out.update({"retention.ms": "-1", "retention.bytes": "-1"})
+        return out
 
 
 async def ensure_topics(kafka: KafkaSettings, specs: list[TopicSpec]) -> list[str]:
@@ -36,7 +45,7 @@ async def ensure_topics(kafka: KafkaSettings, specs: list[TopicSpec]) -> list[st
                 s.name,
                 num_partitions=s.partitions,
                 replication_factor=kafka.replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if s.compact else {},
+                topic_configs=s.configs,
             )
             for s in missing
         ]

@@ -188,6 +188,7 @@ def encode_slice(
     inference_seconds: float = 0.0,
     dlq_payload_bytes: int = 4096,
     max_output_bytes: int = 1_000_000,
+    model_name: str = "gmm",
 ) -> BatchOutcome:
     """Turns a classified slice into its outgoing records, one per input record.
 
@@ -225,6 +226,7 @@ def encode_slice(
             "assignment": a,
             "probs": probs[i],
             "log_likelihood": loglik[i],
+            "model": model_name,
             "model_version": version,
             "ts_in": r.timestamp,
             "ts_out": ts_out,
@@ -263,6 +265,7 @@ def process_batch(
     seed: int | None = None,
     dlq_payload_bytes: int = 4096,
     max_output_bytes: int = 1_000_000,
+    model_name: str = "gmm",
 ) -> BatchOutcome:
     """Validates, classifies and encodes a batch in one call: every input record yields one
     output, an assignment or a dead letter (the worker runs the three steps separately)."""
@@ -276,7 +279,13 @@ def process_batch(
     )
     result, seconds = classify_slice(parsed, serving) if parsed.valid else (None, 0.0)
     return encode_slice(
-        parsed, result, serving.model.version, seconds, dlq_payload_bytes, max_output_bytes
+        parsed,
+        result,
+        serving.model.version,
+        seconds,
+        dlq_payload_bytes,
+        max_output_bytes,
+        model_name,
     )
 
 

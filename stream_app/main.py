@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from aiokafka.errors import KafkaError
 
+from kafka_common import params_topic
 from kafka_common.connection import KafkaUnavailable, check_connection, describe_kafka_error
 from kafka_common.jax_cache import enable_compilation_cache
 from kafka_common.settings import SettingsError
@@ -30,7 +31,7 @@ def topic_specs(settings: WorkerSettings) -> list[TopicSpec]:
         TopicSpec(settings.input_topic, settings.input_partitions),
         TopicSpec(settings.output_topic, settings.input_partitions),
         TopicSpec(settings.dlq_topic, 1),
-        TopicSpec(settings.params_topic, 1, compact=True),
+        params_topic.params_spec(settings.params_topic),
     ]
 
 

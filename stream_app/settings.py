@@ -13,7 +13,15 @@ import sys
 from collections.abc import Mapping
 
 from kafka_common.jax_cache import jax_cache_dir_field
-from kafka_common.settings import KafkaSettings, SettingsError, env_field, load, markdown_table
+from kafka_common.settings import (
+    KafkaSettings,
+    SettingsError,
+    check_model_name,
+    env_field,
+    load,
+    markdown_table,
+    model_name_field,
+)
 from mixture.params import ModelParams, ParamsError
 
 #: GMM_SLICE_RECORDS=0 picks the slice by JAX's backend. On a CPU a slice's classification
@@ -62,6 +70,7 @@ class WorkerSettings:
     params_topic: str = env_field(
         "GMM_PARAMS_TOPIC", "gmm.params", "Compacted topic of versioned model parameters"
     )
+    model_name: str = model_name_field()
     dlq_topic: str = env_field("GMM_DLQ_TOPIC", "gmm.deadletter", "Dead-letter topic for bad input")
     input_partitions: int = env_field(
         "GMM_INPUT_PARTITIONS", 4, "Partitions of the input topic when the worker creates it"
@@ -144,6 +153,7 @@ class WorkerSettings:
     jax_cache_dir: str = jax_cache_dir_field()
 
     def validate(self) -> None:
+        check_model_name(self.model_name)
         if self.max_batch < 1:
             raise SettingsError(f"GMM_MAX_BATCH must be >= 1, got {self.max_batch}")
         if not self.max_delay_ms > 0:
@@ -207,7 +217,8 @@ class WorkerSettings:
         if not self.params_file:
             return None
         try:
-            return ModelParams.loads(pathlib.Path(self.params_file).read_bytes())
+            # Version 0: it serves until the params topic has any version of the model.
+            return ModelParams.loads(pathlib.Path(self.params_file).read_bytes()).with_version(0)
         except OSError as exc:
             raise SettingsError(
                 f"GMM_PARAMS_FILE={self.params_file!r} cannot be read: {exc.strerror}"

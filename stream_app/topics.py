@@ -38,6 +38,7 @@ class AssignmentRecord(TypedDict):
     assignment: int
     probs: list[float]
     log_likelihood: float
+    model: str  # the model's name (GMM_MODEL_NAME)
     model_version: int
     ts_in: float | None  # the input record's Kafka timestamp, seconds since the epoch
     ts_out: float  # when the assignment was produced

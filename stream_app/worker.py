@@ -124,6 +124,7 @@ class Worker:
                 await params_topic.follow(
                     self.settings.kafka,
                     self.settings.params_topic,
+                    self.settings.model_name,
                     self.holder.install,
                     on_reject=lambda reason, _: self.metrics.params_rejected.labels(
                         reason=reason
@@ -227,6 +228,7 @@ class Worker:
                 seconds,
                 s.dlq_payload_bytes,
                 s.max_output_bytes,
+                s.model_name,
             )
             slices.append(self._spawn(self._deliver(outcome), f"gmm-deliver-{batch.number}"))
         self._spawn(self._settle(batch.number, slices), f"gmm-settle-{batch.number}")
@@ -283,6 +285,7 @@ class Worker:
         if current is None:
             return False, {"ready": False, "reason": "no model yet"}
         details: dict[str, Any] = {
+            "model": self.settings.model_name,
             "model_version": current.model.version,
             "compiled_sizes": list(current.classifier.sizes),
             "compilations": current.classifier.compilations,

@@ -21,8 +21,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from kafka_common.params_topic import publish
-from kafka_common.settings import KafkaSettings
 from kafka_common.topics import topic_partitions
 from mixture.params import FitMetadata, MixtureParams, ModelParams
 
@@ -67,6 +65,7 @@ class Topics:
         self.input = f"it.{stem}.{tag}.points"
         self.output = f"it.{stem}.{tag}.assignments"
         self.params = f"it.{stem}.{tag}.params"
+        self.history = f"it.{stem}.{tag}.history"
         self.dlq = f"it.{stem}.{tag}.deadletter"
         self.group = f"it-{stem}-{tag}"
 
@@ -176,7 +175,9 @@ def run(coro: Any) -> Any:
 
 
 def publish_model(bootstrap: str, topic: str, model: ModelParams, name: str = "gmm") -> None:
-    run(publish(KafkaSettings(bootstrap_servers=bootstrap), topic, model, name))
+    """Writes `model` as is (its own version, no compare-and-set) under key `name`: a test
+    stands in for a publisher, or for an attacker."""
+    run(_produce(bootstrap, topic, [(name.encode(), model.dumps().encode())]))
 
 
 async def _produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
@@ -316,6 +317,7 @@ def trainer_env(
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "GMM_INPUT_TOPIC": topics.input,
         "GMM_PARAMS_TOPIC": topics.params,
+        "GMM_HISTORY_TOPIC": topics.history,
         "GMM_REPORTS_DIR": str(reports),
         "GMM_TRAIN_WINDOW_RECORDS": "2000",
         "GMM_TRAIN_RESTARTS": "10",

@@ -1,5 +1,7 @@
-"""`gmm-trainer`: offline fits from files (`fit`, optionally `--publish`ed) and the trainer job
-(`run`, or `run --once` for one cycle). Settings for Kafka come from the environment."""
+"""`gmm-trainer`: offline fits from files (`fit`, optionally `--publish`ed), the trainer job
+(`run`, or `run --once` for one cycle), and the lifecycle of a model name (`models` lists its
+versions, `rollback --to V` serves an earlier one again). Settings for Kafka come from the
+environment."""
 
 from __future__ import annotations
 
@@ -7,9 +9,11 @@ import argparse
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -127,28 +131,97 @@ def _kafka_errors() -> tuple[type[Exception], ...]:
     from aiokafka.errors import KafkaError
 
     from kafka_common.connection import KafkaUnavailable
+    from kafka_common.params_topic import PublishConflict
 
-    return (KafkaUnavailable, TimeoutError, KafkaError, OSError, LookupError)
+    return (KafkaUnavailable, TimeoutError, KafkaError, OSError, LookupError, PublishConflict)
 
 
 async def _publish(model: ModelParams) -> ModelParams:
-    """Publishes as the next version after the newest on the params topic."""
+    """Publishes as the next version of GMM_MODEL_NAME (compare-and-set)."""
     from kafka_common import params_topic
     from kafka_common.connection import check_connection
-    from kafka_common.topics import TopicSpec, ensure_topics
+    from kafka_common.topics import ensure_topics
 
-    settings = TrainerSettings.from_env()
+    settings = _settings()
     await check_connection(settings.kafka)
-    await ensure_topics(settings.kafka, [TopicSpec(settings.params_topic, 1, compact=True)])
-    newest = await asyncio.wait_for(
-        params_topic.read_newest(settings.kafka, settings.params_topic), 60
+    specs = [
+        params_topic.params_spec(settings.params_topic),
+        params_topic.history_spec(settings.history_topic),
+    ]
+    await ensure_topics(settings.kafka, specs)
+    publisher = params_topic.Publisher(
+        settings.kafka, settings.params_topic, settings.history_topic, settings.model_name
     )
-    model = model.with_version((newest.version if newest else 0) + 1)
-    await asyncio.wait_for(
-        params_topic.publish(settings.kafka, settings.params_topic, model, settings.model_name), 60
+    model = await asyncio.wait_for(publisher.publish(model, "cli"), 60)
+    print(
+        f"published {settings.model_name!r} version {model.version} to {settings.params_topic}",
+        file=sys.stderr,
     )
-    print(f"published version {model.version} to {settings.params_topic}", file=sys.stderr)
     return model
+
+
+def _settings(name: str | None = None) -> TrainerSettings:
+    """The trainer's settings from the environment, the model name overridden by --name."""
+    settings = TrainerSettings.from_env()
+    if name is not None:
+        from kafka_common.settings import check_model_name
+
+        check_model_name(name)
+        settings = dataclasses.replace(settings, model_name=name)
+    return settings
+
+
+def _with_kafka(args: argparse.Namespace, action: Callable[[TrainerSettings], Any]) -> int:
+    """Runs action(settings) against Kafka; a refusal or an outage is a one-line error."""
+    try:
+        settings = _settings(args.name)
+    except SettingsError as exc:
+        return _fail(str(exc))
+    from kafka_common.connection import check_connection, describe_kafka_error
+    from kafka_common.params_topic import PublishConflict
+    from trainer.lifecycle import NoSuchVersion
+
+    async def go() -> Any:
+        await check_connection(settings.kafka)
+        return await asyncio.wait_for(action(settings), 60)
+
+    try:
+        return int(asyncio.run(go()))
+    except (NoSuchVersion, PublishConflict) as exc:
+        return _fail(str(exc))
+    except _kafka_errors() as exc:
+        return _fail(describe_kafka_error(exc, settings.kafka.bootstrap_servers))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from trainer.lifecycle import format_rows, list_versions
+
+    async def show(settings: TrainerSettings) -> int:
+        rows = await list_versions(settings, settings.model_name)
+        if args.json:
+            print(json.dumps([r.to_json() for r in rows]))
+        elif rows:
+            print(format_rows(rows))
+        else:
+            print(f"no versions of {settings.model_name!r}", file=sys.stderr)
+        return 0
+
+    return _with_kafka(args, show)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from trainer.lifecycle import rollback
+
+    async def roll(settings: TrainerSettings) -> int:
+        model = await rollback(settings, settings.model_name, args.to)
+        print(
+            f"rolled {settings.model_name!r} back to version {args.to}'s parameters: "
+            f"published as version {model.version}",
+            file=sys.stderr,
+        )
+        return 0
+
+    return _with_kafka(args, roll)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -221,7 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--restarts", type=int, default=100, help="random initial candidates")
     fit.add_argument("--seed", type=int, default=0, help="RNG seed")
-    fit.add_argument("--version", type=int, default=1, help="model version to write")
+    fit.add_argument(
+        "--version",
+        type=int,
+        default=0,
+        help="model version to write (0: a params file serves until the topic has a version)",
+    )
     fit.add_argument("--out", default="params.json", help="output path, or - for stdout")
     fit.add_argument(
         "--publish",
@@ -242,6 +320,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: GMM_TRAIN_POSTERIOR)",
     )
     run.set_defaults(func=cmd_run)
+    name_help = "model name (default: GMM_MODEL_NAME)"
+    models = sub.add_parser("models", help="list every published version of a model")
+    models.add_argument("--name", help=name_help)
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(func=cmd_models)
+    rollback = sub.add_parser(
+        "rollback", help="publish an earlier version's parameters as the next version"
+    )
+    rollback.add_argument("--to", type=int, required=True, help="the version to roll back to")
+    rollback.add_argument("--name", help=name_help)
+    rollback.set_defaults(func=cmd_rollback)
     return parser
 
 

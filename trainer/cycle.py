@@ -1,8 +1,9 @@
-"""One trainer cycle: read the window, fit, check, align labels, publish, report.
+"""One trainer cycle: read the window -> fit -> check -> publish (and report).
 
-A fit is published only if it passes every guard; otherwise the reason is logged and counted
-and the current model keeps serving. Versions increase strictly, across restarts too (the
-trainer starts from the newest version on the params topic).
+A fit is published only if it passes every guard (`mixture.guards`); otherwise the reason is
+logged and counted and the current model keeps serving. Each cycle starts from the newest
+version of the trainer's model name on the params topic (a rollback or a CLI publication
+included), and publishing takes the next version compare-and-set (`params_topic.Publisher`).
 """
 
 from __future__ import annotations
@@ -17,16 +18,24 @@ import jax
 import numpy as np
 
 from kafka_common import params_topic
-from mixture.evaluate import score
-from mixture.fit import DataError, FitConfig, fit_compilations, fit_map, to_model_params
-from mixture.labels import align_components, component_sds, order_by_location
+from mixture import guards
+from mixture.evaluate import Score, score
+from mixture.fit import (
+    DataError,
+    FitConfig,
+    FitResult,
+    fit_compilations,
+    fit_map,
+    to_model_params,
+)
+from mixture.labels import align_components, order_by_location
 from mixture.params import ModelParams, ParamsError
 from mixture.posterior import posterior_nuts
 from mixture.select import fit_auto
 from trainer.metrics import TrainerMetrics
-from trainer.report import write_posterior_report, write_report
+from trainer.report import prune_reports, write_posterior_report, write_report
 from trainer.settings import TrainerSettings
-from trainer.window import read_window
+from trainer.window import Window, read_window
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +62,21 @@ class CycleOutcome(NamedTuple):
         }
 
 
+class Fitted(NamedTuple):
+    """A fit that passed its checks, labels aligned with the current model's."""
+
+    result: FitResult
+    score: Score
+    bics: dict[int, float] | None
+
+
 class Trainer:
-    """Refits and publishes; holds the current model and the last version published."""
+    """Refits and publishes one model name; holds the newest version of that name."""
 
     def __init__(self, settings: TrainerSettings, metrics: TrainerMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self.current: ModelParams | None = None
-        self.version = 0
         #: The NUTS run of the last published version, if any (it never delays publication).
         self.posterior_task: asyncio.Task | None = None
         self.config = FitConfig(
@@ -69,17 +85,44 @@ class Trainer:
             reg_covar=settings.reg_covar,
             n_init=settings.restarts,
         )
+        self.publisher = params_topic.Publisher(
+            settings.kafka, settings.params_topic, settings.history_topic, settings.model_name
+        )
+
+    @property
+    def version(self) -> int:
+        return self.current.version if self.current else 0
 
     async def load_current(self) -> None:
-        """The newest valid model on the params topic; its version is where numbering resumes."""
-        self.current = await params_topic.read_newest(
-            self.settings.kafka, self.settings.params_topic
-        )
-        self.version = self.current.version if self.current else 0
+        """The newest valid model of the name on the params topic: what serves now."""
+        s = self.settings
+        self.current = await params_topic.read_newest(s.kafka, s.params_topic, s.model_name)
         if self.current is not None:
-            self.metrics.published_version.set(self.version)
+            self.metrics.published_version.set(self.current.version)
 
     async def cycle(self) -> CycleOutcome:
+        await self.load_current()
+        window = await self.read()
+        n = len(window.points)
+        needed = self.settings.needed_points
+        if n < needed:
+            rejection = guards.Rejection(
+                "too_few_points", f"{n} valid point(s) in the window, at least {needed} needed"
+            )
+            return self._rejected(rejection, window)
+        warm = self._warm_start()
+        key = jax.random.fold_in(jax.random.PRNGKey(self.settings.seed), self.version + 1)
+        fitted = await self.fit(window.points, key, warm)
+        if isinstance(fitted, guards.Rejection):
+            return self._rejected(fitted, window)
+        result, bics = fitted
+        checked = self.check(result, bics, window.points, warm)
+        if isinstance(checked, guards.Rejection):
+            return self._rejected(checked, window, result.seconds)
+        return await self.publish(checked, window, key)
+
+    async def read(self) -> Window:
+        """The window of recent valid points (invalid records are counted and skipped)."""
         s = self.settings
         dim = self.current.mixture.dim if self.current else None
         window = await read_window(
@@ -87,106 +130,131 @@ class Trainer:
         )
         for reason, count in window.invalid.items():
             self.metrics.invalid_records.labels(reason=reason).inc(count)
-        points = window.points
-        n = len(points)
-        self.metrics.window_records.set(n)
-        invalid = dict(window.invalid)
+        self.metrics.window_records.set(len(window.points))
+        return window
 
-        def reject(reason: str, detail: str, seconds: float | None = None) -> CycleOutcome:
-            log.warning("not publishing: %s (%s)", reason, detail)
-            self.metrics.rejected.labels(reason=reason).inc()
-            return CycleOutcome(None, reason, detail, n, invalid, seconds, None)
-
-        if n < s.needed_points:
-            return reject(
-                "too_few_points",
-                f"{n} valid point(s) in the window, at least {s.needed_points} needed",
-            )
-        warm = None
-        if self.current is not None and self._same_shape(self.current):
-            warm = self.current.mixture
-        key = jax.random.fold_in(jax.random.PRNGKey(s.seed), self.version + 1)
-        bics: dict[int, float] | None = None
+    async def fit(
+        self, points: np.ndarray, key: jax.Array, warm: ModelParams | None
+    ) -> tuple[FitResult, dict[int, float] | None] | guards.Rejection:
+        """The MAP fit (K chosen by BIC for GMM_COMPONENTS=auto), off the event loop."""
+        warm_mixture = warm.mixture if warm is not None else None
         try:
-            if s.n_components is None:
+            if self.settings.n_components is None:
                 selection = await asyncio.to_thread(
-                    fit_auto, points, key, self.config, s.max_components, warm_start=warm
+                    fit_auto,
+                    points,
+                    key,
+                    self.config,
+                    self.settings.max_components,
+                    warm_start=warm_mixture,
                 )
                 result, bics = selection.result, selection.bics
             else:
-                result = await asyncio.to_thread(fit_map, points, key, self.config, warm_start=warm)
+                result = await asyncio.to_thread(
+                    fit_map, points, key, self.config, warm_start=warm_mixture
+                )
+                bics = None
         except DataError as exc:
-            return reject(exc.reason, str(exc))
+            return guards.Rejection(exc.reason, str(exc))
         except Exception as exc:  # a numerical failure of this window: the next cycle retries
             log.exception("the fit failed")
-            return reject("fit_failed", f"{type(exc).__name__}: {exc}")
+            return guards.Rejection("fit_failed", f"{type(exc).__name__}: {exc}")
         finally:
             self.metrics.count_compilations(fit_compilations())
         self.metrics.fits.inc()
         self.metrics.fit_seconds.observe(result.seconds)
         self.metrics.final_loss.set(result.final_loss)
+        return result, bics
 
+    def check(
+        self,
+        result: FitResult,
+        bics: dict[int, float] | None,
+        points: np.ndarray,
+        warm: ModelParams | None,
+    ) -> Fitted | guards.Rejection:
+        """The publish guards; labels aligned with the current model's on success."""
+        s = self.settings
         params = result.params
-        if not all(np.all(np.isfinite(np.asarray(a))) for a in params) or not np.isfinite(
-            result.final_loss
-        ):
-            return reject("not_finite", "the fit produced NaN or infinity", result.seconds)
-        spread = np.nanstd(points, axis=0)
-        if np.min(params.weights) < s.min_weight or np.any(component_sds(params) < 1e-6 * spread):
-            return reject(
-                "collapsed",
-                f"a component collapsed (weights {np.round(params.weights, 4)})",
-                result.seconds,
-            )
+        rejection = guards.check_finite(params, result.final_loss) or guards.check_not_collapsed(
+            params, points, s.min_weight
+        )
+        if rejection is not None:
+            return rejection
         # Scored once: aligning labels permutes components and leaves the score unchanged.
         fit_score = score(points, params, result.covariance)
         if warm is not None:
-            params = align_components(params, warm)
-            current_ll = score(points, warm).mean_log_likelihood
-            new_ll = fit_score.mean_log_likelihood
-            if new_ll < current_ll - s.max_loss_regression:
-                return reject(
-                    "worse_than_current",
-                    f"mean log-likelihood {new_ll:.4f} vs the current model's {current_ll:.4f}",
-                    result.seconds,
-                )
+            current_ll = score(points, warm.mixture).mean_log_likelihood
+            rejection = guards.check_not_worse(
+                fit_score.mean_log_likelihood, current_ll, s.max_loss_regression
+            )
+            if rejection is not None:
+                return rejection
+            params = align_components(params, warm.mixture)
         else:
             params = order_by_location(params)
-        result = result._replace(params=params)
+        return Fitted(result._replace(params=params), fit_score, bics)
 
-        version = self.version + 1
+    async def publish(self, fitted: Fitted, window: Window, key: jax.Array) -> CycleOutcome:
+        """Publishes the next version (compare-and-set), then writes its report."""
+        s = self.settings
+        result, fit_score, bics = fitted
+        n = len(window.points)
         fitted_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         try:
             model = to_model_params(
                 result,
-                version,
+                0,  # the publisher assigns the version
                 n,
                 fitted_at,
-                model_name=s.model_name,
                 aic=fit_score.aic,
                 bic=fit_score.bic,
                 mean_log_likelihood=fit_score.mean_log_likelihood,
                 **({"bic_by_components": {str(k): v for k, v in bics.items()}} if bics else {}),
             )
         except ParamsError as exc:  # e.g. beyond what a worker can serve
-            return reject("unservable", str(exc), result.seconds)
-        await params_topic.publish(s.kafka, s.params_topic, model, s.model_name)
-        self.current, self.version = model, version
-        self.metrics.published_version.set(version)
-        log.info("published model version %d (%d points, %.2fs)", version, n, result.seconds)
-        report = await asyncio.to_thread(
-            write_report,
-            pathlib.Path(s.reports_dir) / s.model_name / f"v{version}",
-            model,
-            result,
-            points,
-            fit_score,
+            return self._rejected(guards.Rejection("unservable", str(exc)), window, result.seconds)
+        model = await self.publisher.publish(model, "trainer")
+        self.current = model
+        self.metrics.published_version.set(model.version)
+        log.info(
+            "published %r version %d (%d points, %.2fs)",
+            s.model_name,
+            model.version,
+            n,
+            result.seconds,
         )
+        reports = pathlib.Path(s.reports_dir) / s.model_name
+        report = await asyncio.to_thread(
+            write_report, reports / f"v{model.version}", model, result, window.points, fit_score
+        )
+        await asyncio.to_thread(prune_reports, reports, s.reports_keep)
         if s.posterior == "nuts":
             self.posterior_task = asyncio.create_task(
-                asyncio.to_thread(self._posterior, report, points, jax.random.fold_in(key, 1))
+                asyncio.to_thread(
+                    self._posterior, report, window.points, jax.random.fold_in(key, 1)
+                )
             )
-        return CycleOutcome(model, None, "published", n, invalid, result.seconds, report)
+        return CycleOutcome(
+            model, None, "published", n, dict(window.invalid), result.seconds, report
+        )
+
+    def _warm_start(self) -> ModelParams | None:
+        """The current model, if it can warm-start the refit (auto K: any K can)."""
+        current, k = self.current, self.settings.n_components
+        if current is None or current.covariance != self.settings.fit_covariance:
+            return None
+        return current if k is None or current.mixture.n_components == k else None
+
+    def _rejected(
+        self, rejection: guards.Rejection, window: Window, seconds: float | None = None
+    ) -> CycleOutcome:
+        log.warning("not publishing: %s (%s)", rejection.reason, rejection.detail)
+        self.metrics.rejected.labels(reason=rejection.reason).inc()
+        n = len(window.points)
+        return CycleOutcome(
+            None, rejection.reason, rejection.detail, n, dict(window.invalid), seconds, None
+        )
 
     def _posterior(self, report: pathlib.Path, points: np.ndarray, key: jax.Array) -> None:
         try:
@@ -203,10 +271,3 @@ class Trainer:
             log.info("posterior written to %s (%d divergences)", report, posterior.divergences)
         except Exception:  # a diagnostic: it must never take the trainer down
             log.exception("the NUTS posterior failed")
-
-    def _same_shape(self, model: ModelParams) -> bool:
-        """Whether the current model can warm-start the refit (auto K: any K can)."""
-        k = self.settings.n_components
-        return model.covariance == self.settings.fit_covariance and (
-            k is None or model.mixture.n_components == k
-        )

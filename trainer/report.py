@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 
 import matplotlib
 
@@ -122,3 +123,15 @@ def write_posterior_report(directory: pathlib.Path, posterior: Posterior) -> pat
     fig.savefig(directory / "trace.png")
     plt.close(fig)
     return directory
+
+
+def prune_reports(directory: pathlib.Path, keep: int) -> list[pathlib.Path]:
+    """Deletes all but the newest `keep` version reports (v<N> folders) under `directory`;
+    returns those deleted. Other files and folders are left alone."""
+    versions = sorted(
+        (int(p.name[1:]), p) for p in directory.glob("v*") if p.is_dir() and p.name[1:].isdigit()
+    )
+    old = [p for _, p in versions[: max(0, len(versions) - keep)]]
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    return old

@@ -13,7 +13,15 @@ import sys
 from collections.abc import Mapping
 
 from kafka_common.jax_cache import jax_cache_dir_field
-from kafka_common.settings import KafkaSettings, SettingsError, env_field, load, markdown_table
+from kafka_common.settings import (
+    KafkaSettings,
+    SettingsError,
+    check_model_name,
+    env_field,
+    load,
+    markdown_table,
+    model_name_field,
+)
 from mixture.covariance import ALIASES, COVARIANCES, DEFAULT_REG_COVAR, check_covariance
 from mixture.select import DEFAULT_MAX_COMPONENTS, parse_components
 
@@ -29,7 +37,12 @@ class TrainerSettings:
     params_topic: str = env_field(
         "GMM_PARAMS_TOPIC", "gmm.params", "Compacted topic of versioned model parameters"
     )
-    model_name: str = env_field("GMM_MODEL_NAME", "gmm", "Key of the models on the params topic")
+    history_topic: str = env_field(
+        "GMM_HISTORY_TOPIC",
+        "gmm.params.history",
+        "Topic that keeps every published version (never compacted): models, rollback",
+    )
+    model_name: str = model_name_field()
     components: str = env_field(
         "GMM_COMPONENTS",
         "2",
@@ -85,6 +98,14 @@ class TrainerSettings:
     )
     seed: int = env_field("GMM_SEED", 0, "RNG seed of the fits")
     reports_dir: str = env_field("GMM_REPORTS_DIR", "reports", "Where fit reports are written")
+    reports_keep: int = env_field(
+        "GMM_REPORTS_KEEP", 20, "Reports of the newest N versions are kept; older ones deleted"
+    )
+    first_model_retry_seconds: float = env_field(
+        "GMM_FIRST_MODEL_RETRY_SECONDS",
+        5.0,
+        "While no model exists, seconds before a cycle that published nothing is retried",
+    )
     metrics_port: int = env_field(
         "GMM_TRAINER_METRICS_PORT", 6067, "Port of the trainer's /metrics (0: none)"
     )
@@ -94,6 +115,15 @@ class TrainerSettings:
     jax_cache_dir: str = jax_cache_dir_field()
 
     def validate(self) -> None:
+        check_model_name(self.model_name)
+        if self.history_topic == self.params_topic:
+            raise SettingsError("GMM_HISTORY_TOPIC must differ from GMM_PARAMS_TOPIC")
+        if self.reports_keep < 1:
+            raise SettingsError(f"GMM_REPORTS_KEEP must be >= 1, got {self.reports_keep}")
+        if self.first_model_retry_seconds <= 0:
+            raise SettingsError(
+                f"GMM_FIRST_MODEL_RETRY_SECONDS must be > 0, got {self.first_model_retry_seconds}"
+            )
         try:
             parse_components(self.components)
         except ValueError as exc:

@@ -15,6 +15,7 @@ admin=${GMM_KAFKA_ADMIN_USER:-broker}
 input=${GMM_INPUT_TOPIC:-gmm.points}
 output=${GMM_OUTPUT_TOPIC:-gmm.assignments}
 params=${GMM_PARAMS_TOPIC:-gmm.params}
+history=${GMM_HISTORY_TOPIC:-gmm.params.history}
 dlq=${GMM_DLQ_TOPIC:-gmm.deadletter}
 group=${GMM_CONSUMER_GROUP:-gmm-worker}
 faust_app="$group-app"  # stream_app/app.py: the Faust app id, its consumer group and topic prefix
@@ -41,14 +42,17 @@ topic() {
 }
 
 # Least privilege, one principal per service (READ and WRITE imply DESCRIBE):
-#   trainer   reads the input window (no consumer group); reads and writes the params topic
+#   trainer   reads the input window (no consumer group); reads and writes the params and
+#             history topics, in transactions whose ids start gmm-params-publisher-
+#             (kafka_common/params_topic.py: compare-and-set publishing)
 #   worker    reads input (group $group) and params; writes assignments and dead letters; its
 #             Faust app uses the group $faust_app and creates its own internal topics
 #   producer  writes the input topic, nothing else
 acl_lines() {
   cat <<LINES
 --allow-principal User:trainer --operation Read --topic $input
---allow-principal User:trainer --operation Read --operation Write --topic $params
+--allow-principal User:trainer --operation Read --operation Write --topic $params --topic $history
+--allow-principal User:trainer --operation Write --operation Describe --resource-pattern-type prefixed --transactional-id gmm-params-publisher-
 --allow-principal User:worker --operation Read --topic $input --topic $params
 --allow-principal User:worker --operation Write --topic $output --topic $dlq
 --allow-principal User:worker --operation Read --group $group --group $faust_app
@@ -68,6 +72,7 @@ case "${1:-}" in
     topic --topic "$output" --partitions 4 --replication-factor 1
     topic --topic "$dlq" --partitions 1 --replication-factor 1
     topic --topic "$params" --partitions 1 --replication-factor 1 --config cleanup.policy=compact
+    topic --topic "$history" --partitions 1 --replication-factor 1 --config retention.ms=-1 --config retention.bytes=-1
     while read -r -a args; do
       "$bin/kafka-acls.sh" --bootstrap-server "$bootstrap" --command-config "$conf" --add --force "${args[@]}"
     done < <(acl_lines)

@@ -27,7 +27,9 @@ pytestmark = pytest.mark.slow
 def newest_version(bootstrap: str, topic: str) -> int:
     try:
         model = asyncio.run(
-            asyncio.wait_for(read_newest(KafkaSettings(bootstrap_servers=bootstrap), topic), 15)
+            asyncio.wait_for(
+                read_newest(KafkaSettings(bootstrap_servers=bootstrap), topic, "gmm"), 15
+            )
         )
     except Exception:  # the broker is down or not ready yet
         return -1

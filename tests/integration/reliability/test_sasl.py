@@ -49,6 +49,7 @@ def env_for(broker: Broker, topics: Topics, password: str, tmp_path) -> dict[str
         "KAFKA_SASL_PASSWORD": password,
         "GMM_INPUT_TOPIC": topics.input,
         "GMM_PARAMS_TOPIC": topics.params,
+        "GMM_HISTORY_TOPIC": topics.history,
         "GMM_OUTPUT_TOPIC": topics.output,
         "GMM_DLQ_TOPIC": topics.dlq,
         "GMM_REPORTS_DIR": str(tmp_path / "reports"),
@@ -80,7 +81,7 @@ def test_right_credentials_from_the_environment(sasl_broker, tmp_path):
         env,
     )
     assert fit.returncode == 0, fit.stderr[-2000:]
-    assert "published version 1" in fit.stderr
+    assert "published 'gmm' version 1" in fit.stderr
 
     worker = Worker(
         sasl_broker.bootstrap,

@@ -13,7 +13,7 @@ import pytest
 from numpy.testing import assert_allclose
 from PIL import Image
 
-from kafka_common.params_topic import read_newest
+from kafka_common.params_topic import history_spec, params_spec, read_newest
 from kafka_common.settings import KafkaSettings
 from kafka_common.topics import TopicSpec, ensure_topics
 from mixture.params import FitMetadata, MixtureParams, ModelParams
@@ -46,6 +46,7 @@ def settings(bootstrap: str, topics: Topics, tmp_path, **env: str) -> TrainerSet
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "GMM_INPUT_TOPIC": topics.input,
             "GMM_PARAMS_TOPIC": topics.params,
+            "GMM_HISTORY_TOPIC": topics.history,
             "GMM_REPORTS_DIR": str(tmp_path / "reports"),
             "GMM_TRAIN_WINDOW_RECORDS": "3000",
             "GMM_TRAIN_RESTARTS": "20",
@@ -59,7 +60,12 @@ def cycle(s: TrainerSettings):
 
     async def go():
         await ensure_topics(
-            s.kafka, [TopicSpec(s.input_topic, 2), TopicSpec(s.params_topic, 1, compact=True)]
+            s.kafka,
+            [
+                TopicSpec(s.input_topic, 2),
+                params_spec(s.params_topic),
+                history_spec(s.history_topic),
+            ],
         )
         trainer = Trainer(s, TrainerMetrics())
         await trainer.load_current()
@@ -69,7 +75,7 @@ def cycle(s: TrainerSettings):
 
 
 def newest(bootstrap: str, topic: str) -> ModelParams | None:
-    return asyncio.run(read_newest(KafkaSettings(bootstrap_servers=bootstrap), topic))
+    return asyncio.run(read_newest(KafkaSettings(bootstrap_servers=bootstrap), topic, "gmm"))
 
 
 def test_fits_the_stream_and_a_worker_picks_it_up(kafka_bootstrap, start_worker, tmp_path):
@@ -166,7 +172,11 @@ def test_versions_continue_across_restarts_through_the_cli(kafka_bootstrap, tmp_
 
     # A window that cannot be fit: exit code 3 and the reason on stdout.
     topics2 = Topics("restart-empty")
-    env.update(GMM_INPUT_TOPIC=topics2.input, GMM_PARAMS_TOPIC=topics2.params)
+    env.update(
+        GMM_INPUT_TOPIC=topics2.input,
+        GMM_PARAMS_TOPIC=topics2.params,
+        GMM_HISTORY_TOPIC=topics2.history,
+    )
     done = run_trainer_once(env)
     assert done.returncode == 3
     assert json.loads(done.stdout.splitlines()[-1])["reason"] == "too_few_points"
@@ -258,6 +268,7 @@ def _env_of(s: TrainerSettings) -> dict[str, str]:
         "KAFKA_BOOTSTRAP_SERVERS": ",".join(s.kafka.servers),
         "GMM_INPUT_TOPIC": s.input_topic,
         "GMM_PARAMS_TOPIC": s.params_topic,
+        "GMM_HISTORY_TOPIC": s.history_topic,
         "GMM_REPORTS_DIR": s.reports_dir,
         "GMM_TRAIN_RESTARTS": str(s.restarts),
     }

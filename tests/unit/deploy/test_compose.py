@@ -282,7 +282,7 @@ def _acls(env=None):
         principal = words[words.index("--allow-principal") + 1]
         prefixed = "prefixed" in words
         ops = [words[i + 1] for i, w in enumerate(words) if w == "--operation"]
-        for kind in ("topic", "group"):
+        for kind in ("topic", "group", "transactional-id"):
             for name in (words[i + 1] for i, w in enumerate(words) if w == f"--{kind}"):
                 for op in ops:
                     grants.add((principal, op, kind, name + ("*" if prefixed else "")))
@@ -294,6 +294,10 @@ def test_secure_acls_are_least_privilege():
         ("User:trainer", "Read", "topic", "gmm.points"),
         ("User:trainer", "Read", "topic", "gmm.params"),
         ("User:trainer", "Write", "topic", "gmm.params"),
+        ("User:trainer", "Read", "topic", "gmm.params.history"),
+        ("User:trainer", "Write", "topic", "gmm.params.history"),
+        ("User:trainer", "Write", "transactional-id", "gmm-params-publisher-*"),
+        ("User:trainer", "Describe", "transactional-id", "gmm-params-publisher-*"),
         ("User:worker", "Read", "topic", "gmm.points"),
         ("User:worker", "Read", "topic", "gmm.params"),
         ("User:worker", "Write", "topic", "gmm.assignments"),
@@ -306,8 +310,9 @@ def test_secure_acls_are_least_privilege():
         ("User:producer", "Write", "topic", "gmm.points"),
     }
     # Only the trainer may write models.
-    writers = {p for p, op, kind, name in _acls() if op == "Write" and name == "gmm.params"}
-    assert writers == {"User:trainer"}
+    for topic in ("gmm.params", "gmm.params.history"):
+        writers = {p for p, op, kind, name in _acls() if op == "Write" and name == topic}
+        assert writers == {"User:trainer"}
 
 
 def test_secure_acls_follow_the_topic_and_group_settings():
@@ -350,7 +355,7 @@ def test_secure_init_keeps_the_password_off_command_lines(tmp_path):
         assert result.returncode == 0, result.stderr
         assert password not in result.stdout + result.stderr
     calls = log.read_text().splitlines()
-    assert sum(c.startswith("kafka-topics.sh ") for c in calls) == 4
+    assert sum(c.startswith("kafka-topics.sh ") for c in calls) == 5
     assert sum(c.startswith("kafka-acls.sh ") for c in calls) == len(_acls_lines())
     assert calls[-1].startswith("kafka-broker-api-versions.sh --bootstrap-server kafka:9092")
     assert all("--command-config" in c for c in calls)

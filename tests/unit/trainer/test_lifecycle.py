@@ -1,0 +1,109 @@
+"""The lifecycle's pure parts: version rows, report pruning, the first-model retry, names."""
+
+from __future__ import annotations
+
+import pytest
+
+from kafka_common.params_topic import _decode, stamped
+from kafka_common.settings import SettingsError, check_model_name
+from mixture.params import FitMetadata, MixtureParams, ModelParams
+from trainer.cycle import CycleOutcome
+from trainer.lifecycle import format_rows, version_rows
+from trainer.main import next_cycle_in
+from trainer.report import prune_reports
+from trainer.settings import TrainerSettings
+
+
+def model(version: int, **extra) -> ModelParams:
+    return ModelParams(
+        version,
+        MixtureParams([0.5, 0.5], [[0.0], [5.0]], [1.0]),
+        FitMetadata(fitted_at="2026-11-28T00:00:00+00:00", n_points=10, extra=extra),
+    )
+
+
+def test_version_rows_mark_the_served_version_and_the_publisher():
+    history = [
+        model(1, published_by="trainer", mean_log_likelihood=-2.5),
+        model(2, published_by="cli"),
+        model(3, published_by="rollback", rolled_back_from=1),
+    ]
+    rows = version_rows(history, serving=history[-1])
+    assert [(r.version, r.stage, r.published_by) for r in rows] == [
+        (1, "retired", "trainer"),
+        (2, "retired", "cli"),
+        (3, "serving", "rollback"),
+    ]
+    assert rows[0].mean_log_likelihood == -2.5 and rows[1].mean_log_likelihood is None
+    table = format_rows(rows).splitlines()
+    assert table[0].split() == [
+        "version",
+        "stage",
+        "fitted_at",
+        "points",
+        "mean_loglik",
+        "published_by",
+    ]
+    assert table[3].endswith("rollback (from v1)")
+
+
+def test_a_served_version_missing_from_the_history_is_listed():
+    rows = version_rows([], serving=model(4, published_by="trainer"))
+    assert [(r.version, r.stage) for r in rows] == [(4, "serving")]
+
+
+def test_prune_keeps_the_newest_reports(tmp_path):
+    for v in (1, 2, 3, 10, 11):
+        (tmp_path / f"v{v}").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "v7.txt").write_text("not a report")
+    deleted = prune_reports(tmp_path, keep=3)
+    assert sorted(p.name for p in deleted) == ["v1", "v2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "v10", "v11", "v3", "v7.txt"]
+
+
+def test_no_model_yet_retries_quickly():
+    settings = TrainerSettings.from_env(
+        {"GMM_TRAIN_INTERVAL_SECONDS": "300", "GMM_FIRST_MODEL_RETRY_SECONDS": "2"}
+    )
+
+    class T:
+        current = None
+
+    rejected = CycleOutcome(None, "too_few_points", "", 0, {}, None, None)
+    assert next_cycle_in(settings, T(), rejected) == 2
+    T.current = model(1)
+    assert next_cycle_in(settings, T(), rejected) == 300
+
+
+@pytest.mark.parametrize("name", ["gmm", "a", "fraud-v2", "x.y_z", "A" * 64])
+def test_model_names_accepted(name):
+    check_model_name(name)
+
+
+@pytest.mark.parametrize("name", ["", "../etc", ".hidden", "a/b", "a b", "A" * 65, "é"])
+def test_model_names_refused(name):
+    with pytest.raises(SettingsError, match="GMM_MODEL_NAME"):
+        check_model_name(name)
+
+
+def test_readers_filter_on_the_key_and_the_claimed_name():
+    rejected = []
+
+    def on_reject(reason, _):
+        rejected.append(reason)
+
+    value = stamped(model(1), "a", "trainer").dumps().encode()
+    assert _decode(b"a", value, "a", on_reject).version == 1
+    assert _decode(b"b", value, "b", on_reject) is None  # says it is a, keyed b
+    assert _decode(b"a", value, "b", on_reject) is None  # another name's record: skipped
+    assert _decode(b"a", None, "a", on_reject) is None  # a tombstone
+    assert rejected == ["name_mismatch"]
+
+
+def test_stamped_names_the_publisher():
+    m = stamped(model(1), "a", "rollback", rolled_back_from=1)
+    assert m.metadata.extra["model_name"] == "a"
+    assert m.metadata.extra["published_by"] == "rollback"
+    with pytest.raises(ValueError, match="published_by"):
+        stamped(model(1), "a", "someone")

@@ -1,0 +1,101 @@
+"""The model lifecycle over the history topic: list every version of a name, roll back.
+
+`gmm-trainer models` reads the history topic (every version ever published, never compacted)
+and the params topic (what serves now). `gmm-trainer rollback --to V` republishes version V's
+parameters as a new version (compare-and-set, like any publication) with
+`metadata.rolled_back_from = V`; workers follow the params topic and serve it at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from kafka_common import params_topic
+from mixture.params import ModelParams
+from trainer.settings import TrainerSettings
+
+
+class NoSuchVersion(LookupError):
+    """The history holds no such version of the model name."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionRow:
+    """One line of `gmm-trainer models`."""
+
+    version: int
+    stage: str  # serving (the newest on the params topic) or retired
+    fitted_at: str | None
+    points: int | None
+    mean_log_likelihood: float | None
+    published_by: str
+    rolled_back_from: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def version_rows(history: list[ModelParams], serving: ModelParams | None) -> list[VersionRow]:
+    """The history as rows, oldest version first (a version recorded twice: its last record)."""
+    by_version = {m.version: m for m in history}
+    if serving is not None:  # e.g. published before the history topic existed
+        by_version.setdefault(serving.version, serving)
+    rows = []
+    for version in sorted(by_version):
+        m = by_version[version]
+        extra = m.metadata.extra
+        ll = extra.get("mean_log_likelihood")
+        serves = serving is not None and version == serving.version
+        rows.append(
+            VersionRow(
+                version=version,
+                stage="serving" if serves else "retired",
+                fitted_at=m.metadata.fitted_at,
+                points=m.metadata.n_points,
+                mean_log_likelihood=float(ll) if isinstance(ll, int | float) else None,
+                published_by=str(extra.get("published_by", "unknown")),
+                rolled_back_from=extra.get("rolled_back_from"),
+            )
+        )
+    return rows
+
+
+def format_rows(rows: list[VersionRow]) -> str:
+    """A fixed-width table for the terminal."""
+    header = ("version", "stage", "fitted_at", "points", "mean_loglik", "published_by")
+    lines = [header]
+    for r in rows:
+        by = r.published_by + (f" (from v{r.rolled_back_from})" if r.rolled_back_from else "")
+        ll = "-" if r.mean_log_likelihood is None else f"{r.mean_log_likelihood:.4f}"
+        pts = "-" if r.points is None else str(r.points)
+        lines.append((str(r.version), r.stage, r.fitted_at or "-", pts, ll, by))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+async def list_versions(settings: TrainerSettings, name: str) -> list[VersionRow]:
+    history = await params_topic.read_all(settings.kafka, settings.history_topic, name)
+    serving = await params_topic.read_newest(settings.kafka, settings.params_topic, name)
+    return version_rows(history, serving)
+
+
+async def rollback(settings: TrainerSettings, name: str, to_version: int) -> ModelParams:
+    """Publishes version `to_version`'s parameters as the next version of `name`."""
+    history = await params_topic.read_all(settings.kafka, settings.history_topic, name)
+    found = [m for m in history if m.version == to_version]
+    if not found:
+        versions = sorted({m.version for m in history})
+        raise NoSuchVersion(
+            f"no version {to_version} of {name!r} in {settings.history_topic!r} "
+            f"(versions there: {versions or 'none'})"
+        )
+    old = found[-1]
+    meta = old.metadata
+    meta = dataclasses.replace(meta, extra={**meta.extra, "rolled_back_from": to_version})
+    publisher = params_topic.Publisher(
+        settings.kafka, settings.params_topic, settings.history_topic, name
+    )
+    return await publisher.publish(dataclasses.replace(old, metadata=meta), "rollback")
