@@ -5,6 +5,9 @@
   serves only the name it is configured with.
 - The history topic (same records, never compacted or expired) keeps every version, for
   `gmm-trainer models` and `gmm-trainer rollback`.
+- A candidate in shadow (GMM_PROMOTION=shadow) is a record keyed `<name>@candidate` on the
+  params topic (`@` is not allowed in names): workers score it beside the served model without
+  serving it; a tombstone on that key withdraws it (promoted or rejected).
 
 Publishing is compare-and-set per name. A publisher is a transactional producer whose id is
 derived from the name, so at most one publisher of a name is live: starting one fences the
@@ -22,6 +25,7 @@ import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
@@ -40,6 +44,16 @@ PUBLISHERS = ("trainer", "cli", "rollback")
 
 #: How often a publisher fenced by a concurrent one of the same name reads again and retries.
 PUBLISH_ATTEMPTS = 8
+
+#: metadata.stage of a version: served when published, or a candidate scored in shadow.
+STAGES = ("served", "candidate")
+
+OnCandidate = Callable[["ModelParams | None"], Awaitable[object]]
+
+
+def candidate_key(name: str) -> str:
+    """The params topic key of the name's candidate in shadow."""
+    return f"{name}@candidate"
 
 
 def params_spec(topic: str) -> TopicSpec:
@@ -93,10 +107,15 @@ async def _behind(
 
 
 def _decode(
-    key: bytes | None, value: bytes | None, name: str, on_reject: OnReject | None
+    key: bytes | None,
+    value: bytes | None,
+    name: str,
+    on_reject: OnReject | None,
+    key_name: str | None = None,
 ) -> ModelParams | None:
-    """The record's model if it is a valid one of `name`; None for other names and tombstones."""
-    if value is None or key != name.encode():
+    """The record's model if it is a valid one of `name` under key `key_name` (default: the
+    name itself); None for other keys and tombstones."""
+    if value is None or key != (key_name or name).encode():
         return None
     try:
         model = ModelParams.loads(value)
@@ -111,22 +130,36 @@ def _decode(
         return None
 
 
+class _Tail(NamedTuple):
+    models: list[ModelParams]  # every valid model of the name, in topic order
+    candidate: ModelParams | None  # the candidate in shadow now (None: none, or withdrawn)
+    candidate_versions: list[int]  # every candidate version seen
+
+
 async def _read_to_end(
     consumer: AIOKafkaConsumer,
     tps: list[TopicPartition],
     name: str,
     on_reject: OnReject | None,
-) -> list[ModelParams]:
-    """Every valid model of `name` up to the current end of each partition, in topic order."""
+) -> _Tail:
+    """Every valid model of `name` up to the current end of each partition, in topic order,
+    and the state of its candidate key."""
     ends = await consumer.end_offsets(tps)
     models: list[ModelParams] = []
+    candidate, versions = None, []
+    shadow = candidate_key(name).encode()
     while await _behind(consumer, tps, ends):
         for records in (await consumer.getmany(timeout_ms=1000)).values():
             for record in records:
+                if record.key == shadow:
+                    candidate = _decode(record.key, record.value, name, on_reject, shadow.decode())
+                    if candidate is not None:
+                        versions.append(candidate.version)
+                    continue
                 model = _decode(record.key, record.value, name, on_reject)
                 if model is not None:
                     models.append(model)
-    return models
+    return _Tail(models, candidate, versions)
 
 
 def _newest(models: list[ModelParams]) -> ModelParams | None:
@@ -139,9 +172,23 @@ async def read_all(
     """Every valid model of `name` on `topic` (the history topic: every version published)."""
     consumer, tps = await _start_consumer(kafka, topic)
     try:
-        return await _read_to_end(consumer, tps, name, on_reject)
+        return (await _read_to_end(consumer, tps, name, on_reject)).models
     finally:
         await consumer.stop()
+
+
+async def read_state(
+    kafka: KafkaSettings, topic: str, name: str
+) -> tuple[ModelParams | None, ModelParams | None, int]:
+    """(newest served model, candidate in shadow, highest version of either ever seen)."""
+    consumer, tps = await _start_consumer(kafka, topic)
+    try:
+        tail = await _read_to_end(consumer, tps, name, None)
+    finally:
+        await consumer.stop()
+    newest = _newest(tail.models)
+    highest = max([newest.version if newest else 0, *tail.candidate_versions])
+    return newest, tail.candidate, highest
 
 
 async def read_newest(
@@ -158,18 +205,34 @@ async def follow(
     on_model: OnModel,
     on_reject: OnReject | None = None,
     stop: asyncio.Event | None = None,
+    on_candidate: OnCandidate | None = None,
 ) -> None:
     """Calls on_model for each valid model of `name`: first the newest existing one, then each
-    newer one. Versions not above the newest seen are skipped (versions only increase)."""
+    newer one. Versions not above the newest seen are skipped (versions only increase).
+
+    on_candidate, if given, is called with the name's candidate in shadow whenever it changes
+    (None: withdrawn), starting with the current one if there is one."""
     consumer, tps = await _start_consumer(kafka, topic)
+    shadow = candidate_key(name).encode()
     try:
         # Catch up first, so a worker starts with the newest model rather than replaying.
-        newest = _newest(await _read_to_end(consumer, tps, name, on_reject))
+        tail = await _read_to_end(consumer, tps, name, on_reject)
+        newest = _newest(tail.models)
         if newest is not None:
             await on_model(newest)
+        if on_candidate is not None and tail.candidate is not None:
+            await on_candidate(tail.candidate)
         while stop is None or not stop.is_set():
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
+                    if record.key == shadow:
+                        if on_candidate is not None:
+                            candidate = _decode(
+                                record.key, record.value, name, on_reject, shadow.decode()
+                            )
+                            if candidate is not None or record.value is None:
+                                await on_candidate(candidate)
+                        continue
                     model = _decode(record.key, record.value, name, on_reject)
                     if model is None:
                         continue
@@ -212,14 +275,27 @@ class Publisher:
     def transactional_id(self) -> str:
         return f"gmm-params-publisher-{self.name}"
 
-    async def publish(self, model: ModelParams, published_by: str) -> ModelParams:
+    async def publish(
+        self,
+        model: ModelParams,
+        published_by: str,
+        stage: str = "served",
+        withdraw_candidate: bool = False,
+        **extra: object,
+    ) -> ModelParams:
         """Publishes `model` as the next version of the name; returns it as published.
 
+        stage: "served" (workers serve it) or "candidate" (workers score it in shadow).
+        withdraw_candidate: also, in the same transaction, tombstone the candidate key (a
+        promotion). Versions are shared by both stages: a candidate takes a version too.
         Raises PublishConflict if concurrent publishers fenced every attempt (nothing of this
         call was committed then), and Kafka's errors if the broker refuses.
         """
-        model = stamped(model, self.name, published_by)
-        value_key = self.name.encode()
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        model = stamped(model, self.name, published_by, stage=stage, **extra)
+        history_key = self.name.encode()
+        value_key = (self.name if stage == "served" else candidate_key(self.name)).encode()
         for attempt in range(1, self.attempts + 1):
             producer = AIOKafkaProducer(
                 **self.kafka.client_options(),
@@ -231,12 +307,16 @@ class Publisher:
             # name and waits for its open transaction to be committed or aborted.
             await producer.start()
             try:
-                newest = await read_newest(self.kafka, self.params_topic, self.name)
-                versioned = model.with_version((newest.version if newest else 0) + 1)
+                _, _, highest = await read_state(self.kafka, self.params_topic, self.name)
+                versioned = model.with_version(highest + 1)
                 value = versioned.dumps().encode()
                 async with producer.transaction():
-                    await producer.send(self.history_topic, value, key=value_key)
+                    await producer.send(self.history_topic, value, key=history_key)
                     await producer.send(self.params_topic, value, key=value_key)
+                    if withdraw_candidate:
+                        await producer.send(
+                            self.params_topic, None, key=candidate_key(self.name).encode()
+                        )
                 return versioned
             except (ProducerFenced, InvalidProducerEpoch) as exc:
                 log.warning(
@@ -252,3 +332,13 @@ class Publisher:
         raise PublishConflict(
             f"{self.attempts} attempts to publish {self.name!r} were fenced by other publishers"
         )
+
+    async def withdraw_candidate(self) -> None:
+        """Tombstones the candidate key: workers stop scoring it."""
+        producer = AIOKafkaProducer(**self.kafka.client_options(), acks="all")
+        await producer.start()
+        try:
+            key = candidate_key(self.name).encode()
+            await producer.send_and_wait(self.params_topic, None, key=key)
+        finally:
+            await producer.stop()

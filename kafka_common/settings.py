@@ -91,6 +91,16 @@ def model_name_field() -> Any:
     )
 
 
+def events_topic_field() -> Any:
+    """GMM_EVENTS_TOPIC: where workers report drift alarms and shadow scores, and the trainer
+    reads them (and reports promotions)."""
+    return env_field(
+        "GMM_EVENTS_TOPIC",
+        "gmm.events",
+        "Topic of model events (drift alarms, shadow scores, promotions); empty: none",
+    )
+
+
 def check_model_name(name: str) -> None:
     """A SettingsError unless `name` is 1-64 of letters, digits, '.', '_', '-' (not first)."""
     if not _MODEL_NAME.fullmatch(name):

@@ -55,3 +55,31 @@ def check_not_worse(
         f"mean log-likelihood {new_log_likelihood:.4f} vs the current model's "
         f"{current_log_likelihood:.4f}",
     )
+
+
+#: A candidate's shadow verdict: still scoring, promote it, or a Rejection.
+PENDING = "pending"
+PROMOTE = "promote"
+
+
+def check_shadow(
+    records: int,
+    candidate_log_likelihood: float,
+    served_log_likelihood: float,
+    needed_records: int,
+    tolerance: float,
+) -> str | Rejection:
+    """Promote a candidate scored in shadow once `needed_records` records were scored by both
+    models, if its mean log p(x) on them is at most `tolerance` nats below the served model's;
+    PENDING before that."""
+    if records < needed_records:
+        return PENDING
+    candidate = candidate_log_likelihood / records
+    served = served_log_likelihood / records
+    if candidate >= served - tolerance:
+        return PROMOTE
+    return Rejection(
+        "worse_in_shadow",
+        f"mean log-likelihood in shadow {candidate:.4f} vs the served model's {served:.4f} "
+        f"over {records} records",
+    )

@@ -33,3 +33,7 @@ def register(app: faust.App, worker: Worker, channel: BatchChannel) -> None:
     @app.task
     async def watch_lag() -> None:
         await worker.watch_lag()
+
+    @app.task
+    async def report_shadow() -> None:
+        await worker.report_shadow()

@@ -1,9 +1,10 @@
 """`gmm-worker`: starts the stream worker (the Faust app in stream_app.app).
 
-Before Faust starts, settings are validated (GMM_PARAMS_FILE included) and the service's topics
-created (the params topic compacted), so a bad setting, an unreachable broker or a rejected login
-is one clear line and a non-zero exit rather than a retry loop or a traceback. `--help` and
-`--version` touch nothing: no environment, no network.
+Before Faust starts, settings are validated (GMM_PARAMS_FILE included), the broker's ACLs checked
+for what the worker needs, and the service's topics created (the params topic compacted), so a
+bad setting, an unreachable broker, a rejected login or a missing ACL is one clear line and a
+non-zero exit rather than a retry loop or a traceback. `--help` and `--version` touch nothing:
+no environment, no network.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from aiokafka.errors import KafkaError
 
 from kafka_common import params_topic
+from kafka_common.access import Need, check_access
 from kafka_common.connection import KafkaUnavailable, check_connection, describe_kafka_error
 from kafka_common.jax_cache import enable_compilation_cache
 from kafka_common.settings import SettingsError
@@ -32,14 +34,29 @@ def topic_specs(settings: WorkerSettings) -> list[TopicSpec]:
         TopicSpec(settings.output_topic, settings.input_partitions),
         TopicSpec(settings.dlq_topic, 1),
         params_topic.params_spec(settings.params_topic),
+        *([TopicSpec(settings.events_topic, 1)] if settings.events_topic else []),
+    ]
+
+
+def access_needs(settings: WorkerSettings) -> list[Need]:
+    """What the broker's ACLs must allow the worker (README "Security")."""
+    return [
+        Need("topic", settings.input_topic, "read", "GMM_INPUT_TOPIC"),
+        Need("topic", settings.params_topic, "read", "GMM_PARAMS_TOPIC"),
+        Need("topic", settings.output_topic, "write", "GMM_OUTPUT_TOPIC"),
+        Need("topic", settings.dlq_topic, "write", "GMM_DLQ_TOPIC"),
+        Need("group", settings.group_id, "read", "GMM_CONSUMER_GROUP"),
+        Need("group", f"{settings.group_id}-app", "read", "GMM_CONSUMER_GROUP + '-app'"),
     ]
 
 
 def prepare(settings: WorkerSettings) -> str | None:
-    """Checks the connection and creates the topics; returns a one-line error, or None."""
+    """Checks the connection and the ACLs, creates the topics; returns a one-line error, or
+    None."""
 
     async def connect_and_create() -> None:
         await check_connection(settings.kafka)
+        await check_access(settings.kafka, access_needs(settings))
         await asyncio.wait_for(ensure_topics(settings.kafka, topic_specs(settings)), 60)
 
     try:

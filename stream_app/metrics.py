@@ -133,6 +133,46 @@ class WorkerMetrics:
             "When input offsets were last committed (Unix time)",
             registry=r,
         )
+        self.drift_alarms = Counter(
+            "gmm_drift_alarms_total",
+            "Drift alarms: drops of the served model's mean log p(x) (Page-Hinkley)",
+            registry=r,
+        )
+        self.drift_statistic = Gauge(
+            "gmm_drift_statistic",
+            "The drift test's Page-Hinkley statistic (alarm at GMM_DRIFT_THRESHOLD)",
+            registry=r,
+        )
+        self.candidate_version = Gauge(
+            "gmm_candidate_version",
+            "Version of the candidate scored in shadow (NaN: none)",
+            registry=r,
+        )
+        self.candidate_version.set(math.nan)
+        self.shadow_records = Counter(
+            "gmm_shadow_records_total",
+            "Records scored by a candidate in shadow, by candidate version",
+            ["candidate_version"],
+            registry=r,
+        )
+        self.shadow_log_likelihood = Gauge(
+            "gmm_shadow_log_likelihood_sum",
+            "Sum of log p(x) over the records scored in shadow, by candidate version, under the "
+            "candidate and under the served model (divide by gmm_shadow_records_total)",
+            ["candidate_version", "model"],
+            registry=r,
+        )
+        self.shadow_agreements = Counter(
+            "gmm_shadow_agreements_total",
+            "Records scored in shadow whose MAP component is the served model's",
+            ["candidate_version"],
+            registry=r,
+        )
+        self.events_errors = Counter(
+            "gmm_events_errors_total",
+            "Events that could not be sent to the events topic",
+            registry=r,
+        )
         self._fitted_at: float | None = None
         self.model_age_seconds.set_function(self._model_age)
         self._drift: collections.deque[tuple[float, int]] = collections.deque(
@@ -151,6 +191,15 @@ class WorkerMetrics:
             self._fitted_at = dt.datetime.fromisoformat(fitted).timestamp() if fitted else None
         except ValueError:
             self._fitted_at = None
+
+    def observe_shadow(self, version: int, sample: Any) -> None:
+        """A slice scored in shadow by candidate `version` (a monitor.ShadowSample)."""
+        label = str(version)
+        self.shadow_records.labels(candidate_version=label).inc(sample.records)
+        self.shadow_agreements.labels(candidate_version=label).inc(sample.agreements)
+        ll = self.shadow_log_likelihood
+        ll.labels(candidate_version=label, model="candidate").inc(sample.candidate_log_likelihood)
+        ll.labels(candidate_version=label, model="served").inc(sample.served_log_likelihood)
 
     def observe_log_likelihood(self, total: float, count: int) -> None:
         if count:

@@ -30,7 +30,13 @@ class ServingModel(NamedTuple):
 
 
 class ModelHolder:
-    """Holds the current ServingModel; `ready` is set once the first one is installed."""
+    """Holds the current ServingModel; `ready` is set once the first one is installed.
+
+    served=False holds a candidate in shadow instead: it is compiled and prepared the same way
+    (sharing `classifiers` with the served holder, so a candidate of the served layout compiles
+    nothing) but touches neither readiness nor the served model's metrics, and `clear()`
+    withdraws it.
+    """
 
     def __init__(
         self,
@@ -39,6 +45,8 @@ class ModelHolder:
         metrics: WorkerMetrics,
         compile_executor: Executor,
         sizes: tuple[int, ...] | None = None,
+        served: bool = True,
+        classifiers: dict[tuple[int, int, str], Classifier] | None = None,
     ) -> None:
         self.temperature = temperature
         self.max_batch = max_batch
@@ -48,13 +56,16 @@ class ModelHolder:
         self.executor = compile_executor
         self.current: ServingModel | None = None
         self.ready = asyncio.Event()
-        self._classifiers: dict[tuple[int, int, str], Classifier] = {}
+        self.served = served
+        self._classifiers: dict[tuple[int, int, str], Classifier] = (
+            {} if classifiers is None else classifiers
+        )
         self._compilations_counted = 0
 
     async def install(self, model: ModelParams) -> bool:
         """Serves `model` from the next batch on; False if it is not newer than the current one."""
         current = self.current
-        if current is not None and model.version <= current.model.version:
+        if self.served and current is not None and model.version <= current.model.version:
             log.info(
                 "not installing model version %d: serving %d", model.version, current.model.version
             )
@@ -77,12 +88,25 @@ class ModelHolder:
             self.metrics.params_rejected.labels(reason="compile_failed").inc()
             return False
         self.current = ServingModel(model, classifier, device_params)
+        if not self.served:
+            log.info("scoring candidate version %d in shadow", model.version)
+            return True
         self.count_compilations()
         self.metrics.model_installed(model)
         self.metrics.ready.set(1)
         self.ready.set()
         log.info("serving model version %d", model.version)
         return True
+
+    def clear(self) -> None:
+        """Withdraws the held model (a candidate promoted or rejected)."""
+        if self.current is not None:
+            log.info("candidate version %d withdrawn", self.current.model.version)
+        self.current = None
+
+    @property
+    def classifiers(self) -> dict[tuple[int, int, str], Classifier]:
+        return self._classifiers
 
     def count_compilations(self) -> None:
         total = sum(c.compilations for c in self._classifiers.values())

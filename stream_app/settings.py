@@ -18,6 +18,7 @@ from kafka_common.settings import (
     SettingsError,
     check_model_name,
     env_field,
+    events_topic_field,
     load,
     markdown_table,
     model_name_field,
@@ -71,6 +72,24 @@ class WorkerSettings:
         "GMM_PARAMS_TOPIC", "gmm.params", "Compacted topic of versioned model parameters"
     )
     model_name: str = model_name_field()
+    events_topic: str = events_topic_field()
+    drift_threshold: float = env_field(
+        "GMM_DRIFT_THRESHOLD",
+        16.0,
+        "Page-Hinkley threshold of the drift alarm, in standard deviations of a block's mean "
+        "log p(x) (0: no drift detection)",
+    )
+    drift_warmup_blocks: int = env_field(
+        "GMM_DRIFT_WARMUP_BLOCKS", 64, "Blocks that set a model's baseline before any alarm"
+    )
+    drift_block_records: int = env_field(
+        "GMM_DRIFT_BLOCK_RECORDS", 256, "Records per block of the drift test"
+    )
+    shadow_report_seconds: float = env_field(
+        "GMM_SHADOW_REPORT_SECONDS",
+        2.0,
+        "How often a worker reports its shadow scores of a candidate on the events topic",
+    )
     dlq_topic: str = env_field("GMM_DLQ_TOPIC", "gmm.deadletter", "Dead-letter topic for bad input")
     input_partitions: int = env_field(
         "GMM_INPUT_PARTITIONS", 4, "Partitions of the input topic when the worker creates it"
@@ -154,6 +173,16 @@ class WorkerSettings:
 
     def validate(self) -> None:
         check_model_name(self.model_name)
+        if not self.drift_threshold >= 0:
+            raise SettingsError(f"GMM_DRIFT_THRESHOLD must be >= 0, got {self.drift_threshold}")
+        if self.drift_warmup_blocks < 2 or self.drift_block_records < 1:
+            raise SettingsError(
+                "GMM_DRIFT_WARMUP_BLOCKS must be >= 2 and GMM_DRIFT_BLOCK_RECORDS >= 1"
+            )
+        if not self.shadow_report_seconds > 0:
+            raise SettingsError(
+                f"GMM_SHADOW_REPORT_SECONDS must be > 0, got {self.shadow_report_seconds}"
+            )
         if self.max_batch < 1:
             raise SettingsError(f"GMM_MAX_BATCH must be >= 1, got {self.max_batch}")
         if not self.max_delay_ms > 0:

@@ -17,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import os
 import signal
+import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,12 +30,16 @@ from typing import Any
 import numpy as np
 
 from kafka_common import params_topic
+from kafka_common.events import Event, EventProducer
 from mixture.classify import Classification
+from mixture.params import ModelParams
 from stream_app.batch import BatchOutcome, ParsedSlice, classify_slice, encode_slice, parse_slice
 from stream_app.checkpoint import Checkpoint
 from stream_app.delivery import Delivery, DeliveryResult, KafkaSink
+from stream_app.drift import DriftDetector
 from stream_app.metrics import WorkerMetrics, observe_many
 from stream_app.model_state import ModelHolder, ServingModel
+from stream_app.monitor import ShadowSample, ShadowScores, compare
 from stream_app.settings import WorkerSettings
 from stream_app.source import InBatch, PointSource
 
@@ -73,6 +80,31 @@ class Worker:
             self.compiler,
             settings.classifier_sizes,
         )
+        #: A candidate of the served name, scored in shadow beside it (never served).
+        self.candidate = ModelHolder(
+            settings.temperature,
+            settings.max_batch,
+            self.metrics,
+            self.compiler,
+            settings.classifier_sizes,
+            served=False,
+            classifiers=self.holder.classifiers,
+        )
+        self.shadow = ShadowScores()
+        self.drift = (
+            DriftDetector(
+                threshold=settings.drift_threshold,
+                warmup_blocks=settings.drift_warmup_blocks,
+                block_records=settings.drift_block_records,
+            )
+            if settings.drift_threshold > 0
+            else None
+        )
+        self.events = (
+            EventProducer(settings.kafka, settings.events_topic) if settings.events_topic else None
+        )
+        #: Names this process in its shadow reports (the trainer sums the workers' totals).
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.source = PointSource(
             settings.kafka,
             settings.input_topic,
@@ -118,23 +150,74 @@ class Worker:
         """Installs the newest model at start (file, then topic) and every newer one after."""
         model = self.settings.load_params_file()
         if model is not None:
-            await self.holder.install(model)
+            await self._install(model)
         while True:
             try:
                 await params_topic.follow(
                     self.settings.kafka,
                     self.settings.params_topic,
                     self.settings.model_name,
-                    self.holder.install,
+                    self._install,
                     on_reject=lambda reason, _: self.metrics.params_rejected.labels(
                         reason=reason
                     ).inc(),
+                    on_candidate=self._candidate,
                 )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a broker outage or a missing topic: retry, keep serving
                 log.warning("params topic: %s; retrying in 1 s", exc)
                 await asyncio.sleep(1.0)
+
+    async def _install(self, model: ModelParams) -> bool:
+        installed = await self.holder.install(model)
+        if installed and self.drift is not None:
+            self.drift.reset()  # the baseline belongs to the model
+            self.metrics.drift_statistic.set(0.0)
+        return installed
+
+    async def _candidate(self, model: ModelParams | None) -> None:
+        """A new candidate to score in shadow, or None: the candidate was withdrawn."""
+        if model is None or model.version <= self._served_version():
+            self.candidate.clear()
+            self.shadow.stop()
+            self.metrics.candidate_version.set(math.nan)
+            return
+        if await self.candidate.install(model):
+            self.metrics.candidate_version.set(model.version)
+
+    def _served_version(self) -> int:
+        current = self.holder.current
+        return current.model.version if current is not None else -1
+
+    async def report_shadow(self) -> None:
+        """Reports this worker's shadow totals on the events topic whenever they changed."""
+        while True:
+            await asyncio.sleep(self.settings.shadow_report_seconds)
+            totals = self.shadow.to_report()
+            if totals is None or self.events is None:
+                continue
+            self._send_event(
+                Event.now(
+                    "shadow",
+                    self.settings.model_name,
+                    totals.version,
+                    totals.difference,
+                    data={**totals.to_json(), "worker": self.worker_id},
+                )
+            )
+
+    def _send_event(self, event: Event) -> None:
+        if self.events is not None:
+            self._spawn(self._send(event), f"gmm-event-{event.kind}")
+
+    async def _send(self, event: Event) -> None:
+        assert self.events is not None
+        try:
+            await self.events.send(event)
+        except Exception as exc:  # an event is information: serving goes on without it
+            self.metrics.events_errors.inc()
+            log.warning("could not send a %s event: %s", event.kind, exc)
 
     async def feed(self, put: Callable[[InBatch], Awaitable[None]]) -> None:
         """Reads the input topic in micro-batches for the agent, once a model is being served."""
@@ -171,6 +254,8 @@ class Worker:
                 await asyncio.wait_for(self.sink.stop(), timeout)
             except TimeoutError:
                 log.warning("the producer did not flush in %.0f s; closing anyway", timeout)
+            if self.events is not None:
+                await self.events.stop()
 
     async def watch_lag(self) -> None:
         """Refreshes the lag gauges on a timer, so a stalled stream shows a growing lag."""
@@ -221,6 +306,9 @@ class Worker:
                 result, seconds = await loop.run_in_executor(
                     self.inference, self._classify, parsed, serving
                 )
+                candidate = self.candidate.current
+                if candidate is not None:
+                    await self._score_in_shadow(parsed, serving, candidate, result)
             outcome = encode_slice(
                 parsed,
                 result,
@@ -235,6 +323,29 @@ class Worker:
 
     def _classify(self, parsed: ParsedSlice, serving: ServingModel) -> tuple[Classification, float]:
         return classify_slice(parsed, serving)
+
+    async def _score_in_shadow(
+        self,
+        parsed: ParsedSlice,
+        serving: ServingModel,
+        candidate: ServingModel,
+        served: Classification,
+    ) -> None:
+        """The candidate's verdict on the same slice, compared and counted, never emitted."""
+        if candidate.model.mixture.dim != serving.model.mixture.dim:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            sample: ShadowSample = await loop.run_in_executor(
+                self.inference,
+                lambda: compare(served, classify_slice(parsed, candidate)[0]),
+            )
+        except Exception:  # the candidate's problem, not the stream's
+            log.exception("scoring candidate version %d failed", candidate.model.version)
+            return
+        version = candidate.model.version
+        self.shadow.add(version, serving.model.version, sample)
+        self.metrics.observe_shadow(version, sample)
 
     async def _deliver(self, outcome: BatchOutcome) -> None:
         result = await self.delivery.deliver(outcome.outputs)
@@ -268,6 +379,7 @@ class Worker:
         if outcome.assignments:
             m.inference_seconds.observe(outcome.inference_seconds)
             m.observe_log_likelihood(outcome.log_likelihood_sum, len(outcome.assignments))
+            self._watch_drift(outcome)
             values, counts = np.unique(components, return_counts=True)
             for component, count in zip(values.tolist(), counts.tolist(), strict=True):
                 m.assignments_out.labels(component=str(component)).inc(count)
@@ -276,6 +388,38 @@ class Worker:
         for out in outcome.dead_letters:
             if id(out) not in replaced:
                 m.deadlettered.labels(reason=out.reason or "unknown").inc()
+
+    def _watch_drift(self, outcome: BatchOutcome) -> None:
+        if self.drift is None or outcome.model_version != self._served_version():
+            return  # a slice of the previous model, delivered after a swap
+        n = len(outcome.assignments)
+        alarm = self.drift.update(outcome.log_likelihood_sum / n, n)
+        self.metrics.drift_statistic.set(self.drift.statistic)
+        if alarm is None:
+            return
+        self.metrics.drift_alarms.inc()
+        log.warning(
+            "drift: mean log p(x) %.4f vs the baseline %.4f of model version %d (statistic %.1f)",
+            alarm.current,
+            alarm.baseline,
+            outcome.model_version,
+            alarm.statistic,
+        )
+        self._send_event(
+            Event.now(
+                "drift",
+                self.settings.model_name,
+                outcome.model_version,
+                alarm.statistic,
+                detail=f"mean log p(x) {alarm.current:.4f} vs baseline {alarm.baseline:.4f}",
+                data={
+                    "records": alarm.records,
+                    "baseline": alarm.baseline,
+                    "current": alarm.current,
+                    "worker": self.worker_id,
+                },
+            )
+        )
 
     # -- status ----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -66,6 +67,7 @@ class Topics:
         self.output = f"it.{stem}.{tag}.assignments"
         self.params = f"it.{stem}.{tag}.params"
         self.history = f"it.{stem}.{tag}.history"
+        self.events = f"it.{stem}.{tag}.events"
         self.dlq = f"it.{stem}.{tag}.deadletter"
         self.group = f"it-{stem}-{tag}"
 
@@ -82,6 +84,7 @@ class Worker:
             "GMM_INPUT_TOPIC": topics.input,
             "GMM_OUTPUT_TOPIC": topics.output,
             "GMM_PARAMS_TOPIC": topics.params,
+            "GMM_EVENTS_TOPIC": topics.events,
             "GMM_DLQ_TOPIC": topics.dlq,
             "GMM_CONSUMER_GROUP": topics.group,
             "GMM_WORKER_WEB_PORT": str(self.port),
@@ -243,7 +246,10 @@ def count_records(bootstrap: str, topic: str) -> int:
 
 
 class Broker:
-    """A broker of a test's own (deploy/kafka/kafka.sh on a free port pair), for faults and auth."""
+    """A broker of a test's own (deploy/kafka/kafka.sh on a free port pair), for faults and auth.
+
+    extra_props may name {port} (the client listener), {cport} (the controller's) and
+    {port:NAME} (another listener's, a free port of its own, then in `ports[NAME]`)."""
 
     def __init__(
         self, state_dir: pathlib.Path, extra_props: str = "", client_props: str = ""
@@ -253,7 +259,15 @@ class Broker:
         self.bootstrap = f"127.0.0.1:{self.port}"
         state_dir.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_STATE_DIR": str(state_dir)}
+        #: Further listeners' ports: each `{port:NAME}` in extra_props gets a free port of its own.
+        self.ports: dict[str, int] = {}
         if extra_props:
+            for name in re.findall(r"\{port:(\w+)\}", extra_props):
+                while name not in self.ports:
+                    port = free_port()
+                    if port not in (self.port, self.port + 1, *self.ports.values()):
+                        self.ports[name] = port
+                extra_props = extra_props.replace(f"{{port:{name}}}", str(self.ports[name]))
             path = state_dir / "extra.properties"
             path.write_text(
                 extra_props.replace("{port}", str(self.port)).replace("{cport}", str(self.port + 1))
@@ -318,6 +332,7 @@ def trainer_env(
         "GMM_INPUT_TOPIC": topics.input,
         "GMM_PARAMS_TOPIC": topics.params,
         "GMM_HISTORY_TOPIC": topics.history,
+        "GMM_EVENTS_TOPIC": topics.events,
         "GMM_REPORTS_DIR": str(reports),
         "GMM_TRAIN_WINDOW_RECORDS": "2000",
         "GMM_TRAIN_RESTARTS": "10",

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from kafka_common import params_topic
+from kafka_common.events import Event, send_event
 from mixture import guards
 from mixture.evaluate import Score, score
 from mixture.fit import (
@@ -32,6 +33,7 @@ from mixture.labels import align_components, order_by_location
 from mixture.params import ModelParams, ParamsError
 from mixture.posterior import posterior_nuts
 from mixture.select import fit_auto
+from trainer.events import ShadowTally
 from trainer.metrics import TrainerMetrics
 from trainer.report import prune_reports, write_posterior_report, write_report
 from trainer.settings import TrainerSettings
@@ -77,6 +79,8 @@ class Trainer:
         self.settings = settings
         self.metrics = metrics
         self.current: ModelParams | None = None
+        #: The name's candidate in shadow (GMM_PROMOTION=shadow), until promoted or rejected.
+        self.candidate: ModelParams | None = None
         #: The NUTS run of the last published version, if any (it never delays publication).
         self.posterior_task: asyncio.Task | None = None
         self.config = FitConfig(
@@ -94,14 +98,21 @@ class Trainer:
         return self.current.version if self.current else 0
 
     async def load_current(self) -> None:
-        """The newest valid model of the name on the params topic: what serves now."""
+        """The newest valid model of the name on the params topic (what serves now), and its
+        candidate in shadow if there is one."""
         s = self.settings
-        self.current = await params_topic.read_newest(s.kafka, s.params_topic, s.model_name)
+        self.current, self.candidate, _ = await params_topic.read_state(
+            s.kafka, s.params_topic, s.model_name
+        )
         if self.current is not None:
             self.metrics.published_version.set(self.current.version)
 
     async def cycle(self) -> CycleOutcome:
         await self.load_current()
+        if self.candidate is not None and self.settings.promotion == "shadow":
+            detail = f"candidate version {self.candidate.version} is still scored in shadow"
+            log.info("not refitting: %s", detail)
+            return CycleOutcome(None, "candidate_pending", detail, 0, {}, None, None)
         window = await self.read()
         n = len(window.points)
         needed = self.settings.needed_points
@@ -214,13 +225,21 @@ class Trainer:
             )
         except ParamsError as exc:  # e.g. beyond what a worker can serve
             return self._rejected(guards.Rejection("unservable", str(exc)), window, result.seconds)
-        model = await self.publisher.publish(model, "trainer")
-        self.current = model
-        self.metrics.published_version.set(model.version)
+        # In shadow mode a refit is a candidate until workers have scored it (a first model
+        # has nothing to be compared with: it serves at once).
+        stage = "candidate" if s.promotion == "shadow" and self.current is not None else "served"
+        model = await self.publisher.publish(model, "trainer", stage=stage)
+        if stage == "served":
+            self.current = model
+            self.metrics.published_version.set(model.version)
+        else:
+            self.candidate = model
+            self.metrics.candidate_version.set(model.version)
         log.info(
-            "published %r version %d (%d points, %.2fs)",
+            "published %r version %d as %s (%d points, %.2fs)",
             s.model_name,
             model.version,
+            stage,
             n,
             result.seconds,
         )
@@ -238,6 +257,73 @@ class Trainer:
         return CycleOutcome(
             model, None, "published", n, dict(window.invalid), result.seconds, report
         )
+
+    async def judge_candidate(self, tally: ShadowTally) -> str | None:
+        """Promotes or rejects the candidate once the workers' shadow scores suffice (or its
+        time is up); returns what was done ("promoted", "rejected") or None (still pending)."""
+        s, candidate, current = self.settings, self.candidate, self.current
+        if candidate is None or current is None:
+            return None
+        totals = tally.totals(candidate.version, current.version)
+        self.metrics.shadow_records.set(totals.records)
+        verdict = guards.check_shadow(
+            totals.records,
+            totals.candidate_log_likelihood,
+            totals.served_log_likelihood,
+            s.shadow_records,
+            s.shadow_tolerance,
+        )
+        if verdict == guards.PENDING and _age_seconds(candidate) > s.shadow_timeout_seconds:
+            verdict = guards.Rejection(
+                "shadow_timeout",
+                f"{totals.records} of {s.shadow_records} records scored in "
+                f"{s.shadow_timeout_seconds:.0f} s",
+            )
+        if verdict == guards.PENDING:
+            return None
+        agreement = totals.agreements / totals.records if totals.records else 0.0
+        difference = (
+            (totals.candidate_log_likelihood - totals.served_log_likelihood) / totals.records
+            if totals.records
+            else 0.0
+        )
+        if isinstance(verdict, guards.Rejection):
+            await self.publisher.withdraw_candidate()
+            self.metrics.rejected.labels(reason=verdict.reason).inc()
+            log.warning("candidate %d rejected: %s", candidate.version, verdict.detail)
+            await self._event("rejected", candidate.version, difference, verdict.detail)
+            done = "rejected"
+        else:
+            promoted = await self.publisher.publish(
+                candidate, "trainer", withdraw_candidate=True, promoted_from=candidate.version
+            )
+            self.current = promoted
+            self.metrics.published_version.set(promoted.version)
+            detail = (
+                f"candidate {candidate.version} promoted as version {promoted.version}: "
+                f"{difference:+.4f} nats per record vs the served model over {totals.records} "
+                f"records, MAP agreement {agreement:.3f}"
+            )
+            log.info("%s", detail)
+            await self._event("promoted", promoted.version, difference, detail)
+            done = "promoted"
+        tally.forget(candidate.version)
+        self.candidate = None
+        self.metrics.candidate_version.set(float("nan"))
+        return done
+
+    async def _event(self, kind: str, version: int, statistic: float, detail: str) -> None:
+        topic = self.settings.events_topic
+        if not topic:
+            return
+        try:
+            await send_event(
+                self.settings.kafka,
+                topic,
+                Event.now(kind, self.settings.model_name, version, statistic, detail=detail),
+            )
+        except Exception as exc:  # an event is information: the decision stands without it
+            log.warning("could not send the %s event: %s", kind, exc)
 
     def _warm_start(self) -> ModelParams | None:
         """The current model, if it can warm-start the refit (auto K: any K can)."""
@@ -271,3 +357,13 @@ class Trainer:
             log.info("posterior written to %s (%d divergences)", report, posterior.divergences)
         except Exception:  # a diagnostic: it must never take the trainer down
             log.exception("the NUTS posterior failed")
+
+
+def _age_seconds(model: ModelParams) -> float:
+    """Seconds since the model was fitted (0 if unknown)."""
+    fitted = model.metadata.fitted_at
+    try:
+        at = dt.datetime.fromisoformat(fitted) if fitted else None
+    except ValueError:
+        at = None
+    return 0.0 if at is None else (dt.datetime.now(dt.UTC) - at).total_seconds()

@@ -25,7 +25,9 @@ class VersionRow:
     """One line of `gmm-trainer models`."""
 
     version: int
-    stage: str  # serving (the newest on the params topic) or retired
+    #: serving (the newest served version), retired (an older one), candidate (scored in shadow
+    #: now), shadowed (an earlier candidate: promoted as a new version, or rejected)
+    stage: str
     fitted_at: str | None
     points: int | None
     mean_log_likelihood: float | None
@@ -36,7 +38,11 @@ class VersionRow:
         return dataclasses.asdict(self)
 
 
-def version_rows(history: list[ModelParams], serving: ModelParams | None) -> list[VersionRow]:
+def version_rows(
+    history: list[ModelParams],
+    serving: ModelParams | None,
+    candidate: ModelParams | None = None,
+) -> list[VersionRow]:
     """The history as rows, oldest version first (a version recorded twice: its last record)."""
     by_version = {m.version: m for m in history}
     if serving is not None:  # e.g. published before the history topic existed
@@ -46,11 +52,17 @@ def version_rows(history: list[ModelParams], serving: ModelParams | None) -> lis
         m = by_version[version]
         extra = m.metadata.extra
         ll = extra.get("mean_log_likelihood")
-        serves = serving is not None and version == serving.version
+        if serving is not None and version == serving.version:
+            stage = "serving"
+        elif extra.get("stage") == "candidate":
+            live = candidate is not None and version == candidate.version
+            stage = "candidate" if live else "shadowed"
+        else:
+            stage = "retired"
         rows.append(
             VersionRow(
                 version=version,
-                stage="serving" if serves else "retired",
+                stage=stage,
                 fitted_at=m.metadata.fitted_at,
                 points=m.metadata.n_points,
                 mean_log_likelihood=float(ll) if isinstance(ll, int | float) else None,
@@ -78,8 +90,10 @@ def format_rows(rows: list[VersionRow]) -> str:
 
 async def list_versions(settings: TrainerSettings, name: str) -> list[VersionRow]:
     history = await params_topic.read_all(settings.kafka, settings.history_topic, name)
-    serving = await params_topic.read_newest(settings.kafka, settings.params_topic, name)
-    return version_rows(history, serving)
+    serving, candidate, _ = await params_topic.read_state(
+        settings.kafka, settings.params_topic, name
+    )
+    return version_rows(history, serving, candidate)
 
 
 async def rollback(settings: TrainerSettings, name: str, to_version: int) -> ModelParams:

@@ -9,6 +9,7 @@ job does not die with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -19,8 +20,9 @@ from prometheus_client import start_http_server
 
 from kafka_common.jax_cache import enable_compilation_cache
 from kafka_common.params_topic import PublishConflict, history_spec, params_spec
-from kafka_common.topics import ensure_topics
+from kafka_common.topics import TopicSpec, ensure_topics
 from trainer.cycle import CycleOutcome, Trainer
+from trainer.events import ShadowTally, follow_events
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 
@@ -36,6 +38,8 @@ async def _run(settings: TrainerSettings, once: bool) -> int:
         start_http_server(settings.metrics_port, registry=metrics.registry)
     trainer = Trainer(settings, metrics)
     specs = [params_spec(settings.params_topic), history_spec(settings.history_topic)]
+    if settings.events_topic:
+        specs.append(TopicSpec(settings.events_topic, 1))
     await asyncio.wait_for(ensure_topics(settings.kafka, specs), 60)
     await asyncio.wait_for(trainer.load_current(), 60)
     log.info("%r: starting from version %d", settings.model_name, trainer.version)
@@ -45,6 +49,25 @@ async def _run(settings: TrainerSettings, once: bool) -> int:
         if trainer.posterior_task is not None:  # published already; the report waits for NUTS
             await trainer.posterior_task
         return 0 if outcome.published else EXIT_NOT_PUBLISHED
+    drift = DriftRequests()
+    tally = ShadowTally()
+    watcher = (
+        asyncio.create_task(watch_events(settings, trainer, tally, drift))
+        if settings.events_topic
+        else None
+    )
+    try:
+        await _cycles(settings, trainer, drift, tally)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+    return 0
+
+
+async def _cycles(
+    settings: TrainerSettings, trainer: Trainer, drift: DriftRequests, tally: ShadowTally
+) -> None:
+    metrics = trainer.metrics
     backoff = 1.0
     while True:
         started = time.monotonic()
@@ -60,11 +83,78 @@ async def _run(settings: TrainerSettings, once: bool) -> int:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, settings.interval_seconds)
             continue
-        await asyncio.sleep(max(0.0, next_cycle_in(settings, trainer, result) - elapsed(started)))
+        why = await wait_for_next(settings, trainer, result, started, drift, tally)
+        log.info("next cycle: %s", why)
 
 
-def elapsed(started: float) -> float:
-    return time.monotonic() - started
+class DriftRequests:
+    """The served version a drift alarm was last raised about (an alarm asks for a refit)."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.raised = asyncio.Event()
+
+    def raise_for(self, version: int) -> None:
+        self.version = version
+        self.raised.set()
+
+    def pending_for(self, trainer: Trainer) -> bool:
+        """An alarm about the model that serves now (a refit since then answered it)."""
+        return trainer.current is not None and self.version == trainer.current.version
+
+
+async def watch_events(
+    settings: TrainerSettings, trainer: Trainer, tally: ShadowTally, drift: DriftRequests
+) -> None:
+    """Feeds the workers' shadow scores to `tally` and their drift alarms to `drift`."""
+    while True:
+        try:
+            async for event in follow_events(settings.kafka, settings.events_topic):
+                if event.model != settings.model_name:
+                    continue
+                if event.kind == "shadow":
+                    tally.update(event)
+                elif event.kind == "drift" and event.version == trainer.version:
+                    trainer.metrics.drift_alarms.inc()
+                    log.warning("drift alarm on version %d: %s", event.version, event.detail)
+                    drift.raise_for(event.version)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the broker is away: follow again
+            log.warning("events topic: %s; following again in 1 s", exc)
+            await asyncio.sleep(1.0)
+
+
+async def wait_for_next(
+    settings: TrainerSettings,
+    trainer: Trainer,
+    outcome: CycleOutcome,
+    started: float,
+    drift: DriftRequests,
+    tally: ShadowTally,
+) -> str:
+    """Waits until the next cycle is due and says why: the interval (or the first-model retry),
+    or a drift alarm about the served version, though never sooner than
+    GMM_MIN_REFIT_SECONDS after this cycle's start. Meanwhile a candidate in shadow is judged
+    every second."""
+    due = started + next_cycle_in(settings, trainer, outcome)
+    earliest_refit = started + settings.min_refit_seconds
+    while True:
+        now = time.monotonic()
+        alarmed = drift.pending_for(trainer)
+        if alarmed and now >= earliest_refit:
+            return f"drift alarm on version {drift.version}"
+        if now >= due:
+            return "interval"
+        if trainer.candidate is not None:
+            try:
+                await trainer.judge_candidate(tally)
+            except (TimeoutError, KafkaError, OSError, PublishConflict) as exc:
+                log.warning("judging the candidate failed (%s); retrying", exc)
+        drift.raised.clear()
+        wait = min(1.0, due - now, *([earliest_refit - now] if alarmed else []))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drift.raised.wait(), max(0.01, wait))
 
 
 def next_cycle_in(settings: TrainerSettings, trainer: Trainer, outcome: CycleOutcome) -> float:

@@ -46,6 +46,22 @@ class TrainerMetrics:
             registry=r,
         )
         self._compilations_seen = 0
+        self.candidate_version = Gauge(
+            "gmm_trainer_candidate_version",
+            "Version of the candidate scored in shadow (NaN: none)",
+            registry=r,
+        )
+        self.candidate_version.set(float("nan"))
+        self.shadow_records = Gauge(
+            "gmm_trainer_shadow_records",
+            "Records the workers have scored the candidate on so far",
+            registry=r,
+        )
+        self.drift_alarms = Counter(
+            "gmm_trainer_drift_alarms_total",
+            "Drift alarms received about the served version (each asks for a refit)",
+            registry=r,
+        )
         self.cycle_errors = Counter(
             "gmm_trainer_cycle_errors_total",
             "Cycles that failed (e.g. broker unreachable) and will retry",

@@ -18,6 +18,7 @@ from kafka_common.settings import (
     SettingsError,
     check_model_name,
     env_field,
+    events_topic_field,
     load,
     markdown_table,
     model_name_field,
@@ -43,6 +44,34 @@ class TrainerSettings:
         "Topic that keeps every published version (never compacted): models, rollback",
     )
     model_name: str = model_name_field()
+    events_topic: str = events_topic_field()
+    promotion: str = env_field(
+        "GMM_PROMOTION",
+        "immediate",
+        "immediate: a refit that passes the guards serves at once; shadow: it is published as a "
+        "candidate that workers score beside the served model, promoted or rejected after "
+        "GMM_SHADOW_RECORDS records",
+        choices=("immediate", "shadow"),
+    )
+    shadow_records: int = env_field(
+        "GMM_SHADOW_RECORDS", 5000, "Records a candidate is scored on before it is judged"
+    )
+    shadow_tolerance: float = env_field(
+        "GMM_SHADOW_TOLERANCE",
+        0.05,
+        "A candidate is promoted unless its mean log p(x) in shadow is more than this many nats "
+        "below the served model's on the same records",
+    )
+    shadow_timeout_seconds: float = env_field(
+        "GMM_SHADOW_TIMEOUT_SECONDS",
+        3600.0,
+        "A candidate not judged within this time (too little traffic) is rejected",
+    )
+    min_refit_seconds: float = env_field(
+        "GMM_MIN_REFIT_SECONDS",
+        60.0,
+        "A drift alarm starts a refit at once, but never sooner than this after the last one",
+    )
     components: str = env_field(
         "GMM_COMPONENTS",
         "2",
@@ -116,6 +145,12 @@ class TrainerSettings:
 
     def validate(self) -> None:
         check_model_name(self.model_name)
+        if self.shadow_records < 1 or not self.shadow_tolerance >= 0:
+            raise SettingsError("GMM_SHADOW_RECORDS must be >= 1 and GMM_SHADOW_TOLERANCE >= 0")
+        if not self.shadow_timeout_seconds > 0 or not self.min_refit_seconds >= 0:
+            raise SettingsError(
+                "GMM_SHADOW_TIMEOUT_SECONDS must be > 0 and GMM_MIN_REFIT_SECONDS >= 0"
+            )
         if self.history_topic == self.params_topic:
             raise SettingsError("GMM_HISTORY_TOPIC must differ from GMM_PARAMS_TOPIC")
         if self.reports_keep < 1:

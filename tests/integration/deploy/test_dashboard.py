@@ -46,8 +46,11 @@ def stack(kafka_bootstrap, tmp_path_factory):
         tmp / "reports",
         GMM_TRAINER_METRICS_PORT=str(trainer_port),
         GMM_TRAIN_INTERVAL_SECONDS="4",
-        # Every refit after the first is rejected, so the rejection panel has data too.
-        GMM_TRAIN_MAX_REGRESSION="-1",
+        # Every refit after the first is a candidate in shadow (the shadow panels have data),
+        # never scored long enough and so rejected after 3 s (the rejection panel has data).
+        GMM_PROMOTION="shadow",
+        GMM_SHADOW_RECORDS="1000000000",
+        GMM_SHADOW_TIMEOUT_SECONDS="3",
     )
     trainer = TrainerProcess(env, tmp / "trainer.log")
     stop = threading.Event()
@@ -92,7 +95,7 @@ def stack(kafka_bootstrap, tmp_path_factory):
 
 def test_every_dashboard_query_returns_data(stack):
     queries = dashboard_queries()
-    assert len(queries) >= 14
+    assert len(queries) >= 17
     missing = stack.without_data([expr for _, expr in queries], timeout=120)
     titles = [title for title, expr in queries if expr in missing]
     assert not missing, f"panels without data: {titles}: {missing}"

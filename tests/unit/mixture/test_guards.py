@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mixture.guards import check_finite, check_not_collapsed, check_not_worse
+from mixture.guards import check_finite, check_not_collapsed, check_not_worse, check_shadow
 from mixture.params import MixtureParams
 
 GOOD = MixtureParams([0.4, 0.6], [[0.0], [5.0]], [1.0])
@@ -55,3 +55,17 @@ def test_worse_than_current(new, current, rejected):
     assert (rejection is not None) == rejected
     if rejected:
         assert rejection.reason == "worse_than_current" and "-2.6000" in rejection.detail
+
+
+@pytest.mark.parametrize(
+    ("records", "candidate", "served", "verdict"),
+    [
+        (999, -1000.0, -2000.0, "pending"),  # too few records yet, however good
+        (1000, -2000.0, -2000.0, "promote"),  # no worse
+        (1000, -2040.0, -2000.0, "promote"),  # within the tolerance (0.04 < 0.05 per record)
+        (1000, -2060.0, -2000.0, "worse_in_shadow"),
+    ],
+)
+def test_shadow_verdict(records, candidate, served, verdict):
+    got = check_shadow(records, candidate, served, 1000, 0.05)
+    assert (got if isinstance(got, str) else got.reason) == verdict

@@ -107,3 +107,14 @@ def test_stamped_names_the_publisher():
     assert m.metadata.extra["published_by"] == "rollback"
     with pytest.raises(ValueError, match="published_by"):
         stamped(model(1), "a", "someone")
+
+
+def test_candidates_are_listed_as_candidate_or_shadowed():
+    history = [
+        model(1, published_by="trainer", stage="served"),
+        model(2, published_by="trainer", stage="candidate"),
+        model(3, published_by="trainer", stage="served", promoted_from=2),
+        model(4, published_by="trainer", stage="candidate"),
+    ]
+    rows = version_rows(history, serving=history[2], candidate=history[3])
+    assert [r.stage for r in rows] == ["retired", "shadowed", "serving", "candidate"]

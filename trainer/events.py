@@ -1,0 +1,89 @@
+"""What the trainer reads from the events topic: drift alarms and the workers' shadow scores.
+
+Workers report their running shadow totals per candidate version (`kind: shadow`, one worker's
+totals in `data`), repeatedly; `ShadowTally` keeps each worker's latest report and adds them up,
+so a report sent twice counts once. A `drift` alarm about the served version asks for a refit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import NamedTuple
+
+from aiokafka import AIOKafkaConsumer
+
+from kafka_common.events import Event, EventError
+from kafka_common.settings import KafkaSettings
+from kafka_common.topics import topic_partitions
+
+log = logging.getLogger(__name__)
+
+
+class ShadowTotals(NamedTuple):
+    records: int
+    candidate_log_likelihood: float
+    served_log_likelihood: float
+    agreements: int
+
+
+class ShadowTally:
+    """Every worker's latest shadow totals, per (candidate version, served version)."""
+
+    def __init__(self) -> None:
+        self._latest: dict[tuple[int, int, str], ShadowTotals] = {}
+
+    def update(self, event: Event) -> bool:
+        """Takes a `shadow` event; False if it is malformed (then ignored)."""
+        data = event.data or {}
+        try:
+            key = (event.version, int(data["served_version"]), str(data["worker"]))
+            totals = ShadowTotals(
+                int(data["records"]),
+                float(data["candidate_log_likelihood"]),
+                float(data["served_log_likelihood"]),
+                int(data["agreements"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            log.warning("ignoring a malformed shadow report: %s", data)
+            return False
+        previous = self._latest.get(key)
+        if previous is None or totals.records >= previous.records:  # totals only grow
+            self._latest[key] = totals
+        return True
+
+    def totals(self, candidate: int, served: int) -> ShadowTotals:
+        """The candidate's totals against the served version, summed over the workers."""
+        parts = [t for (c, s, _), t in self._latest.items() if c == candidate and s == served]
+        return ShadowTotals(
+            sum(t.records for t in parts),
+            sum(t.candidate_log_likelihood for t in parts),
+            sum(t.served_log_likelihood for t in parts),
+            sum(t.agreements for t in parts),
+        )
+
+    def forget(self, candidate: int) -> None:
+        self._latest = {k: v for k, v in self._latest.items() if k[0] != candidate}
+
+
+async def follow_events(kafka: KafkaSettings, topic: str) -> AsyncIterator[Event]:
+    """Valid events from the topic's end on (earlier alarms are about earlier moments)."""
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    await asyncio.sleep(0)  # aiokafka#647 (see kafka_common.params_topic)
+    try:
+        tps = await topic_partitions(consumer, topic)
+        if not tps:
+            raise LookupError(f"events topic {topic!r} does not exist")
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        while True:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    try:
+                        yield Event.loads(record.value or b"")
+                    except EventError as exc:
+                        log.warning("ignoring an invalid event: %s", exc)
+    finally:
+        await consumer.stop()
