@@ -374,6 +374,31 @@ def kafka_roundtrip(p: Payload) -> str:
     )
 
 
+def drift(p: Payload) -> str:
+    default = p["default"]
+    stationary = [r for r in p["stationary"] if r["setting"] == default and "256" in r["batches"]]
+    st = stationary[0]
+    shifts = sorted(
+        (r for r in p["shift"] if r["setting"] == default), key=lambda r: -r["shift_sd"]
+    )
+    delays = "; ".join(
+        f"{r['shift_sd']:g} sd: {_n(r['median_records'])} records median, "
+        f"{_n(r['worst_records'])} worst"
+        + (
+            f" ({r['missed_within_cap']} of {r['seeds']} not within {_n(r['cap_records'])})"
+            if r["missed_within_cap"]
+            else ""
+        )
+        for r in shifts
+    )
+    return (
+        f"simulated (the tutorial's fitted mixture, scored exactly; no Kafka), defaults "
+        f"{default}: {_n(st['false_alarms'])} false alarm(s) in {_n(st['batches_total'])} "
+        f"stationary batches of 256 records ({st['seeds']} seeds); delay after the locations "
+        f"move by {delays}."
+    )
+
+
 # (results file stem, title, command, renderer), in the README's order.
 BENCHMARKS: list[tuple[str, str, str, Callable[[Payload], str]]] = [
     ("inference", "Classifier", "python -m bench.inference", inference),
@@ -382,6 +407,7 @@ BENCHMARKS: list[tuple[str, str, str, Callable[[Payload], str]]] = [
     ("scaleout", "Scale-out", "python -m bench.scaleout", scaleout),
     ("soak", "Soak", "python -m bench.soak", soak),
     ("kafka_roundtrip", "Kafka", "python -m bench.kafka_roundtrip", kafka_roundtrip),
+    ("drift", "Drift alarms", "python -m bench.drift", drift),
 ]
 
 
