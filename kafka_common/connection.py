@@ -1,8 +1,10 @@
 """Checking the connection before any client starts, and one-line descriptions of Kafka errors.
 
 aiokafka clients log an authentication failure and then raise a generic "unable to bootstrap"
-error; `check_connection` opens one connection itself (with the SASL handshake), so a wrong
-password and an unreachable broker are told apart, in one line, before anything else starts.
+error; `check_connection` opens one connection itself (with the TLS and SASL handshakes), so a
+wrong password, a broker certificate the CA did not sign and an unreachable broker are told
+apart, in one line, before anything else starts. `describe_kafka_error` does the same for what
+fails later, an authorization error (a missing ACL) included.
 """
 
 from __future__ import annotations
@@ -10,10 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Iterator
 
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaConnectionError, KafkaError, SaslAuthenticationFailed
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 
 from kafka_common.settings import KafkaSettings
 
@@ -54,9 +65,58 @@ async def check_connection(kafka: KafkaSettings, timeout_s: float = 10.0) -> Non
                     f"authentication failed at {server} for user {kafka.sasl_username!r} "
                     f"({kafka.sasl_mechanism}): {_reason(exc)}"
                 ) from None
+            except ssl.SSLError as exc:
+                # The broker answered, but its certificate (or TLS itself) was refused: trying
+                # the other servers would only repeat it.
+                raise KafkaUnavailable(_tls_failure(server, kafka, exc)) from None
             except (TimeoutError, OSError, KafkaError) as exc:
                 last = exc
     raise KafkaUnavailable(f"cannot reach Kafka at {kafka.bootstrap_servers}: {_reason(last)}")
+
+
+def _tls_failure(server: str, kafka: KafkaSettings, exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        trusted = (
+            f"KAFKA_SSL_CAFILE={kafka.ssl_cafile}"
+            if kafka.ssl_cafile
+            else "the system CAs (KAFKA_SSL_CAFILE is empty)"
+        )
+        return (
+            f"TLS handshake with {server} failed: the broker's certificate is not trusted "
+            f"({exc.verify_message}); {trusted} must hold the CA that signed it"
+        )
+    return f"TLS handshake with {server} failed: {exc.reason or exc}"
+
+
+#: Authorization errors aiokafka raises, and what the principal was refused.
+_REFUSED: tuple[tuple[type[KafkaError], str], ...] = (
+    (TopicAuthorizationFailedError, "topic"),
+    (GroupAuthorizationFailedError, "consumer group"),
+    (TransactionalIdAuthorizationFailed, "transactional id"),
+    (ClusterAuthorizationFailedError, "cluster operation"),
+)
+
+
+def _refused(exc: BaseException, bootstrap: str) -> str | None:
+    """One line for an authorization error (the broker's ACLs refused us), else None."""
+    for cls, what in _REFUSED:
+        if isinstance(exc, cls):
+            return (
+                f"not authorized at {bootstrap}: the broker's ACLs refused this principal "
+                f"access to {what}{_names(exc)} ({type(exc).__name__})"
+            )
+    return None
+
+
+def _names(exc: BaseException) -> str:
+    """aiokafka gives an authorization error the topics, group or transactional id refused
+    (a name or a collection of names), or else a message."""
+    arg = exc.args[0] if exc.args else None
+    if isinstance(arg, set | frozenset | list | tuple):
+        return " " + ", ".join(repr(str(name)) for name in sorted(arg, key=str))
+    if isinstance(arg, str) and arg:
+        return f": {arg}" if " " in arg else f" {arg!r}"
+    return ""
 
 
 def _reason(exc: BaseException | None) -> str:
@@ -74,6 +134,9 @@ def describe_kafka_error(exc: BaseException, bootstrap: str) -> str:
         return str(exc)
     if isinstance(exc, SaslAuthenticationFailed):
         return f"authentication failed at {bootstrap}: {_reason(exc)}"
+    refused = _refused(exc, bootstrap)
+    if refused is not None:
+        return refused
     if isinstance(exc, KafkaConnectionError | OSError | asyncio.TimeoutError):
         return f"cannot reach Kafka at {bootstrap}: {_reason(exc)}"
     return f"Kafka error at {bootstrap}: {type(exc).__name__}: {_reason(exc)}"

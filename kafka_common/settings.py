@@ -235,6 +235,17 @@ class KafkaSettings:
             raise SettingsError(
                 f"KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs KAFKA_SASL_USERNAME"
             )
+        if "SSL" in self.security_protocol and self.ssl_cafile:
+            try:
+                self.ssl_context()
+            except ssl.SSLError:
+                raise SettingsError(
+                    f"KAFKA_SSL_CAFILE={self.ssl_cafile!r} holds no PEM CA certificate"
+                ) from None
+            except OSError as exc:
+                raise SettingsError(
+                    f"KAFKA_SSL_CAFILE={self.ssl_cafile!r} cannot be read: {exc.strerror}"
+                ) from None
 
     @property
     def servers(self) -> list[str]:

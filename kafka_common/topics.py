@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 
 from kafka_common.settings import KafkaSettings
 
@@ -50,11 +54,35 @@ async def ensure_topics(kafka: KafkaSettings, specs: list[TopicSpec]) -> list[st
             for s in missing
         ]
         with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
-            await admin.create_topics(new)
+            response = await admin.create_topics(new)
+            _check_created(kafka, response)
         log.info("created topics %s", [s.name for s in missing])
         return [s.name for s in missing]
     finally:
         await admin.close()
+
+
+_REFUSED = (TopicAuthorizationFailedError.errno, ClusterAuthorizationFailedError.errno)
+
+
+def _check_created(kafka: KafkaSettings, response: Any) -> None:
+    """aiokafka returns per-topic errors rather than raising them. A topic this principal may
+    not describe is missing from list_topics whether or not it exists, so creating it is the
+    first request the broker's ACLs refuse: say so, not "topic does not exist" later."""
+    for topic, error_code, *_ in response.topic_errors:
+        if error_code in (
+            TopicAuthorizationFailedError.errno,
+            ClusterAuthorizationFailedError.errno,
+        ):
+            from kafka_common.access import NotAuthorized
+
+            who = f"user {kafka.sasl_username!r}" if kafka.sasl_username else "this client"
+            raise NotAuthorized(
+                f"not authorized: {who} may neither describe nor create topic {topic!r}; the "
+                "broker's ACLs must allow it the topic's operations (or Create, to create it)"
+            )
+        if error_code and error_code != TopicAlreadyExistsError.errno:
+            log.warning("creating topic %r: error %d (%s)", topic, error_code, _[0] if _ else "")
 
 
 async def topic_partitions(

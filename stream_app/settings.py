@@ -170,9 +170,19 @@ class WorkerSettings:
         "GMM_LOG_LEVEL", "info", "Log level", choices=("debug", "info", "warn", "error")
     )
     jax_cache_dir: str = jax_cache_dir_field()
+    params_verify_key: str = env_field(
+        "GMM_PARAMS_VERIFY_KEY",
+        "",
+        "Ed25519 public keys (PEM files, comma-separated while keys rotate): serve only params "
+        "records signed by one of them (README 'Security'); empty: no signature check",
+    )
 
     def validate(self) -> None:
         check_model_name(self.model_name)
+        if self.params_verify_key:
+            from kafka_common.signing import Verifier
+
+            Verifier.from_files(self.params_verify_key)  # a bad file: one-line SettingsError
         if not self.drift_threshold >= 0:
             raise SettingsError(f"GMM_DRIFT_THRESHOLD must be >= 0, got {self.drift_threshold}")
         if self.drift_warmup_blocks < 2 or self.drift_block_records < 1:

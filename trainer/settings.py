@@ -142,9 +142,19 @@ class TrainerSettings:
         "GMM_MAX_RECORD_BYTES", 65536, "Larger input records are dead-lettered as oversized"
     )
     jax_cache_dir: str = jax_cache_dir_field()
+    params_signing_key: str = env_field(
+        "GMM_PARAMS_SIGNING_KEY",
+        "",
+        "Ed25519 private key (PEM file) that signs every params record published, for workers "
+        "with GMM_PARAMS_VERIFY_KEY (README 'Security'); empty: unsigned",
+    )
 
     def validate(self) -> None:
         check_model_name(self.model_name)
+        if self.params_signing_key:
+            from kafka_common.signing import Signer
+
+            Signer.from_file(self.params_signing_key)  # a bad file: one-line SettingsError
         if self.shadow_records < 1 or not self.shadow_tolerance >= 0:
             raise SettingsError("GMM_SHADOW_RECORDS must be >= 1 and GMM_SHADOW_TOLERANCE >= 0")
         if not self.shadow_timeout_seconds > 0 or not self.min_refit_seconds >= 0:

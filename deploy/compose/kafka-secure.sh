@@ -16,6 +16,7 @@ input=${GMM_INPUT_TOPIC:-gmm.points}
 output=${GMM_OUTPUT_TOPIC:-gmm.assignments}
 params=${GMM_PARAMS_TOPIC:-gmm.params}
 history=${GMM_HISTORY_TOPIC:-gmm.params.history}
+events=${GMM_EVENTS_TOPIC:-gmm.events}
 dlq=${GMM_DLQ_TOPIC:-gmm.deadletter}
 group=${GMM_CONSUMER_GROUP:-gmm-worker}
 faust_app="$group-app"  # stream_app/app.py: the Faust app id, its consumer group and topic prefix
@@ -44,17 +45,19 @@ topic() {
 # Least privilege, one principal per service (READ and WRITE imply DESCRIBE):
 #   trainer   reads the input window (no consumer group); reads and writes the params and
 #             history topics, in transactions whose ids start gmm-params-publisher-
-#             (kafka_common/params_topic.py: compare-and-set publishing)
-#   worker    reads input (group $group) and params; writes assignments and dead letters; its
-#             Faust app uses the group $faust_app and creates its own internal topics
+#             (kafka_common/params_topic.py: compare-and-set publishing); reads the events
+#             (drift alarms, shadow scores) and writes its own (promotions)
+#   worker    reads input (group $group) and params; writes assignments, dead letters and
+#             events; its Faust app uses the group $faust_app and creates its own internal topics
 #   producer  writes the input topic, nothing else
+# tests/integration/security/test_acls.py runs these lines against a real broker.
 acl_lines() {
   cat <<LINES
 --allow-principal User:trainer --operation Read --topic $input
---allow-principal User:trainer --operation Read --operation Write --topic $params --topic $history
+--allow-principal User:trainer --operation Read --operation Write --topic $params --topic $history --topic $events
 --allow-principal User:trainer --operation Write --operation Describe --resource-pattern-type prefixed --transactional-id gmm-params-publisher-
 --allow-principal User:worker --operation Read --topic $input --topic $params
---allow-principal User:worker --operation Write --topic $output --topic $dlq
+--allow-principal User:worker --operation Write --topic $output --topic $dlq --topic $events
 --allow-principal User:worker --operation Read --group $group --group $faust_app
 --allow-principal User:worker --operation Create --operation Read --operation Write --resource-pattern-type prefixed --topic $faust_app-
 --allow-principal User:producer --operation Write --topic $input
@@ -73,6 +76,7 @@ case "${1:-}" in
     topic --topic "$dlq" --partitions 1 --replication-factor 1
     topic --topic "$params" --partitions 1 --replication-factor 1 --config cleanup.policy=compact
     topic --topic "$history" --partitions 1 --replication-factor 1 --config retention.ms=-1 --config retention.bytes=-1
+    topic --topic "$events" --partitions 1 --replication-factor 1
     while read -r -a args; do
       "$bin/kafka-acls.sh" --bootstrap-server "$bootstrap" --command-config "$conf" --add --force "${args[@]}"
     done < <(acl_lines)

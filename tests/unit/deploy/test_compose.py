@@ -296,12 +296,15 @@ def test_secure_acls_are_least_privilege():
         ("User:trainer", "Write", "topic", "gmm.params"),
         ("User:trainer", "Read", "topic", "gmm.params.history"),
         ("User:trainer", "Write", "topic", "gmm.params.history"),
+        ("User:trainer", "Read", "topic", "gmm.events"),
+        ("User:trainer", "Write", "topic", "gmm.events"),
         ("User:trainer", "Write", "transactional-id", "gmm-params-publisher-*"),
         ("User:trainer", "Describe", "transactional-id", "gmm-params-publisher-*"),
         ("User:worker", "Read", "topic", "gmm.points"),
         ("User:worker", "Read", "topic", "gmm.params"),
         ("User:worker", "Write", "topic", "gmm.assignments"),
         ("User:worker", "Write", "topic", "gmm.deadletter"),
+        ("User:worker", "Write", "topic", "gmm.events"),
         ("User:worker", "Read", "group", "gmm-worker"),
         ("User:worker", "Read", "group", "gmm-worker-app"),
         ("User:worker", "Create", "topic", "gmm-worker-app-*"),
@@ -355,7 +358,7 @@ def test_secure_init_keeps_the_password_off_command_lines(tmp_path):
         assert result.returncode == 0, result.stderr
         assert password not in result.stdout + result.stderr
     calls = log.read_text().splitlines()
-    assert sum(c.startswith("kafka-topics.sh ") for c in calls) == 5
+    assert sum(c.startswith("kafka-topics.sh ") for c in calls) == 6
     assert sum(c.startswith("kafka-acls.sh ") for c in calls) == len(_acls_lines())
     assert calls[-1].startswith("kafka-broker-api-versions.sh --bootstrap-server kafka:9092")
     assert all("--command-config" in c for c in calls)
