@@ -47,6 +47,11 @@ def access_needs(settings: WorkerSettings) -> list[Need]:
         Need("topic", settings.dlq_topic, "write", "GMM_DLQ_TOPIC"),
         Need("group", settings.group_id, "read", "GMM_CONSUMER_GROUP"),
         Need("group", f"{settings.group_id}-app", "read", "GMM_CONSUMER_GROUP + '-app'"),
+        *(
+            [Need("topic", settings.events_topic, "write", "GMM_EVENTS_TOPIC")]
+            if settings.events_topic
+            else []
+        ),
     ]
 
 
