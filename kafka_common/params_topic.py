@@ -7,7 +7,9 @@
   `gmm-trainer models` and `gmm-trainer rollback`.
 - A candidate in shadow (GMM_PROMOTION=shadow) is a record keyed `<name>@candidate` on the
   params topic (`@` is not allowed in names): workers score it beside the served model without
-  serving it; a tombstone on that key withdraws it (promoted or rejected).
+  serving it. A withdrawal marker on that key (not a tombstone: compaction keeps it, and with
+  it the highest version ever taken) withdraws it: when it is promoted or rejected, and with
+  every served publication (a rollback or a CLI publication supersedes any candidate).
 
 Publishing is compare-and-set per name. A publisher is a transactional producer whose id is
 derived from the name, so at most one publisher of a name is live: starting one fences the
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -54,6 +57,33 @@ OnCandidate = Callable[["ModelParams | None"], Awaitable[object]]
 def candidate_key(name: str) -> str:
     """The params topic key of the name's candidate in shadow."""
     return f"{name}@candidate"
+
+
+WITHDRAWN_SCHEMA = "gmm-candidate-withdrawn/1"
+
+
+def withdrawn_marker(version: int) -> bytes:
+    """The candidate key's value once no candidate is in shadow; `version` is the highest
+    version taken when it was written."""
+    return json.dumps({"schema": WITHDRAWN_SCHEMA, "version": int(version)}).encode()
+
+
+def _withdrawn_version(value: bytes | None) -> int | None:
+    """The version in a withdrawal marker; None if the value is not one."""
+    if value is None or WITHDRAWN_SCHEMA.encode() not in value[:200]:
+        return None
+    try:
+        obj = json.loads(value)
+    except ValueError:
+        return None
+    version = obj.get("version") if isinstance(obj, dict) else None
+    if obj.get("schema") != WITHDRAWN_SCHEMA or type(version) is not int or version < 0:
+        return None
+    return version
+
+
+class StaleState(RuntimeError):
+    """The served version or the candidate changed since the caller looked: nothing written."""
 
 
 def params_spec(topic: str) -> TopicSpec:
@@ -152,6 +182,11 @@ async def _read_to_end(
         for records in (await consumer.getmany(timeout_ms=1000)).values():
             for record in records:
                 if record.key == shadow:
+                    marker = _withdrawn_version(record.value)
+                    if marker is not None:
+                        candidate = None
+                        versions.append(marker)
+                        continue
                     candidate = _decode(record.key, record.value, name, on_reject, shadow.decode())
                     if candidate is not None:
                         versions.append(candidate.version)
@@ -220,18 +255,22 @@ async def follow(
         newest = _newest(tail.models)
         if newest is not None:
             await on_model(newest)
-        if on_candidate is not None and tail.candidate is not None:
+        if on_candidate is not None:
             await on_candidate(tail.candidate)
         while stop is None or not stop.is_set():
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
                     if record.key == shadow:
-                        if on_candidate is not None:
-                            candidate = _decode(
-                                record.key, record.value, name, on_reject, shadow.decode()
-                            )
-                            if candidate is not None or record.value is None:
-                                await on_candidate(candidate)
+                        if on_candidate is None:
+                            continue
+                        if _withdrawn_version(record.value) is not None or record.value is None:
+                            await on_candidate(None)
+                            continue
+                        candidate = _decode(
+                            record.key, record.value, name, on_reject, shadow.decode()
+                        )
+                        if candidate is not None:
+                            await on_candidate(candidate)
                         continue
                     model = _decode(record.key, record.value, name, on_reject)
                     if model is None:
@@ -280,14 +319,16 @@ class Publisher:
         model: ModelParams,
         published_by: str,
         stage: str = "served",
-        withdraw_candidate: bool = False,
+        expect: tuple[int, int | None] | None = None,
         **extra: object,
     ) -> ModelParams:
         """Publishes `model` as the next version of the name; returns it as published.
 
-        stage: "served" (workers serve it) or "candidate" (workers score it in shadow).
-        withdraw_candidate: also, in the same transaction, tombstone the candidate key (a
-        promotion). Versions are shared by both stages: a candidate takes a version too.
+        stage: "served" (workers serve it; any candidate is withdrawn in the same transaction)
+        or "candidate" (workers score it in shadow). Versions are shared by both stages.
+        expect: (served version, candidate version or None) that must still hold, read after
+        the fencing, or StaleState is raised and nothing written (a promotion must not undo a
+        rollback, nor be repeated).
         Raises PublishConflict if concurrent publishers fenced every attempt (nothing of this
         call was committed then), and Kafka's errors if the broker refuses.
         """
@@ -307,15 +348,24 @@ class Publisher:
             # name and waits for its open transaction to be committed or aborted.
             await producer.start()
             try:
-                _, _, highest = await read_state(self.kafka, self.params_topic, self.name)
+                served, candidate, highest = await read_state(
+                    self.kafka, self.params_topic, self.name
+                )
+                now = (served.version if served else 0, candidate.version if candidate else None)
+                if expect is not None and now != expect:
+                    raise StaleState(
+                        f"{self.name!r}: served and candidate versions are {now}, not {expect}"
+                    )
                 versioned = model.with_version(highest + 1)
                 value = versioned.dumps().encode()
                 async with producer.transaction():
                     await producer.send(self.history_topic, value, key=history_key)
                     await producer.send(self.params_topic, value, key=value_key)
-                    if withdraw_candidate:
+                    if stage == "served" and candidate is not None:
                         await producer.send(
-                            self.params_topic, None, key=candidate_key(self.name).encode()
+                            self.params_topic,
+                            withdrawn_marker(versioned.version),
+                            key=candidate_key(self.name).encode(),
                         )
                 return versioned
             except (ProducerFenced, InvalidProducerEpoch) as exc:
@@ -333,12 +383,25 @@ class Publisher:
             f"{self.attempts} attempts to publish {self.name!r} were fenced by other publishers"
         )
 
-    async def withdraw_candidate(self) -> None:
-        """Tombstones the candidate key: workers stop scoring it."""
-        producer = AIOKafkaProducer(**self.kafka.client_options(), acks="all")
-        await producer.start()
+    async def withdraw_candidate(self, version: int) -> None:
+        """Withdraws candidate `version` (workers stop scoring it); StaleState if it is not the
+        candidate any more."""
+        producer = AIOKafkaProducer(
+            **self.kafka.client_options(),
+            transactional_id=self.transactional_id,
+            enable_idempotence=True,
+            acks="all",
+        )
+        await producer.start()  # fences the other publishers of the name, as publish() does
         try:
-            key = candidate_key(self.name).encode()
-            await producer.send_and_wait(self.params_topic, None, key=key)
+            _, candidate, highest = await read_state(self.kafka, self.params_topic, self.name)
+            if candidate is None or candidate.version != version:
+                raise StaleState(f"{self.name!r}: candidate {version} is not in shadow any more")
+            async with producer.transaction():
+                await producer.send(
+                    self.params_topic,
+                    withdrawn_marker(highest),
+                    key=candidate_key(self.name).encode(),
+                )
         finally:
             await producer.stop()

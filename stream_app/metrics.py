@@ -8,6 +8,7 @@ two up to the largest batch, inference from 100 us (a warm small batch) to 1 s, 
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import math
 import time
@@ -200,6 +201,18 @@ class WorkerMetrics:
         ll = self.shadow_log_likelihood
         ll.labels(candidate_version=label, model="candidate").inc(sample.candidate_log_likelihood)
         ll.labels(candidate_version=label, model="served").inc(sample.served_log_likelihood)
+
+    def forget_candidate(self, version: int) -> None:
+        """Drops a withdrawn candidate's series (each candidate would otherwise add some)."""
+        label = str(version)
+        for metric, labels in (
+            (self.shadow_records, [(label,)]),
+            (self.shadow_agreements, [(label,)]),
+            (self.shadow_log_likelihood, [(label, "candidate"), (label, "served")]),
+        ):
+            for values in labels:
+                with contextlib.suppress(KeyError):
+                    metric.remove(*values)
 
     def observe_log_likelihood(self, total: float, count: int) -> None:
         if count:

@@ -174,14 +174,20 @@ class Worker:
         if installed and self.drift is not None:
             self.drift.reset()  # the baseline belongs to the model
             self.metrics.drift_statistic.set(0.0)
+        candidate = self.candidate.current
+        if installed and candidate is not None and candidate.model.version <= model.version:
+            await self._candidate(None)  # superseded (a promotion, a rollback)
         return installed
 
     async def _candidate(self, model: ModelParams | None) -> None:
         """A new candidate to score in shadow, or None: the candidate was withdrawn."""
         if model is None or model.version <= self._served_version():
+            previous = self.candidate.current
             self.candidate.clear()
             self.shadow.stop()
             self.metrics.candidate_version.set(math.nan)
+            if previous is not None:
+                self.metrics.forget_candidate(previous.model.version)
             return
         if await self.candidate.install(model):
             self.metrics.candidate_version.set(model.version)
@@ -306,9 +312,6 @@ class Worker:
                 result, seconds = await loop.run_in_executor(
                     self.inference, self._classify, parsed, serving
                 )
-                candidate = self.candidate.current
-                if candidate is not None:
-                    await self._score_in_shadow(parsed, serving, candidate, result)
             outcome = encode_slice(
                 parsed,
                 result,
@@ -319,6 +322,10 @@ class Worker:
                 s.model_name,
             )
             slices.append(self._spawn(self._deliver(outcome), f"gmm-deliver-{batch.number}"))
+            candidate = self.candidate.current
+            if candidate is not None and result is not None:
+                # After the slice's outputs left: the candidate never delays serving.
+                await self._score_in_shadow(parsed, serving, candidate, result)
         self._spawn(self._settle(batch.number, slices), f"gmm-settle-{batch.number}")
 
     def _classify(self, parsed: ParsedSlice, serving: ServingModel) -> tuple[Classification, float]:

@@ -9,10 +9,11 @@ included), and publishing takes the next version compare-and-set (`params_topic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import pathlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -109,7 +110,10 @@ class Trainer:
 
     async def cycle(self) -> CycleOutcome:
         await self.load_current()
-        if self.candidate is not None and self.settings.promotion == "shadow":
+        # A candidate is judged by the workers' scores between cycles (judge_candidate); here
+        # only its time limit, so that `run --once` (cron) cannot wait on it for ever.
+        pending = self.candidate is not None and self.settings.promotion == "shadow"
+        if pending and not await self._expire_candidate() and self.candidate is not None:
             detail = f"candidate version {self.candidate.version} is still scored in shadow"
             log.info("not refitting: %s", detail)
             return CycleOutcome(None, "candidate_pending", detail, 0, {}, None, None)
@@ -122,7 +126,8 @@ class Trainer:
             )
             return self._rejected(rejection, window)
         warm = self._warm_start()
-        key = jax.random.fold_in(jax.random.PRNGKey(self.settings.seed), self.version + 1)
+        # fold_in takes a uint32: versions beyond it (valid, if unlikely) wrap around.
+        key = jax.random.fold_in(jax.random.PRNGKey(self.settings.seed), (self.version + 1) % 2**32)
         fitted = await self.fit(window.points, key, warm)
         if isinstance(fitted, guards.Rejection):
             return self._rejected(fitted, window)
@@ -251,7 +256,7 @@ class Trainer:
         if s.posterior == "nuts":
             self.posterior_task = asyncio.create_task(
                 asyncio.to_thread(
-                    self._posterior, report, window.points, jax.random.fold_in(key, 1)
+                    self._posterior, model, report, window.points, jax.random.fold_in(key, 1)
                 )
             )
         return CycleOutcome(
@@ -274,11 +279,7 @@ class Trainer:
             s.shadow_tolerance,
         )
         if verdict == guards.PENDING and _age_seconds(candidate) > s.shadow_timeout_seconds:
-            verdict = guards.Rejection(
-                "shadow_timeout",
-                f"{totals.records} of {s.shadow_records} records scored in "
-                f"{s.shadow_timeout_seconds:.0f} s",
-            )
+            verdict = self._timeout(totals.records)
         if verdict == guards.PENDING:
             return None
         agreement = totals.agreements / totals.records if totals.records else 0.0
@@ -287,15 +288,39 @@ class Trainer:
             if totals.records
             else 0.0
         )
+        try:
+            done = await self._decide(candidate, current, verdict, totals, agreement, difference)
+        except params_topic.StaleState as exc:
+            # A rollback or another publication superseded it (and withdrew it), or this very
+            # decision already went through: nothing more to do with this candidate.
+            log.warning("candidate %d not decided: %s", candidate.version, exc)
+            done = "superseded"
+        tally.forget(candidate.version)
+        self.candidate = None
+        self.metrics.candidate_version.set(float("nan"))
+        return done
+
+    async def _decide(
+        self,
+        candidate: ModelParams,
+        current: ModelParams,
+        verdict: str | guards.Rejection,
+        totals: Any,
+        agreement: float,
+        difference: float,
+    ) -> str:
         if isinstance(verdict, guards.Rejection):
-            await self.publisher.withdraw_candidate()
+            await self.publisher.withdraw_candidate(candidate.version)
             self.metrics.rejected.labels(reason=verdict.reason).inc()
             log.warning("candidate %d rejected: %s", candidate.version, verdict.detail)
             await self._event("rejected", candidate.version, difference, verdict.detail)
-            done = "rejected"
+            return "rejected"
         else:
             promoted = await self.publisher.publish(
-                candidate, "trainer", withdraw_candidate=True, promoted_from=candidate.version
+                candidate,
+                "trainer",
+                expect=(current.version, candidate.version),
+                promoted_from=candidate.version,
             )
             self.current = promoted
             self.metrics.published_version.set(promoted.version)
@@ -306,11 +331,30 @@ class Trainer:
             )
             log.info("%s", detail)
             await self._event("promoted", promoted.version, difference, detail)
-            done = "promoted"
-        tally.forget(candidate.version)
+            return "promoted"
+
+    def _timeout(self, records: int) -> guards.Rejection:
+        s = self.settings
+        return guards.Rejection(
+            "shadow_timeout",
+            f"{records} of {s.shadow_records} records scored in {s.shadow_timeout_seconds:.0f} s",
+        )
+
+    async def _expire_candidate(self) -> bool:
+        """Rejects the candidate if its time is up; True if it was (or is gone anyway)."""
+        candidate = self.candidate
+        if candidate is None:
+            return True
+        if _age_seconds(candidate) <= self.settings.shadow_timeout_seconds:
+            return False
+        rejection = self._timeout(0)
+        with contextlib.suppress(params_topic.StaleState):  # gone already
+            await self.publisher.withdraw_candidate(candidate.version)
+        self.metrics.rejected.labels(reason=rejection.reason).inc()
+        log.warning("candidate %d rejected: %s", candidate.version, rejection.detail)
+        await self._event("rejected", candidate.version, 0.0, rejection.detail)
         self.candidate = None
-        self.metrics.candidate_version.set(float("nan"))
-        return done
+        return True
 
     async def _event(self, kind: str, version: int, statistic: float, detail: str) -> None:
         topic = self.settings.events_topic
@@ -342,10 +386,10 @@ class Trainer:
             None, rejection.reason, rejection.detail, n, dict(window.invalid), seconds, None
         )
 
-    def _posterior(self, report: pathlib.Path, points: np.ndarray, key: jax.Array) -> None:
+    def _posterior(
+        self, model: ModelParams, report: pathlib.Path, points: np.ndarray, key: jax.Array
+    ) -> None:
         try:
-            model = self.current
-            assert model is not None
             posterior = posterior_nuts(
                 points,
                 key,
@@ -360,10 +404,13 @@ class Trainer:
 
 
 def _age_seconds(model: ModelParams) -> float:
-    """Seconds since the model was fitted (0 if unknown)."""
+    """Seconds since the model was fitted; infinite if that is unknown or not a time (such a
+    candidate cannot be timed, so it times out at once rather than never)."""
     fitted = model.metadata.fitted_at
     try:
-        at = dt.datetime.fromisoformat(fitted) if fitted else None
-    except ValueError:
-        at = None
-    return 0.0 if at is None else (dt.datetime.now(dt.UTC) - at).total_seconds()
+        at = dt.datetime.fromisoformat(fitted)  # type: ignore[arg-type]
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=dt.UTC)
+        return (dt.datetime.now(dt.UTC) - at).total_seconds()
+    except (TypeError, ValueError, OverflowError):
+        return float("inf")

@@ -28,6 +28,11 @@ class ShadowTotals(NamedTuple):
     agreements: int
 
 
+#: At most this many (candidate, served, worker) totals are kept: a flood of forged worker ids
+#: cannot grow the trainer's memory.
+MAX_REPORTERS = 10_000
+
+
 class ShadowTally:
     """Every worker's latest shadow totals, per (candidate version, served version)."""
 
@@ -37,17 +42,26 @@ class ShadowTally:
     def update(self, event: Event) -> bool:
         """Takes a `shadow` event; False if it is malformed (then ignored)."""
         data = event.data or {}
-        try:
-            key = (event.version, int(data["served_version"]), str(data["worker"]))
-            totals = ShadowTotals(
-                int(data["records"]),
-                float(data["candidate_log_likelihood"]),
-                float(data["served_log_likelihood"]),
-                int(data["agreements"]),
-            )
-        except (KeyError, TypeError, ValueError):
+        served, worker = data.get("served_version"), data.get("worker")
+        records, agreements = data.get("records"), data.get("agreements")
+        lls = (data.get("candidate_log_likelihood"), data.get("served_log_likelihood"))
+        # Event validation already refused NaN, infinities and nested values; counts must be
+        # integers (no bools, no strings) with agreements within records, sums numbers.
+        if (
+            type(served) is not int
+            or not isinstance(worker, str)
+            or type(records) is not int
+            or type(agreements) is not int
+            or not 0 <= agreements <= records
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in lls)
+        ):
             log.warning("ignoring a malformed shadow report: %s", data)
             return False
+        if len(self._latest) >= MAX_REPORTERS:
+            log.warning("ignoring a shadow report: %d reporters already", MAX_REPORTERS)
+            return False
+        key = (event.version, served, worker)
+        totals = ShadowTotals(records, float(lls[0]), float(lls[1]), agreements)  # type: ignore[arg-type]
         previous = self._latest.get(key)
         if previous is None or totals.records >= previous.records:  # totals only grow
             self._latest[key] = totals

@@ -9,11 +9,15 @@ parameters as a new version (compare-and-set, like any publication) with
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from kafka_common import params_topic
+from kafka_common.events import Event, send_event
 from mixture.params import ModelParams
 from trainer.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
 
 
 class NoSuchVersion(LookupError):
@@ -112,4 +116,17 @@ async def rollback(settings: TrainerSettings, name: str, to_version: int) -> Mod
     publisher = params_topic.Publisher(
         settings.kafka, settings.params_topic, settings.history_topic, name
     )
-    return await publisher.publish(dataclasses.replace(old, metadata=meta), "rollback")
+    model = await publisher.publish(dataclasses.replace(old, metadata=meta), "rollback")
+    if settings.events_topic:
+        try:
+            event = Event.now(
+                "rollback",
+                name,
+                model.version,
+                float(to_version),
+                detail=f"version {to_version}'s parameters published as version {model.version}",
+            )
+            await send_event(settings.kafka, settings.events_topic, event)
+        except Exception as exc:  # the rollback stands; the event is information
+            log.warning("could not send the rollback event: %s", exc)
+    return model

@@ -71,14 +71,21 @@ async def _cycles(
     backoff = 1.0
     while True:
         started = time.monotonic()
+        drift.answer()  # this cycle answers every alarm raised so far
         try:
             result: CycleOutcome = await trainer.cycle()
             log.info("cycle: %s", json.dumps(result.summary()))
             backoff = 1.0
-        except (TimeoutError, KafkaError, OSError, PublishConflict) as exc:
+        except Exception as exc:  # the broker away, a refused send, a record it cannot use
             metrics.cycle_errors.inc()
-            log.warning(
-                "cycle failed (%s: %s); retrying in %.0f s", type(exc).__name__, exc, backoff
+            expected = isinstance(exc, TimeoutError | KafkaError | OSError | PublishConflict)
+            log.log(
+                logging.WARNING if expected else logging.ERROR,
+                "cycle failed (%s: %s); retrying in %.0f s",
+                type(exc).__name__,
+                exc,
+                backoff,
+                exc_info=not expected,
             )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, settings.interval_seconds)
@@ -88,7 +95,7 @@ async def _cycles(
 
 
 class DriftRequests:
-    """The served version a drift alarm was last raised about (an alarm asks for a refit)."""
+    """The version a drift alarm not yet answered by a cycle was raised about."""
 
     def __init__(self) -> None:
         self.version: int | None = None
@@ -98,9 +105,16 @@ class DriftRequests:
         self.version = version
         self.raised.set()
 
+    def answer(self) -> None:
+        """A cycle starts: it answers the alarms so far, whatever its outcome (a refit the
+        guards reject must not be retried in a loop; the detector alarms again if the data
+        keep moving)."""
+        self.version = None
+
     def pending_for(self, trainer: Trainer) -> bool:
-        """An alarm about the model that serves now (a refit since then answered it)."""
-        return trainer.current is not None and self.version == trainer.current.version
+        """An unanswered alarm about the served version (or a newer one the trainer has not
+        read yet: a rollback, a CLI publication)."""
+        return self.version is not None and self.version >= trainer.version
 
 
 async def watch_events(
@@ -112,9 +126,11 @@ async def watch_events(
             async for event in follow_events(settings.kafka, settings.events_topic):
                 if event.model != settings.model_name:
                     continue
+                candidate = trainer.candidate
                 if event.kind == "shadow":
-                    tally.update(event)
-                elif event.kind == "drift" and event.version == trainer.version:
+                    if candidate is not None and event.version == candidate.version:
+                        tally.update(event)
+                elif event.kind == "drift" and event.version >= trainer.version:
                     trainer.metrics.drift_alarms.inc()
                     log.warning("drift alarm on version %d: %s", event.version, event.detail)
                     drift.raise_for(event.version)
@@ -140,17 +156,17 @@ async def wait_for_next(
     due = started + next_cycle_in(settings, trainer, outcome)
     earliest_refit = started + settings.min_refit_seconds
     while True:
+        if trainer.candidate is not None:
+            try:
+                await trainer.judge_candidate(tally)
+            except Exception as exc:  # the broker away: judged again in a second
+                log.warning("judging the candidate failed (%s: %s)", type(exc).__name__, exc)
         now = time.monotonic()
         alarmed = drift.pending_for(trainer)
         if alarmed and now >= earliest_refit:
             return f"drift alarm on version {drift.version}"
         if now >= due:
             return "interval"
-        if trainer.candidate is not None:
-            try:
-                await trainer.judge_candidate(tally)
-            except (TimeoutError, KafkaError, OSError, PublishConflict) as exc:
-                log.warning("judging the candidate failed (%s); retrying", exc)
         drift.raised.clear()
         wait = min(1.0, due - now, *([earliest_refit - now] if alarmed else []))
         with contextlib.suppress(TimeoutError):

@@ -155,6 +155,11 @@ class TrainerSettings:
             from kafka_common.signing import Signer
 
             Signer.from_file(self.params_signing_key)  # a bad file: one-line SettingsError
+        if self.promotion == "shadow" and not self.events_topic:
+            raise SettingsError(
+                "GMM_PROMOTION=shadow needs GMM_EVENTS_TOPIC: the workers report their shadow "
+                "scores there"
+            )
         if self.shadow_records < 1 or not self.shadow_tolerance >= 0:
             raise SettingsError("GMM_SHADOW_RECORDS must be >= 1 and GMM_SHADOW_TOLERANCE >= 0")
         if not self.shadow_timeout_seconds > 0 or not self.min_refit_seconds >= 0:

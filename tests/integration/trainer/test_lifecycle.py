@@ -9,14 +9,17 @@ import subprocess
 import sys
 import time
 
+import pytest
 from numpy.testing import assert_allclose
 
 from kafka_common.params_topic import (
     Publisher,
+    StaleState,
     history_spec,
     params_spec,
     read_all,
     read_newest,
+    read_state,
 )
 from kafka_common.settings import KafkaSettings
 from kafka_common.topics import TopicSpec, ensure_topics
@@ -234,3 +237,30 @@ def test_first_model_does_not_wait_for_the_interval(kafka_bootstrap, tmp_path):
         print(f"first model {time.monotonic() - produced:.1f} s after the data arrived")
     finally:
         trainer.stop()
+
+
+def test_a_served_publication_withdraws_the_candidate(kafka_bootstrap, tmp_path):
+    """A rollback (or any served publication) supersedes a candidate in shadow, so that a
+    promotion judged against the old served version cannot undo it; versions never repeat,
+    even after the candidate key is withdrawn."""
+    topics = Topics("supersede")
+    make_topics(kafka_bootstrap, topics)
+    k = kafka(kafka_bootstrap)
+    publisher = Publisher(k, topics.params, topics.history, "gmm")
+    asyncio.run(publisher.publish(model((2.0, 9.0)), "trainer"))  # v1 served
+    candidate = asyncio.run(publisher.publish(model((2.5, 9.5)), "trainer", stage="candidate"))
+    assert candidate.version == 2
+    assert asyncio.run(read_state(k, topics.params, "gmm"))[1].version == 2
+
+    settings = TrainerSettings.from_env(trainer_env(kafka_bootstrap, topics, tmp_path / "r"))
+    assert asyncio.run(rollback(settings, "gmm", 1)).version == 3
+    served, pending, highest = asyncio.run(read_state(k, topics.params, "gmm"))
+    assert served.version == 3 and pending is None and highest == 3
+    with pytest.raises(StaleState):  # the trainer's promotion of v2, judged against v1
+        asyncio.run(publisher.publish(candidate, "trainer", expect=(1, 2)))
+    with pytest.raises(StaleState):
+        asyncio.run(publisher.withdraw_candidate(2))
+    # A rejected candidate's number is not taken again (the marker keeps it).
+    rejected = asyncio.run(publisher.publish(model((3.0, 9.0)), "trainer", stage="candidate"))
+    asyncio.run(publisher.withdraw_candidate(rejected.version))
+    assert asyncio.run(publisher.publish(model((2.0, 9.0)), "cli")).version == rejected.version + 1

@@ -118,3 +118,71 @@ def test_candidates_are_listed_as_candidate_or_shadowed():
     ]
     rows = version_rows(history, serving=history[2], candidate=history[3])
     assert [r.stage for r in rows] == ["retired", "shadowed", "serving", "candidate"]
+
+
+def test_withdrawal_markers_carry_the_highest_version():
+    from kafka_common.params_topic import _withdrawn_version, withdrawn_marker
+
+    assert _withdrawn_version(withdrawn_marker(7)) == 7
+    assert _withdrawn_version(None) is None
+    assert _withdrawn_version(model(3).dumps().encode()) is None
+    assert _withdrawn_version(b'{"schema": "gmm-candidate-withdrawn/1", "version": -1}') is None
+    assert _withdrawn_version(b'{"schema": "gmm-candidate-withdrawn/1", "version": "7"}') is None
+    assert _withdrawn_version(b"gmm-candidate-withdrawn/1 not json") is None
+
+
+@pytest.mark.parametrize("fitted_at", [None, 42, "yesterday", "2026-11-28T00:00:00"])
+def test_a_candidate_of_unknown_age_times_out_instead_of_crashing(fitted_at):
+    from trainer.cycle import _age_seconds
+
+    m = ModelParams(1, model(1).mixture, FitMetadata(fitted_at=fitted_at))
+    age = _age_seconds(m)
+    assert age == float("inf") or age > 0  # a naive time is read as UTC
+
+
+def test_each_drift_alarm_is_answered_by_one_cycle():
+    from trainer.main import DriftRequests
+
+    class T:
+        version = 4
+
+    drift = DriftRequests()
+    assert not drift.pending_for(T())
+    drift.raise_for(3)  # about an older version: answered already by the refit to 4
+    assert not drift.pending_for(T())
+    drift.raise_for(4)
+    assert drift.pending_for(T())
+    drift.answer()  # a cycle ran (published or rejected): no loop of refits
+    assert not drift.pending_for(T())
+    drift.raise_for(5)  # a version published by someone else since the trainer looked
+    assert drift.pending_for(T())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"records": "100"},
+        {"agreements": 1.5},
+        {"records": 10, "agreements": 11},
+        {"records": -1, "agreements": 0},
+        {"served_version": "4"},
+        {"candidate_log_likelihood": "inf"},
+        {"worker": 7},
+    ],
+)
+def test_forged_shadow_reports_are_ignored(data):
+    from kafka_common.events import Event
+    from trainer.events import ShadowTally
+
+    good = {
+        "served_version": 4,
+        "records": 100,
+        "candidate_log_likelihood": -100.0,
+        "served_log_likelihood": -200.0,
+        "agreements": 90,
+        "worker": "w",
+    }
+    tally = ShadowTally()
+    assert tally.update(Event.now("shadow", "gmm", 5, 0.0, data=good))
+    assert not tally.update(Event.now("shadow", "gmm", 5, 0.0, data={**good, **data}))
+    assert tally.totals(5, 4).records == 100
