@@ -28,12 +28,13 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
+from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, ProducerFenced
 
 from kafka_common.settings import KafkaSettings
+from kafka_common.signing import Signer, Verifier
 from kafka_common.topics import TopicSpec, topic_partitions
 from mixture.params import ModelParams, ParamsError
 
@@ -136,6 +137,17 @@ async def _behind(
     return False
 
 
+def _signed(record: Any, verifier: Verifier | None, on_reject: OnReject | None) -> bool:
+    """Whether the record may be used: always without a verifier, else only if its signature
+    verifies (a refusal is logged and counted as bad_signature)."""
+    if verifier is None or verifier.verify_record(record.value, record.headers):
+        return True
+    log.warning("ignoring a params record at offset %d: bad or missing signature", record.offset)
+    if on_reject is not None:
+        on_reject("bad_signature", "the record's signature does not verify")
+    return False
+
+
 def _decode(
     key: bytes | None,
     value: bytes | None,
@@ -171,6 +183,7 @@ async def _read_to_end(
     tps: list[TopicPartition],
     name: str,
     on_reject: OnReject | None,
+    verifier: Verifier | None = None,
 ) -> _Tail:
     """Every valid model of `name` up to the current end of each partition, in topic order,
     and the state of its candidate key."""
@@ -178,9 +191,12 @@ async def _read_to_end(
     models: list[ModelParams] = []
     candidate, versions = None, []
     shadow = candidate_key(name).encode()
+    mine = (name.encode(), shadow)
     while await _behind(consumer, tps, ends):
         for records in (await consumer.getmany(timeout_ms=1000)).values():
             for record in records:
+                if record.key not in mine or not _signed(record, verifier, on_reject):
+                    continue
                 if record.key == shadow:
                     marker = _withdrawn_version(record.value)
                     if marker is not None:
@@ -202,23 +218,27 @@ def _newest(models: list[ModelParams]) -> ModelParams | None:
 
 
 async def read_all(
-    kafka: KafkaSettings, topic: str, name: str, on_reject: OnReject | None = None
+    kafka: KafkaSettings,
+    topic: str,
+    name: str,
+    on_reject: OnReject | None = None,
+    verifier: Verifier | None = None,
 ) -> list[ModelParams]:
     """Every valid model of `name` on `topic` (the history topic: every version published)."""
     consumer, tps = await _start_consumer(kafka, topic)
     try:
-        return (await _read_to_end(consumer, tps, name, on_reject)).models
+        return (await _read_to_end(consumer, tps, name, on_reject, verifier)).models
     finally:
         await consumer.stop()
 
 
 async def read_state(
-    kafka: KafkaSettings, topic: str, name: str
+    kafka: KafkaSettings, topic: str, name: str, verifier: Verifier | None = None
 ) -> tuple[ModelParams | None, ModelParams | None, int]:
     """(newest served model, candidate in shadow, highest version of either ever seen)."""
     consumer, tps = await _start_consumer(kafka, topic)
     try:
-        tail = await _read_to_end(consumer, tps, name, None)
+        tail = await _read_to_end(consumer, tps, name, None, verifier)
     finally:
         await consumer.stop()
     newest = _newest(tail.models)
@@ -227,10 +247,14 @@ async def read_state(
 
 
 async def read_newest(
-    kafka: KafkaSettings, topic: str, name: str, on_reject: OnReject | None = None
+    kafka: KafkaSettings,
+    topic: str,
+    name: str,
+    on_reject: OnReject | None = None,
+    verifier: Verifier | None = None,
 ) -> ModelParams | None:
     """The newest valid model of `name` on `topic` (highest version), or None."""
-    return _newest(await read_all(kafka, topic, name, on_reject))
+    return _newest(await read_all(kafka, topic, name, on_reject, verifier))
 
 
 async def follow(
@@ -241,17 +265,20 @@ async def follow(
     on_reject: OnReject | None = None,
     stop: asyncio.Event | None = None,
     on_candidate: OnCandidate | None = None,
+    verifier: Verifier | None = None,
 ) -> None:
     """Calls on_model for each valid model of `name`: first the newest existing one, then each
     newer one. Versions not above the newest seen are skipped (versions only increase).
 
     on_candidate, if given, is called with the name's candidate in shadow whenever it changes
-    (None: withdrawn), starting with the current one if there is one."""
+    (None: withdrawn), starting with the current one (or None).
+    verifier: if given, only records whose signature verifies are used (others: bad_signature).
+    """
     consumer, tps = await _start_consumer(kafka, topic)
     shadow = candidate_key(name).encode()
     try:
         # Catch up first, so a worker starts with the newest model rather than replaying.
-        tail = await _read_to_end(consumer, tps, name, on_reject)
+        tail = await _read_to_end(consumer, tps, name, on_reject, verifier)
         newest = _newest(tail.models)
         if newest is not None:
             await on_model(newest)
@@ -260,6 +287,10 @@ async def follow(
         while stop is None or not stop.is_set():
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
+                    if record.key not in (name.encode(), shadow):
+                        continue
+                    if not _signed(record, verifier, on_reject):
+                        continue
                     if record.key == shadow:
                         if on_candidate is None:
                             continue
@@ -309,6 +340,17 @@ class Publisher:
     history_topic: str
     name: str
     attempts: int = PUBLISH_ATTEMPTS
+    #: Signs every record written (GMM_PARAMS_SIGNING_KEY), and then reads only records that
+    #: verify under its own public key: a forged record cannot move the numbering or the
+    #: expectations of a promotion.
+    signer: Signer | None = None
+
+    @property
+    def verifier(self) -> Verifier | None:
+        return None if self.signer is None else Verifier((self.signer.key.public_key(),))
+
+    def _headers(self, value: bytes) -> list[tuple[str, bytes]] | None:
+        return None if self.signer is None else self.signer.headers(value)
 
     @property
     def transactional_id(self) -> str:
@@ -349,7 +391,7 @@ class Publisher:
             await producer.start()
             try:
                 served, candidate, highest = await read_state(
-                    self.kafka, self.params_topic, self.name
+                    self.kafka, self.params_topic, self.name, self.verifier
                 )
                 now = (served.version if served else 0, candidate.version if candidate else None)
                 if expect is not None and now != expect:
@@ -358,17 +400,23 @@ class Publisher:
                     )
                 versioned = model.with_version(highest + 1)
                 value = versioned.dumps().encode()
+                headers = self._headers(value)
                 async with producer.transaction():
-                    await producer.send(self.history_topic, value, key=history_key)
-                    await producer.send(self.params_topic, value, key=value_key)
+                    await producer.send(self.history_topic, value, key=history_key, headers=headers)
+                    await producer.send(self.params_topic, value, key=value_key, headers=headers)
                     if stage == "served" and candidate is not None:
+                        marker = withdrawn_marker(versioned.version)
                         await producer.send(
                             self.params_topic,
-                            withdrawn_marker(versioned.version),
+                            marker,
                             key=candidate_key(self.name).encode(),
+                            headers=self._headers(marker),
                         )
                 return versioned
-            except (ProducerFenced, InvalidProducerEpoch) as exc:
+            # A publisher fenced while in its transaction gets ProducerFenced, or, from aiokafka,
+            # IllegalOperation on its next send (its transaction was ended under it). Either
+            # way nothing of the attempt is committed, so it is safe to retry.
+            except (ProducerFenced, InvalidProducerEpoch, IllegalOperation) as exc:
                 log.warning(
                     "publishing %r: fenced by another publisher (%s); attempt %d of %d",
                     self.name,
@@ -394,14 +442,18 @@ class Publisher:
         )
         await producer.start()  # fences the other publishers of the name, as publish() does
         try:
-            _, candidate, highest = await read_state(self.kafka, self.params_topic, self.name)
+            _, candidate, highest = await read_state(
+                self.kafka, self.params_topic, self.name, self.verifier
+            )
             if candidate is None or candidate.version != version:
                 raise StaleState(f"{self.name!r}: candidate {version} is not in shadow any more")
+            marker = withdrawn_marker(highest)
             async with producer.transaction():
                 await producer.send(
                     self.params_topic,
-                    withdrawn_marker(highest),
+                    marker,
                     key=candidate_key(self.name).encode(),
+                    headers=self._headers(marker),
                 )
         finally:
             await producer.stop()

@@ -31,6 +31,7 @@ import numpy as np
 
 from kafka_common import params_topic
 from kafka_common.events import Event, EventProducer
+from kafka_common.signing import Verifier
 from mixture.classify import Classification
 from mixture.params import ModelParams
 from stream_app.batch import BatchOutcome, ParsedSlice, classify_slice, encode_slice, parse_slice
@@ -103,6 +104,10 @@ class Worker:
         self.events = (
             EventProducer(settings.kafka, settings.events_topic) if settings.events_topic else None
         )
+        #: Params records are used only if signed by one of these keys (GMM_PARAMS_VERIFY_KEY).
+        self.verifier = (
+            Verifier.from_files(settings.params_verify_key) if settings.params_verify_key else None
+        )
         #: Names this process in its shadow reports (the trainer sums the workers' totals).
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.source = PointSource(
@@ -162,6 +167,7 @@ class Worker:
                         reason=reason
                     ).inc(),
                     on_candidate=self._candidate,
+                    verifier=self.verifier,
                 )
             except asyncio.CancelledError:
                 raise

@@ -150,7 +150,11 @@ async def _publish(model: ModelParams) -> ModelParams:
     ]
     await ensure_topics(settings.kafka, specs)
     publisher = params_topic.Publisher(
-        settings.kafka, settings.params_topic, settings.history_topic, settings.model_name
+        settings.kafka,
+        settings.params_topic,
+        settings.history_topic,
+        settings.model_name,
+        signer=settings.signer(),
     )
     model = await asyncio.wait_for(publisher.publish(model, "cli"), 60)
     print(

@@ -91,7 +91,11 @@ class Trainer:
             n_init=settings.restarts,
         )
         self.publisher = params_topic.Publisher(
-            settings.kafka, settings.params_topic, settings.history_topic, settings.model_name
+            settings.kafka,
+            settings.params_topic,
+            settings.history_topic,
+            settings.model_name,
+            signer=settings.signer(),
         )
 
     @property
@@ -103,7 +107,7 @@ class Trainer:
         candidate in shadow if there is one."""
         s = self.settings
         self.current, self.candidate, _ = await params_topic.read_state(
-            s.kafka, s.params_topic, s.model_name
+            s.kafka, s.params_topic, s.model_name, self.publisher.verifier
         )
         if self.current is not None:
             self.metrics.published_version.set(self.current.version)

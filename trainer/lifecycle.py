@@ -93,16 +93,32 @@ def format_rows(rows: list[VersionRow]) -> str:
 
 
 async def list_versions(settings: TrainerSettings, name: str) -> list[VersionRow]:
-    history = await params_topic.read_all(settings.kafka, settings.history_topic, name)
+    verifier = _publisher(settings, name).verifier
+    history = await params_topic.read_all(
+        settings.kafka, settings.history_topic, name, verifier=verifier
+    )
     serving, candidate, _ = await params_topic.read_state(
-        settings.kafka, settings.params_topic, name
+        settings.kafka, settings.params_topic, name, verifier
     )
     return version_rows(history, serving, candidate)
 
 
+def _publisher(settings: TrainerSettings, name: str) -> params_topic.Publisher:
+    return params_topic.Publisher(
+        settings.kafka,
+        settings.params_topic,
+        settings.history_topic,
+        name,
+        signer=settings.signer(),
+    )
+
+
 async def rollback(settings: TrainerSettings, name: str, to_version: int) -> ModelParams:
     """Publishes version `to_version`'s parameters as the next version of `name`."""
-    history = await params_topic.read_all(settings.kafka, settings.history_topic, name)
+    publisher = _publisher(settings, name)
+    history = await params_topic.read_all(
+        settings.kafka, settings.history_topic, name, verifier=publisher.verifier
+    )
     found = [m for m in history if m.version == to_version]
     if not found:
         versions = sorted({m.version for m in history})
@@ -113,9 +129,6 @@ async def rollback(settings: TrainerSettings, name: str, to_version: int) -> Mod
     old = found[-1]
     meta = old.metadata
     meta = dataclasses.replace(meta, extra={**meta.extra, "rolled_back_from": to_version})
-    publisher = params_topic.Publisher(
-        settings.kafka, settings.params_topic, settings.history_topic, name
-    )
     model = await publisher.publish(dataclasses.replace(old, metadata=meta), "rollback")
     if settings.events_topic:
         try:

@@ -18,6 +18,7 @@ import time
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 
+from kafka_common.access import Need, check_access
 from kafka_common.jax_cache import enable_compilation_cache
 from kafka_common.params_topic import PublishConflict, history_spec, params_spec
 from kafka_common.topics import TopicSpec, ensure_topics
@@ -41,6 +42,7 @@ async def _run(settings: TrainerSettings, once: bool) -> int:
     if settings.events_topic:
         specs.append(TopicSpec(settings.events_topic, 1))
     await asyncio.wait_for(ensure_topics(settings.kafka, specs), 60)
+    await check_access(settings.kafka, access_needs(settings))
     await asyncio.wait_for(trainer.load_current(), 60)
     log.info("%r: starting from version %d", settings.model_name, trainer.version)
     if once:
@@ -92,6 +94,20 @@ async def _cycles(
             continue
         why = await wait_for_next(settings, trainer, result, started, drift, tally)
         log.info("next cycle: %s", why)
+
+
+def access_needs(settings: TrainerSettings) -> list[Need]:
+    """What the broker's ACLs must allow the trainer (README "Security"); the transactional id
+    is checked when it is first used, with a one-line error of its own."""
+    needs = [Need("topic", settings.input_topic, "read", "GMM_INPUT_TOPIC")]
+    for topic, setting in (
+        (settings.params_topic, "GMM_PARAMS_TOPIC"),
+        (settings.history_topic, "GMM_HISTORY_TOPIC"),
+        (settings.events_topic, "GMM_EVENTS_TOPIC"),
+    ):
+        if topic:
+            needs += [Need("topic", topic, "read", setting), Need("topic", topic, "write", setting)]
+    return needs
 
 
 class DriftRequests:

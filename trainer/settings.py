@@ -11,6 +11,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from kafka_common.jax_cache import jax_cache_dir_field
 from kafka_common.settings import (
@@ -25,6 +26,9 @@ from kafka_common.settings import (
 )
 from mixture.covariance import ALIASES, COVARIANCES, DEFAULT_REG_COVAR, check_covariance
 from mixture.select import DEFAULT_MAX_COMPONENTS, parse_components
+
+if TYPE_CHECKING:
+    from kafka_common.signing import Signer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +152,12 @@ class TrainerSettings:
         "Ed25519 private key (PEM file) that signs every params record published, for workers "
         "with GMM_PARAMS_VERIFY_KEY (README 'Security'); empty: unsigned",
     )
+
+    def signer(self) -> Signer | None:
+        """The signer of GMM_PARAMS_SIGNING_KEY (None: records go unsigned)."""
+        from kafka_common.signing import Signer
+
+        return Signer.from_file(self.params_signing_key) if self.params_signing_key else None
 
     def validate(self) -> None:
         check_model_name(self.model_name)
