@@ -8,7 +8,12 @@ import pathlib
 import platform
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from mixture.params import MixtureParams
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -57,3 +62,14 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> pathlib.
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)
     return RESULTS / f"{name}.md"
+
+
+def sample(truth: MixtureParams, n: int, seed: Any) -> np.ndarray:
+    """n points (N, D) float64 drawn from the mixture."""
+    rng = np.random.default_rng(seed)
+    locs, scale = np.asarray(truth.locs), np.asarray(truth.scale)
+    z = rng.choice(truth.n_components, size=n, p=np.asarray(truth.weights))
+    eps = rng.normal(size=(n, locs.shape[1]))
+    if scale.ndim == 3:
+        return locs[z] + np.einsum("nij,nj->ni", scale[z], eps)
+    return locs[z] + np.broadcast_to(scale, locs.shape)[z] * eps

@@ -40,7 +40,7 @@ import jax
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
-from bench._common import RESULTS, machine, markdown_table, write_results
+from bench._common import RESULTS, machine, markdown_table, sample, write_results
 from kafka_common.jax_cache import enable_compilation_cache
 from mixture.evaluate import log_likelihood
 from mixture.fit import FitConfig, fit_compilations, fit_map
@@ -104,16 +104,6 @@ SCOPE = (
     "ten candidates are optimised together until each one has settled or fallen hopelessly "
     "behind the best (FitConfig.prune_chunks), so the slowest hopeful candidate holds all ten."
 )
-
-
-def sample(truth: MixtureParams, n: int, seed: Any) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    locs, scale = np.asarray(truth.locs), np.asarray(truth.scale)
-    z = rng.choice(truth.n_components, size=n, p=np.asarray(truth.weights))
-    eps = rng.normal(size=(n, locs.shape[1]))
-    if scale.ndim == 3:
-        return locs[z] + np.einsum("nij,nj->ni", scale[z], eps)
-    return locs[z] + np.broadcast_to(scale, locs.shape)[z] * eps
 
 
 def sklearn_params(gm: GaussianMixture) -> MixtureParams:

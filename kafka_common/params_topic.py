@@ -35,7 +35,7 @@ from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, ProducerFenc
 
 from kafka_common.settings import KafkaSettings
 from kafka_common.signing import Signer, Verifier
-from kafka_common.topics import TopicSpec, topic_partitions
+from kafka_common.topics import TopicSpec, assigned_consumer
 from mixture.params import ModelParams, ParamsError
 
 log = logging.getLogger(__name__)
@@ -104,28 +104,17 @@ class PublishConflict(RuntimeError):
 async def _start_consumer(
     kafka: KafkaSettings, topic: str
 ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
-    """A group-less consumer of every partition of `topic`, from the beginning (the params
-    topic is compacted: one record per name, plus the not yet compacted tail)."""
-    consumer = AIOKafkaConsumer(
-        **kafka.client_options(),
-        enable_auto_commit=False,
-        group_id=None,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
+    """Every partition of `topic`, from the beginning (the params topic is compacted: one
+    record per key, plus the not yet compacted tail), committed records only."""
+    consumer, tps = await assigned_consumer(
+        kafka, topic, auto_offset_reset="earliest", isolation_level="read_committed"
     )
-    await consumer.start()
-    # aiokafka#647: a consumer stopped before its no-group task first ran raises CancelledError.
-    await asyncio.sleep(0)
     try:
-        tps = await topic_partitions(consumer, topic)
-        if not tps:
-            raise LookupError(f"topic {topic!r} does not exist")
-        consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        return consumer, tps
     except BaseException:
         await consumer.stop()
         raise
+    return consumer, tps
 
 
 async def _behind(

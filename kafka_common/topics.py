@@ -85,6 +85,28 @@ def _check_created(kafka: KafkaSettings, response: Any) -> None:
             log.warning("creating topic %r: error %d (%s)", topic, error_code, _[0] if _ else "")
 
 
+async def assigned_consumer(
+    kafka: KafkaSettings, topic: str, **options: Any
+) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    """A started, group-less consumer assigned every partition of `topic` (LookupError if the
+    topic does not exist); positions are left to the caller."""
+    consumer = AIOKafkaConsumer(
+        **kafka.client_options(), enable_auto_commit=False, group_id=None, **options
+    )
+    await consumer.start()
+    # aiokafka#647: a consumer stopped before its no-group task first ran raises CancelledError.
+    await asyncio.sleep(0)
+    try:
+        tps = await topic_partitions(consumer, topic)
+        if not tps:
+            raise LookupError(f"topic {topic!r} does not exist")
+        consumer.assign(tps)
+        return consumer, tps
+    except BaseException:
+        await consumer.stop()
+        raise
+
+
 async def topic_partitions(
     consumer: AIOKafkaConsumer, topic: str, wait_s: float = 5.0
 ) -> list[TopicPartition]:

@@ -7,16 +7,13 @@ so a report sent twice counts once. A `drift` alarm about the served version ask
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
-from aiokafka import AIOKafkaConsumer
-
 from kafka_common.events import Event, EventError
 from kafka_common.settings import KafkaSettings
-from kafka_common.topics import topic_partitions
+from kafka_common.topics import assigned_consumer
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +80,9 @@ class ShadowTally:
 
 async def follow_events(kafka: KafkaSettings, topic: str) -> AsyncIterator[Event]:
     """Valid events from the topic's end on (earlier alarms are about earlier moments)."""
-    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    await asyncio.sleep(0)  # aiokafka#647 (see kafka_common.params_topic)
+    consumer, _ = await assigned_consumer(kafka, topic)
     try:
-        tps = await topic_partitions(consumer, topic)
-        if not tps:
-            raise LookupError(f"events topic {topic!r} does not exist")
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
+        await consumer.seek_to_end()
         while True:
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import orjson
 
-from bench._common import RESULTS, best_seconds
+from bench._common import RESULTS, best_seconds, sample
 from bench.device.report import summary, write
 from mixture.classify import Classifier, Prepared, classifier_for, default_sizes, posterior
 from mixture.fit import FitConfig, fit_map
@@ -126,17 +126,6 @@ def wide_model(k: int, d: int) -> MixtureParams:
 def models(sizes: Sizes) -> dict[str, MixtureParams]:
     k, d = sizes.wide
     return {"K=2, D=1, tied-diag": narrow_model(), f"K={k}, D={d}, full": wide_model(k, d)}
-
-
-def sample(truth: MixtureParams, n: int, seed: Any) -> np.ndarray:
-    """n points (N, D) float64 drawn from the mixture."""
-    rng = np.random.default_rng(seed)
-    locs, scale = np.asarray(truth.locs), np.asarray(truth.scale)
-    z = rng.choice(truth.n_components, size=n, p=np.asarray(truth.weights))
-    eps = rng.normal(size=(n, locs.shape[1]))
-    if scale.ndim == 3:
-        return locs[z] + np.einsum("nij,nj->ni", scale[z], eps)
-    return locs[z] + np.broadcast_to(scale, locs.shape)[z] * eps
 
 
 def backends() -> list[tuple[str, Any]]:
