@@ -182,7 +182,7 @@ def _faithful(f: Payload) -> str:
     off = [r["wall_seconds"] for r in runs if r["run"].startswith("no cache")]
     return (
         f"`gmm-trainer fit` on Old Faithful's {f['n_points']} waiting times takes {_s(cold)} s "
-        f"as a new process with an empty compilation cache, "
+        f"as a new process with an empty `GMM_JAX_CACHE_DIR` (compiled and traced programs), "
         f"{_span(_s(min(warm)), _s(max(warm)))} s with it warm ({len(warm)} runs)"
         + (f", {_s(off[0])} s with none" if off else "")
         + f"; scikit-learn fits the same data in {_s(f['sklearn_in_process']['seconds'])} s "

@@ -121,6 +121,20 @@ def enable_compilation_cache(
     return path
 
 
+def enable_fit_caches(
+    directory: str | None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """JAX's compilation cache (enable_compilation_cache) and, in its `programs/` subdirectory,
+    the fit's traced programs (mixture.fit.use_program_cache), for processes that fit: a new
+    process then neither traces nor compiles a fit it has run before. Returns the directory in
+    use, or None when both are off."""
+    from mixture.fit import use_program_cache  # here: the model stays out of `--help`'s imports
+
+    path = enable_compilation_cache(directory, environ)
+    use_program_cache(None if path is None else os.path.join(path, "programs"))
+    return path
+
+
 def jax_cache_dir_field() -> Any:
     """The `GMM_JAX_CACHE_DIR` setting, for every process's settings class."""
     from kafka_common.settings import env_field

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
@@ -35,9 +37,12 @@ from mixture.params import (
     MixtureParams,
     ModelParams,
     Priors,
+    column_stats,
     data_priors,
     seed_priors,
 )
+from mixture.precondition import em_update
+from mixture.program_cache import ProgramCache, source_salt
 
 PriorsChoice = Literal["data", "seed"]
 
@@ -49,9 +54,39 @@ MIN_PADDED = 256
 _compilations = 0
 
 
+#: Where traced fit programs are kept for later processes (None: each process traces its own).
+_program_cache: ProgramCache | None = None
+
+#: The modules whose code shapes the fit's programs (their source salts the program cache).
+_PROGRAM_SOURCES = (
+    "mixture.fit",
+    "mixture.model",
+    "mixture.precondition",
+    "mixture.params",
+    "mixture.covariance",
+)
+
+
 def fit_compilations() -> int:
-    """Fit programs traced and compiled so far in this process."""
+    """Fit programs traced (or loaded from the program cache) and compiled so far in this
+    process."""
     return _compilations
+
+
+def use_program_cache(directory: str | os.PathLike[str] | None) -> None:
+    """Keeps the fit's traced programs under `directory` (mixture.program_cache), so that a new
+    process loads them instead of tracing NumPyro's model again (most of a small fit's time
+    from a new process). Composition roots call it at start-up, beside JAX's compilation cache;
+    None turns it off (every process traces its own). Safe to delete at any time."""
+    global _program_cache
+    if directory is None:
+        _program_cache = None
+        return
+    cache = ProgramCache(directory, source_salt(*_PROGRAM_SOURCES))
+    cache.prune()  # earlier code's programs are never loaded again
+    # An unusable directory (warned about once) leaves tracing as it was: exporting programs
+    # that no later process could read would only cost time.
+    _program_cache = cache if cache.persistent else None
 
 
 def _count_compilation() -> None:
@@ -125,6 +160,13 @@ class FitConfig:
     warm_chunk_steps: int = 5
     warm_min_steps: int = 10
     warm_tol: float = 1e-5
+    #: A refit whose warm start wins takes EM-preconditioned steps (mixture.precondition)
+    #: instead of Adam's: a few passes instead of 20-30. Checked every em_chunk_steps (>= 2),
+    #: stopping when the last step changed the loss by less than warm_tol nats per point, or
+    #: after em_max_steps.
+    warm_em: bool = True
+    em_chunk_steps: int = 2
+    em_max_steps: int = 200
     max_steps: int = 5000
 
     def __post_init__(self) -> None:
@@ -133,6 +175,13 @@ class FitConfig:
             raise ValueError("n_components, n_init, n_best and score_points must be >= 1")
         if self.reg_covar < 0:
             raise ValueError(f"reg_covar must be >= 0, got {self.reg_covar}")
+        if not 2 <= self.em_chunk_steps <= self.em_max_steps:
+            raise ValueError(
+                "em_chunk_steps must be >= 2 and at most em_max_steps, got "
+                f"{self.em_chunk_steps} and {self.em_max_steps}"
+            )
+        if min(self.chunk_steps, self.max_steps, self.warm_chunk_steps) < 1:
+            raise ValueError("chunk_steps, warm_chunk_steps and max_steps must be >= 1")
 
 
 class FitResult(NamedTuple):
@@ -163,12 +212,14 @@ class Standardizer(NamedTuple):
     std: np.ndarray
 
     @classmethod
-    def of(cls, x: np.ndarray, covariance: str) -> Standardizer:
-        """From the data's observed values (NaN: missing)."""
-        std = np.nanstd(x, axis=0)
+    def of(
+        cls, x: np.ndarray, covariance: str, stats: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> Standardizer:
+        """From the data's observed values (NaN: missing); stats: their column_stats if known."""
+        mean, std = column_stats(x) if stats is None else stats
         if covariance == "spherical":
             std = np.full_like(std, np.exp(np.log(std).mean()))
-        return cls(np.nanmean(x, axis=0), std)
+        return cls(mean, std)
 
     def points(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std
@@ -246,7 +297,7 @@ def as_points(data: Any, n_components: int | None = None) -> np.ndarray:
         raise DataError(
             f"{x.shape[0]} point(s) cannot fit {n_components} components", "too_few_points"
         )
-    std = np.nanstd(x, axis=0) if x.shape[0] >= 2 else np.zeros(x.shape[1])
+    std = column_stats(x)[1] if x.shape[0] >= 2 else np.zeros(x.shape[1])
     if x.shape[0] < 2 or not np.all(std > 0):
         dims = np.flatnonzero(~(std > 0)).tolist() if x.shape[0] >= 2 else "all"
         raise DataError(
@@ -269,13 +320,18 @@ class _Program(NamedTuple):
 class _StepState(NamedTuple):
     adam: Any
     count: Any
-    lr0: Any  # the starting step size: state, not a constant, so cold and warm share a program
+    # State, not constants, so that cold fits and warm refits share one program:
+    lr0: Any  # Adam's starting step size
+    em: Any  # True: EM-preconditioned steps instead of Adam's (mixture.precondition)
+    n_points: Any  # the points the loss sums over (the EM step's N)
+    n_observed: Any  # (D,) how many of them observe each coordinate
     norms: dict[str, Any]
 
 
-def _adam_with_decay(config: FitConfig) -> optax.GradientTransformation:
+def _optimizer(config: FitConfig, covariance: str) -> optax.GradientTransformation:
     """Adam whose step size starts at the state's lr0 and halves every lr_half_life_steps
-    (down to 1e-3 of lr0), recording each parameter's gradient norm for the reports."""
+    (down to 1e-3 of lr0), or, when the state's em flag is set, EM-preconditioned steps;
+    either way recording each parameter's gradient norm for the reports."""
     adam = optax.scale_by_adam(config.b1, config.b2)
 
     def init(params: Any) -> _StepState:
@@ -283,6 +339,9 @@ def _adam_with_decay(config: FitConfig) -> optax.GradientTransformation:
             adam.init(params),
             jnp.zeros((), jnp.int32),
             jnp.asarray(config.learning_rate, jnp.float32),
+            jnp.zeros((), bool),
+            jnp.ones((), jnp.float32),
+            jnp.ones(params["locs_auto_loc"].shape[-1:], jnp.float32),
             {name: jnp.zeros(()) for name in params},
         )
 
@@ -292,7 +351,20 @@ def _adam_with_decay(config: FitConfig) -> optax.GradientTransformation:
         decay = jnp.maximum(0.5 ** (state.count / config.lr_half_life_steps), 1e-3)
         step = -state.lr0 * decay
         updates = jax.tree.map(lambda u: step * u, updates)
-        return updates, _StepState(adam_state, state.count + 1, state.lr0, norms)
+        em = em_update(
+            params,
+            grads,
+            covariance,
+            config.n_components,
+            config.reg_covar,
+            state.n_points,
+            state.n_observed,
+        )
+        updates = {
+            name: jnp.where(state.em, em[name] - params[name], u) for name, u in updates.items()
+        }
+        next_state = state._replace(adam=adam_state, count=state.count + 1, norms=norms)
+        return updates, next_state
 
     return optax.GradientTransformation(init, update)
 
@@ -320,7 +392,7 @@ def _program(config: FitConfig, dim: int) -> _Program:
     )
     guide = AutoDelta(global_model)
     elbo = TraceEnum_ELBO()
-    svi = SVI(model, guide, _adam_with_decay(config), loss=elbo)
+    svi = SVI(model, guide, _optimizer(config, covariance), loss=elbo)
 
     _setup_prototype(svi, guide, k, dim)
 
@@ -353,7 +425,16 @@ def _program(config: FitConfig, dim: int) -> _Program:
 
     @jax.jit
     def init_states(
-        key: Any, values: Any, chosen: Any, lr0: Any, points: Any, priors: Priors, mask: Any
+        key: Any,
+        values: Any,
+        chosen: Any,
+        lr0: Any,
+        em: Any,
+        n_points: Any,
+        n_observed: Any,
+        points: Any,
+        priors: Priors,
+        mask: Any,
     ) -> Any:
         _count_compilation()
         starts = jax.tree.map(lambda v: v[chosen], values)
@@ -362,7 +443,8 @@ def _program(config: FitConfig, dim: int) -> _Program:
         def one(key: Any, start: Any) -> Any:
             state = svi.init(key, points, priors, mask, init_params=guide_values(start))
             i, (params, opt) = state.optim_state
-            return state._replace(optim_state=(i, (params, opt._replace(lr0=lr0))))
+            opt = opt._replace(lr0=lr0, em=em, n_points=n_points, n_observed=n_observed)
+            return state._replace(optim_state=(i, (params, opt)))
 
         return jax.vmap(one)(keys, starts)
 
@@ -387,6 +469,22 @@ def _program(config: FitConfig, dim: int) -> _Program:
         return {name: fitted[f"{name}_auto_loc"] for name in sites}
 
     return _Program(svi, sites, candidates, losses, init_states, run_chunk, winner)
+
+
+def _run(config: FitConfig, dim: int, name: str, *args: Any, **static: Any) -> Any:
+    """Runs the fit program `name` of _program(config, dim) on args, through the program cache
+    when one is in use (then _program is built only if the program is not on disk)."""
+    cache = _program_cache
+    if cache is None:
+        return getattr(_program(config, dim), name)(*args, **static)
+    digest = hashlib.sha256(f"{config!r}|{dim}".encode()).hexdigest()[:16]
+    label = f"fit.{name}.{digest}"
+    fresh = cache.key(label, args, static) not in cache
+    before = _compilations
+    result = cache.call(label, lambda: getattr(_program(config, dim), name), args, static)
+    if fresh and _compilations == before:  # loaded from disk rather than traced: still compiled
+        _count_compilation()
+    return result
 
 
 def _setup_prototype(svi: SVI, guide: AutoDelta, k: int, dim: int) -> None:
@@ -461,7 +559,9 @@ def fit_map(
     if is_cholesky(covariance):
         # Full and tied covariances fit the complete points only (see the README), and need
         # more of them than dimensions per component.
-        x = x[~np.isnan(x).any(axis=1)]
+        incomplete = np.isnan(x).any(axis=1)
+        if incomplete.any():
+            x = x[~incomplete]
         needed = (x.shape[1] + 1) * config.n_components
         if len(x) < needed:
             raise DataError(
@@ -469,15 +569,19 @@ def fit_map(
                 f"{config.n_components} in D={x.shape[1]} needs at least {needed}",
                 "too_few_points",
             )
-        x = as_points(x, config.n_components)
+        if incomplete.any():  # what is left must still vary
+            x = as_points(x, config.n_components)
     n, dim = x.shape
+    stats = column_stats(x)
     if priors is None:
-        priors = seed_priors(dim) if config.priors == "seed" else data_priors(x)
-    std = Standardizer.of(x, covariance)
+        priors = seed_priors(dim) if config.priors == "seed" else data_priors(x, stats)
+    std = Standardizer.of(x, covariance, stats)
     size = padded_size(n)
     padded = np.zeros((size, dim), np.float32)
     observed = ~np.isnan(x)
-    padded[:n] = np.where(observed, std.points(x), 0.0)
+    padded[:n] = std.points(x)
+    if not observed.all():
+        padded[:n][~observed] = 0.0
     points = jnp.asarray(padded)
     if is_cholesky(covariance):
         mask = jnp.asarray(np.arange(size) < n)
@@ -487,7 +591,6 @@ def fit_map(
         mask = jnp.asarray(coords)
     priors_z = Priors(*(jnp.asarray(v, dtype=jnp.float32) for v in std.priors(priors)))
     offset = std.loss_offset(n, config.n_components, covariance, observed.sum(axis=0))
-    prog = _program(config, dim)
 
     init_key, svi_key = jax.random.split(key)
     use_warm = warm_start is not None
@@ -514,16 +617,39 @@ def fit_map(
         sample_mask[:score_n] = np.asarray(mask)[pick]
         score_at, score_mask = jnp.asarray(sample), jnp.asarray(sample_mask)
     # Ranks the starts; for a bigger window these losses are on the scoring sample only.
-    values, losses0 = prog.candidates(
-        init_key, score_at, score_n, priors_z, score_mask, warm, jnp.asarray(use_warm)
+    values, losses0 = _run(
+        config,
+        dim,
+        "candidates",
+        init_key,
+        score_at,
+        np.int32(score_n),
+        priors_z,
+        score_mask,
+        warm,
+        np.bool_(use_warm),
     )
     losses0 = np.asarray(losses0)
     order = np.argsort(losses0, kind="stable")
     warm_wins = use_warm and order[0] == 0
     chosen = order[:1] if warm_wins else order[: config.n_best]
     lr0 = warm_step(config, n) if warm_wins else config.learning_rate
-    states = prog.init_states(
-        svi_key, values, jnp.asarray(chosen), np.float32(lr0), points, priors_z, mask
+    em = warm_wins and config.warm_em
+    n_observed = observed.sum(axis=0).astype(np.float32)  # per coordinate, for EM's counts
+    states = _run(
+        config,
+        dim,
+        "init_states",
+        svi_key,
+        values,
+        jnp.asarray(chosen),
+        np.float32(lr0),
+        np.bool_(em),
+        np.float32(n),
+        n_observed,
+        points,
+        priors_z,
+        mask,
     )
 
     loss_chunks: list[np.ndarray] = []
@@ -531,9 +657,12 @@ def fit_map(
     converged, steps, prev = False, 0, None
     chunk = config.warm_chunk_steps if warm_wins else config.chunk_steps
     min_steps = config.warm_min_steps if warm_wins else config.min_steps
-    while steps < config.max_steps:
-        states, (chunk_losses, chunk_norms) = prog.run_chunk(
-            states, points, priors_z, mask, length=chunk
+    if em:
+        chunk, min_steps = config.em_chunk_steps, config.em_chunk_steps
+    max_steps = config.em_max_steps if em else config.max_steps
+    while steps < max_steps:
+        states, (chunk_losses, chunk_norms) = _run(
+            config, dim, "run_chunk", states, points, priors_z, mask, length=chunk
         )
         chunk_losses = np.asarray(chunk_losses, dtype=np.float64)  # (candidates, steps)
         loss_chunks.append(chunk_losses)
@@ -545,7 +674,12 @@ def fit_map(
         finite = np.isfinite(mean)
         if not finite.any():
             break
-        if prev is not None and steps >= min_steps:
+        if em:
+            # EM steps settle within a chunk: compare its last two steps' losses.
+            if np.all(np.abs(np.diff(chunk_losses[:, -2:], axis=1)) <= config.warm_tol * n):
+                converged = True
+                break
+        elif prev is not None and steps >= min_steps:
             change = np.abs(mean - prev) <= config.tol * np.maximum(1.0, np.abs(mean))
             if warm_wins:
                 change |= np.abs(mean - prev) <= config.warm_tol * n
@@ -561,7 +695,10 @@ def fit_map(
     losses = np.concatenate(loss_chunks, axis=1)
     final = np.where(np.isfinite(losses[:, -1]), losses[:, -1], np.inf)
     win = int(np.argmin(final))
-    sites = {name: np.asarray(v) for name, v in prog.winner(states, win).items()}
+    sites = {
+        name: np.asarray(v)
+        for name, v in _run(config, dim, "winner", states, np.int32(win)).items()
+    }
     fitted_z = sites_to_serving(sites, covariance, config.reg_covar, config.n_components)
     params = std.params_to_data(fitted_z)
     if covariance != config.covariance:  # one-dimensional tied/full: scales as 1x1 factors

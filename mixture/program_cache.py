@@ -36,6 +36,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from types import MappingProxyType, ModuleType
@@ -129,7 +130,45 @@ class ProgramCache:
             return program(*args)
         except Exception as exc:
             log.warning("cached program %s unusable (%s): tracing it again", name, exc)
+            with self._lock:
+                if self._programs.get(key) is program:
+                    del self._programs[key]
             return self._build(name, key, build, args, static)(*args)
+
+    @property
+    def persistent(self) -> bool:
+        """Whether programs go to disk (False: the directory could not be created)."""
+        return self._disk
+
+    def prune(self) -> int:
+        """Deletes the files of other salts (older code or libraries: never loaded again) and
+        temporary files over an hour old (a writer that died); returns how many. Files of this
+        salt stay. Without a salt, nothing is pruned. A process of other code sharing the
+        directory loses its files (it traces again, and they lose this one's)."""
+        if not self._disk or not self.salt:
+            return 0
+        stale = [
+            p for p in self.directory.glob("*.jaxexport") if not p.name.startswith(self._prefix)
+        ]
+        now = time.time()
+        for tmp in self.directory.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                if now - tmp.stat().st_mtime > 3600:
+                    stale.append(tmp)
+        removed = 0
+        for path in stale:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+        return removed
+
+    @property
+    def _prefix(self) -> str:
+        return f"{self.salt[:12]}-" if self.salt else ""
+
+    def __contains__(self, key: str) -> bool:
+        """Whether the program for `key` is ready in this process (loaded or traced)."""
+        return key in self._programs
 
     def key(self, name: str, args: tuple[Any, ...], static: Mapping[str, Hashable]) -> str:
         """SHA-256 over the salt, the name, the static values (repr), the pytree structure, each
@@ -139,19 +178,29 @@ class ProgramCache:
             (a.shape, a.dtype, getattr(a, "weak_type", False)) for a in map(jax.typeof, leaves)
         )
         items = tuple(sorted(static.items()))
-        x64 = bool(jax.config.read("jax_enable_x64"))
-        memo = (name, items, treedef, avals, x64)  # hashing this is cheaper than the digest
+        # JAX settings that change what a function traces to, beyond the arguments.
+        flags = tuple(
+            str(getattr(jax.config, flag))
+            for flag in (
+                "jax_enable_x64",
+                "jax_default_matmul_precision",
+                "jax_threefry_partitionable",
+            )
+        )
+        memo = (name, items, treedef, avals, flags)  # hashing this is cheaper than the digest
         key = self._keys.get(memo)
         if key is None:
             parts = [self.salt, name, repr(items), str(treedef)]
             parts += [f"{shape}|{dtype}|{weak}" for shape, dtype, weak in avals]
-            parts += [jax.default_backend(), str(x64), jax.__version__]
+            parts += [jax.default_backend(), *flags, jax.__version__]
             key = self._keys[memo] = hashlib.sha256("\0".join(parts).encode()).hexdigest()
         return key
 
     def path(self, name: str, key: str) -> Path:
-        """Where the program for `key` lives: <directory>/<name>-<key[:32]>.jaxexport."""
-        return self.directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{key[:32]}.jaxexport"
+        """Where the program for `key` lives: <directory>/[<salt[:12]>-]<name>-<key[:32]>.jaxexport
+        (the salt's prefix lets `prune` tell other code's files apart)."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        return self.directory / f"{self._prefix}{safe}-{key[:32]}.jaxexport"
 
     def _load(self, name: str, key: str, args: tuple[Any, ...]) -> Callable[..., Any] | None:
         """The program stored for `key`, or None (absent, damaged, or not for these args)."""
@@ -193,6 +242,9 @@ class ProgramCache:
         read back from its own bytes (what a later process gets), or the built function if it
         cannot be exported."""
         with self._lock:
+            ready = self._programs.get(key)  # another thread built it meanwhile
+            if ready is not None:
+                return ready
             fn = build()
             try:
                 exported = jax_export.export(fn)(*args, **static)  # type: ignore[arg-type]

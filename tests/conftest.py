@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import sys
 
 import pytest
 
@@ -16,3 +17,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         elif "unit" in parts:
             item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _no_program_cache_leaks():
+    """An in-process CLI call turns the fit's program cache on for the whole process (as a
+    composition root does): turn it off again so that other tests trace their own programs."""
+    yield
+    fit = sys.modules.get("mixture.fit")
+    if fit is not None and fit._program_cache is not None:
+        fit.use_program_cache(None)

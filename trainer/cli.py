@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from kafka_common.jax_cache import cache_dir_from_env, enable_compilation_cache
+from kafka_common.jax_cache import cache_dir_from_env, enable_fit_caches
 from kafka_common.settings import SettingsError
 from mixture.covariance import DEFAULT_REG_COVAR, check_covariance
 from mixture.fit import DataError, FitConfig, fit_map, to_model_params
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    enable_compilation_cache(cache_dir_from_env())  # GMM_JAX_CACHE_DIR, before any compile
+    enable_fit_caches(cache_dir_from_env())  # GMM_JAX_CACHE_DIR, before any compile
     return int(args.func(args))
 
 

@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 
 from kafka_common.access import Need, check_access
-from kafka_common.jax_cache import enable_compilation_cache
+from kafka_common.jax_cache import enable_fit_caches
 from kafka_common.params_topic import PublishConflict, history_spec, params_spec
 from kafka_common.topics import TopicSpec, ensure_topics
 from trainer.cycle import CycleOutcome, Trainer
@@ -203,5 +203,5 @@ def run(settings: TrainerSettings, once: bool) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    enable_compilation_cache(settings.jax_cache_dir)  # before anything is compiled
+    enable_fit_caches(settings.jax_cache_dir)  # before anything is compiled
     return asyncio.run(_run(settings, once))

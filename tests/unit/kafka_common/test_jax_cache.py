@@ -192,3 +192,16 @@ def test_a_second_process_loads_what_the_first_compiled(tmp_path):
     second = run()
     assert second["hits"] >= 1, "the second process compiled everything again"
     assert second["sum"] == first["sum"]
+
+
+def test_fit_caches_keep_traced_programs_beside_the_compiled_ones(tmp_path):
+    from mixture import fit
+
+    try:
+        assert jax_cache.enable_fit_caches(str(tmp_path), {}) == str(tmp_path)
+        assert fit._program_cache is not None
+        assert fit._program_cache.directory == tmp_path / "programs"
+        assert jax_cache.enable_fit_caches("off", {}) is None
+        assert fit._program_cache is None
+    finally:
+        fit.use_program_cache(None)

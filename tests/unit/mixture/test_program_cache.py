@@ -464,3 +464,11 @@ def test_weak_types_survive(tmp_path):
     out = ProgramCache(tmp_path).call("weak", Builds(None), args)
     assert [jax.typeof(o) for o in out] == [jax.typeof(o) for o in fn(*args)]
     assert jax.typeof(out[0]).weak_type
+
+
+def test_key_follows_jax_settings_that_change_a_trace():
+    cache = ProgramCache("/nonexistent-never-written", salt="s")
+    before = cache.key("f", ARGS, {})
+    with jax.default_matmul_precision("highest"):
+        assert cache.key("f", ARGS, {}) != before
+    assert cache.key("f", ARGS, {}) == before

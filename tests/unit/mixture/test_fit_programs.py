@@ -1,0 +1,121 @@
+"""The fit through the program cache (mixture.fit.use_program_cache): the same results as traced
+programs, and a new process loads the programs instead of building the model and tracing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from mixture import fit
+from mixture.fit import FitConfig, fit_compilations, fit_map, use_program_cache
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+CONFIG = FitConfig(n_components=2, covariance="full", n_init=8, n_best=2)
+
+# Fits a cold model and refits it warm (EM steps) on new points, then prints what it got, how
+# many fit programs it prepared, and whether it built the model (_program) to trace them.
+SCRIPT = """
+import json, sys
+import jax, numpy as np
+from mixture import fit
+from mixture.fit import FitConfig, fit_map, use_program_cache
+use_program_cache(sys.argv[1])
+config = FitConfig(n_components=2, covariance="full", n_init=8, n_best=2)
+rng = np.random.default_rng(0)
+def points(n):
+    return np.concatenate([rng.normal(0, 1, (n, 2)), rng.normal(5, 1, (n, 2)) @ [[1, .5], [0, 1]]])
+cold = fit_map(points(300), jax.random.PRNGKey(0), config)
+warm = fit_map(points(300), jax.random.PRNGKey(1), config, warm_start=cold.params)
+print(json.dumps({
+    "locs": [cold.params.locs.tolist(), warm.params.locs.tolist()],
+    "steps": [cold.n_steps, warm.n_steps],
+    "warm_alone": len(warm.candidate_losses) == 1,
+    "compilations": fit.fit_compilations(),
+    "built": fit._program.cache_info().currsize,
+}))
+"""
+
+
+@pytest.fixture
+def no_program_cache():
+    yield
+    use_program_cache(None)
+
+
+def _run(directory: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, directory],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_new_process_loads_the_fit_programs_and_gets_the_same_fit(tmp_path):
+    first = _run(str(tmp_path))
+    assert first["built"] == 1
+    assert len(list(tmp_path.glob("*-fit.*.jaxexport"))) >= 4  # candidates, init, chunks, winner
+    second = _run(str(tmp_path))
+    assert second["built"] == 0, "the second process traced the model again"
+    # Loaded programs still count: the trainer's compilation metric sees every program prepared.
+    assert second["compilations"] == first["compilations"]
+    assert second["steps"] == first["steps"]
+    # The refit took EM's steps (the warm start won and settled in a few steps).
+    assert first["warm_alone"] and first["steps"][1] <= 10
+    assert_allclose(np.asarray(second["locs"]), np.asarray(first["locs"]), rtol=1e-6)
+
+
+@pytest.mark.usefixtures("no_program_cache")
+def test_fit_through_the_cache_matches_the_traced_fit(tmp_path):
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(0, 1, (200, 2)), rng.normal(4, 0.5, (200, 2))])
+    traced = fit_map(x, jax.random.PRNGKey(2), CONFIG)
+    use_program_cache(tmp_path)
+    before = fit_compilations()
+    cached = fit_map(x, jax.random.PRNGKey(2), CONFIG)
+    again = fit_map(x, jax.random.PRNGKey(2), CONFIG)
+    assert fit_compilations() > before  # traced once more for export, then never again:
+    after = fit_compilations()
+    fit_map(x[::-1].copy(), jax.random.PRNGKey(4), CONFIG)
+    assert fit_compilations() == after
+    for result in (cached, again):
+        assert result.n_steps == traced.n_steps
+        assert_allclose(result.params.locs, traced.params.locs, rtol=1e-5, atol=1e-6)
+        assert_allclose(result.params.scale, traced.params.scale, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.usefixtures("no_program_cache")
+def test_unwritable_directory_warns_and_fits_without_the_cache(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    use_program_cache(blocker / "programs")
+    assert fit._program_cache is None  # nothing exported that no process could read
+    assert "traced programs not stored" in caplog.text
+    x = np.random.default_rng(5).normal(size=(300, 2)) + np.repeat([[0, 0], [6, 6]], 150, axis=0)
+    assert np.isfinite(fit_map(x, jax.random.PRNGKey(0), CONFIG).final_loss)
+
+
+@pytest.mark.usefixtures("no_program_cache")
+def test_other_codes_programs_are_pruned(tmp_path):
+    """Files of other code (another salt) are never loaded again: deleted at start-up; this
+    code's files stay."""
+    use_program_cache(tmp_path)
+    ours = fit._program_cache
+    assert ours is not None
+    mine = ours.path("fit.winner.x", "0" * 64)
+    other = tmp_path / "0123456789ab-fit.winner.x-00000000000000000000000000000000.jaxexport"
+    mine.write_bytes(b"x")
+    other.write_bytes(b"x")
+    use_program_cache(tmp_path)
+    assert mine.exists() and not other.exists()
