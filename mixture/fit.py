@@ -10,6 +10,10 @@ Initialisation follows the tutorial (uniform weights, scale sqrt(var/2), locs dr
 data) but evaluates all candidates in one vmapped, jitted ELBO pass. Convergence is a relative
 tolerance on the loss between chunks of steps, with a step cap. Compiled programs are cached per
 static configuration, so a refit of the same window size never recompiles.
+
+A refit whose warm start (the current model) scores best takes EM-preconditioned steps of the
+same SVI loss instead of Adam's (mixture.precondition): a few full passes instead of 20-30.
+With `use_program_cache`, the traced programs are kept on disk for later processes.
 """
 
 from __future__ import annotations
@@ -20,18 +24,13 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from numpyro import handlers
-from numpyro.infer import SVI, TraceEnum_ELBO
-from numpyro.infer.autoguide import AutoDelta
 
 from mixture.covariance import DEFAULT_REG_COVAR, check_covariance, is_cholesky
-from mixture.model import global_sites, make_mixture_model, serving_to_sites, sites_to_serving
 from mixture.params import (
     FitMetadata,
     MixtureParams,
@@ -41,8 +40,17 @@ from mixture.params import (
     data_priors,
     seed_priors,
 )
-from mixture.precondition import em_update
 from mixture.program_cache import ProgramCache, source_salt
+from mixture.sites import global_sites, serving_to_sites, sites_to_serving
+
+if TYPE_CHECKING:
+    import optax
+    from numpyro.infer import SVI
+    from numpyro.infer.autoguide import AutoDelta
+
+# NumPyro, optax and the model are imported where the programs are built (_program): a process
+# that loads them from the program cache never needs them, and importing them is a good part of
+# a short CLI fit's time.
 
 PriorsChoice = Literal["data", "seed"]
 
@@ -61,6 +69,7 @@ _program_cache: ProgramCache | None = None
 _PROGRAM_SOURCES = (
     "mixture.fit",
     "mixture.model",
+    "mixture.sites",
     "mixture.precondition",
     "mixture.params",
     "mixture.covariance",
@@ -332,6 +341,10 @@ def _optimizer(config: FitConfig, covariance: str) -> optax.GradientTransformati
     """Adam whose step size starts at the state's lr0 and halves every lr_half_life_steps
     (down to 1e-3 of lr0), or, when the state's em flag is set, EM-preconditioned steps;
     either way recording each parameter's gradient norm for the reports."""
+    import optax
+
+    from mixture.precondition import em_update
+
     adam = optax.scale_by_adam(config.b1, config.b2)
 
     def init(params: Any) -> _StepState:
@@ -380,6 +393,12 @@ def _fit_covariance(covariance: str, dim: int) -> str:
 def _program(config: FitConfig, dim: int) -> _Program:
     """The jitted pieces of a fit, built once per static configuration and dimension (and
     compiled once per padded window size and number of candidates optimised)."""
+    from numpyro import handlers
+    from numpyro.infer import SVI, TraceEnum_ELBO
+    from numpyro.infer.autoguide import AutoDelta
+
+    from mixture.model import make_mixture_model
+
     k = config.n_components
     covariance = _fit_covariance(config.covariance, dim)
     model = make_mixture_model(k, covariance, config.reg_covar)
@@ -394,7 +413,7 @@ def _program(config: FitConfig, dim: int) -> _Program:
     elbo = TraceEnum_ELBO()
     svi = SVI(model, guide, _optimizer(config, covariance), loss=elbo)
 
-    _setup_prototype(svi, guide, k, dim)
+    state_def = _setup_prototype(svi, guide, k, dim)
 
     def guide_values(values: dict[str, Any]) -> dict[str, Any]:
         return {f"{name}_auto_loc": values[name] for name in sites}
@@ -446,11 +465,14 @@ def _program(config: FitConfig, dim: int) -> _Program:
             opt = opt._replace(lr0=lr0, em=em, n_points=n_points, n_observed=n_observed)
             return state._replace(optim_state=(i, (params, opt)))
 
-        return jax.vmap(one)(keys, starts)
+        return jax.tree.leaves(jax.vmap(one)(keys, starts))
 
+    # The states cross the programs' boundaries as their leaves: a loaded program's inputs and
+    # outputs then hold no NumPyro or optax types, which deserialising would need imported.
     @functools.partial(jax.jit, static_argnames="length")
-    def run_chunk(states: Any, points: Any, priors: Priors, mask: Any, length: int) -> Any:
+    def run_chunk(leaves: Any, points: Any, priors: Priors, mask: Any, length: int) -> Any:
         _count_compilation()
+        states = jax.tree.unflatten(state_def, leaves)
 
         def step(s: Any, _: Any) -> Any:
             s, loss = svi.update(s, points, priors, mask)
@@ -459,12 +481,14 @@ def _program(config: FitConfig, dim: int) -> _Program:
         def chunk(state: Any) -> Any:
             return jax.lax.scan(step, state, None, length=length)
 
-        return jax.vmap(chunk)(states)
+        states, out = jax.vmap(chunk)(states)
+        return jax.tree.leaves(states), out
 
     @jax.jit
-    def winner(states: Any, win: Any) -> Any:
+    def winner(leaves: Any, win: Any) -> Any:
         """The winning candidate's fitted site values (constrained)."""
         _count_compilation()
+        states = jax.tree.unflatten(state_def, leaves)
         fitted = svi.get_params(jax.tree.map(lambda v: v[win], states))
         return {name: fitted[f"{name}_auto_loc"] for name in sites}
 
@@ -487,16 +511,17 @@ def _run(config: FitConfig, dim: int, name: str, *args: Any, **static: Any) -> A
     return result
 
 
-def _setup_prototype(svi: SVI, guide: AutoDelta, k: int, dim: int) -> None:
+def _setup_prototype(svi: SVI, guide: AutoDelta, k: int, dim: int) -> Any:
     """Sets the guide's prototype (the model's structure) up once, on dummy data.
 
     Run eagerly, that setup dispatches over a thousand small operations, each compiled on its
     own (most of a cold fit's time). Traced abstractly instead (`eval_shape`: nothing is
     compiled), it records the same structure; the only values the guide keeps from it, its
     initial locations, are replaced by concrete zeros of the same shapes (every fit passes its
-    own starting values).
+    own starting values). Returns the SVI state's tree structure (the programs pass states as
+    leaves).
     """
-    jax.eval_shape(
+    state = jax.eval_shape(
         lambda p: svi.init(jax.random.PRNGKey(0), jnp.zeros((k, dim)), p), seed_priors(dim)
     )
     guide._init_locs = {
@@ -505,6 +530,7 @@ def _setup_prototype(svi: SVI, guide: AutoDelta, k: int, dim: int) -> None:
     for site in guide.prototype_trace.values():
         if "value" in site and hasattr(site["value"], "aval"):
             site["value"] = jnp.zeros(np.shape(site["value"]), site["value"].dtype)
+    return jax.tree.structure(state)
 
 
 def initial_candidates(

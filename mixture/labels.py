@@ -8,7 +8,6 @@ while the data drift slowly), and a first fit is ordered by location.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from mixture.covariance import covariance_matrices
 from mixture.params import MixtureParams
@@ -54,6 +53,8 @@ def align_components(new: MixtureParams, reference: MixtureParams) -> MixturePar
     sd = component_sds(reference)  # (K_ref, D)
     diff = np.asarray(reference.locs)[:, None, :] - np.asarray(new.locs)[None, :, :]
     cost = ((diff / sd[:, None, :]) ** 2).sum(-1)  # (reference r, new j)
+    from scipy.optimize import linear_sum_assignment  # here: scipy.optimize is slow to import
+
     rows, cols = linear_sum_assignment(cost)
     k = new.n_components
     order = np.full(k, -1)

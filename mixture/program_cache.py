@@ -28,7 +28,7 @@ import functools
 import hashlib
 import importlib
 import importlib.metadata
-import inspect
+import importlib.util
 import json
 import logging
 import os
@@ -68,8 +68,16 @@ def source_salt(*modules: ModuleType | str) -> str:
         except importlib.metadata.PackageNotFoundError:
             h.update(f"{dist} absent\n".encode())
     for module in modules:
-        mod = importlib.import_module(module) if isinstance(module, str) else module
-        h.update(f"{mod.__name__}\n".encode() + inspect.getsource(mod).encode())
+        # The file is read, not imported: a process that loads every program need not import
+        # what builds them.
+        if isinstance(module, str):
+            spec = importlib.util.find_spec(module)
+            name, origin = module, spec.origin if spec is not None else None
+        else:
+            name, origin = module.__name__, getattr(module, "__file__", None)
+        if origin is None:
+            raise ValueError(f"no source file for module {name}")
+        h.update(f"{name}\n".encode() + Path(origin).read_bytes())
     return h.hexdigest()
 
 

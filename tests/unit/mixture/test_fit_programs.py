@@ -40,6 +40,7 @@ print(json.dumps({
     "warm_alone": len(warm.candidate_losses) == 1,
     "compilations": fit.fit_compilations(),
     "built": fit._program.cache_info().currsize,
+    "numpyro": "numpyro" in sys.modules,
 }))
 """
 
@@ -68,6 +69,7 @@ def test_new_process_loads_the_fit_programs_and_gets_the_same_fit(tmp_path):
     assert len(list(tmp_path.glob("*-fit.*.jaxexport"))) >= 4  # candidates, init, chunks, winner
     second = _run(str(tmp_path))
     assert second["built"] == 0, "the second process traced the model again"
+    assert first["numpyro"] and not second["numpyro"], "NumPyro imported without tracing"
     # Loaded programs still count: the trainer's compilation metric sees every program prepared.
     assert second["compilations"] == first["compilations"]
     assert second["steps"] == first["steps"]
