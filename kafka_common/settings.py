@@ -91,6 +91,18 @@ def model_name_field() -> Any:
     )
 
 
+def input_topic_field() -> Any:
+    """GMM_INPUT_TOPIC: the points the worker classifies and the trainer's window reads."""
+    return env_field("GMM_INPUT_TOPIC", "gmm.points", "Topic of data points to classify")
+
+
+def params_topic_field() -> Any:
+    """GMM_PARAMS_TOPIC: the trainer publishes each model there, the worker serves from it."""
+    return env_field(
+        "GMM_PARAMS_TOPIC", "gmm.params", "Compacted topic of versioned model parameters"
+    )
+
+
 def events_topic_field() -> Any:
     """GMM_EVENTS_TOPIC: where workers report drift alarms and shadow scores, and the trainer
     reads them (and reports promotions)."""

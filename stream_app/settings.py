@@ -19,9 +19,11 @@ from kafka_common.settings import (
     check_model_name,
     env_field,
     events_topic_field,
+    input_topic_field,
     load,
     markdown_table,
     model_name_field,
+    params_topic_field,
 )
 from mixture.params import ModelParams, ParamsError
 
@@ -62,15 +64,11 @@ class WorkerSettings:
     """Everything a stream worker process is configured with."""
 
     kafka: KafkaSettings = dataclasses.field(default_factory=KafkaSettings)
-    input_topic: str = env_field(
-        "GMM_INPUT_TOPIC", "gmm.points", "Topic of data points to classify"
-    )
+    input_topic: str = input_topic_field()
     output_topic: str = env_field(
         "GMM_OUTPUT_TOPIC", "gmm.assignments", "Topic the assignments go to"
     )
-    params_topic: str = env_field(
-        "GMM_PARAMS_TOPIC", "gmm.params", "Compacted topic of versioned model parameters"
-    )
+    params_topic: str = params_topic_field()
     model_name: str = model_name_field()
     events_topic: str = events_topic_field()
     drift_threshold: float = env_field(

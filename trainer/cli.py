@@ -110,7 +110,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         chosen = "  <- lowest" if k == p.n_components else ""
         print(f"K={k}: BIC {bic:.2f}{chosen}", file=out)
     scale = p.scale if p.scale.ndim < 3 else p.scale.tolist()
-    with np.printoptions(precision=4, suppress=True):
+    # Fixed decimals, not scientific: locations at an offset (epoch seconds, 1.7e9) must still
+    # show how far apart they are.
+    with np.printoptions(formatter={"float_kind": _decimals}):
         print(
             f"fit: K={p.n_components} D={p.dim} covariance {model.covariance} n={len(points)} "
             f"loss {result.final_loss:.4f} "
@@ -123,6 +125,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
             file=out,
         )
     return 0
+
+
+def _decimals(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 1e15 else f"{value:.6e}"
 
 
 def _kafka_errors() -> tuple[type[Exception], ...]:

@@ -20,9 +20,11 @@ from kafka_common.settings import (
     check_model_name,
     env_field,
     events_topic_field,
+    input_topic_field,
     load,
     markdown_table,
     model_name_field,
+    params_topic_field,
 )
 from mixture.covariance import ALIASES, COVARIANCES, DEFAULT_REG_COVAR, check_covariance
 from mixture.select import DEFAULT_MAX_COMPONENTS, parse_components
@@ -36,12 +38,8 @@ class TrainerSettings:
     """Everything the trainer job is configured with."""
 
     kafka: KafkaSettings = dataclasses.field(default_factory=KafkaSettings)
-    input_topic: str = env_field(
-        "GMM_INPUT_TOPIC", "gmm.points", "Topic of data points to classify"
-    )
-    params_topic: str = env_field(
-        "GMM_PARAMS_TOPIC", "gmm.params", "Compacted topic of versioned model parameters"
-    )
+    input_topic: str = input_topic_field()
+    params_topic: str = params_topic_field()
     history_topic: str = env_field(
         "GMM_HISTORY_TOPIC",
         "gmm.params.history",

@@ -114,3 +114,19 @@ def test_fit_cli_unknown_covariance_is_a_usage_error(tmp_path, capsys):
         trainer_main(["fit", "--data", "x", "--covariance", "banded"])
     assert exc.value.code == 2
     assert "unknown covariance type 'banded'" in capsys.readouterr().err
+
+
+def test_fit_summary_shows_locations_apart_at_an_epoch_offset(tmp_path, capsys):
+    """At 1.7e9 (epoch seconds) the summary still shows two locations 11 apart, not `1.7e+09`
+    twice."""
+    offset = 1.7e9
+    values = [0, 1, 10, 11, 12]
+    (tmp_path / "d.jsonl").write_text("".join(f'{{"x": {offset + v!r}}}\n' for v in values))
+    out = tmp_path / "p.json"
+    assert trainer_main(["fit", "--data", str(tmp_path / "d.jsonl"), "--out", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "e+09" not in summary
+    locs = np.sort(ModelParams.loads(out.read_bytes()).mixture.locs[:, 0])
+    for loc in locs:
+        assert f"{loc:.4f}" in summary
+    assert locs[1] - locs[0] > 9
