@@ -8,8 +8,11 @@ recompiles; batches are padded up to one of a few fixed sizes (by default chosen
 of which `warmup()` compiles up front. Each trace of the program bumps `compilations`, which
 tests and the worker's metrics read.
 
-Alongside the sampled or MAP assignment it returns the exact membership probabilities and the
-log-likelihood log p(x) under the mixture, both closed-form from the same parameters.
+Each component's likelihood log p(x | k) is computed once, in closed form, from residuals
+x - loc_k taken in float64 on the host (exact at any offset and any distance between components),
+over the observed coordinates when some are missing. From it come the membership probabilities,
+log p(x), and the assignment: `infer_discrete` on the mixture with that likelihood as a factor,
+so the MAP assignment is an argmax of the returned probabilities.
 """
 
 from __future__ import annotations
@@ -23,32 +26,23 @@ import numpy as np
 from numpyro import handlers
 from numpyro.contrib.funsor import infer_discrete
 
-from mixture.model import assignment_model, per_record_assignment_model
+from mixture.model import likelihood_assignment_model
 from mixture.params import MixtureParams
 
 
 class Prepared(NamedTuple):
-    """Parameters ready to serve: centred in float64 on the host, then float32 on the device.
+    """Parameters ready to serve: weights and scales as float32 on the device, locations kept in
+    float64 on the host.
 
-    Points are served in the same coordinates, x - center, computed in float64 before the cast
-    to float32, so where the data sit (an offset of 1e12, epoch seconds) costs no precision:
-    float32 arithmetic on raw coordinates far from zero loses the differences the mixture is
-    about (at 1.7e9 a float32 step is 128). `center` is the mixture's mean; probabilities, the
-    assignment and log p(x) are invariant under the shift. Coordinates are not rescaled: small
-    spreads keep their relative precision in float32, and rescaling moved infer_discrete's
-    float32 rounding enough to flip near-ties that the closed form resolves.
+    Points are served as residuals x - loc_k, one per component, computed in float64 on the host
+    before the cast to float32: where the data sit (an offset of 1e12, epoch seconds) or how far
+    apart the components are (two a spread of 1e-3 apart, a third at 1e6) then costs no
+    precision. A single shift (the mixture's mean) does not suffice: components far from it would
+    sit where a float32 step is wider than their spread.
     """
 
-    device: MixtureParams  # float32 device arrays, centred
-    center: np.ndarray  # (D,) float64
-
-
-def centred(params: MixtureParams) -> tuple[MixtureParams, np.ndarray]:
-    """(float64 parameters with the mixture's mean moved to 0, that mean)."""
-    w = np.asarray(params.weights, np.float64)
-    locs = np.asarray(params.locs, np.float64)
-    center = w @ locs
-    return MixtureParams(w, locs - center, np.asarray(params.scale, np.float64)), center
+    device: MixtureParams  # float32 device arrays; locs unused (zeros)
+    locs: np.ndarray  # (K, D) float64
 
 
 #: Largest chunk of rows with missing coordinates classified at once (see Classifier).
@@ -94,25 +88,32 @@ def default_sizes(max_batch: int, backend: str | None = None) -> tuple[int, ...]
     return bucket_sizes(max_batch, smallest)
 
 
-def posterior(points: Any, params: MixtureParams) -> tuple[Any, Any]:
-    """Closed-form p(component | x) and log p(x): returns (probs (K, B), log_px (B,)).
+def log_likelihoods(residuals: Any, scale: Any) -> Any:
+    """log N(x; loc_k, cov_k) per component, (K, B), from residuals x - loc_k (K, B, D) and the
+    serving scale: (D,) or (K, D) diagonal, or (K, D, D) Cholesky factors."""
+    d = residuals.shape[-1]
+    if scale.ndim == 3:  # Cholesky factors: z = L^-1 (x - loc)
+        eye = jnp.broadcast_to(jnp.eye(d, dtype=scale.dtype), scale.shape)
+        inv = jax.scipy.linalg.solve_triangular(scale, eye, lower=True)  # (K, D, D)
+        z = jnp.einsum("kij,kbj->kbi", inv, residuals)
+        log_det = jnp.log(jnp.diagonal(scale, axis1=-2, axis2=-1)).sum(-1)
+    else:
+        per = scale if scale.ndim == 2 else scale[None, :]  # (K or 1, D)
+        z = residuals / per[:, None, :]
+        log_det = jnp.log(per).sum(-1)
+    return -log_det[:, None] - 0.5 * (z * z).sum(-1) - 0.5 * d * jnp.log(2 * jnp.pi)
+
+
+def posterior(residuals: Any, params: MixtureParams) -> tuple[Any, Any, Any]:
+    """Closed-form p(component | x) and log p(x) from residuals x - loc_k (K, B, D): returns
+    (probs (K, B), log_px (B,), log p(x | component) (K, B)).
 
     Component-major, so the reductions over K run elementwise across the batch (several times
     faster on CPU than a (B, K) layout for small K); callers transpose on the host for free.
     """
-    diff = points[None, :, :] - params.locs[:, None, :]  # (K, B, D)
-    if params.scale.ndim == 3:  # Cholesky factors: z = L^-1 (x - loc)
-        tril = params.scale
-        eye = jnp.broadcast_to(jnp.eye(tril.shape[-1], dtype=tril.dtype), tril.shape)
-        inv = jax.scipy.linalg.solve_triangular(tril, eye, lower=True)  # (K, D, D)
-        z = jnp.einsum("kij,kbj->kbi", inv, diff)
-        log_det = jnp.log(jnp.diagonal(tril, axis1=-2, axis2=-1)).sum(-1)
-    else:
-        scale = params.scale if params.scale.ndim == 2 else params.scale[None, :]  # (K or 1, D)
-        z = diff / scale[:, None, :]
-        log_det = jnp.log(scale).sum(-1)
-    log_norm = jnp.log(params.weights) - log_det - 0.5 * points.shape[1] * jnp.log(2 * jnp.pi)
-    return _normalised(log_norm[:, None] - 0.5 * (z * z).sum(-1))  # (K, B)
+    log_lik = log_likelihoods(residuals, params.scale)
+    probs, log_px = _normalised(jnp.log(params.weights)[:, None] + log_lik)
+    return probs, log_px, log_lik
 
 
 def _normalised(log_joint: Any) -> tuple[Any, Any]:
@@ -169,46 +170,60 @@ class Classifier:
         """How many programs have been traced and compiled so far."""
         return self._compilations
 
-    def _classify_padded(self, points: Any, params: MixtureParams, keys: Any) -> Any:
+    def _classify_padded(self, residuals: Any, params: MixtureParams, keys: Any) -> Any:
         # Runs only while tracing: exactly one increment per compiled program.
         with self._lock:
             self._compilations += 1
-        probs, log_px = posterior(points, params)
-        if self.temperature == 0:
-            return _assign(points, params, 0, None), probs, log_px
-        # One draw per record, each from that record's own key: a record's draw does not depend
-        # on its batch or position, so a replayed record draws the same assignment.
-        assignment = jax.vmap(lambda x, key: _assign(x[None], params, 1, key)[0])(points, keys)
-        return assignment, probs, log_px
+        probs, log_px, log_lik = posterior(residuals, params)
+        return self._assign(log_lik, params.weights, keys), probs, log_px
 
     def _classify_missing(
-        self, points: Any, params: MixtureParams, keys: Any, observed: Any
+        self, residuals: Any, params: MixtureParams, keys: Any, observed: Any
     ) -> Any:
         """_classify_padded for a batch with missing coordinates (observed: (B, D) bool)."""
         with self._lock:
             self._compilations += 1
-        x, locs, scale = marginalised(points, observed, params)
-        probs, log_px = posterior_per_record(x, observed, params.weights, locs, scale)
+        log_lik = marginal_log_likelihoods(residuals, observed, params.scale)
+        probs, log_px = _normalised(jnp.log(params.weights)[:, None] + log_lik)
+        return self._assign(log_lik, params.weights, keys), probs, log_px
+
+    def _assign(self, log_lik: Any, weights: Any, keys: Any) -> Any:
         if self.temperature == 0:
-            assignment = _assign_per_record(x, params.weights, locs, scale, 0, None)
-            return assignment, probs, log_px
-
-        def one(xi: Any, li: Any, si: Any, key: Any) -> Any:
-            return _assign_per_record(xi[None], params.weights, li[:, None], si[:, None], 1, key)[0]
-
-        assignment = jax.vmap(one, in_axes=(0, 1, 1, 0))(x, locs, scale, keys)
-        return assignment, probs, log_px
+            return assign(log_lik, weights, 0, None)
+        # One draw per record, each from that record's own key: a record's draw does not depend
+        # on its batch or position, so a replayed record draws the same assignment.
+        return jax.vmap(
+            lambda column, key: assign(column[:, None], weights, 1, key)[0], in_axes=(1, 0)
+        )(log_lik, keys)
 
     def prepare(self, params: MixtureParams) -> Prepared:
-        """Checks parameters against this classifier, centres them (see Prepared) and puts them
-        on the device as float32.
+        """Checks parameters against this classifier and puts weights and scales on the device
+        as float32; locations stay in float64 on the host (see Prepared).
 
         Serving calls this once per model version; calls with prepared parameters skip it.
         """
         self._check(params)
-        shifted, center = centred(params)
-        device = MixtureParams(*(jnp.asarray(v, dtype=jnp.float32) for v in shifted))
-        return Prepared(device, center)
+        weights, scale = (np.asarray(v, np.float64) for v in (params.weights, params.scale))
+        locs = np.asarray(params.locs, np.float64)
+        device = MixtureParams(
+            *(jnp.asarray(v, dtype=jnp.float32) for v in (weights, np.zeros_like(locs), scale))
+        )
+        return Prepared(device, locs)
+
+    def residuals(self, points: Any, prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
+        """(x - loc_k per component, (K, B, D) float32, computed in float64; which coordinates
+        are observed, (B, D) bool) for points (B, D) or (B,) when D == 1, NaN where missing."""
+        x64 = np.asarray(points, dtype=np.float64)
+        if x64.ndim == 1 and self.dim == 1:
+            x64 = x64[:, None]
+        if x64.ndim != 2 or x64.shape[1] != self.dim:
+            raise ValueError(f"points must have shape (B, {self.dim}), got {x64.shape}")
+        observed = ~np.isnan(x64)
+        if not observed.any(axis=1).all():
+            raise ValueError("a point has no observed coordinate")
+        # Missing coordinates (NaN) get residual 0; the program marginalises them out.
+        diff = np.where(observed[None], x64[None] - prepared.locs[:, None, :], 0.0)
+        return diff.astype(np.float32), observed
 
     def _check(self, params: MixtureParams) -> None:
         k, d = self.n_components, self.dim
@@ -245,28 +260,19 @@ class Classifier:
         depends on what else is in the batch.
         """
         prepared = params if isinstance(params, Prepared) else self.prepare(params)
-        x64 = np.asarray(points, dtype=np.float64)
-        if x64.ndim == 1 and self.dim == 1:
-            x64 = x64[:, None]
-        if x64.ndim != 2 or x64.shape[1] != self.dim:
-            raise ValueError(f"points must have shape (B, {self.dim}), got {x64.shape}")
-        observed = ~np.isnan(x64)
+        residuals, observed = self.residuals(points, prepared)
         complete = observed.all(axis=1)
-        if not observed.any(axis=1).all():
-            raise ValueError("a point has no observed coordinate")
-        # Missing coordinates (NaN) become 0 here; the program marginalises them out.
-        x = np.where(observed, x64 - prepared.center, 0.0).astype(np.float32)
-        row_keys = self._row_keys(len(x), key, keys)
+        n = residuals.shape[1]
+        row_keys = self._row_keys(n, key, keys)
         if complete.all():
-            return self._run(x, row_keys, None, prepared.device)
-        n, k = len(x), self.n_components
-        out = Classification(np.zeros(n, np.int32), np.zeros((n, k)), np.zeros(n))
+            return self._run(residuals, row_keys, None, prepared.device)
+        out = Classification(np.zeros(n, np.int32), np.zeros((n, self.n_components)), np.zeros(n))
         for rows, mask in ((complete, None), (~complete, observed)):
             idx = np.flatnonzero(rows)
             if len(idx) == 0:
                 continue
             part = self._run(
-                x[idx],
+                residuals[:, idx],
                 None if row_keys is None else row_keys[idx],
                 None if mask is None else mask[idx],
                 prepared.device,
@@ -276,16 +282,22 @@ class Classifier:
         return out
 
     def _run(
-        self, x: np.ndarray, row_keys: np.ndarray | None, observed: np.ndarray | None, device: Any
+        self,
+        residuals: np.ndarray,
+        row_keys: np.ndarray | None,
+        observed: np.ndarray | None,
+        device: Any,
     ) -> Classification:
-        """Runs padded chunks through the complete-data program, or through the missing-values
-        program when `observed` is given (chunks of at most MISSING_CHUNK rows)."""
+        """Runs padded chunks of residuals (K, B, D) through the complete-data program, or
+        through the missing-values program when `observed` is given (chunks of at most
+        MISSING_CHUNK rows)."""
         sizes = self.sizes if observed is None else self.missing_sizes
         step = sizes[-1]
+        total = residuals.shape[1]
         parts = []
-        for start in range(0, max(len(x), 1), step):
-            chunk = x[start : start + step]
-            n = len(chunk)
+        for start in range(0, max(total, 1), step):
+            chunk = residuals[:, start : start + step]
+            n = chunk.shape[1]
             size = self._size_for(n, sizes)
             if row_keys is None:
                 chunk_keys = self._no_keys[size]
@@ -293,8 +305,8 @@ class Classifier:
                 chunk_keys = np.zeros((size, 2), np.uint32)
                 chunk_keys[:n] = row_keys[start : start + n]
             if n != size:
-                padded = np.zeros((size, self.dim), dtype=np.float32)
-                padded[:n] = chunk
+                padded = np.zeros((self.n_components, size, self.dim), dtype=np.float32)
+                padded[:, :n] = chunk
                 chunk = padded
             if observed is None:
                 outputs = self._program(chunk, device, chunk_keys)
@@ -344,79 +356,60 @@ class Classifier:
         return self._compilations - before
 
 
-def _assign(points: Any, params: MixtureParams, temperature: int, key: Any) -> Any:
-    """The assignment of each point by `infer_discrete`: MAP (0) or a posterior draw (1)."""
-    return _infer(assignment_model, (points, params), params.weights, temperature, key)
+def assign(log_lik: Any, weights: Any, temperature: int, key: Any) -> Any:
+    """The assignment of each point by `infer_discrete` on the mixture with its globals fixed:
+    MAP (temperature 0) or a posterior draw (1). log_lik: log p(x | component), (K, B).
 
-
-def _infer(model: Any, args: tuple[Any, ...], weights: Any, temperature: int, key: Any) -> Any:
-    """Runs `infer_discrete` on model(*args) (args[0]: the points) and returns the assignment."""
+    The likelihood enters as a factor computed by `log_likelihoods` rather than as a Normal site:
+    funsor turns a Normal into an expanded quadratic form whose float32 rounding moved the MAP
+    by up to 1e-3 in log-odds, depending on the batch. Each record's factor is also shifted by
+    its own log p(x) maximum over components, which leaves its posterior unchanged: funsor's
+    MAP sums the per-record maxima over the data plate and works back from that total, and a
+    total of zeros carries no rounding, where one of 4,096 terms near -3 does (about 1e-3).
+    So the MAP is an argmax of the returned probabilities (ties only where two probabilities
+    are equal in float32), and a record's result does not depend on its batch.
+    """
     if weights.shape[0] == 1:  # nothing to infer (funsor cannot enumerate one value)
-        return jnp.zeros(args[0].shape[0], jnp.int32)
+        return jnp.zeros(log_lik.shape[1], jnp.int32)
     discrete = infer_discrete(
-        model,
+        likelihood_assignment_model,
         temperature=temperature,
         first_available_dim=-2,  # left of the data plate, as in the tutorial
         rng_key=key,
     )
     seeded = discrete if key is None else handlers.seed(discrete, key)
-    trace = handlers.trace(seeded).get_trace(*args)
+    top = (jnp.log(weights)[:, None] + log_lik).max(0)  # per record: changes no posterior
+    trace = handlers.trace(seeded).get_trace(log_lik - top, weights)
     return jnp.reshape(trace["assignment"]["value"], (-1,)).astype(jnp.int32)
 
 
-def marginalised(points: Any, observed: Any, params: MixtureParams) -> tuple[Any, Any, Any]:
-    """Each record's component parameters with its missing coordinates marginalised out.
+def marginal_log_likelihoods(residuals: Any, observed: Any, scale: Any) -> Any:
+    """`log_likelihoods` over each record's observed coordinates (observed: (B, D) bool): the
+    marginal of a Gaussian over a subset of its coordinates, exactly, for every layout.
 
-    A missing coordinate gets residual 0 and unit variance, uncorrelated with the rest: the
-    density over all D coordinates is then the marginal over the observed ones times N(0; 0, 1)
-    per missing coordinate, the same factor for every component, so probabilities and the
-    assignment are exactly the marginal's (log p(x) takes the factor back out).
-    Returns (x (B, D), locs (K, B, D), scale (K, B, D) or Cholesky factors (K, B, D, D)).
+    A missing coordinate gets residual 0 and unit variance, uncorrelated with the rest, which
+    adds nothing to the density; the 2 pi term counts observed coordinates only.
     """
-    k, d = params.locs.shape
-    x = jnp.where(observed, points, 0.0)
-    locs = jnp.where(observed[None], params.locs[:, None, :], 0.0)
-    if params.scale.ndim == 3:
+    k, _, d = residuals.shape
+    r = jnp.where(observed[None], residuals, 0.0)
+    if scale.ndim == 3:
         # The factor F of M S M + (I - M) (M: the observed coordinates) from a QR of
         # [M L, I - M]^T, never forming S = L L^T in float32 (that would square L's condition).
-        m = observed.astype(params.scale.dtype)  # (B, D)
-        rows = m[None, :, :, None] * params.scale[:, None]  # (K, B, D, D)
+        m = observed.astype(scale.dtype)  # (B, D)
+        rows = m[None, :, :, None] * scale[:, None]  # (K, B, D, D)
         pad = jnp.broadcast_to(jnp.eye(d, dtype=m.dtype) * (1.0 - m)[:, :, None], rows.shape)
-        r = jnp.linalg.qr(jnp.swapaxes(jnp.concatenate([rows, pad], -1), -1, -2), mode="r")
-        sign = jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))
-        sign = jnp.where(sign == 0, 1.0, sign)
-        return x, locs, jnp.swapaxes(r, -1, -2) * sign[..., None, :]
-    scale = jnp.broadcast_to(params.scale, (k, d))
-    return x, locs, jnp.where(observed[None], scale[:, None, :], 1.0)
-
-
-def posterior_per_record(
-    x: Any, observed: Any, weights: Any, locs: Any, scale: Any
-) -> tuple[Any, Any]:
-    """`posterior` with per-record parameters from `marginalised`: (probs (K, B), log_px (B,))."""
-    diff = x[None] - locs  # (K, B, D)
-    if scale.ndim == 4:
-        z = jax.scipy.linalg.solve_triangular(scale, diff[..., None], lower=True)[..., 0]
-        log_det = jnp.log(jnp.diagonal(scale, axis1=-2, axis2=-1)).sum(-1)
+        qr = jnp.linalg.qr(jnp.swapaxes(jnp.concatenate([rows, pad], -1), -1, -2), mode="r")
+        sign = jnp.sign(jnp.diagonal(qr, axis1=-2, axis2=-1))
+        factor = jnp.swapaxes(qr, -1, -2) * jnp.where(sign == 0, 1.0, sign)[..., None, :]
+        z = jax.scipy.linalg.solve_triangular(factor, r[..., None], lower=True)[..., 0]
+        log_det = jnp.log(jnp.diagonal(factor, axis1=-2, axis2=-1)).sum(-1)
     else:
-        z = diff / scale
-        log_det = jnp.log(scale).sum(-1)
+        per = jnp.broadcast_to(scale, (k, d))
+        per = jnp.where(observed[None], per[:, None, :], 1.0)  # (K, B, D)
+        z = r / per
+        log_det = jnp.log(per).sum(-1)
     n_observed = observed.sum(-1)  # (B,)
-    return _normalised(
-        jnp.log(weights)[:, None]
-        - log_det
-        - 0.5 * (z * z).sum(-1)
-        - 0.5 * n_observed[None] * jnp.log(2 * jnp.pi)
-    )
-
-
-def _assign_per_record(
-    points: Any, weights: Any, locs: Any, scale: Any, temperature: int, key: Any
-) -> Any:
-    """`_assign` with per-record component parameters (records with missing coordinates)."""
-    return _infer(
-        per_record_assignment_model, (points, weights, locs, scale), weights, temperature, key
-    )
+    return -log_det - 0.5 * (z * z).sum(-1) - 0.5 * n_observed[None] * jnp.log(2 * jnp.pi)
 
 
 def make_classifier(

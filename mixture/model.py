@@ -13,6 +13,8 @@ assignments enumerated in parallel (so TraceEnum_ELBO marginalises them exactly)
 `assignment_model` is the likelihood with the globals given, as `infer_discrete` needs for
 classification: replaying fitted globals into the full model is equivalent, and passing them
 as arguments lets one jitted classifier serve every model version of a layout.
+`likelihood_assignment_model` is the same with the likelihood computed beforehand, in closed
+form and centred per component: what serving runs (see `mixture.classify.assign`).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ __all__ = [
     "assignment_model",
     "floored_tril",
     "global_sites",
+    "likelihood_assignment_model",
     "make_mixture_model",
-    "per_record_assignment_model",
     "serving_to_sites",
     "sites_to_serving",
 ]
@@ -167,16 +169,11 @@ def assignment_model(points: Any, params: MixtureParams) -> None:
 
 
 @config_enumerate
-def per_record_assignment_model(points: Any, weights: Any, locs: Any, scale: Any) -> None:
-    """assignment_model where each record has its own component parameters: locs (K, B, D),
-    scale (K, B, D) diagonal or (K, B, D, D) Cholesky. Serving uses it for records with missing
-    coordinates, each record's parameters being its marginal's (see `mixture.classify`)."""
-    n = points.shape[0]
+def likelihood_assignment_model(log_lik: Any, weights: Any) -> None:
+    """p(assignment, x | globals) with the likelihood given per component: log_lik (K, B) is
+    log p(x_b | component k), computed in closed form (`mixture.classify.log_likelihoods`, over
+    the observed coordinates where some are missing). What serving runs infer_discrete on."""
+    n = log_lik.shape[1]
     with numpyro.plate("data", n):
         assignment = numpyro.sample("assignment", dist.Categorical(weights))
-        idx = (assignment, jnp.arange(n))
-        if scale.ndim == 4:
-            obs = CholeskyNormal(locs[idx], scale_tril=scale[idx])
-        else:
-            obs = dist.Normal(locs[idx], scale[idx]).to_event(1)
-        numpyro.sample("obs", obs, obs=points)
+        numpyro.factor("obs", log_lik[assignment, jnp.arange(n)])

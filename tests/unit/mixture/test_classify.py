@@ -66,6 +66,9 @@ def test_map_assignment_is_the_posterior_argmax(params):
     clear = (top2[:, 1] - top2[:, 0]) > 1e-6  # exact ties may go either way
     assert clear.mean() > 0.99
     assert np.array_equal(out.assignment[clear], probs.argmax(1)[clear])
+    # At temperature 0 the infer_discrete assignment is an argmax of the returned probabilities
+    # (where two are equal in float32, either).
+    assert (out.probs[np.arange(len(out.probs)), out.assignment] == out.probs.max(1)).all()
 
 
 def test_seed_classes():
@@ -137,3 +140,49 @@ def test_bucket_sizes():
     assert bucket_sizes(65536) == (16, 64, 256, 1024, 4096, 16384, 65536)
     with pytest.raises(ValueError):
         bucket_sizes(0)
+
+
+@pytest.mark.parametrize("missing", [False, True], ids=["complete", "missing"])
+def test_map_near_the_boundary_is_the_argmax_whatever_the_batch(missing):
+    """4,096 points within 0.02 of the decision boundary: each assignment is an argmax of its
+    own probabilities, and the same as when the point is classified alone (funsor's MAP over a
+    whole batch once drifted by 1e-3 in log-odds)."""
+    params = MixtureParams(
+        np.array([0.4, 0.6]), np.array([[0.0, 0.0], [10.0, 4.0]]), np.array([3.0, 2.0])
+    )
+    boundary = 5 - 9 * np.log(0.6 / 0.4) / 10  # along x0, with x1 missing
+    x = np.zeros((4096, 2))
+    x[:, 0] = boundary + np.linspace(-0.02, 0.02, 4096)
+    x[:, 1] = np.nan if missing else 2.0
+    clf = make_classifier(2, 2, per_component_scale=False, sizes=(16, 4096))
+    out = clf(x, params)
+    rows = np.arange(len(x))
+    assert (out.probs[rows, out.assignment] == out.probs.max(1)).all()
+    assert len(np.unique(out.assignment)) == 2
+    for i in np.flatnonzero(out.probs[:, 0] != out.probs[:, 1])[::256]:
+        alone = clf(x[i : i + 1], params)
+        assert alone.assignment[0] == out.assignment[i]
+        assert_allclose(alone.probs[0], out.probs[i], rtol=1e-6)
+
+
+@pytest.mark.parametrize("missing", [False, True], ids=["complete", "missing"])
+def test_components_far_apart_relative_to_their_spread_stay_exact(missing):
+    """Two components 0.002 apart with spread 1e-3 and a third at 1e6: residuals are taken per
+    component in float64, so a mixture's span costs the close pair no precision."""
+    params = MixtureParams(
+        np.array([0.45, 0.45, 0.1]),
+        np.array([[0.0, 0.0], [0.002, 0.0], [1e6, 0.0]]),
+        np.array([1e-3, 1e-3]),
+    )
+    x = np.array([[0.0, 0.0], [0.001, 0.0], [0.002, 0.0], [1e6 + 1e-3, 0.0]])
+    if missing:
+        x[:, 1] = np.nan
+    out = make_classifier(3, 2, max_batch=16)(x, params)
+    want, log_px = closed_form(
+        x[:, :1], MixtureParams(params.weights, params.locs[:, :1], params.scale[:1])
+    )
+    if not missing:
+        want, log_px = closed_form(x, params)
+    assert_allclose(out.probs, want, atol=1e-5)
+    assert_allclose(out.log_likelihood, log_px, rtol=1e-5)
+    assert out.assignment[[0, 2, 3]].tolist() == [0, 1, 2]  # [1] is a tie: either

@@ -46,9 +46,9 @@ def test_marginal_probabilities_and_map_are_exact(layout):
     want = softmax(np.log(params.weights) + component_log_pdf(x, params), axis=1)
     assert_allclose(out.probs, want, atol=1e-5)
     assert_allclose(out.log_likelihood, log_likelihood(x, params), rtol=1e-5, atol=1e-5)
-    top2 = np.sort(want, axis=1)[:, -2:]
-    clear = top2[:, 1] - top2[:, 0] > 1e-4
-    assert (out.assignment[clear] == want.argmax(1)[clear]).all()
+    # At temperature 0 the infer_discrete assignment is an argmax of the returned probabilities
+    # (where two are equal in float32, either).
+    assert (out.probs[np.arange(len(out.probs)), out.assignment] == out.probs.max(1)).all()
 
 
 def test_the_marginal_is_the_lower_dimensional_model():
