@@ -75,9 +75,11 @@ def _withdrawn_version(value: bytes | None) -> int | None:
         return None
     try:
         obj = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    version = obj.get("version") if isinstance(obj, dict) else None
+    if not isinstance(obj, dict):
+        return None
+    version = obj.get("version")
     if obj.get("schema") != WITHDRAWN_SCHEMA or type(version) is not int or version < 0:
         return None
     return version

@@ -37,6 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="RNG seed for temperature 1")
     parser.add_argument("--batch", type=int, default=4096, help="largest compiled batch")
     args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error(f"--batch must be >= 1, got {args.batch}")
+    if not 0 <= args.seed < 2**63:
+        parser.error(f"--seed must be in [0, 2**63), got {args.seed}")
     # The CLI, not the model package, reads GMM_JAX_CACHE_DIR: see kafka_common.jax_cache.
     enable_compilation_cache(cache_dir_from_env())
 
@@ -51,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = model.mixture
     classifier = classifier_for(params, temperature=args.temperature, max_batch=args.batch)
 
-    ids, xs, scalars, bad = [], [], [], 0
+    ids, xs, scalars, lines, bad, written = [], [], [], [], 0, 0
     for lineno, line in enumerate(sys.stdin.buffer, 1):
         if not line.strip():
             continue
@@ -62,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bad += 1
             continue
         ids.append(lineno if point.id is None else point.id)
+        lines.append(lineno)
         xs.append(point.x)
         scalars.append(point.scalar)
 
@@ -70,7 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         x = np.array(xs, dtype=np.float64)
         result = classifier(x, params, jax.random.PRNGKey(args.seed))
         out = sys.stdout
+        finite = np.isfinite(result.log_likelihood) & np.isfinite(result.probs).all(axis=1)
         for i, point_id in enumerate(ids):
+            if not finite[i]:  # as the worker dead-letters it: float32 overflowed on this point
+                print(
+                    f"{PROG}: line {lines[i]}: not_classifiable: the model's float32 "
+                    "arithmetic overflowed on this point",
+                    file=sys.stderr,
+                )
+                bad += 1
+                continue
             doc = {
                 "id": point_id,
                 "x": x_to_json(xs[i], scalars[i]),
@@ -82,8 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if None in xs[i]:
                 doc["missing"] = [j for j, v in enumerate(xs[i]) if v is None]
             out.write(json.dumps(doc) + "\n")
+            written += 1
     if bad:
-        print(f"{PROG}: {bad} bad line(s) skipped, {len(xs)} classified", file=sys.stderr)
+        print(
+            f"{PROG}: {bad} bad line(s) skipped, {written} classified",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

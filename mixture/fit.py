@@ -40,6 +40,7 @@ from mixture.params import (
     data_priors,
     seed_priors,
 )
+from mixture.points import MAX_ABS
 from mixture.program_cache import ProgramCache, source_salt
 from mixture.sites import global_sites, serving_to_sites, sites_to_serving
 
@@ -297,6 +298,11 @@ def as_points(data: Any, n_components: int | None = None) -> np.ndarray:
     if np.any(np.isinf(x)):
         bad = int(np.isinf(x).any(axis=1).sum())
         raise DataError(f"data has {bad} point(s) with infinite coordinates", "not_finite")
+    if np.any(np.abs(x) > MAX_ABS):  # NaN (missing) compares False
+        bad = int((np.abs(x) > MAX_ABS).any(axis=1).sum())
+        raise DataError(
+            f"data has {bad} point(s) with a coordinate beyond +-{MAX_ABS:g}", "out_of_range"
+        )
     # NaN is a missing coordinate (null on the wire); a point needs at least one observed.
     missing = np.isnan(x)
     if missing.any() and (x.shape[1] == 1 or missing.all(axis=1).any()):

@@ -259,9 +259,18 @@ class ModelParams:
         if locs.ndim != 2 or locs.shape[0] != k:
             raise ParamsError(f"locs must have K={k} rows (K or K x D), got shape {locs.shape}")
         dim = locs.shape[1]
+        if k > MAX_COMPONENTS or dim > MAX_DIM:  # before a tied factor is copied K times
+            raise ParamsError(
+                f"K={k}, D={dim}: at most K={MAX_COMPONENTS} and D={MAX_DIM} are served"
+            )
+        if scale.ndim >= 2 and scale.shape[-1] == dim and k * dim * dim > MAX_CHOLESKY_ENTRIES:
+            raise ParamsError(
+                f"K x D x D = {k * dim * dim} covariance entries, at most {MAX_CHOLESKY_ENTRIES} "
+                "are served"
+            )
         scale = _compact_to_serving(covariance, scale, k, dim)
         for field, expect in (("n_components", k), ("dim", dim)):
-            if field in obj and obj[field] != expect:
+            if field in obj and (isinstance(obj[field], bool) or obj[field] != expect):
                 raise ParamsError(f"{field}={obj[field]!r} disagrees with the arrays ({expect})")
         version = obj["version"]
         if isinstance(version, bool) or not isinstance(version, int):
@@ -279,6 +288,8 @@ class ModelParams:
             obj = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ParamsError(f"not valid JSON: {exc}", "not_json") from None
+        except RecursionError:
+            raise ParamsError("not valid JSON: nested too deeply", "not_json") from None
         return cls.from_json(obj)
 
 
@@ -345,10 +356,15 @@ def validate_mixture(m: MixtureParams) -> None:
 
 
 def _array(value: Any, name: str) -> np.ndarray:
+    """Numbers in nested lists of equal lengths as float64; not booleans, strings or integers
+    beyond float64."""
     try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ParamsError(f"{name} must be numbers (nested lists), got {value!r:.60}") from None
-    if arr.dtype == object:
-        raise ParamsError(f"{name} is ragged")
+        raw = np.asarray(value)
+        if raw.dtype.kind not in "iuf":  # b: booleans, U: strings, O: ragged or huge integers
+            raise TypeError
+        arr = raw.astype(np.float64)
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        raise ParamsError(
+            f"{name} must be numbers in nested lists of equal lengths, got {value!r:.60}"
+        ) from None
     return arr

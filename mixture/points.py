@@ -77,7 +77,7 @@ def parse_x(value: Any, dim: int | None = None) -> tuple[list[float], bool]:
             )
     for item in items:
         if not -MAX_ABS <= item <= MAX_ABS:  # NaN fails every comparison
-            if all(math.isfinite(v) for v in items):
+            if all(isinstance(v, int) or math.isfinite(v) for v in items):  # ints may be huge
                 raise PointError("out_of_range", f"x has a coordinate beyond +-{MAX_ABS:g}")
             raise PointError("not_finite", "x contains NaN or infinity")
     if dim is not None and len(items) != dim:

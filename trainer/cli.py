@@ -57,6 +57,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         return _fail(f"--max-components must be >= 1, got {args.max_components}")
     if not 0 <= args.reg_covar < 1:
         return _fail(f"--reg-covar must be in [0, 1), got {args.reg_covar}")
+    if args.restarts < 1:
+        return _fail(f"--restarts must be >= 1, got {args.restarts}")
+    if args.version < 0:
+        return _fail(f"--version must be >= 0, got {args.version}")
+    if not 0 <= args.seed < 2**63:
+        return _fail(f"--seed must be in [0, 2**63), got {args.seed}")
     covariance = args.covariance
     if args.per_component_scale:
         if covariance not in ("tied-diag", "diag"):

@@ -16,9 +16,11 @@ def load_points(path: str | pathlib.Path, columns: list[str] | None = None) -> n
     """Returns the file's points as an (N, D) float array; DataError says what is wrong."""
     p = pathlib.Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of a name
     except OSError as exc:
         raise DataError(f"cannot read {p}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p} is not UTF-8 text (byte {exc.start})") from None
     first = text.lstrip()[:1]
     if first in ("{", "["):
         return _load_jsonl(p, text)
@@ -32,6 +34,8 @@ def _load_jsonl(p: pathlib.Path, text: str) -> np.ndarray:
             continue
         try:
             point = parse_point(json.loads(line), dim)
+        except RecursionError:
+            raise DataError(f"{p}:{lineno}: nested too deeply") from None
         except (ValueError, PointError) as exc:
             raise DataError(f"{p}:{lineno}: {exc}") from None
         dim = len(point.x)
@@ -50,14 +54,21 @@ def _load_csv(p: pathlib.Path, text: str, columns: list[str] | None) -> np.ndarr
     missing = [c for c in chosen if c not in header]
     if missing:
         raise DataError(f"{p} has no column(s) {', '.join(missing)}; it has {', '.join(header)}")
+    if len(set(header)) != len(header):
+        twice = sorted({c for c in header if header.count(c) > 1})
+        raise DataError(f"{p} names column(s) {', '.join(twice)} more than once")
     rows = []
     for lineno, row in enumerate(reader, 2):
         try:
-            rows.append([float(row[c]) for c in chosen])
+            values = [float(row[c]) for c in chosen]
         except (TypeError, ValueError):
             raise DataError(
                 f"{p}:{lineno}: non-numeric value in column(s) {', '.join(chosen)}"
             ) from None
+        try:  # the same rules as every other point (finite, within range)
+            rows.append(parse_point({"x": values}, len(chosen)).x)
+        except PointError as exc:
+            raise DataError(f"{p}:{lineno}: {exc}") from None
     if not rows:
         raise DataError(f"{p} holds no data rows")
     return np.asarray(rows, dtype=np.float64)

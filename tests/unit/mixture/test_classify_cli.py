@@ -87,3 +87,26 @@ def test_classify_cli_serves_full_covariances_and_missing_coordinates(tmp_path):
     assert rows["b"]["assignment"] == 1 and rows["b"]["missing"] == [0]
     assert rows["b"]["x"] == [None, 4.5]
     assert "no_observed_values" in result.stderr
+
+
+def test_classify_cli_reports_an_overflowing_point_as_not_classifiable(tmp_path):
+    """A point within the accepted range whose squared distance overflows float32 (1e15 away
+    with a spread of 1e-14) is reported as the worker dead-letters it, never printed as NaN."""
+    params = tmp_path / "tiny.json"
+    params.write_text('{"version": 1, "weights": [0.5, 0.5], "locs": [0, 1e-12], "scale": 1e-14}')
+    result = classify(params, '{"x": 5e14}\n{"x": 1e-13}\n')
+    assert result.returncode == 1
+    assert [json.loads(r)["assignment"] for r in result.stdout.splitlines()] == [0]
+    assert "NaN" not in result.stdout
+    assert result.stderr.startswith("gmm-classify: line 1: not_classifiable")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--batch", "0"], "--batch must be >= 1"), (["--seed", str(2**70)], "--seed must be")],
+)
+def test_classify_cli_bad_arguments_exit_2(seed_params, args, message):
+    result = classify(seed_params, "", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

@@ -59,6 +59,20 @@ def test_round_trip(locs, scale, per_component):
         ({"locs": [[1.0], [1.0, 2.0]]}, "ragged|numbers"),
         ({"n_components": 3}, "disagrees"),
         ({"schema": "other/9"}, "unknown schema"),
+        ({"weights": [True, False]}, "numbers"),
+        ({"weights": ["0.5", "0.5"]}, "numbers"),
+        ({"weights": [10**400, 1]}, "numbers"),
+        ({"n_components": True}, "disagrees"),
+        (
+            {
+                "schema": "gmm-params/2",
+                "covariance": "tied",
+                "weights": [1 / 200] * 200,
+                "locs": [[0.0] * 200] * 200,
+                "scale_tril": [[1.0 if i == j else 0.0 for j in range(200)] for i in range(200)],
+            },
+            "covariance entries",
+        ),
     ],
 )
 def test_invalid_parameters_are_rejected(change, reason):
@@ -73,7 +87,16 @@ def test_missing_fields(field):
         ModelParams.from_json(obj)
 
 
-@pytest.mark.parametrize("text", [b"not json", b"[1, 2]", b"\xff\xfe", b'{"version": NaN}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"not json",
+        b"[1, 2]",
+        b"\xff\xfe",
+        b'{"version": NaN}',
+        b'{"weights": ' + b"[" * 100000 + b"]" * 100000 + b"}",
+    ],
+)
 def test_not_an_object(text):
     with pytest.raises(ParamsError):
         ModelParams.loads(text)

@@ -69,6 +69,15 @@ def test_fit_cli_csv_columns_and_2d(tmp_path):
             ["--covariance", "full", "--per-component-scale"],
             "older name of --covariance diag",
         ),
+        ("a\n1\n1e16\n", [], ":3: x has a coordinate beyond"),
+        ("a\n1\n1e300\n", [], ":3: x has a coordinate beyond"),
+        ("a\n1\ninf\n", [], ":3: x contains NaN or infinity"),
+        ("a\n1\nnan\n", [], ":3: x contains NaN or infinity"),
+        ("a,a\n1,2\n", [], "names column(s) a more than once"),
+        ('{"x": 1}\n{"x": 1' + "0" * 400 + "}\n", [], ":2: x has a coordinate beyond"),
+        ('{"x": 1}\n{"x": 2}\n', ["--restarts", "0"], "--restarts must be >= 1"),
+        ('{"x": 1}\n{"x": 2}\n', ["--version", "-1"], "--version must be >= 0"),
+        ('{"x": 1}\n{"x": 2}\n', ["--seed", str(2**70)], "--seed must be in"),
     ],
 )
 def test_fit_cli_bad_data_is_one_line_and_nonzero(tmp_path, capsys, content, args, message):
@@ -81,6 +90,23 @@ def test_fit_cli_bad_data_is_one_line_and_nonzero(tmp_path, capsys, content, arg
     assert len(err.splitlines()) == 1
     assert err.startswith("gmm-trainer: error:")
     assert message in err
+
+
+def test_fit_cli_not_utf8(tmp_path, capsys):
+    (tmp_path / "d").write_bytes(b"a\n1\n\xff\xfe\n")
+    assert trainer_main(["fit", "--data", str(tmp_path / "d")]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+
+
+def test_fit_cli_reads_a_csv_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "d.csv").write_bytes(
+        "\ufeffa,b\n".encode()
+        + b"".join(f"{v},{v % 3}\n".encode() for v in [0, 1, 10, 11, 12, 0.5, 10.5])
+    )
+    out = tmp_path / "p.json"
+    args = ["fit", "--data", str(tmp_path / "d.csv"), "--columns", "a", "--out", str(out)]
+    assert trainer_main(args) == 0
+    assert ModelParams.loads(out.read_bytes()).mixture.dim == 1
 
 
 def test_fit_cli_missing_file(tmp_path, capsys):
