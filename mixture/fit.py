@@ -574,6 +574,7 @@ def fit_map(
     warm_start: MixtureParams | None = None,
     priors: Priors | None = None,
     progress: Callable[[int, float], None] | None = None,
+    explore: bool = False,
 ) -> FitResult:
     """Fits the MAP globals to data ((N,) or (N, D)): the config.n_best best of config.n_init
     candidates are optimised together, and the lowest final loss wins.
@@ -584,6 +585,11 @@ def fit_map(
         warm_step(config, N).
     priors: explicit priors; by default config.priors chooses the seed's or data-relative ones.
     progress: called as progress(step, loss) after each chunk, for terminals and logs.
+    explore: optimise the best cold candidates beside the warm start even when it scores best.
+        A warm start alone only reaches the optimum nearest to it: a model stuck in a poor
+        local optimum (two components on one cluster, one across two) would otherwise outscore
+        every random start, and be refitted into itself, at every refit. The trainer explores
+        every GMM_TRAIN_EXPLORE_EVERY versions.
     """
     t0 = time.perf_counter()
     x = as_points(data, config.n_components)
@@ -663,7 +669,7 @@ def fit_map(
     )
     losses0 = np.asarray(losses0)
     order = np.argsort(losses0, kind="stable")
-    warm_wins = use_warm and order[0] == 0
+    warm_wins = use_warm and order[0] == 0 and not explore
     chosen = order[:1] if warm_wins else order[: config.n_best]
     lr0 = warm_step(config, n) if warm_wins else config.learning_rate
     em = warm_wins and config.warm_em

@@ -47,6 +47,7 @@ def fit_auto(
     *,
     warm_start: MixtureParams | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    explore: bool = False,
 ) -> Selection:
     """Fits K = 1..max_components (config.n_components is ignored) and keeps the lowest BIC.
 
@@ -54,6 +55,7 @@ def fit_auto(
         fit with that key.
     warm_start: the current model, used as a warm start for the fit with its own K.
     progress: called as progress(K, step, loss).
+    explore: as for fit_map, for the fit the warm start takes part in.
     """
     if max_components < 1:
         raise ValueError(f"max_components must be >= 1, got {max_components}")
@@ -65,7 +67,14 @@ def fit_auto(
         warm = warm_start if warm_start is not None and warm_start.n_components == k else None
         report = None if progress is None else (lambda s, v, k=k: progress(k, s, v))
         try:
-            result = fit_map(x, jax.random.fold_in(key, k), cfg, warm_start=warm, progress=report)
+            result = fit_map(
+                x,
+                jax.random.fold_in(key, k),
+                cfg,
+                warm_start=warm,
+                progress=report,
+                explore=explore,
+            )
         except DataError:
             bics[k] = float("inf")
             continue

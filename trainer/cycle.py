@@ -158,6 +158,9 @@ class Trainer:
     ) -> tuple[FitResult, dict[int, float] | None] | guards.Rejection:
         """The MAP fit (K chosen by BIC for GMM_COMPONENTS=auto), off the event loop."""
         warm_mixture = warm.mixture if warm is not None else None
+        # Counted in versions, so that a trainer run by cron (`run --once`) explores too.
+        every = self.settings.explore_every
+        explore = warm is not None and every > 0 and (self.version + 1) % every == 0
         try:
             if self.settings.n_components is None:
                 selection = await asyncio.to_thread(
@@ -167,11 +170,12 @@ class Trainer:
                     self.config,
                     self.settings.max_components,
                     warm_start=warm_mixture,
+                    explore=explore,
                 )
                 result, bics = selection.result, selection.bics
             else:
                 result = await asyncio.to_thread(
-                    fit_map, points, key, self.config, warm_start=warm_mixture
+                    fit_map, points, key, self.config, warm_start=warm_mixture, explore=explore
                 )
                 bics = None
         except DataError as exc:

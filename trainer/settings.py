@@ -110,6 +110,13 @@ class TrainerSettings:
         "GMM_TRAIN_INTERVAL_SECONDS", 300.0, "Seconds between the starts of two refits"
     )
     restarts: int = env_field("GMM_TRAIN_RESTARTS", 100, "Random initial candidates per fit")
+    explore_every: int = env_field(
+        "GMM_TRAIN_EXPLORE_EVERY",
+        10,
+        "Every this many versions, a refit also optimises the best random starts beside the "
+        "current model, so a model in a poor local optimum cannot refit into itself for ever "
+        "(0: never)",
+    )
     min_points: int = env_field(
         "GMM_TRAIN_MIN_POINTS", 0, "Fewest valid points a fit needs (0: 10 per component)"
     )
@@ -203,6 +210,8 @@ class TrainerSettings:
             )
         if self.restarts < 1:
             raise SettingsError(f"GMM_TRAIN_RESTARTS must be >= 1, got {self.restarts}")
+        if self.explore_every < 0:
+            raise SettingsError(f"GMM_TRAIN_EXPLORE_EVERY must be >= 0, got {self.explore_every}")
         if not 0 <= self.metrics_port < 65536:
             raise SettingsError(f"GMM_TRAINER_METRICS_PORT must be a port, got {self.metrics_port}")
 

@@ -15,6 +15,7 @@ from numpyro.infer.autoguide import AutoDelta
 from scipy.optimize import linear_sum_assignment
 from sklearn.mixture import GaussianMixture
 
+from mixture.evaluate import log_likelihood
 from mixture.fit import (
     DataError,
     FitConfig,
@@ -24,7 +25,7 @@ from mixture.fit import (
     fit_map,
 )
 from mixture.model import make_mixture_model
-from mixture.params import seed_priors
+from mixture.params import MixtureParams, seed_priors
 
 SEED_DATA = [0.0, 1.0, 10.0, 11.0, 12.0]
 SEED = FitConfig(priors="seed")
@@ -167,3 +168,26 @@ def test_step_cap_stops_an_unconverged_fit():
 def test_bad_data_is_a_clear_error(data, message):
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         fit_map(data, jax.random.PRNGKey(0), SEED)
+
+
+@pytest.mark.parametrize("explore", [False, True])
+def test_exploring_refit_leaves_a_poor_local_optimum(explore):
+    """A current model with two components on one cluster and one across the other two scores
+    best of every random start; refitted from it alone, it stays there. An exploring refit
+    also optimises the best random starts and reaches the optimum a cold fit finds."""
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(0, 1, 2000), rng.normal(10, 1, 2000), rng.normal(20, 1, 2000)][:, None]
+    config = FitConfig(n_components=3, covariance="diag")
+    trap = MixtureParams(
+        np.array([1 / 6, 1 / 6, 2 / 3]),
+        np.array([[-0.8], [0.8], [15.0]]),
+        np.array([[0.6], [0.6], [5.1]]),
+    )
+    result = fit_map(x, jax.random.PRNGKey(1), config, warm_start=trap, explore=explore)
+    refit = log_likelihood(x, result.params).mean()
+    cold = log_likelihood(x, fit_map(x, jax.random.PRNGKey(2), config).params).mean()
+    if explore:
+        assert refit >= cold - 0.01
+        assert_allclose(np.sort(result.params.locs[:, 0]), [0, 10, 20], atol=0.1)
+    else:  # what the trainer does between explorations: the nearest optimum only
+        assert refit < cold - 0.5

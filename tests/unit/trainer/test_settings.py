@@ -29,6 +29,8 @@ def test_defaults_and_shared_variables():
         ({"GMM_COMPONENTS": "5", "GMM_TRAIN_WINDOW_RECORDS": "3"}, "cannot fit GMM_COMPONENTS=5"),
         ({"GMM_TRAIN_INTERVAL_SECONDS": "0"}, "must be > 0"),
         ({"GMM_PER_COMPONENT_SCALE": "maybe"}, "is not a valid bool"),
+        ({"GMM_TRAIN_EXPLORE_EVERY": "-1"}, "GMM_TRAIN_EXPLORE_EVERY must be >= 0"),
+        ({"GMM_TRAIN_RESTARTS": "0"}, "GMM_TRAIN_RESTARTS must be >= 1"),
     ],
 )
 def test_bad_settings(env, message):
