@@ -128,8 +128,11 @@ def _weights_step(u: Any, g_u: Any, n: Any) -> tuple[Any, Any]:
     pi = _simplex(u)
     jac = jax.jacfwd(_simplex)(u)  # (K, K-1)
     # A gradient on the simplex is defined up to a multiple of ones; the projector below
-    # annihilates that multiple, so the minimum-norm solution of jac^T g = g_u serves.
-    g_pi = jac @ jnp.linalg.solve(jac.T @ jac, g_u)
+    # annihilates that multiple, so the minimum-norm solution of jac^T g = g_u serves. A weight
+    # near zero saturates its stick-breaking coordinate in float32 (its column of jac is 0):
+    # the pseudo-inverse leaves that one weight where it is and still moves the others, where
+    # solving the singular normal equations gave NaN and froze every weight.
+    g_pi = jnp.linalg.pinv(jac.T) @ g_u
     pi_new = pi - (pi * g_pi - pi * jnp.dot(pi, g_pi)) / n
     # The prior's pseudo-counts can take a nearly empty component's weight to or below zero:
     # it shrinks by at most _MAX_SHRINK per step instead, and the others still move.

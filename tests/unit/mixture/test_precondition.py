@@ -15,6 +15,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
 from mixture.fit import FitConfig, fit_map
+from mixture.params import MixtureParams
 from mixture.precondition import em_update
 
 pytestmark = pytest.mark.unit
@@ -224,3 +225,22 @@ def test_rarely_observed_coordinate_converges_as_fast_as_the_others() -> None:
         losses.append(float(_masked_loss(params, xm, mm)))
     assert np.all(np.diff(losses) <= 1e-3 * N * 1e-3)  # EM never makes it worse (to rounding)
     assert abs(losses[-1] - losses[-2]) / N < 1e-6
+
+
+def test_a_nearly_empty_component_does_not_freeze_the_other_weights():
+    """A weight of 1e-9 saturates its stick-breaking coordinate in float32; the EM step still
+    moves the other weights to the data's proportions (70/30 here, from 47/50)."""
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(0, 1, 700), rng.normal(5, 1, 300)]
+    warm = MixtureParams(
+        np.array([0.467373, 0.504474, 0.028153, 1e-9]) / 1.000000001,
+        np.array([[0.0], [5.0], [1.5], [3.0]]),
+        np.array([[1.0], [1.0], [0.6], [0.3]]),
+    )
+    result = fit_map(
+        x, jax.random.PRNGKey(3), FitConfig(n_components=4, covariance="diag"), warm_start=warm
+    )
+    assert result.n_steps <= FitConfig().em_max_steps  # the warm EM path ran
+    weights = result.params.weights
+    assert_allclose(weights[0] + weights[2], 0.7, atol=0.03)
+    assert_allclose(weights[1], 0.3, atol=0.03)
