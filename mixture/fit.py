@@ -308,6 +308,10 @@ def as_points(data: Any, n_components: int | None = None) -> np.ndarray:
     if missing.any() and (x.shape[1] == 1 or missing.all(axis=1).any()):
         bad = int(missing.all(axis=1).sum())
         raise DataError(f"data has {bad} point(s) with no observed value", "not_finite")
+    unobserved = missing.all(axis=0) if missing.any() else np.zeros(x.shape[1], bool)
+    if unobserved.any():
+        dims = np.flatnonzero(unobserved).tolist()
+        raise DataError(f"data has no observed value in dimension(s) {dims}", "zero_variance")
     if n_components is not None and x.shape[0] < n_components:
         raise DataError(
             f"{x.shape[0]} point(s) cannot fit {n_components} components", "too_few_points"
@@ -631,10 +635,11 @@ def fit_map(
     offset = std.loss_offset(n, config.n_components, covariance, observed.sum(axis=0))
 
     init_key, svi_key = jax.random.split(key)
-    use_warm = warm_start is not None
+    # A model of another K or D (the trainer never passes one) cannot start this fit.
+    use_warm = warm_start is not None and warm_start.locs.shape == (config.n_components, dim)
     warm_z = (
         std.params_from_data(warm_start)
-        if warm_start is not None
+        if warm_start is not None and use_warm
         else _placeholder(config.n_components, dim)
     )
     try:

@@ -14,7 +14,10 @@ from mixture.labels import component_sds
 from mixture.params import MixtureParams
 
 #: A component whose spread is below this fraction of the data's, in every direction it has,
-#: has collapsed onto a few repeated values.
+#: has collapsed onto a few repeated values. The covariance floor (reg_covar, 1e-6 of each
+#: column's variance by default: a spread of 1e-3) keeps fits above it; this catches fits with
+#: the floor off (GMM_REG_COVAR=0). A component on repeated values at the floor is a valid
+#: fit of such data; the weight half of this check still applies to it.
 COLLAPSED_SPREAD = 1e-6
 
 

@@ -123,12 +123,14 @@ def seed_priors(dim: int = 1) -> Priors:
 def data_priors(points: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> Priors:
     """Weak priors placed relative to the data's own location and spread.
 
-    They carry the seed's shape (same Dirichlet, same log-scale width, locs ten spreads wide)
-    but are centred on the data, so values near 0, 50 or 10^4 are fit alike. stats: the
-    points' column_stats, if already computed.
+    They carry the seed's shape (same log-scale width, locs ten spreads wide) but are centred
+    on the data, so values near 0, 50 or 10^4 are fit alike. stats: the points' column_stats,
+    if already computed. The weights' Dirichlet is flat (1, not the seed's 0.5): below 1 the
+    density grows without bound as a weight goes to 0, so a K larger than the data support had
+    no MAP point, and its fit drove the spare weight down until the step cap.
     """
     mean, std = column_stats(points) if stats is None else stats
-    return Priors(0.5, mean, 10.0 * std, np.log(std), 2.0)
+    return Priors(1.0, mean, 10.0 * std, np.log(std), 2.0)
 
 
 def column_stats(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -59,6 +59,8 @@ def _load_csv(p: pathlib.Path, text: str, columns: list[str] | None) -> np.ndarr
         raise DataError(f"{p} names column(s) {', '.join(twice)} more than once")
     rows = []
     for lineno, row in enumerate(reader, 2):
+        if None in row:  # DictReader files fields beyond the header under None
+            raise DataError(f"{p}:{lineno}: more fields than the header names")
         try:
             values = [float(row[c]) for c in chosen]
         except (TypeError, ValueError):

@@ -191,3 +191,15 @@ def test_exploring_refit_leaves_a_poor_local_optimum(explore):
         assert_allclose(np.sort(result.params.locs[:, 0]), [0, 10, 20], atol=0.1)
     else:  # what the trainer does between explorations: the nearest optimum only
         assert refit < cold - 0.5
+
+
+def test_a_warm_start_of_another_shape_is_ignored():
+    """A model of another K (or D) cannot start the fit: it is fitted as if none were given."""
+    x = np.r_[
+        np.random.default_rng(0).normal(0, 1, 200), np.random.default_rng(1).normal(8, 1, 200)
+    ]
+    config = FitConfig(n_components=2, covariance="diag")
+    other = MixtureParams(np.full(3, 1 / 3), np.array([[0.0], [4.0], [8.0]]), np.ones((3, 1)))
+    with_other = fit_map(x, jax.random.PRNGKey(0), config, warm_start=other)
+    without = fit_map(x, jax.random.PRNGKey(0), config)
+    assert_allclose(with_other.params.locs, without.params.locs, rtol=1e-6)

@@ -74,6 +74,8 @@ def test_fit_cli_csv_columns_and_2d(tmp_path):
         ("a\n1\ninf\n", [], ":3: x contains NaN or infinity"),
         ("a\n1\nnan\n", [], ":3: x contains NaN or infinity"),
         ("a,a\n1,2\n", [], "names column(s) a more than once"),
+        ("a\n1\n2,3\n", [], ":3: more fields than the header names"),
+        ('{"x": [1, null]}\n{"x": [2, null]}\n', [], "no observed value in dimension(s) [1]"),
         ('{"x": 1}\n{"x": 1' + "0" * 400 + "}\n", [], ":2: x has a coordinate beyond"),
         ('{"x": 1}\n{"x": 2}\n', ["--restarts", "0"], "--restarts must be >= 1"),
         ('{"x": 1}\n{"x": 2}\n', ["--version", "-1"], "--version must be >= 0"),
