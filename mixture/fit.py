@@ -310,8 +310,8 @@ def as_points(data: Any, n_components: int | None = None) -> np.ndarray:
         raise DataError(f"data has {bad} point(s) with no observed value", "not_finite")
     unobserved = missing.all(axis=0) if missing.any() else np.zeros(x.shape[1], bool)
     if unobserved.any():
-        dims = np.flatnonzero(unobserved).tolist()
-        raise DataError(f"data has no observed value in dimension(s) {dims}", "zero_variance")
+        empty = np.flatnonzero(unobserved).tolist()
+        raise DataError(f"data has no observed value in dimension(s) {empty}", "zero_variance")
     if n_components is not None and x.shape[0] < n_components:
         raise DataError(
             f"{x.shape[0]} point(s) cannot fit {n_components} components", "too_few_points"

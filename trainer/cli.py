@@ -133,7 +133,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _decimals(value: float) -> str:
+def _decimals(value: np.floating[Any]) -> str:
     return f"{value:.4f}" if abs(value) < 1e15 else f"{value:.6e}"
 
 

@@ -33,8 +33,15 @@ async def read_window(
     max_age_s: float = 0,
     dim: int | None = None,
     max_record_bytes: int = 65536,
+    deadline_s: float = 300.0,
 ) -> Window:
-    """Reads and validates the window; `dim` fixes the dimension (else the first valid point's)."""
+    """Reads and validates the window.
+
+    dim: the dimension points must have (the current model's); None: the most common among
+    the window's valid points (ties: the newest), so that a stray record of another
+    dimension cannot decide the first model's. Points of another dimension count as
+    `wrong_dim`. Reading takes at most deadline_s (TimeoutError: the cycle is retried).
+    """
     consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     await asyncio.sleep(0)  # aiokafka#647: let the no-group task start before any stop
@@ -56,29 +63,41 @@ async def read_window(
             consumer.seek(tp, starts[tp])
         records: list[tuple[int, bytes | None]] = []
         remaining = {tp for tp in tps if starts[tp] < ends[tp]}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
-            for tp, items in batch.items():
-                records.extend((r.timestamp, r.value) for r in items if r.offset < ends[tp])
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
+        async with asyncio.timeout(deadline_s):
+            while remaining:
+                batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
+                for tp, items in batch.items():
+                    records.extend((r.timestamp, r.value) for r in items if r.offset < ends[tp])
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
     finally:
         await consumer.stop()
 
     records.sort(key=lambda item: item[0])
     records = records[-max_records:]
-    rows, invalid = [], collections.Counter[str]()
+    return _valid_points(records, dim, max_record_bytes)
+
+
+def _valid_points(
+    records: list[tuple[int, bytes | None]], dim: int | None, max_record_bytes: int
+) -> Window:
+    """The window of the records' valid points (oldest first), see read_window."""
+    decoded, invalid = [], collections.Counter[str]()
     for _, value in records:
         try:
             if value is None:
                 raise PointError("not_json", "the record has no value")
-            point = decode_point(value, dim, max_record_bytes)
+            decoded.append(decode_point(value, dim, max_record_bytes).x)
         except PointError as exc:
             invalid[exc.reason] += 1
-            continue
-        dim = len(point.x)
-        rows.append(point.x)
+    if dim is None and decoded:
+        sizes = collections.Counter(len(x) for x in decoded)
+        newest = {len(x): i for i, x in enumerate(decoded)}
+        dim = max(sizes, key=lambda d: (sizes[d], newest[d]))
+    rows = [x for x in decoded if len(x) == dim]
+    if len(rows) < len(decoded):
+        invalid["wrong_dim"] += len(decoded) - len(rows)
     # None (a missing coordinate) becomes NaN, which the fit treats as missing.
     points = np.array(rows, dtype=np.float64) if rows else np.zeros((0, dim or 1))
     return Window(points, invalid, len(records))
