@@ -148,17 +148,20 @@ class ProgramCache:
         """Whether programs go to disk (False: the directory could not be created)."""
         return self._disk
 
-    def prune(self) -> int:
-        """Deletes the files of other salts (older code or libraries: never loaded again) and
-        temporary files over an hour old (a writer that died); returns how many. Files of this
-        salt stay. Without a salt, nothing is pruned. A process of other code sharing the
-        directory loses its files (it traces again, and they lose this one's)."""
+    def prune(self, idle_s: float = 86400.0) -> int:
+        """Deletes the files of other salts (older code or libraries) neither written nor loaded
+        for idle_s, and temporary files over an hour old (a writer that died); returns how
+        many. Files of this salt stay; without a salt, nothing is pruned. A load marks its file
+        used, so two versions of the code sharing the directory (a rolling upgrade) keep each
+        other's programs while both run, instead of deleting them at every start."""
         if not self._disk or not self.salt:
             return 0
-        stale = [
-            p for p in self.directory.glob("*.jaxexport") if not p.name.startswith(self._prefix)
-        ]
         now = time.time()
+        stale = []
+        for path in self.directory.glob("*.jaxexport"):
+            with contextlib.suppress(OSError):
+                if not path.name.startswith(self._prefix) and now - path.stat().st_mtime > idle_s:
+                    stale.append(path)
         for tmp in self.directory.glob(".*.tmp"):
             with contextlib.suppress(OSError):
                 if now - tmp.stat().st_mtime > 3600:
@@ -236,6 +239,8 @@ class ProgramCache:
         except Exception as exc:
             log.warning("ignoring cached program %s (%s): tracing it again", path, exc)
             return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # used: `prune` keeps it
         return self._use(key, exported, meta["weak_out"])
 
     def _build(

@@ -472,3 +472,27 @@ def test_key_follows_jax_settings_that_change_a_trace():
     with jax.default_matmul_precision("highest"):
         assert cache.key("f", ARGS, {}) != before
     assert cache.key("f", ARGS, {}) == before
+
+
+@needs_flatbuffers
+def test_prune_keeps_other_code_in_use_and_removes_what_is_idle(tmp_path):
+    """Two versions of the code sharing a directory keep each other's programs while both load
+    them; files of another salt idle for a day go, as do a dead writer's temporary files."""
+    build = Builds(JIT_SCALED)
+    old, new = ProgramCache(tmp_path, salt="v1"), ProgramCache(tmp_path, salt="v2")
+    old.call("scaled", build, ARGS)
+    new.call("scaled", build, ARGS)
+    assert new.prune() == 0  # v1's file was just written
+    (v1_file,) = (tmp_path / name for name in files(tmp_path) if name.startswith("v1-"))
+    day_ago = v1_file.stat().st_mtime - 2 * 86400
+    os.utime(v1_file, (day_ago, day_ago))
+    ProgramCache(tmp_path, salt="v1").call("scaled", build, ARGS)  # loaded: in use again
+    assert build.calls == 2
+    assert new.prune() == 0
+    os.utime(v1_file, (day_ago, day_ago))
+    tmp = tmp_path / ".dead-writer.tmp"
+    tmp.write_bytes(b"partial")
+    os.utime(tmp, (day_ago, day_ago))
+    assert new.prune() == 2
+    assert [name[:3] for name in files(tmp_path)] == ["v2-"]
+    assert not tmp.exists()
