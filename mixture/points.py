@@ -8,6 +8,7 @@ records) and whose message says what was wrong.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, NamedTuple
 
@@ -150,8 +151,30 @@ def decode_point(
         message = str(exc)
         if "infinity" in message:  # a literal such as 1e999 overflows a double
             raise PointError("not_finite", "x contains a number too large for a double") from None
+        if _has_nan_token(raw):
+            raise PointError("not_finite", "x contains NaN or Infinity (not JSON)") from None
         raise PointError("not_json", f"not valid JSON: {message[:80]}") from None
     return parse_point(obj, dim)
+
+
+class _NanToken(Exception):
+    pass
+
+
+def _nan_token(_: str) -> Any:
+    raise _NanToken
+
+
+def _has_nan_token(raw: bytes | str) -> bool:
+    """Whether the (already rejected) record is JSON but for a NaN or Infinity token: the
+    standard library reads those, and calls parse_constant for each."""
+    try:
+        json.loads(raw, parse_constant=_nan_token)
+    except _NanToken:
+        return True
+    except (ValueError, RecursionError):
+        pass
+    return False
 
 
 def x_to_json(x: list[float], scalar: bool) -> float | list[float]:

@@ -13,7 +13,9 @@ from mixture.points import REASONS, PointError, decode_point
         (b"x" * 70_000, None, "oversized"),
         (b"not json", None, "not_json"),
         (b"\xff\xfe", None, "not_json"),
-        (b'{"x": NaN}', None, "not_json"),  # strict JSON: NaN is not a JSON value
+        (b'{"x": NaN}', None, "not_finite"),  # not JSON either, but that is what is wrong
+        (b'{"x": [1, -Infinity]}', None, "not_finite"),
+        (b'{"x": "NaN"}', None, "not_numeric"),
         (b"[1, 2]", None, "not_object"),
         (b"3.5", None, "not_object"),
         (b'{"id": 1}', None, "missing_x"),
