@@ -10,9 +10,12 @@ tests and the worker's metrics read.
 
 Each component's likelihood log p(x | k) is computed once, in closed form, from residuals
 x - loc_k taken in float64 on the host (exact at any offset and any distance between components),
-over the observed coordinates when some are missing. From it come the membership probabilities,
-log p(x), and the assignment: `infer_discrete` on the mixture with that likelihood as a factor,
-so the MAP assignment is an argmax of the returned probabilities.
+over the observed coordinates when some are missing. From it come the membership
+probabilities, log p(x), and the assignment: `infer_discrete` on the mixture with that
+likelihood as a factor, so the MAP assignment is an argmax of the returned probabilities.
+The rest is float32: a point so far from every component that its squared standardised
+distance overflows (about 1e19 standard deviations) gets non-finite results, which the worker
+dead-letters as `not_classifiable`.
 """
 
 from __future__ import annotations
@@ -266,7 +269,11 @@ class Classifier:
         row_keys = self._row_keys(n, key, keys)
         if complete.all():
             return self._run(residuals, row_keys, None, prepared.device)
-        out = Classification(np.zeros(n, np.int32), np.zeros((n, self.n_components)), np.zeros(n))
+        out = Classification(
+            np.zeros(n, np.int32),
+            np.zeros((n, self.n_components), np.float32),  # as the programs return them
+            np.zeros(n, np.float32),
+        )
         for rows, mask in ((complete, None), (~complete, observed)):
             idx = np.flatnonzero(rows)
             if len(idx) == 0:

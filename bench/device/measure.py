@@ -8,9 +8,10 @@ Every case runs on each backend JAX has, the GPU first, then the CPU backend of 
 machine (`jax.default_device`), on the same data and keys:
 
 - classifier: the service's jitted infer_discrete classifier (`mixture.classify`) called as the
-  worker calls it (float64 points, centred on the host), the same compiled program alone on the
-  closed form's inputs, and the closed form (`mixture.classify.posterior`, jitted), batches 1k
-  to 1M, for K=2, D=1 (the tutorial's shared scale) and K=16, D=16 full covariance;
+  worker calls it (float64 points, residuals per component on the host), the same compiled
+  program alone on the closed form's inputs, and the closed form (`mixture.classify.posterior`,
+  jitted), batches 1k to 1M, for K=2, D=1 (the tutorial's shared scale) and K=16, D=16 full
+  covariance;
 - serving: the worker's own slice steps without Kafka (`stream_app.batch`: parse_slice ->
   classify_slice -> encode_slice) on JSON records, in records/s and where the time goes;
 - fit: `fit_map` with the trainer's FitConfig (from its default settings: K=2, D=1, tied-diag,
@@ -160,15 +161,15 @@ class Deadlines:
 
 
 @jax.jit
-def closed_form(points: Any, params: MixtureParams) -> Any:
-    probs, log_px = posterior(points, params)
+def closed_form(residuals: Any, params: MixtureParams) -> Any:
+    probs, log_px, _ = posterior(residuals, params)
     return jnp.argmax(probs, axis=0), probs, log_px
 
 
 def classifier_case(clf: Classifier, prepared: Prepared, x64: np.ndarray, sizes: Sizes) -> dict:
     """One batch: the classifier as the worker calls it, its program alone, the closed form."""
     b = len(x64)
-    xc = (x64 - prepared.center).astype(np.float32)  # the program's and closed form's input
+    xc, _ = clf.residuals(x64, prepared)  # the program's and closed form's input
     no_keys = np.zeros((b, 2), np.uint32)  # temperature 0 reads no key
     t0 = time.perf_counter()
     clf(x64, prepared)  # compiles this batch size (b is one of the classifier's sizes)

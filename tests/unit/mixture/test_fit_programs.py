@@ -4,6 +4,7 @@ programs, and a new process loads the programs instead of building the model and
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -110,14 +111,18 @@ def test_unwritable_directory_warns_and_fits_without_the_cache(tmp_path, caplog)
 
 @pytest.mark.usefixtures("no_program_cache")
 def test_other_codes_programs_are_pruned(tmp_path):
-    """Files of other code (another salt) are never loaded again: deleted at start-up; this
+    """Files of other code (another salt) unused for a day are deleted at start-up; this
     code's files stay."""
     use_program_cache(tmp_path)
     ours = fit._program_cache
     assert ours is not None
     mine = ours.path("fit.winner.x", "0" * 64)
     other = tmp_path / "0123456789ab-fit.winner.x-00000000000000000000000000000000.jaxexport"
-    mine.write_bytes(b"x")
-    other.write_bytes(b"x")
+    recent = tmp_path / "ba9876543210-fit.winner.x-00000000000000000000000000000000.jaxexport"
+    for path in (mine, other, recent):
+        path.write_bytes(b"x")
+    day_ago = other.stat().st_mtime - 2 * 86400
+    os.utime(mine, (day_ago, day_ago))
+    os.utime(other, (day_ago, day_ago))
     use_program_cache(tmp_path)
-    assert mine.exists() and not other.exists()
+    assert mine.exists() and recent.exists() and not other.exists()
