@@ -141,7 +141,7 @@ def test_unfit_windows_publish_nothing(kafka_bootstrap, tmp_path, records, reaso
     assert metrics.rejected.labels(reason=reason)._value.get() == 1
     assert count_records(kafka_bootstrap, topics.params) == 0
     if reason == "too_few_points" and len(records) > 1:
-        assert outcome.invalid == {"not_json": 100, "not_finite": 100}
+        assert outcome.invalid == {"not_finite": 200}  # NaN tokens and 1e999 overflows
 
 
 def test_versions_continue_across_restarts_through_the_cli(kafka_bootstrap, tmp_path):
