@@ -62,6 +62,11 @@ class Classification(NamedTuple):
     probs: np.ndarray  # (B, K)
     log_likelihood: np.ndarray  # (B,)
 
+    def finite(self) -> np.ndarray:
+        """(B,) bool: which points have finite results. A point far from every component can
+        overflow the float32 arithmetic; the worker dead-letters it (`not_classifiable`)."""
+        return np.isfinite(self.log_likelihood) & np.isfinite(self.probs).all(axis=1)
+
 
 def bucket_sizes(max_batch: int, smallest: int = 16, factor: int = 4) -> tuple[int, ...]:
     """Padding sizes smallest, smallest*factor, ... capped by max_batch (always included)."""
@@ -177,8 +182,7 @@ class Classifier:
         # Runs only while tracing: exactly one increment per compiled program.
         with self._lock:
             self._compilations += 1
-        probs, log_px, log_lik = posterior(residuals, params)
-        return self._assign(log_lik, params.weights, keys), probs, log_px
+        return self._outputs(log_likelihoods(residuals, params.scale), params.weights, keys)
 
     def _classify_missing(
         self, residuals: Any, params: MixtureParams, keys: Any, observed: Any
@@ -187,17 +191,19 @@ class Classifier:
         with self._lock:
             self._compilations += 1
         log_lik = marginal_log_likelihoods(residuals, observed, params.scale)
-        probs, log_px = _normalised(jnp.log(params.weights)[:, None] + log_lik)
-        return self._assign(log_lik, params.weights, keys), probs, log_px
+        return self._outputs(log_lik, params.weights, keys)
 
-    def _assign(self, log_lik: Any, weights: Any, keys: Any) -> Any:
+    def _outputs(self, log_lik: Any, weights: Any, keys: Any) -> Any:
+        """(assignment, probs, log p(x)) from log p(x | component), (K, B)."""
+        probs, log_px = _normalised(jnp.log(weights)[:, None] + log_lik)
         if self.temperature == 0:
-            return assign(log_lik, weights, 0, None)
+            return assign(log_lik, weights, 0, None), probs, log_px
         # One draw per record, each from that record's own key: a record's draw does not depend
         # on its batch or position, so a replayed record draws the same assignment.
-        return jax.vmap(
+        assignment = jax.vmap(
             lambda column, key: assign(column[:, None], weights, 1, key)[0], in_axes=(1, 0)
         )(log_lik, keys)
+        return assignment, probs, log_px
 
     def prepare(self, params: MixtureParams) -> Prepared:
         """Checks parameters against this classifier and puts weights and scales on the device

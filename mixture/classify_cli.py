@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         x = np.array(xs, dtype=np.float64)
         result = classifier(x, params, jax.random.PRNGKey(args.seed))
         out = sys.stdout
-        finite = np.isfinite(result.log_likelihood) & np.isfinite(result.probs).all(axis=1)
+        finite = result.finite()
         for i, point_id in enumerate(ids):
             if not finite[i]:  # as the worker dead-letters it: float32 overflowed on this point
                 print(
@@ -98,10 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.write(json.dumps(doc) + "\n")
             written += 1
     if bad:
-        print(
-            f"{PROG}: {bad} bad line(s) skipped, {written} classified",
-            file=sys.stderr,
-        )
+        print(f"{PROG}: {bad} bad line(s) skipped, {written} classified", file=sys.stderr)
         return 1
     return 0
 

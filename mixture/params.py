@@ -261,15 +261,8 @@ class ModelParams:
         if locs.ndim != 2 or locs.shape[0] != k:
             raise ParamsError(f"locs must have K={k} rows (K or K x D), got shape {locs.shape}")
         dim = locs.shape[1]
-        if k > MAX_COMPONENTS or dim > MAX_DIM:  # before a tied factor is copied K times
-            raise ParamsError(
-                f"K={k}, D={dim}: at most K={MAX_COMPONENTS} and D={MAX_DIM} are served"
-            )
-        if scale.ndim >= 2 and scale.shape[-1] == dim and k * dim * dim > MAX_CHOLESKY_ENTRIES:
-            raise ParamsError(
-                f"K x D x D = {k * dim * dim} covariance entries, at most {MAX_CHOLESKY_ENTRIES} "
-                "are served"
-            )
+        # Before a tied factor is copied K times.
+        _check_size(k, dim, cholesky=scale.ndim >= 2 and scale.shape[-1] == dim)
         scale = _compact_to_serving(covariance, scale, k, dim)
         for field, expect in (("n_components", k), ("dim", dim)):
             if field in obj and (isinstance(obj[field], bool) or obj[field] != expect):
@@ -338,14 +331,7 @@ def validate_mixture(m: MixtureParams) -> None:
         raise ParamsError("weights must be finite and non-negative")
     if not math.isclose(float(weights.sum()), 1.0, abs_tol=SIMPLEX_ATOL):
         raise ParamsError(f"weights must sum to 1, got {weights.sum():.6g}")
-    if k > MAX_COMPONENTS or dim > MAX_DIM:
-        raise ParamsError(f"K={k}, D={dim}: at most K={MAX_COMPONENTS} and D={MAX_DIM} are served")
-    if scale.ndim == 3 and k * dim * dim > MAX_CHOLESKY_ENTRIES:
-        raise ParamsError(
-            f"K x D x D = {k * dim * dim} covariance entries, at most {MAX_CHOLESKY_ENTRIES} "
-            "are served (memory: records with missing values are classified with per-record "
-            "factors)"
-        )
+    _check_size(k, dim, cholesky=scale.ndim == 3)
     if not np.all(np.isfinite(locs)) or np.any(np.abs(locs) > MAX_ABS_LOC):
         raise ParamsError(f"locs must be finite and within +-{MAX_ABS_LOC:g}")
     spread = np.diagonal(scale, axis1=-2, axis2=-1) if scale.ndim == 3 else scale
@@ -354,6 +340,18 @@ def validate_mixture(m: MixtureParams) -> None:
     if np.any(np.abs(spread) < MIN_SCALE) or np.any(np.abs(scale) > MAX_SCALE):
         raise ParamsError(
             f"scales must lie within [{MIN_SCALE:g}, {MAX_SCALE:g}]: served in float32"
+        )
+
+
+def _check_size(k: int, dim: int, cholesky: bool) -> None:
+    """K, D and (for Cholesky factors) K x D x D within what a worker serves."""
+    if k > MAX_COMPONENTS or dim > MAX_DIM:
+        raise ParamsError(f"K={k}, D={dim}: at most K={MAX_COMPONENTS} and D={MAX_DIM} are served")
+    if cholesky and k * dim * dim > MAX_CHOLESKY_ENTRIES:
+        raise ParamsError(
+            f"K x D x D = {k * dim * dim} covariance entries, at most {MAX_CHOLESKY_ENTRIES} "
+            "are served (memory: records with missing values are classified with per-record "
+            "factors)"
         )
 
 

@@ -198,9 +198,9 @@ def encode_slice(
     if result is None or not valid:
         return BatchOutcome([], dead, np.zeros(0, np.int32), np.zeros(0), 0.0, 0.0, version)
     ts_out = time.time()
-    # A point far from every component can overflow the model's float32 arithmetic; it gets a
-    # dead letter rather than NaN in an output (JSON has no NaN).
-    finite = np.isfinite(result.log_likelihood) & np.all(np.isfinite(result.probs), axis=1)
+    # A point whose results overflowed float32 gets a dead letter, not NaN in an output (JSON
+    # has no NaN).
+    finite = result.finite()
     assignments = result.assignment.tolist()
     probs = result.probs.tolist()
     loglik = result.log_likelihood.tolist()
