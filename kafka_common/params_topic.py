@@ -27,8 +27,9 @@ import dataclasses
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, ProducerFenced
@@ -40,6 +41,8 @@ from mixture.params import ModelParams, ParamsError
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 OnModel = Callable[[ModelParams], Awaitable[object]]
 OnReject = Callable[[str, str], None]  # (reason code, message)
 
@@ -48,6 +51,9 @@ PUBLISHERS = ("trainer", "cli", "rollback")
 
 #: How often a publisher fenced by a concurrent one of the same name reads again and retries.
 PUBLISH_ATTEMPTS = 8
+
+#: The most a fenced publisher waits before its next attempt, whatever its attempts took.
+PUBLISH_BACKOFF_CAP_SECONDS = 60.0
 
 #: metadata.stage of a version: served when published, or a candidate scored in shadow.
 STAGES = ("served", "candidate")
@@ -101,6 +107,23 @@ def history_spec(topic: str) -> TopicSpec:
 
 class PublishConflict(RuntimeError):
     """Another publisher of the same name kept winning: nothing of ours was committed."""
+
+
+def fenced_backoff(attempt: int, attempt_seconds: float, rng: random.Random) -> float:
+    """Seconds a publisher waits after its fenced attempt number `attempt` (from 1), which took
+    `attempt_seconds` from its start to its fencing.
+
+    Exponential backoff with full jitter, uniform in [0, attempt_seconds * 2**attempt]; the
+    exponent stops growing at 5, and the window at PUBLISH_BACKOFF_CAP_SECONDS. An attempt
+    succeeds only if no other publisher of the name starts while it runs, so the windows are
+    sized in attempts, not in fixed seconds: on a loaded host, where reading the state takes
+    seconds, fixed sub-second waits kept five racing publishers fencing each other until all
+    their attempts were spent.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt counts from 1, got {attempt}")
+    window = max(attempt_seconds, 0.05) * 2.0 ** min(attempt, 5)
+    return rng.uniform(0.0, min(window, PUBLISH_BACKOFF_CAP_SECONDS))
 
 
 async def _start_consumer(
@@ -370,69 +393,39 @@ class Publisher:
         model = stamped(model, self.name, published_by, stage=stage, **extra)
         history_key = self.name.encode()
         value_key = (self.name if stage == "served" else candidate_key(self.name)).encode()
-        for attempt in range(1, self.attempts + 1):
-            producer = AIOKafkaProducer(
-                **self.kafka.client_options(),
-                transactional_id=self.transactional_id,
-                enable_idempotence=True,
-                acks="all",
+
+        async def attempt(producer: AIOKafkaProducer) -> ModelParams:
+            served, candidate, highest = await read_state(
+                self.kafka, self.params_topic, self.name, self.verifier
             )
-            # start() initialises the transactions: it fences any other live publisher of this
-            # name and waits for its open transaction to be committed or aborted.
-            await producer.start()
-            try:
-                served, candidate, highest = await read_state(
-                    self.kafka, self.params_topic, self.name, self.verifier
+            now = (served.version if served else 0, candidate.version if candidate else None)
+            if expect is not None and now != expect:
+                raise StaleState(
+                    f"{self.name!r}: served and candidate versions are {now}, not {expect}"
                 )
-                now = (served.version if served else 0, candidate.version if candidate else None)
-                if expect is not None and now != expect:
-                    raise StaleState(
-                        f"{self.name!r}: served and candidate versions are {now}, not {expect}"
+            versioned = model.with_version(highest + 1)
+            value = versioned.dumps().encode()
+            headers = self._headers(value)
+            async with producer.transaction():
+                await producer.send(self.history_topic, value, key=history_key, headers=headers)
+                await producer.send(self.params_topic, value, key=value_key, headers=headers)
+                if stage == "served" and candidate is not None:
+                    marker = withdrawn_marker(versioned.version)
+                    await producer.send(
+                        self.params_topic,
+                        marker,
+                        key=candidate_key(self.name).encode(),
+                        headers=self._headers(marker),
                     )
-                versioned = model.with_version(highest + 1)
-                value = versioned.dumps().encode()
-                headers = self._headers(value)
-                async with producer.transaction():
-                    await producer.send(self.history_topic, value, key=history_key, headers=headers)
-                    await producer.send(self.params_topic, value, key=value_key, headers=headers)
-                    if stage == "served" and candidate is not None:
-                        marker = withdrawn_marker(versioned.version)
-                        await producer.send(
-                            self.params_topic,
-                            marker,
-                            key=candidate_key(self.name).encode(),
-                            headers=self._headers(marker),
-                        )
-                return versioned
-            # A publisher fenced while in its transaction gets ProducerFenced, or, from aiokafka,
-            # IllegalOperation on its next send (its transaction was ended under it). Either
-            # way nothing of the attempt is committed, so it is safe to retry.
-            except (ProducerFenced, InvalidProducerEpoch, IllegalOperation) as exc:
-                log.warning(
-                    "publishing %r: fenced by another publisher (%s); attempt %d of %d",
-                    self.name,
-                    type(exc).__name__,
-                    attempt,
-                    self.attempts,
-                )
-                await asyncio.sleep(random.uniform(0.05, 0.25) * attempt)
-            finally:
-                await producer.stop()
-        raise PublishConflict(
-            f"{self.attempts} attempts to publish {self.name!r} were fenced by other publishers"
-        )
+            return versioned
+
+        return await self._exclusively("publishing", attempt)
 
     async def withdraw_candidate(self, version: int) -> None:
         """Withdraws candidate `version` (workers stop scoring it); StaleState if it is not the
         candidate any more."""
-        producer = AIOKafkaProducer(
-            **self.kafka.client_options(),
-            transactional_id=self.transactional_id,
-            enable_idempotence=True,
-            acks="all",
-        )
-        await producer.start()  # fences the other publishers of the name, as publish() does
-        try:
+
+        async def attempt(producer: AIOKafkaProducer) -> None:
             _, candidate, highest = await read_state(
                 self.kafka, self.params_topic, self.name, self.verifier
             )
@@ -446,5 +439,48 @@ class Publisher:
                     key=candidate_key(self.name).encode(),
                     headers=self._headers(marker),
                 )
-        finally:
-            await producer.stop()
+
+        await self._exclusively("withdrawing the candidate of", attempt)
+
+    async def _exclusively(
+        self, what: str, attempt: Callable[[AIOKafkaProducer], Awaitable[_T]]
+    ) -> _T:
+        """Runs `attempt` with a started transactional producer of the name, and again after
+        each fenced try (nothing of a fenced try is committed), at most self.attempts times
+        in all, waiting fenced_backoff between tries; PublishConflict when every try was
+        fenced. Any other error ends it at once."""
+        rng = random.Random()
+        for number in range(1, self.attempts + 1):
+            began = time.monotonic()
+            producer = AIOKafkaProducer(
+                **self.kafka.client_options(),
+                transactional_id=self.transactional_id,
+                enable_idempotence=True,
+                acks="all",
+            )
+            # start() initialises the transactions: it fences any other live publisher of this
+            # name and waits for its open transaction to be committed or aborted.
+            await producer.start()
+            try:
+                return await attempt(producer)
+            # A publisher fenced while in its transaction gets ProducerFenced, or, from aiokafka,
+            # IllegalOperation on its next send (its transaction was ended under it). Either
+            # way nothing of the attempt is committed, so it is safe to retry.
+            except (ProducerFenced, InvalidProducerEpoch, IllegalOperation) as exc:
+                wait = fenced_backoff(number, time.monotonic() - began, rng)
+                log.warning(
+                    "%s %r: fenced by another publisher (%s); attempt %d of %d%s",
+                    what,
+                    self.name,
+                    type(exc).__name__,
+                    number,
+                    self.attempts,
+                    f", next in {wait:.2f} s" if number < self.attempts else "",
+                )
+            finally:
+                await producer.stop()
+            if number < self.attempts:
+                await asyncio.sleep(wait)
+        raise PublishConflict(
+            f"{self.attempts} attempts at {what} {self.name!r} were fenced by other publishers"
+        )

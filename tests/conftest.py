@@ -5,7 +5,13 @@ from __future__ import annotations
 import pathlib
 import sys
 
+import hypothesis  # noqa: F401
 import pytest
+
+# Imported here, at start-up, so that pytest's assertion rewriting parses hypothesis before any
+# test has started threads: otherwise the hypothesis plugin imports it at the terminal summary,
+# where CPython 3.11's ast.parse can fail spuriously ("AST constructor recursion depth
+# mismatch", python/cpython#106905) after a run that passed.
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

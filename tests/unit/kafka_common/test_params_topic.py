@@ -1,13 +1,30 @@
 """Decoding params-topic records: whatever a record holds, the reader skips it or loads it, and
-never raises (one poisoned record would stop every reader of the topic at the same offset)."""
+never raises (one poisoned record would stop every reader of the topic at the same offset).
+And the publisher's retry after fencing: bounded, backing off, only after a fenced try."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+from typing import ClassVar
 
 import pytest
+from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
+from numpy.testing import assert_allclose
 
-from kafka_common.params_topic import WITHDRAWN_SCHEMA, _decode, _withdrawn_version
+from kafka_common import params_topic
+from kafka_common.params_topic import (
+    PUBLISH_BACKOFF_CAP_SECONDS,
+    WITHDRAWN_SCHEMA,
+    PublishConflict,
+    Publisher,
+    StaleState,
+    _decode,
+    _withdrawn_version,
+    fenced_backoff,
+)
+from kafka_common.settings import KafkaSettings
 
 GOOD = {"schema": "gmm-params/1", "version": 3, "weights": [1.0], "locs": [0.0], "scale": 1.0}
 
@@ -49,3 +66,85 @@ def test_a_valid_record_loads():
 )
 def test_withdrawal_markers_are_recognised_or_ignored(value, version):
     assert _withdrawn_version(value) == version
+
+
+def test_fenced_backoff_grows_with_attempts_and_their_duration():
+    rng = random.Random(7)
+    for attempt in range(1, 9):
+        for took in (0.0, 0.3, 2.0, 40.0):
+            waits = [fenced_backoff(attempt, took, rng) for _ in range(200)]
+            window = min(max(took, 0.05) * 2 ** min(attempt, 5), PUBLISH_BACKOFF_CAP_SECONDS)
+            assert min(waits) >= 0.0 and max(waits) <= window
+            assert max(waits) > 0.8 * window  # full jitter: the whole window is used
+    # Scale-free: a slow host waits in proportion to its slower attempts.
+    slow, fast = (fenced_backoff(3, took, random.Random(1)) for took in (2.0, 0.2))
+    assert_allclose(slow, 10 * fast)
+    with pytest.raises(ValueError, match="from 1"):
+        fenced_backoff(0, 1.0, rng)
+
+
+class _FakeProducer:
+    """Stands in for the transactional producer: records its starts and stops."""
+
+    log: ClassVar[list[str]] = []
+
+    def __init__(self, **options: object) -> None:
+        assert options["transactional_id"] == "gmm-params-publisher-gmm"
+
+    async def start(self) -> None:
+        self.log.append("start")
+
+    async def stop(self) -> None:
+        self.log.append("stop")
+
+
+@pytest.fixture
+def fake_kafka(monkeypatch):
+    _FakeProducer.log = []
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(params_topic, "AIOKafkaProducer", _FakeProducer)
+    monkeypatch.setattr(params_topic.asyncio, "sleep", sleep)
+    return waits
+
+
+def _publisher(attempts: int = 4) -> Publisher:
+    return Publisher(KafkaSettings(), "params", "history", "gmm", attempts=attempts)
+
+
+def test_a_fenced_attempt_is_retried_on_a_new_producer_after_a_backoff(fake_kafka):
+    outcomes = [ProducerFenced(), IllegalOperation(), "done"]
+
+    async def attempt(producer):
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert asyncio.run(_publisher()._exclusively("publishing", attempt)) == "done"
+    assert _FakeProducer.log == ["start", "stop"] * 3  # each stopped before the next starts
+    assert len(fake_kafka) == 2
+
+
+def test_retries_are_bounded_and_end_in_publish_conflict(fake_kafka):
+    async def attempt(producer):
+        raise ProducerFenced()
+
+    with pytest.raises(PublishConflict, match="4 attempts"):
+        asyncio.run(_publisher(4)._exclusively("publishing", attempt))
+    assert _FakeProducer.log == ["start", "stop"] * 4
+    assert len(fake_kafka) == 3  # no wait after the last attempt
+
+
+@pytest.mark.parametrize("error", [StaleState("moved"), TimeoutError(), KafkaError()])
+def test_any_other_error_ends_at_once_with_the_producer_stopped(fake_kafka, error):
+    async def attempt(producer):
+        raise error
+
+    with pytest.raises(type(error)):
+        asyncio.run(_publisher()._exclusively("publishing", attempt))
+    assert _FakeProducer.log == ["start", "stop"]
+    assert fake_kafka == []
