@@ -356,6 +356,10 @@ class Worker:
         except Exception:  # the candidate's problem, not the stream's
             log.exception("scoring candidate version %d failed", candidate.model.version)
             return
+        if self.candidate.current is not candidate:
+            # Withdrawn or replaced while it was scoring: its totals and series are gone, and
+            # a late sample must not bring them back (nor be counted for another candidate).
+            return
         version = candidate.model.version
         self.shadow.add(version, serving.model.version, sample)
         self.metrics.observe_shadow(version, sample)

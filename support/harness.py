@@ -205,11 +205,20 @@ async def _consume(bootstrap: str, topic: str, n: int, timeout: float) -> list:
     # aiokafka#647: a consumer stopped before its no-group task first ran raises CancelledError.
     await asyncio.sleep(0)
     try:
-        tps = await topic_partitions(consumer, topic, wait_s=10)
+        out: list = []
+        if n <= 0:
+            return out
+        deadline = time.monotonic() + timeout
+        # The topic may not exist yet (a worker creates its topics once it has started): wait
+        # for it within the same deadline, and say so if it never appears, rather than
+        # returning nothing after the whole timeout.
+        tps: list = []
+        while not tps and time.monotonic() < deadline:
+            tps = await topic_partitions(consumer, topic, wait_s=2)
+        if not tps:
+            raise AssertionError(f"topic {topic!r} did not appear within {timeout:.0f} s")
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        out: list = []
-        deadline = time.monotonic() + timeout
         while len(out) < n and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
             for records in batch.values():
@@ -220,7 +229,8 @@ async def _consume(bootstrap: str, topic: str, n: int, timeout: float) -> list:
 
 
 def consume(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list:
-    """Reads topic from the beginning until n records arrived or timeout (then returns fewer)."""
+    """Reads topic from the beginning until n records arrived or timeout (then returns fewer);
+    AssertionError if the topic does not exist within the timeout."""
     return run(_consume(bootstrap, topic, n, timeout))
 
 

@@ -36,6 +36,7 @@ def newest_version(bootstrap: str, topic: str) -> int:
     return model.version if model else 0
 
 
+@pytest.mark.timeout(900)  # its own waits, each with a message, add up past 300 s
 def test_broker_restart_midstream(tmp_path, record_property):
     broker = Broker(tmp_path / "broker").up()
     topics = Topics("restart")

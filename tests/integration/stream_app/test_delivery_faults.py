@@ -95,20 +95,22 @@ def test_a_broker_that_stops_answering_makes_the_worker_unready_then_it_recovers
     worker = None
     try:
         publish_model(broker.bootstrap, topics.params, SEED_MODEL)
-        # A batch waits up to 3 s to fill, so the records below are fetched well before
+        # A batch waits up to 8 s to fill, so the records below are fetched well before
         # their batch is classified and sent: to a broker that no longer answers.
         worker = Worker(
             broker.bootstrap,
             topics,
             tmp_path,
             GMM_MAX_BATCH="4096",
-            GMM_MAX_DELAY_MS="3000",
+            GMM_MAX_DELAY_MS="8000",
             GMM_DELIVERY_STUCK_S="2",
         ).start()
         worker.wait_ready()
         wait_for(lambda: worker.metric("gmm_assigned_partitions") == 2, 60, message="assigned")
         produce(broker.bootstrap, topics.input, valid(500, "s"))
-        time.sleep(1.0)  # positions the fault: fetched (ms), not yet sent (3 s)
+        # Positions the fault (nothing observable marks a fetched, not yet closed batch):
+        # fetched (milliseconds; 2 s allowed), not yet sent (8 s after the first record).
+        time.sleep(2.0)
         broker.pause()
         try:
             wait_for(lambda: worker.ready_status() == 503, 30, message="/ready 503 while stuck")

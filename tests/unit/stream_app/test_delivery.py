@@ -51,7 +51,10 @@ async def test_a_send_that_keeps_failing_backs_off_reports_stuck_then_delivers()
     sink.decide = lambda batch, attempt: KafkaTimeoutError() if not gate.done() else None
     delivery = make(sink)
     task = asyncio.create_task(delivery.deliver([output(0), output(1)]))
-    await asyncio.sleep(0.1)
+    for _ in range(5000):  # at most 5 s
+        await asyncio.sleep(0.001)
+        if len(sink.sends) >= 3 and delivery.stuck_seconds() > 0.05:
+            break
     assert not task.done() and len(sink.sends) >= 3  # retried, with back-off
     assert delivery.stuck_seconds() > 0.05
     assert "KafkaTimeoutError" in (delivery.last_error or "")

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import numpy as np
 import pytest
 
 from mixture.classify import make_classifier
 from mixture.params import MixtureParams, ModelParams
+from stream_app import monitor
+from stream_app import worker as worker_module
 from stream_app.batch import InRecord
 from stream_app.checkpoint import Checkpoint
 from stream_app.delivery import Delivery
@@ -138,3 +141,35 @@ async def test_temperature_one_draws_are_a_function_of_the_record(classifier):
     assert results[0] == results[1]  # replayed: the same draws
     assert results[0] != results[2]  # another seed: other draws
     assert 0.2 < np.mean(results[0]) < 0.8  # x=5 sits between the components: both drawn
+
+
+async def test_a_candidate_withdrawn_while_it_scores_leaves_no_totals_or_series(
+    classifier, monkeypatch
+):
+    worker, sink, _, _ = make_worker(classifier)
+    worker.candidate.current = ServingModel(
+        ModelParams(4, PARAMS), classifier, classifier.prepare(PARAMS)
+    )
+    scoring, release = threading.Event(), threading.Event()
+
+    def held_compare(served, candidate):
+        scoring.set()
+        assert release.wait(10)
+        return monitor.compare(served, candidate)
+
+    monkeypatch.setattr(worker_module, "compare", held_compare)
+    worker.checkpoint.fetched(0, {TP0: 100})
+    handling = asyncio.ensure_future(worker.handle(batch(0, 100)))
+    while not scoring.is_set():
+        await asyncio.sleep(0.001)
+    await worker._candidate(None)  # the promotion or withdrawal arrives mid-score
+    release.set()
+    await handling
+    await worker.checkpoint.settled(5)
+    assert len(sink.acked) == 100  # serving went on
+    assert worker.shadow.current is None
+    assert worker.shadow.to_report() is None  # no report for a withdrawn candidate
+    records = worker.metrics.registry.get_sample_value(
+        "gmm_shadow_records_total", {"candidate_version": "4"}
+    )
+    assert records is None  # its series stays forgotten
