@@ -410,13 +410,7 @@ class Publisher:
                 await producer.send(self.history_topic, value, key=history_key, headers=headers)
                 await producer.send(self.params_topic, value, key=value_key, headers=headers)
                 if stage == "served" and candidate is not None:
-                    marker = withdrawn_marker(versioned.version)
-                    await producer.send(
-                        self.params_topic,
-                        marker,
-                        key=candidate_key(self.name).encode(),
-                        headers=self._headers(marker),
-                    )
+                    await self._send_withdrawal(producer, versioned.version)
             return versioned
 
         return await self._exclusively("publishing", attempt)
@@ -431,16 +425,21 @@ class Publisher:
             )
             if candidate is None or candidate.version != version:
                 raise StaleState(f"{self.name!r}: candidate {version} is not in shadow any more")
-            marker = withdrawn_marker(highest)
             async with producer.transaction():
-                await producer.send(
-                    self.params_topic,
-                    marker,
-                    key=candidate_key(self.name).encode(),
-                    headers=self._headers(marker),
-                )
+                await self._send_withdrawal(producer, highest)
 
         await self._exclusively("withdrawing the candidate of", attempt)
+
+    async def _send_withdrawal(self, producer: AIOKafkaProducer, version: int) -> None:
+        """Writes the withdrawal marker (with `version`, the highest taken) on the candidate key,
+        inside the caller's transaction."""
+        marker = withdrawn_marker(version)
+        await producer.send(
+            self.params_topic,
+            marker,
+            key=candidate_key(self.name).encode(),
+            headers=self._headers(marker),
+        )
 
     async def _exclusively(
         self, what: str, attempt: Callable[[AIOKafkaProducer], Awaitable[_T]]
