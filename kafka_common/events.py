@@ -191,7 +191,7 @@ class EventProducer:
         """Sends one event and waits for the broker's acknowledgement."""
         async with self._lock:
             if self._producer is None:
-                producer = AIOKafkaProducer(**self.kafka.client_options(), acks="all")
+                producer = AIOKafkaProducer(**self.kafka.producer_options(), acks="all")
                 await producer.start()
                 self._producer = producer
         await self._producer.send_and_wait(self.topic, event.dumps(), key=event.key)

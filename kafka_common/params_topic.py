@@ -131,9 +131,7 @@ async def _start_consumer(
 ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
     """Every partition of `topic`, from the beginning (the params topic is compacted: one
     record per key, plus the not yet compacted tail), committed records only."""
-    consumer, tps = await assigned_consumer(
-        kafka, topic, auto_offset_reset="earliest", isolation_level="read_committed"
-    )
+    consumer, tps = await assigned_consumer(kafka, topic, auto_offset_reset="earliest")
     try:
         await consumer.seek_to_beginning(*tps)
     except BaseException:
@@ -452,7 +450,7 @@ class Publisher:
         for number in range(1, self.attempts + 1):
             began = time.monotonic()
             producer = AIOKafkaProducer(
-                **self.kafka.client_options(),
+                **self.kafka.producer_options(),
                 transactional_id=self.transactional_id,
                 enable_idempotence=True,
                 acks="all",

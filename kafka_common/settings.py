@@ -195,6 +195,8 @@ def markdown_table(cls: type) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Record-batch codecs Kafka has; every consumer of the project reads all of them.
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -231,6 +233,24 @@ class KafkaSettings:
     replication_factor: int = env_field(
         "KAFKA_TOPIC_REPLICATION_FACTOR", 1, "Replication of the topics the service creates"
     )
+    fetch_max_bytes: int = env_field(
+        "GMM_FETCH_MAX_BYTES",
+        4 * 1024 * 1024,
+        "Most bytes one fetch of a consumer asks the broker for, all partitions together (the "
+        "broker still returns a first record batch larger than this, so that no record stalls)",
+    )
+    fetch_partition_max_bytes: int = env_field(
+        "GMM_FETCH_PARTITION_MAX_BYTES",
+        1024 * 1024,
+        "Most bytes one fetch asks for from one partition (same exception as GMM_FETCH_MAX_BYTES)",
+    )
+    output_compression: str = env_field(
+        "GMM_OUTPUT_COMPRESSION",
+        "lz4",
+        "Compression of the record batches this process writes (every codec is read whatever "
+        "this says)",
+        choices=COMPRESSIONS,
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.sasl_password, Secret):  # KafkaSettings(sasl_password="...")
@@ -258,6 +278,16 @@ class KafkaSettings:
                 raise SettingsError(
                     f"KAFKA_SSL_CAFILE={self.ssl_cafile!r} cannot be read: {exc.strerror}"
                 ) from None
+        if self.fetch_partition_max_bytes < 1024:
+            raise SettingsError(
+                "GMM_FETCH_PARTITION_MAX_BYTES must be >= 1024, got "
+                f"{self.fetch_partition_max_bytes}"
+            )
+        if self.fetch_max_bytes < self.fetch_partition_max_bytes:
+            raise SettingsError(
+                f"GMM_FETCH_MAX_BYTES ({self.fetch_max_bytes}) must be >= "
+                f"GMM_FETCH_PARTITION_MAX_BYTES ({self.fetch_partition_max_bytes})"
+            )
 
     @property
     def servers(self) -> list[str]:
@@ -284,3 +314,18 @@ class KafkaSettings:
         if context is not None:
             opts["ssl_context"] = context
         return opts
+
+    def consumer_options(self) -> dict[str, Any]:
+        """Keyword arguments for every aiokafka consumer of the project: committed records only
+        (an aborted transaction's records are never read) and fetches bounded in bytes."""
+        return {
+            **self.client_options(),
+            "isolation_level": "read_committed",
+            "fetch_max_bytes": self.fetch_max_bytes,
+            "max_partition_fetch_bytes": self.fetch_partition_max_bytes,
+        }
+
+    def producer_options(self) -> dict[str, Any]:
+        """Keyword arguments for every aiokafka producer of the project (its codec)."""
+        codec = self.output_compression
+        return {**self.client_options(), "compression_type": None if codec == "none" else codec}

@@ -89,9 +89,10 @@ async def assigned_consumer(
     kafka: KafkaSettings, topic: str, **options: Any
 ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
     """A started, group-less consumer assigned every partition of `topic` (LookupError if the
-    topic does not exist); positions are left to the caller."""
+    topic does not exist); positions are left to the caller. Committed records only, fetches
+    bounded in bytes (`KafkaSettings.consumer_options`)."""
     consumer = AIOKafkaConsumer(
-        **kafka.client_options(), enable_auto_commit=False, group_id=None, **options
+        **kafka.consumer_options(), enable_auto_commit=False, group_id=None, **options
     )
     await consumer.start()
     # aiokafka#647: a consumer stopped before its no-group task first ran raises CancelledError.

@@ -16,6 +16,7 @@ import orjson
 
 #: Stable reason codes, in the order checks run.
 REASONS = (
+    "tombstone",  # the record has a null value (Kafka's tombstone): no point at all
     "oversized",
     "not_json",
     "not_object",

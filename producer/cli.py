@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import pathlib
@@ -22,7 +23,7 @@ from aiokafka.errors import KafkaError
 
 from kafka_common.batch_sender import BatchSender, send_paced
 from kafka_common.connection import KafkaUnavailable, check_connection, describe_kafka_error
-from kafka_common.settings import KafkaSettings, SettingsError, load
+from kafka_common.settings import COMPRESSIONS, KafkaSettings, SettingsError, load
 
 PROG = "gmm-produce"
 
@@ -73,7 +74,7 @@ def replay(args: argparse.Namespace) -> Iterator[tuple[bytes | None, bytes]]:
 async def produce(args: argparse.Namespace, kafka: KafkaSettings) -> int:
     await check_connection(kafka)
     source = replay(args) if args.replay else synthetic(args)
-    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(**kafka.producer_options(), acks="all", max_batch_size=256 * 1024)
     await producer.start()
     t0 = time.perf_counter()
     try:
@@ -102,9 +103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--id-prefix", default="p", help="ids are <prefix>-<n>")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--replay", help="send this JSON-lines file's lines as they are")
+    parser.add_argument(
+        "--compression",
+        choices=COMPRESSIONS,
+        help="codec of the record batches (default: GMM_OUTPUT_COMPRESSION, else lz4)",
+    )
     args = parser.parse_args(argv)
     try:
         kafka = load(KafkaSettings, os.environ)
+        if args.compression is not None:
+            kafka = dataclasses.replace(kafka, output_compression=args.compression)
         if not args.replay:
             parse_locs(args.locs)
     except (SettingsError, ValueError) as exc:

@@ -29,15 +29,42 @@ if TYPE_CHECKING:  # types only: this module runs without Faust (bench/device us
     from stream_app.topics import AssignmentRecord, DeadLetterRecord, SourceRef
 
 
-class InRecord(NamedTuple):
-    """What the batch needs of a consumed Kafka record."""
+class KeyCut(NamedTuple):
+    """What is kept of a key too long to carry: its whole size and SHA-256 (the record's key
+    becomes its first bytes)."""
 
-    key: bytes | None
+    size: int
+    sha256: str
+
+
+class InRecord(NamedTuple):
+    """What the batch needs of a consumed Kafka record (its headers are never needed)."""
+
+    key: bytes | None  # at most GMM_MAX_KEY_BYTES: a longer one is cut (see key_cut)
     value: bytes | None
     topic: str
     partition: int
     offset: int
     timestamp: float | None  # seconds since the epoch
+    key_cut: KeyCut | None = None  # set when the key was cut
+
+
+def cut_key(key: bytes, max_bytes: int) -> tuple[bytes, KeyCut | None]:
+    """The key as outputs carry it: as it is when at most `max_bytes`, else its first
+    `max_bytes` bytes and a KeyCut.
+
+    Outputs carry their input's key, and the broker refuses a record (an assignment, or even a
+    small dead letter) whose key is near its size limit: a key cut the way payloads are makes
+    every output of any input fit.
+    """
+    if len(key) <= max_bytes:
+        return key, None
+    return key[:max_bytes], KeyCut(len(key), hashlib.sha256(key).hexdigest())
+
+
+def _key_fields(doc: dict, cut: KeyCut | None) -> None:
+    if cut is not None:
+        doc.update(key_size=cut.size, key_sha256=cut.sha256, key_truncated=True)
 
 
 class Outgoing(NamedTuple):
@@ -51,6 +78,7 @@ class Outgoing(NamedTuple):
     source: SourceRef  # the input record it answers
     reason: str | None = None  # a dead letter's reason
     component: int = -1  # an assignment's component
+    key_cut: KeyCut | None = None  # the input's key was cut (see cut_key)
 
 
 class BatchOutcome(NamedTuple):
@@ -108,7 +136,10 @@ def dead_letter(r: InRecord, reason: str, error: str, payload_bytes: int) -> Out
         "payload_base64": base64.b64encode(prefix).decode("ascii"),
         "payload_text": _text_prefix(prefix, len(prefix) < len(payload)),
     }
-    return Outgoing(r.key, orjson.dumps(doc), r.timestamp, r.partition, True, _source(r), reason)
+    _key_fields(doc, r.key_cut)  # type: ignore[arg-type]
+    return Outgoing(
+        r.key, orjson.dumps(doc), r.timestamp, r.partition, True, _source(r), reason, -1, r.key_cut
+    )
 
 
 def refused_letter(out: Outgoing, reason: str, error: str) -> Outgoing:
@@ -131,7 +162,18 @@ def refused_letter(out: Outgoing, reason: str, error: str) -> Outgoing:
     }
     if out.dead_letter and out.reason is not None:
         doc["original_reason"] = out.reason
-    return Outgoing(out.key, orjson.dumps(doc), out.ts_in, out.partition, True, out.source, reason)
+    _key_fields(doc, out.key_cut)  # type: ignore[arg-type]
+    return Outgoing(
+        out.key,
+        orjson.dumps(doc),
+        out.ts_in,
+        out.partition,
+        True,
+        out.source,
+        reason,
+        -1,
+        out.key_cut,
+    )
 
 
 class ParsedSlice(NamedTuple):
@@ -161,7 +203,7 @@ def parse_slice(
     for r in records:
         try:
             if r.value is None:
-                raise PointError("not_json", "the record has no value")
+                raise PointError("tombstone", "the record has a null value (a tombstone)")
             valid.append((r, decode_point(r.value, dim, max_record_bytes)))
         except PointError as exc:
             dead.append(dead_letter(r, exc.reason, str(exc), dlq_payload_bytes))
@@ -234,8 +276,12 @@ def encode_slice(
         }
         if None in p.x:
             doc["missing"] = [j for j, v in enumerate(p.x) if v is None]
+        if r.key_cut is not None:
+            _key_fields(doc, r.key_cut)  # type: ignore[arg-type]
         value = orjson.dumps(doc)
-        o = _new(Outgoing, (r.key, value, r.timestamp, r.partition, False, source, None, a))
+        o = _new(
+            Outgoing, (r.key, value, r.timestamp, r.partition, False, source, None, a, r.key_cut)
+        )
         if len(value) > max_output_bytes:
             dead.append(
                 refused_letter(

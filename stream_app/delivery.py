@@ -281,7 +281,7 @@ class KafkaSink:
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            **self.kafka.client_options(),
+            **self.kafka.producer_options(),
             acks="all",
             enable_idempotence=True,
             max_batch_size=MAX_BATCH_BYTES,

@@ -103,6 +103,18 @@ class WorkerSettings:
     max_delay_ms: float = env_field(
         "GMM_MAX_DELAY_MS", 20.0, "Longest a record waits for its micro-batch to fill (ms)"
     )
+    max_batch_bytes: int = env_field(
+        "GMM_MAX_BATCH_BYTES",
+        4 * 1024 * 1024,
+        "Largest micro-batch in bytes of keys and values (a single larger record is a batch of "
+        "its own); with the fetch limits it bounds the records a worker holds (README 'Memory')",
+    )
+    max_key_bytes: int = env_field(
+        "GMM_MAX_KEY_BYTES",
+        4096,
+        "Longest key an output carries: a longer input key is cut to its first bytes, and the "
+        "output records the whole key's size and SHA-256 (key_size, key_sha256, key_truncated)",
+    )
     slice_records: int = env_field(
         "GMM_SLICE_RECORDS",
         0,
@@ -195,6 +207,8 @@ class WorkerSettings:
             raise SettingsError(f"GMM_MAX_BATCH must be >= 1, got {self.max_batch}")
         if not self.max_delay_ms > 0:
             raise SettingsError(f"GMM_MAX_DELAY_MS must be > 0, got {self.max_delay_ms}")
+        if self.max_batch_bytes < 1024:
+            raise SettingsError(f"GMM_MAX_BATCH_BYTES must be >= 1024, got {self.max_batch_bytes}")
         if not 0 < self.web_port < 65536:
             raise SettingsError(f"GMM_WORKER_WEB_PORT must be a port number, got {self.web_port}")
         if self.session_timeout_s < 6:
@@ -216,6 +230,12 @@ class WorkerSettings:
             raise SettingsError(
                 "GMM_DLQ_PAYLOAD_BYTES must be between 0 and GMM_MAX_OUTPUT_BYTES / 8 "
                 f"({self.max_output_bytes // 8}), got {self.dlq_payload_bytes}"
+            )
+        # The key travels beside a dead letter's payload prefix: both must leave room for JSON.
+        if not 0 <= self.max_key_bytes <= self.max_output_bytes // 8:
+            raise SettingsError(
+                "GMM_MAX_KEY_BYTES must be between 0 and GMM_MAX_OUTPUT_BYTES / 8 "
+                f"({self.max_output_bytes // 8}), got {self.max_key_bytes}"
             )
         for name, value in (
             ("GMM_DELIVERY_STUCK_S", self.delivery_stuck_s),

@@ -7,7 +7,13 @@ bench/results/stream.md). Here a micro-batch is one `getmany` call: records stay
 ConsumerRecords, and a batch becomes one event on the agent's channel (stream_app.agents).
 
 Micro-batching follows Triton's dynamic batcher: a batch closes when it holds `max_batch`
-records, or `max_delay` after its first record arrived, whichever comes first.
+records or `max_batch_bytes` of keys and values, or `max_delay` after its first record arrived,
+whichever comes first. Records fetched past a full batch are carried to the next one (never
+fetched twice); a rebalance drops them, as it drops a partial batch, since the consumer then
+reads on from the committed offsets. With the consumer's fetches bounded in bytes
+(`KafkaSettings.consumer_options`), the records a worker holds are bounded in bytes too.
+
+A key longer than `max_key_bytes` is cut here, before the batch holds it (`batch.cut_key`).
 
 What may be committed, and when, is the Checkpoint's business (stream_app.checkpoint): this
 class only fetches, commits what it is given, and tells the checkpoint (`on_revoke`) before a
@@ -26,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import KafkaError
 
 from kafka_common.settings import KafkaSettings
-from stream_app.batch import InRecord
+from stream_app.batch import InRecord, cut_key
 from stream_app.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -40,7 +46,37 @@ _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (ab
 
 def _in_record(r: ConsumerRecord) -> InRecord:
     ts = r.timestamp / 1000 if r.timestamp is not None and r.timestamp >= 0 else None
-    return _new(InRecord, (r.key, r.value, r.topic, r.partition, r.offset, ts))
+    return _new(InRecord, (r.key, r.value, r.topic, r.partition, r.offset, ts, None))
+
+
+def in_records(items: list[ConsumerRecord], max_key_bytes: int) -> list[InRecord]:
+    """The batch's view of consumed records; a key over `max_key_bytes` is cut (`cut_key`)."""
+    out = list(map(_in_record, items))
+    if max(r.serialized_key_size for r in items) > max_key_bytes:
+        for i, r in enumerate(out):
+            if r.key is not None and len(r.key) > max_key_bytes:
+                key, cut = cut_key(r.key, max_key_bytes)
+                out[i] = r._replace(key=key, key_cut=cut)
+    return out
+
+
+def _record_bytes(r: ConsumerRecord) -> int:
+    # serialized_*_size is -1 for a null key or value.
+    return max(0, r.serialized_key_size) + max(0, r.serialized_value_size)
+
+
+def fitting(items: list[ConsumerRecord], room: int, size: int, max_bytes: int) -> tuple[int, int]:
+    """How many of `items` (at most `room`) a batch of `size` bytes takes without passing
+    `max_bytes`, and its size then. An empty batch takes one record of any size."""
+    n = min(len(items), room)
+    sizes = [_record_bytes(r) for r in items[:n]]
+    if size + sum(sizes) <= max_bytes:
+        return n, size + sum(sizes)
+    for i, b in enumerate(sizes):
+        if size + b > max_bytes and (size > 0 or i > 0):
+            return i, size
+        size += b
+    return n, size
 
 
 class InBatch(NamedTuple):
@@ -66,12 +102,16 @@ class PointSource(ConsumerRebalanceListener):
         session_timeout_s: float,
         metrics: WorkerMetrics | None = None,
         rebalance_timeout_s: float = 60.0,
+        max_batch_bytes: int = 4 * 1024 * 1024,
+        max_key_bytes: int = 4096,
     ) -> None:
         self.kafka = kafka
         self.metrics = metrics
         self.topic = topic
         self.group_id = group_id
         self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
+        self.max_key_bytes = max_key_bytes
         self.max_delay_s = max_delay_s
         self.session_timeout_s = session_timeout_s
         self.rebalance_timeout_s = rebalance_timeout_s
@@ -81,10 +121,14 @@ class PointSource(ConsumerRebalanceListener):
         self._fetched = 0  # batches handed out
         self._generation = 0  # rebalances begun
         self._committed: dict[TopicPartition, int] = {}  # as known to this worker
+        #: Records fetched past the last full batch, in fetch order: the next batch's first.
+        self._carry: list[tuple[TopicPartition, list[ConsumerRecord]]] = []
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(
-            **self.kafka.client_options(),
+            # Committed records only (an aborted transaction's are skipped by the broker's
+            # markers), fetches bounded in bytes; every codec is read (cramjam).
+            **self.kafka.consumer_options(),
             group_id=self.group_id,
             client_id=f"{self.group_id}-points",
             enable_auto_commit=False,
@@ -121,26 +165,41 @@ class PointSource(ConsumerRebalanceListener):
                 self.metrics.input_committed_offset.labels(partition=str(tp.partition)).set(offset)
 
     async def next_batch(self) -> InBatch:
-        """Waits for a record, then fills a batch until it is full or its delay has passed."""
+        """Waits for a record, then fills a batch until it is full (in records or bytes) or its
+        delay has passed."""
         consumer = self.consumer
         assert consumer is not None, "start() first"
         records: list[InRecord] = []
         offsets: dict[TopicPartition, int] = {}
         deadline: float | None = None
+        size = 0  # bytes of keys and values in the batch
         while len(records) < self.max_batch:
-            generation = self._generation
-            timeout = IDLE_POLL_S if deadline is None else max(0.0, deadline - time.monotonic())
-            fetched = await consumer.getmany(
-                timeout_ms=int(timeout * 1000), max_records=self.max_batch - len(records)
-            )
-            if self._generation != generation and records:
-                # A rebalance while filling: the consumer reads on from the committed offsets,
-                # so what the batch held is read again (here or by the partition's new owner).
-                log.info("dropping a partial batch of %d records at a rebalance", len(records))
-                records, offsets, deadline = [], {}, None
-            for tp, items in fetched.items():
-                records.extend(map(_in_record, items))
-                offsets[tp] = items[-1].offset + 1
+            if self._carry:
+                fetched, self._carry = self._carry, []
+            else:
+                generation = self._generation
+                timeout = IDLE_POLL_S if deadline is None else max(0.0, deadline - time.monotonic())
+                got = await consumer.getmany(
+                    timeout_ms=int(timeout * 1000), max_records=self.max_batch - len(records)
+                )
+                if self._generation != generation and records:
+                    # A rebalance while filling: the consumer reads on from the committed
+                    # offsets, so what the batch held is read again (here or by the
+                    # partition's new owner).
+                    log.info("dropping a partial batch of %d records at a rebalance", len(records))
+                    records, offsets, deadline, size = [], {}, None, 0
+                fetched = list(got.items())
+            for n, (tp, items) in enumerate(fetched):
+                room = self.max_batch - len(records)
+                take, size = fitting(items, room, size, self.max_batch_bytes)
+                if take:
+                    records.extend(in_records(items[:take], self.max_key_bytes))
+                    offsets[tp] = items[take - 1].offset + 1
+                if take < len(items):  # the batch is full: the rest starts the next one
+                    self._carry = [(tp, items[take:]), *fetched[n + 1 :]]
+                    break
+            if self._carry:
+                break
             if deadline is None:
                 if not records:
                     continue
@@ -176,6 +235,7 @@ class PointSource(ConsumerRebalanceListener):
         # Called by aiokafka before the partitions move: hand them over settled. From here
         # until the new assignment, getmany() blocks; then positions restart from commits.
         self._generation += 1
+        self._carry = []  # positions restart from the committed offsets
         if not revoked:
             return
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))

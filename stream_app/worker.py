@@ -120,6 +120,8 @@ class Worker:
             self.metrics,
             # Revoke settles, then commits, each bounded by the revoke timeout.
             rebalance_timeout_s=2 * settings.revoke_timeout_s + 10,
+            max_batch_bytes=settings.max_batch_bytes,
+            max_key_bytes=settings.max_key_bytes,
         )
         self.sink = KafkaSink(settings.kafka, settings.output_topic, settings.dlq_topic)
         self.delivery = Delivery(self.sink, self.metrics)

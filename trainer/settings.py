@@ -148,7 +148,9 @@ class TrainerSettings:
         "GMM_TRAINER_METRICS_PORT", 6067, "Port of the trainer's /metrics (0: none)"
     )
     max_record_bytes: int = env_field(
-        "GMM_MAX_RECORD_BYTES", 65536, "Larger input records are dead-lettered as oversized"
+        "GMM_MAX_RECORD_BYTES",
+        65536,
+        "Larger input records are left out of the window (counted as oversized)",
     )
     jax_cache_dir: str = jax_cache_dir_field()
     params_signing_key: str = env_field(

@@ -3,6 +3,11 @@
 The window is the newest `max_records` records across all partitions (each partition is read
 from at most `max_records` before its end, then all are merged by timestamp), optionally only
 those of the last `max_age_s` seconds. Invalid records are skipped and counted by reason.
+
+Memory is bounded in bytes, whatever the records: the consumer's fetches are (GMM_FETCH_*
+settings, committed records only), and each record is decoded as it arrives, so the window
+keeps points and reasons, never the raw values (a 60 KB record that holds one number costs a
+number).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer
@@ -42,7 +47,7 @@ async def read_window(
     dimension cannot decide the first model's. Points of another dimension count as
     `wrong_dim`. Reading takes at most deadline_s (TimeoutError: the cycle is retried).
     """
-    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.consumer_options(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     await asyncio.sleep(0)  # aiokafka#647: let the no-group task start before any stop
     try:
@@ -61,13 +66,17 @@ async def read_window(
                 starts[tp] = max(starts[tp], at.offset if at is not None else ends[tp])
         for tp in tps:
             consumer.seek(tp, starts[tp])
-        records: list[tuple[int, bytes | None]] = []
+        records: list[tuple[int, list[Any] | str]] = []
         remaining = {tp for tp in tps if starts[tp] < ends[tp]}
         async with asyncio.timeout(deadline_s):
             while remaining:
                 batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
                 for tp, items in batch.items():
-                    records.extend((r.timestamp, r.value) for r in items if r.offset < ends[tp])
+                    records.extend(
+                        (r.timestamp, _decoded(r.value, dim, max_record_bytes))
+                        for r in items
+                        if r.offset < ends[tp]
+                    )
                 for tp in list(remaining):
                     if await consumer.position(tp) >= ends[tp]:
                         remaining.discard(tp)
@@ -76,21 +85,34 @@ async def read_window(
 
     records.sort(key=lambda item: item[0])
     records = records[-max_records:]
-    return _valid_points(records, dim, max_record_bytes)
+    return _window(records, dim)
+
+
+def _decoded(value: bytes | None, dim: int | None, max_record_bytes: int) -> list[Any] | str:
+    """A record's point coordinates, or the reason it has none."""
+    try:
+        if value is None:
+            raise PointError("tombstone", "the record has a null value (a tombstone)")
+        return decode_point(value, dim, max_record_bytes).x
+    except PointError as exc:
+        return exc.reason
 
 
 def _valid_points(
     records: list[tuple[int, bytes | None]], dim: int | None, max_record_bytes: int
 ) -> Window:
-    """The window of the records' valid points (oldest first), see read_window."""
+    """The window of raw records' valid points (oldest first), see read_window."""
+    return _window([(t, _decoded(v, dim, max_record_bytes)) for t, v in records], dim)
+
+
+def _window(records: list[tuple[int, list[Any] | str]], dim: int | None) -> Window:
+    """The window of decoded records (oldest first): see read_window for `dim`."""
     decoded, invalid = [], collections.Counter[str]()
-    for _, value in records:
-        try:
-            if value is None:
-                raise PointError("not_json", "the record has no value")
-            decoded.append(decode_point(value, dim, max_record_bytes).x)
-        except PointError as exc:
-            invalid[exc.reason] += 1
+    for _, x in records:
+        if isinstance(x, str):
+            invalid[x] += 1
+        else:
+            decoded.append(x)
     if dim is None and decoded:
         sizes = collections.Counter(len(x) for x in decoded)
         newest = {len(x): i for i, x in enumerate(decoded)}

@@ -49,7 +49,7 @@ def test_valid_and_invalid_records(temperature):
     assert docs[0]["source"] == {"topic": "points", "partition": 3, "offset": 10}
     assert docs[0]["ts_in"] == 1_700_000_000.5 and docs[0]["ts_out"] >= docs[0]["ts_in"]
     assert [o.key for o in out.assignments] == [b"k", None]  # keys kept
-    assert out.reasons == ["not_json", "not_json", "wrong_dim"]
+    assert out.reasons == ["not_json", "tombstone", "wrong_dim"]
     dead = json.loads(out.dead_letters[0].value)
     assert base64.b64decode(dead["payload_base64"]) == b"garbage"
     assert dead["payload_text"] == "garbage"

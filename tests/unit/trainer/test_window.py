@@ -30,7 +30,7 @@ def test_a_tie_goes_to_the_newest_dimension():
 def test_a_models_dimension_is_kept_and_bad_records_are_counted():
     window = _valid_points([*records(1.0, [1, 2], "q"), (9, None)], 1, 65536)
     assert_allclose(window.points, [[1.0]])
-    assert window.invalid == {"wrong_dim": 1, "not_numeric": 1, "not_json": 1}
+    assert window.invalid == {"wrong_dim": 1, "not_numeric": 1, "tombstone": 1}
 
 
 def test_missing_coordinates_become_nan():

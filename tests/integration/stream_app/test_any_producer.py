@@ -1,0 +1,188 @@
+"""Records from any producer, as the real broker hands them over: batches compressed with every
+codec Kafka has and written by librdkafka (confluent-kafka), transactions that abort, null values,
+headers, and keys just under the broker's size limit. Each ends as exactly one assignment or one
+dead letter, and the worker goes on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from confluent_kafka import Producer
+
+from kafka_common.settings import KafkaSettings
+from support.harness import (
+    SEED_MODEL,
+    Topics,
+    consume,
+    count_records,
+    create_worker_topics,
+    produce,
+    publish_model,
+    run,
+    wait_for,
+)
+from trainer.window import read_window
+
+CODECS = ("gzip", "snappy", "lz4", "zstd")
+
+
+def valid(n: int, prefix: str) -> list[tuple[bytes, bytes]]:
+    return [
+        (f"{prefix}-{i}".encode(), json.dumps({"id": f"{prefix}-{i}", "x": float(i % 12)}).encode())
+        for i in range(n)
+    ]
+
+
+def librdkafka_produce(
+    bootstrap: str, topic: str, items: list[tuple[bytes, bytes]], codec: str
+) -> None:
+    """Writes items to partition 0 with librdkafka, in record batches compressed with codec."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "compression.type": codec, "linger.ms": 100}
+    )
+    for key, value in items:
+        producer.produce(topic, value=value, key=key, partition=0)
+    assert producer.flush(30) == 0
+
+
+def ids(records) -> list[str]:
+    return sorted(json.loads(r.value)["id"] for r in records)
+
+
+def committed(worker) -> float:
+    return worker.metric("gmm_input_committed_offset")
+
+
+def test_batches_of_every_codec_from_librdkafka_are_classified_exactly_once(
+    kafka_bootstrap, start_worker
+):
+    topics = Topics("codecs")
+    create_worker_topics(kafka_bootstrap, topics, partitions=1)
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    worker = start_worker(topics, GMM_INPUT_PARTITIONS="1")
+    worker.wait_ready()
+    sent = []
+    for codec in CODECS:
+        items = valid(50, codec)
+        librdkafka_produce(kafka_bootstrap, topics.input, items, codec)
+        sent += [k.decode() for k, _ in items]
+
+    wait_for(lambda: committed(worker) == 200, 90, message="all 200 offsets committed")
+    assert ids(consume(kafka_bootstrap, topics.output, 200)) == sorted(sent)
+    assert count_records(kafka_bootstrap, topics.output) == 200  # none twice
+    assert count_records(kafka_bootstrap, topics.dlq) == 0
+    worker.check_alive()
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_the_trainers_window_reads_every_codec(kafka_bootstrap, new_topic, codec):
+    topic = new_topic(f"window-{codec}")
+    librdkafka_produce(kafka_bootstrap, topic, valid(50, codec), codec)
+    window = run(read_window(KafkaSettings(bootstrap_servers=kafka_bootstrap), topic, 1000))
+    assert window.n_records == 50 and window.points.shape == (50, 1)
+    assert sorted(window.points[:, 0].tolist()) == sorted(float(i % 12) for i in range(50))
+
+
+def transactional_abort_then_commit(bootstrap: str, topic: str) -> None:
+    """50 records in a transaction that aborts, then 50 in one that commits (librdkafka)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"t-{topic}"})
+    producer.init_transactions(30)
+    for prefix, commit in (("aborted", False), ("committed", True)):
+        producer.begin_transaction()
+        for key, value in valid(50, prefix):
+            producer.produce(topic, value=value, key=key, partition=0)
+        producer.flush(30)
+        if commit:
+            producer.commit_transaction(30)
+        else:
+            producer.abort_transaction(30)
+
+
+def test_only_committed_records_are_classified_and_fitted(kafka_bootstrap, start_worker):
+    topics = Topics("txn")
+    create_worker_topics(kafka_bootstrap, topics, partitions=1)
+    transactional_abort_then_commit(kafka_bootstrap, topics.input)
+
+    # The trainer's window holds exactly the committed 50.
+    window = run(read_window(KafkaSettings(bootstrap_servers=kafka_bootstrap), topics.input, 1000))
+    assert window.n_records == 50 and window.points.shape == (50, 1)
+
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    worker = start_worker(topics, GMM_INPUT_PARTITIONS="1")
+    worker.wait_ready()
+    # 50 + 1 marker per transaction: the committed offset passes the aborted records.
+    wait_for(lambda: committed(worker) >= 101, 60, message="the committed records' offsets")
+    outputs = consume(kafka_bootstrap, topics.output, 50)
+    assert ids(outputs) == sorted(f"committed-{i}" for i in range(50))
+    assert count_records(kafka_bootstrap, topics.output) == 50
+    assert count_records(kafka_bootstrap, topics.dlq) == 0
+    assert worker.metric("gmm_records_in_total") == 50
+
+
+async def _produce_large(bootstrap: str, topic: str, items: list) -> None:
+    # Room for a record just under the broker's limit (message.max.bytes, 1,048,588 bytes).
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", max_request_size=2 * 1024 * 1024
+    )
+    await producer.start()
+    try:
+        for key, value, headers in items:
+            await producer.send_and_wait(topic, value, key=key, partition=0, headers=headers)
+    finally:
+        await producer.stop()
+
+
+def test_no_record_halts_the_worker_keys_near_the_limit_tombstones_and_headers(
+    kafka_bootstrap, start_worker
+):
+    topics = Topics("anyrecord")
+    create_worker_topics(kafka_bootstrap, topics, partitions=1)
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    worker = start_worker(topics, GMM_INPUT_PARTITIONS="1")
+    worker.wait_ready()
+
+    huge_key = b"k" * 1_048_200  # the record is just under the broker's limit
+    big_header = [("trace", b"h" * 900_000)]
+    items = [(k, v, []) for k, v in valid(100, "a")]
+    items += [
+        (huge_key, b'{"x":"a"}', []),  # bad value, huge key
+        (huge_key[:-20], b'{"id": "hk", "x": 3.0}', []),  # valid value, huge key
+        (b"tomb", None, []),  # a tombstone
+        (b"hdr", b'{"id": "hdr", "x": 1.0}', big_header),  # valid, with large headers
+        (b"hdr2", b'{"id": "hdr2", "x": 2.0}', [("a", b""), ("a", b"dup"), ("b", None)]),
+    ]
+    items += [(k, v, []) for k, v in valid(100, "b")]
+    run(_produce_large(kafka_bootstrap, topics.input, items))
+
+    wait_for(lambda: committed(worker) == 205, 90, message="all 205 offsets committed")
+    assert count_records(kafka_bootstrap, topics.output) == 203  # 200 + hk + hdr + hdr2, once
+    assert count_records(kafka_bootstrap, topics.dlq) == 2
+    outputs = {json.loads(r.value)["id"]: r for r in consume(kafka_bootstrap, topics.output, 203)}
+    assert len(outputs) == 203 and {"hk", "hdr", "hdr2"} <= set(outputs)
+    cut = outputs["hk"]
+    assert cut.key == huge_key[:4096]
+    doc = json.loads(cut.value)
+    assert doc["key_truncated"] and doc["key_size"] == len(huge_key) - 20
+    assert doc["key_sha256"] == hashlib.sha256(huge_key[:-20]).hexdigest()
+    assert "key_truncated" not in json.loads(outputs["a-0"].value)  # short keys as they were
+    assert outputs["a-0"].key == b"a-0"
+
+    letters = {json.loads(r.value)["reason"]: r for r in consume(kafka_bootstrap, topics.dlq, 2)}
+    assert set(letters) == {"not_numeric", "tombstone"}
+    bad = json.loads(letters["not_numeric"].value)
+    assert letters["not_numeric"].key == huge_key[:4096]
+    assert bad["key_size"] == len(huge_key) and bad["payload_text"] == '{"x":"a"}'
+    assert bad["key_sha256"] == hashlib.sha256(huge_key).hexdigest()
+    tombstone = json.loads(letters["tombstone"].value)
+    assert letters["tombstone"].key == b"tomb" and tombstone["payload_size"] == 0
+    assert tombstone["source"] == {"topic": topics.input, "partition": 0, "offset": 102}
+    assert worker.metric("gmm_deadlettered_total", reason="tombstone") == 1
+    assert worker.metric("gmm_delivery_errors_total") == 0
+
+    produce(kafka_bootstrap, topics.input, valid(20, "c"))  # and it goes on
+    wait_for(lambda: committed(worker) == 225, 60, message="the next records")
+    assert count_records(kafka_bootstrap, topics.output) == 223
+    worker.check_alive()
