@@ -255,6 +255,32 @@ def count_records(bootstrap: str, topic: str) -> int:
     return run(_end_offsets(bootstrap, topic))
 
 
+def batch_codecs(bootstrap: str, topic: str, partition: int = 0) -> list[str]:
+    """The compression codec of each record batch of a partition, as the broker stored it (its
+    own log dump tool on the broker's data directory; a broker of deploy/kafka/kafka.sh)."""
+    port = bootstrap.rsplit(":", 1)[1]
+    data = pathlib.Path(os.environ.get("KAFKA_STATE_DIR", ROOT / ".kafka" / port)) / "data"
+    segments = sorted((data / f"{topic}-{partition}").glob("*.log"))
+    if not segments:
+        raise AssertionError(f"no log segment of {topic}-{partition} under {data}")
+    dump = subprocess.run(
+        [
+            *(
+                "java",
+                "-cp",
+                str(pathlib.Path(os.environ.get("KAFKA_LIBS_DIR", ROOT / ".kafka" / "libs")) / "*"),
+                "kafka.tools.DumpLogSegments",
+            ),
+            *("--files", ",".join(map(str, segments))),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return re.findall(r"isControl: false .*?compresscodec: (\w+)", dump.stdout)
+
+
 class Broker:
     """A broker of a test's own (deploy/kafka/kafka.sh on a free port pair), for faults and auth.
 

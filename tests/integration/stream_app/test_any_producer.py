@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -16,6 +19,7 @@ from kafka_common.settings import KafkaSettings
 from support.harness import (
     SEED_MODEL,
     Topics,
+    batch_codecs,
     consume,
     count_records,
     create_worker_topics,
@@ -61,8 +65,11 @@ def test_batches_of_every_codec_from_librdkafka_are_classified_exactly_once(
 ):
     topics = Topics("codecs")
     create_worker_topics(kafka_bootstrap, topics, partitions=1)
-    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
-    worker = start_worker(topics, GMM_INPUT_PARTITIONS="1")
+    # The model too comes in a compressed batch from another client.
+    librdkafka_produce(
+        kafka_bootstrap, topics.params, [(b"gmm", SEED_MODEL.dumps().encode())], "snappy"
+    )
+    worker = start_worker(topics, GMM_INPUT_PARTITIONS="1", GMM_OUTPUT_COMPRESSION="zstd")
     worker.wait_ready()
     sent = []
     for codec in CODECS:
@@ -75,6 +82,10 @@ def test_batches_of_every_codec_from_librdkafka_are_classified_exactly_once(
     assert count_records(kafka_bootstrap, topics.output) == 200  # none twice
     assert count_records(kafka_bootstrap, topics.dlq) == 0
     worker.check_alive()
+    # The broker holds what the test says: one batch per codec in, the worker's codec out.
+    assert batch_codecs(kafka_bootstrap, topics.input) == list(CODECS)
+    assert batch_codecs(kafka_bootstrap, topics.params) == ["snappy"]
+    assert set(batch_codecs(kafka_bootstrap, topics.output)) == {"zstd"}
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -186,3 +197,19 @@ def test_no_record_halts_the_worker_keys_near_the_limit_tombstones_and_headers(
     wait_for(lambda: committed(worker) == 225, 60, message="the next records")
     assert count_records(kafka_bootstrap, topics.output) == 223
     worker.check_alive()
+
+
+@pytest.mark.parametrize(("flag", "codec"), [([], "lz4"), (["--compression", "zstd"], "zstd")])
+def test_gmm_produce_compresses_as_asked(kafka_bootstrap, new_topic, flag, codec):
+    topic = new_topic("produce")
+    done = subprocess.run(
+        [sys.executable, "-m", "producer.cli", "--topic", topic, "--count", "300", *flag],
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert set(batch_codecs(kafka_bootstrap, topic)) == {codec}
+    window = run(read_window(KafkaSettings(bootstrap_servers=kafka_bootstrap), topic, 1000))
+    assert window.n_records == 300 and window.points.shape == (300, 1)

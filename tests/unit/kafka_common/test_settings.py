@@ -51,11 +51,32 @@ def test_values_are_parsed_and_typed():
         ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}, "needs KAFKA_SASL_USERNAME"),
         ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "must be one of PLAINTEXT"),
         ({"GMM_PARAMS_FILE": "/nonexistent/params.json"}, "cannot be read"),
+        ({"GMM_OUTPUT_COMPRESSION": "brotli"}, "must be one of none, gzip, snappy, lz4, zstd"),
+        ({"GMM_FETCH_PARTITION_MAX_BYTES": "100"}, "GMM_FETCH_PARTITION_MAX_BYTES must be >="),
+        ({"GMM_FETCH_MAX_BYTES": "2048"}, "GMM_FETCH_MAX_BYTES .2048. must be >="),
+        ({"GMM_MAX_BATCH_BYTES": "10"}, "GMM_MAX_BATCH_BYTES must be >= 1024"),
+        ({"GMM_MAX_KEY_BYTES": "999999"}, "GMM_MAX_KEY_BYTES must be between 0 and"),
     ],
 )
 def test_bad_values_name_their_variable(env, message):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
         WorkerSettings.from_env(env)
+
+
+def test_every_consumer_reads_committed_records_in_bounded_fetches_and_producers_compress():
+    kafka = WorkerSettings.from_env(
+        {"GMM_FETCH_MAX_BYTES": "2097152", "GMM_OUTPUT_COMPRESSION": "zstd"}
+    ).kafka
+    consumer = kafka.consumer_options()
+    assert consumer["isolation_level"] == "read_committed"
+    assert (consumer["fetch_max_bytes"], consumer["max_partition_fetch_bytes"]) == (
+        2097152,
+        1 << 20,
+    )
+    assert kafka.producer_options()["compression_type"] == "zstd"
+    none = WorkerSettings.from_env({"GMM_OUTPUT_COMPRESSION": "none"}).kafka
+    assert none.producer_options()["compression_type"] is None
+    assert "compression_type" not in kafka.client_options()  # admin clients take neither
 
 
 def test_sasl_client_options_come_from_the_environment():

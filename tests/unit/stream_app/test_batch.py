@@ -12,7 +12,7 @@ from numpy.testing import assert_allclose
 
 from mixture.classify import make_classifier
 from mixture.params import MixtureParams, ModelParams
-from stream_app.batch import InRecord, process_batch
+from stream_app.batch import InRecord, cut_key, process_batch, refused_letter
 from stream_app.model_state import ServingModel
 
 PARAMS = MixtureParams(
@@ -114,3 +114,22 @@ def test_missing_coordinates_are_marginalised_and_listed():
     # The marginal of one coordinate: log N(9; 10, 1) and N(9; 0, 1), weighted.
     want = np.logaddexp(np.log(0.5) - 0.5 * 81, np.log(0.5) - 0.5) - 0.5 * np.log(2 * np.pi)
     assert_allclose(docs["a"]["log_likelihood"], want, rtol=1e-5)
+
+
+def test_a_cut_key_is_described_in_assignments_dead_letters_and_stand_ins():
+    key, cut = cut_key(b"q" * 10_000, 64)
+    records = [
+        InRecord(key, b'{"id": "a", "x": 0.2}', "points", 3, 1, None, cut),
+        InRecord(key, b"garbage", "points", 3, 2, None, cut),
+        InRecord(b"plain", b'{"id": "b", "x": 0.3}', "points", 3, 3, None),
+    ]
+    out = process_batch(records, serving(0), 1024)
+    expected = {"key_size": 10_000, "key_sha256": cut.sha256, "key_truncated": True}
+    assignment, plain = (json.loads(o.value) for o in out.assignments)
+    assert {k: assignment[k] for k in expected} == expected
+    assert not set(expected) & set(plain)
+    assert [o.key for o in out.outputs] == [b"q" * 64, b"plain", b"q" * 64]
+    letter = json.loads(out.dead_letters[0].value)
+    assert {k: letter[k] for k in expected} == expected
+    stand_in = json.loads(refused_letter(out.assignments[0], "output_rejected", "no").value)
+    assert {k: stand_in[k] for k in expected} == expected

@@ -1,0 +1,108 @@
+"""PointSource's batches on an in-memory consumer: bounded in records and bytes, records past a
+full batch carried (never lost, never read twice), long keys cut."""
+
+from __future__ import annotations
+
+import hashlib
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from kafka_common.settings import KafkaSettings
+from stream_app.batch import KeyCut, cut_key
+from stream_app.source import PointSource, fitting, in_records
+
+TP0 = TopicPartition("points", 0)
+TP1 = TopicPartition("points", 1)
+
+
+def record(tp: TopicPartition, offset: int, size: int = 10, key: bytes | None = b"k"):
+    value = b"v" * size
+    return ConsumerRecord(
+        tp.topic, tp.partition, offset, 1_700_000_000_000, 0, key, value, None,
+        -1 if key is None else len(key), len(value), (),
+    )  # fmt: skip
+
+
+class FakeConsumer:
+    """getmany hands out queued records in order, at most max_records per call."""
+
+    def __init__(self, queues: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        self.queues = {tp: list(items) for tp, items in queues.items()}
+        self.calls = 0
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None):
+        self.calls += 1
+        room = max_records or 10**9
+        out = {}
+        for tp, items in self.queues.items():
+            take, self.queues[tp] = items[:room], items[room:]
+            if take:
+                out[tp] = take
+                room -= len(take)
+        return out
+
+
+def source(consumer: FakeConsumer, max_batch: int = 100, max_bytes: int = 10**9, **kw):
+    src = PointSource(
+        KafkaSettings(), "points", "g", max_batch, 0.0, 10.0, max_batch_bytes=max_bytes, **kw
+    )
+    src.consumer = consumer  # type: ignore[assignment]
+    return src
+
+
+def test_an_empty_batch_takes_one_record_of_any_size_and_no_more_than_fit():
+    items = [record(TP0, i, size=100, key=None) for i in range(5)]
+    assert fitting(items, 10, 0, 50) == (1, 100)  # one oversized record is a batch of its own
+    assert fitting(items, 10, 1, 50) == (0, 1)
+    assert fitting(items, 10, 0, 250) == (2, 200)
+    assert fitting(items, 3, 0, 10**6) == (3, 300)  # the record room caps it too
+    keyed = [record(TP0, 0, size=10, key=b"k" * 30)]
+    assert fitting(keyed, 1, 0, 39) == (1, 40)  # keys count
+
+
+async def test_a_batch_full_in_bytes_carries_the_rest_to_the_next_without_refetching():
+    consumer = FakeConsumer(
+        {TP0: [record(TP0, i, 100) for i in range(6)], TP1: [record(TP1, i, 100) for i in range(4)]}
+    )
+    src = source(consumer, max_batch=100, max_bytes=350)  # 3 records of 101 bytes a batch
+    batches = [await src.next_batch() for _ in range(4)]
+    got = [[(r.partition, r.offset) for r in b.records] for b in batches]
+    assert got == [
+        [(0, 0), (0, 1), (0, 2)],
+        [(0, 3), (0, 4), (0, 5)],
+        [(1, 0), (1, 1), (1, 2)],
+        [(1, 3)],
+    ]
+    assert [b.offsets for b in batches] == [{TP0: 3}, {TP0: 6}, {TP1: 3}, {TP1: 4}]
+    assert [b.number for b in batches] == [0, 1, 2, 3]
+    assert consumer.calls <= 3  # carried records are never fetched again
+
+
+async def test_the_record_limit_still_holds():
+    consumer = FakeConsumer({TP0: [record(TP0, i) for i in range(10)]})
+    src = source(consumer, max_batch=4)
+    sizes = [len((await src.next_batch()).records) for _ in range(3)]
+    assert sizes == [4, 4, 2]
+
+
+async def test_a_rebalance_drops_the_carried_records():
+    consumer = FakeConsumer({TP0: [record(TP0, i, 100) for i in range(6)]})
+    src = source(consumer, max_batch=100, max_bytes=250)
+    first = await src.next_batch()
+    assert [r.offset for r in first.records] == [0, 1]
+    await src.on_partitions_revoked([])  # positions restart from the committed offsets
+    consumer.queues[TP0] = [record(TP0, i, 100) for i in range(2, 4)]  # what is fetched again
+    second = await src.next_batch()
+    assert [r.offset for r in second.records] == [2, 3]
+
+
+def test_a_key_over_the_limit_is_cut_to_its_first_bytes_with_its_size_and_digest():
+    long_key = bytes(range(256)) * 40
+    items = [record(TP0, 0, key=b"short"), record(TP0, 1, key=long_key), record(TP0, 2, key=None)]
+    short, cut, none = in_records(items, 4096)
+    assert (short.key, short.key_cut) == (b"short", None)
+    assert (none.key, none.key_cut) == (None, None)
+    assert cut.key == long_key[:4096]
+    assert cut.key_cut == KeyCut(len(long_key), hashlib.sha256(long_key).hexdigest())
+    assert cut_key(b"abc", 3) == (b"abc", None)
+    assert cut_key(b"abcd", 3)[0] == b"abc"
