@@ -238,7 +238,7 @@ class FaustPipe:
         self.proc.wait(30)
 
 
-def start_worker(max_batch: int, max_delay_ms: float, log_dir: pathlib.Path) -> Any:
+def start_worker(max_batch: int, max_delay_ms: float, log_dir: pathlib.Path, **env: str) -> Any:
     def start(topics: Topics) -> Worker:
         publish_model(BOOTSTRAP, topics.params, SEED_MODEL)
         worker = Worker(
@@ -248,6 +248,7 @@ def start_worker(max_batch: int, max_delay_ms: float, log_dir: pathlib.Path) -> 
             GMM_MAX_BATCH=str(max_batch),
             GMM_MAX_DELAY_MS=str(max_delay_ms),
             GMM_LOG_LEVEL="warn",
+            **env,
         ).start()
         worker.wait_ready()
         return worker

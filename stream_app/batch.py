@@ -102,6 +102,16 @@ class BatchOutcome(NamedTuple):
 
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (about 2x faster)
 
+#: orjson returns its whole working buffer, sized for the worst-case escaping of every string
+#: (519 KB for a 60 KB output), and an output is held until the broker acknowledges it: past
+#: this size an output is copied to its exact size (bench/results/memory.md).
+_EXACT_ABOVE = 2048
+
+
+def _json(doc: object) -> bytes:
+    value = orjson.dumps(doc)
+    return bytes(memoryview(value)) if len(value) > _EXACT_ABOVE else value
+
 
 def _source(r: InRecord) -> SourceRef:
     return {"topic": r.topic, "partition": r.partition, "offset": r.offset}
@@ -138,7 +148,7 @@ def dead_letter(r: InRecord, reason: str, error: str, payload_bytes: int) -> Out
     }
     _key_fields(doc, r.key_cut)  # type: ignore[arg-type]
     return Outgoing(
-        r.key, orjson.dumps(doc), r.timestamp, r.partition, True, _source(r), reason, -1, r.key_cut
+        r.key, _json(doc), r.timestamp, r.partition, True, _source(r), reason, -1, r.key_cut
     )
 
 
@@ -165,7 +175,7 @@ def refused_letter(out: Outgoing, reason: str, error: str) -> Outgoing:
     _key_fields(doc, out.key_cut)  # type: ignore[arg-type]
     return Outgoing(
         out.key,
-        orjson.dumps(doc),
+        _json(doc),
         out.ts_in,
         out.partition,
         True,
@@ -278,7 +288,7 @@ def encode_slice(
             doc["missing"] = [j for j, v in enumerate(p.x) if v is None]
         if r.key_cut is not None:
             _key_fields(doc, r.key_cut)  # type: ignore[arg-type]
-        value = orjson.dumps(doc)
+        value = _json(doc)
         o = _new(
             Outgoing, (r.key, value, r.timestamp, r.partition, False, source, None, a, r.key_cut)
         )

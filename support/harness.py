@@ -255,14 +255,27 @@ def count_records(bootstrap: str, topic: str) -> int:
     return run(_end_offsets(bootstrap, topic))
 
 
+def _segments(bootstrap: str, topic: str, partition: int | None = None) -> list[pathlib.Path]:
+    """The log segment files of a topic's partition (None: of every partition) in the data
+    directory of a broker of deploy/kafka/kafka.sh."""
+    port = bootstrap.rsplit(":", 1)[1]
+    data = pathlib.Path(os.environ.get("KAFKA_STATE_DIR", ROOT / ".kafka" / port)) / "data"
+    pattern = f"{topic}-{'*' if partition is None else partition}/*.log"
+    segments = sorted(data.glob(pattern))
+    if not segments:
+        raise AssertionError(f"no log segment {pattern} under {data}")
+    return segments
+
+
+def topic_log_bytes(bootstrap: str, topic: str) -> int:
+    """Bytes the broker stores for a topic's records (every partition's log segments)."""
+    return sum(path.stat().st_size for path in _segments(bootstrap, topic))
+
+
 def batch_codecs(bootstrap: str, topic: str, partition: int = 0) -> list[str]:
     """The compression codec of each record batch of a partition, as the broker stored it (its
     own log dump tool on the broker's data directory; a broker of deploy/kafka/kafka.sh)."""
-    port = bootstrap.rsplit(":", 1)[1]
-    data = pathlib.Path(os.environ.get("KAFKA_STATE_DIR", ROOT / ".kafka" / port)) / "data"
-    segments = sorted((data / f"{topic}-{partition}").glob("*.log"))
-    if not segments:
-        raise AssertionError(f"no log segment of {topic}-{partition} under {data}")
+    segments = _segments(bootstrap, topic, partition)
     dump = subprocess.run(
         [
             *(

@@ -35,7 +35,9 @@ def check(raw: bytes, dim: int | None) -> None:
         assert str(exc)
         return
     assert isinstance(point.x, list) and len(point.x) >= 1
-    assert all(math.isfinite(v) for v in point.x)
+    # A coordinate may be missing (None) in D >= 2, never all of them.
+    assert all(v is None or math.isfinite(v) for v in point.x)
+    assert any(v is not None for v in point.x)
     assert dim is None or len(point.x) == dim
 
 
