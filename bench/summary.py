@@ -399,12 +399,57 @@ def drift(p: Payload) -> str:
     )
 
 
+def memory(p: Payload) -> str:
+    def mib(x: float) -> str:
+        return f"{x / 2**20:.0f} MiB"
+
+    runs = {r["config"]: r for r in p["runs"]}
+    ours, base = runs["defaults"], runs["records only (baseline)"]
+    verdict = "within it" if ours["within_bound"] else "**over it**"
+    return (
+        f"one run, one worker draining a backlog of {_n(p['records'])} records of "
+        f"{_n(p['record_value_bytes'])} bytes over {p['partitions']} partitions: at the defaults "
+        f"idle RSS {mib(ours['idle_rss_bytes'])}, peak {mib(ours['peak_rss_bytes'])}; the data "
+        f"part (peak - idle) {mib(ours['data_bytes'])} against the bound of "
+        f"{mib(ours['bound']['bound_bytes'])} read off the code: {verdict}. Bounded by records "
+        f"only (50 MiB fetches, no batch byte cap), the same run peaked at "
+        f"{mib(base['peak_rss_bytes'])} ({_x(base['data_bytes'] / ours['data_bytes'])}x the "
+        f"data part; its bound {mib(base['bound']['bound_bytes'])})."
+    )
+
+
+def codecs(p: Payload) -> str:
+    rows = {r["codec"]: r for r in p["results"]}
+    none = rows["none"]
+
+    def one(r: Payload) -> str:
+        lo, hi = r["throughput_vs_none_range"]
+        p_lo, p_hi = r["p99_ms_range"]
+        return (
+            f"{r['codec']} {_x(r['throughput_vs_none'])}x ({_span(_x(lo), _x(hi))}), "
+            f"p99 {_ms(r['p99_ms'])} ms ({_span(_ms(p_lo), _ms(p_hi))}), "
+            f"{r['output_bytes_per_record'] / none['output_bytes_per_record']:.2f}x the bytes"
+        )
+
+    return (
+        f"medians of {len(p['rounds'])} interleaved rounds of bench.stream's drain and latency "
+        f"runs (worker batch {p['max_batch']}), once per `GMM_OUTPUT_COMPRESSION`, range over "
+        f"rounds in brackets; uncompressed: {_n(none['throughput_records_per_second'])} "
+        f"records/s, p99 {_ms(none['p99_ms'])} ms, "
+        f"{none['output_bytes_per_record']:.0f} bytes per output on the broker. Against it: "
+        + "; ".join(one(r) for r in p["results"] if r["codec"] != "none")
+        + "."
+    )
+
+
 # (results file stem, title, command, renderer), in the README's order.
 BENCHMARKS: list[tuple[str, str, str, Callable[[Payload], str]]] = [
     ("inference", "Classifier", "python -m bench.inference", inference),
     ("fit", "Fit", "python -m bench.fit", fit),
     ("stream", "Stream", "python -m bench.stream", stream),
+    ("codecs", "Output compression", "python -m bench.codecs", codecs),
     ("scaleout", "Scale-out", "python -m bench.scaleout", scaleout),
+    ("memory", "Memory", "python -m bench.memory", memory),
     ("soak", "Soak", "python -m bench.soak", soak),
     ("kafka_roundtrip", "Kafka", "python -m bench.kafka_roundtrip", kafka_roundtrip),
     ("drift", "Drift alarms", "python -m bench.drift", drift),

@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--compression",
         choices=COMPRESSIONS,
-        help="codec of the record batches (default: GMM_OUTPUT_COMPRESSION, else lz4)",
+        help="codec of the record batches (default: GMM_OUTPUT_COMPRESSION, else zstd)",
     )
     args = parser.parse_args(argv)
     try:

@@ -199,7 +199,7 @@ def test_no_record_halts_the_worker_keys_near_the_limit_tombstones_and_headers(
     worker.check_alive()
 
 
-@pytest.mark.parametrize(("flag", "codec"), [([], "lz4"), (["--compression", "zstd"], "zstd")])
+@pytest.mark.parametrize(("flag", "codec"), [([], "zstd"), (["--compression", "lz4"], "lz4")])
 def test_gmm_produce_compresses_as_asked(kafka_bootstrap, new_topic, flag, codec):
     topic = new_topic("produce")
     done = subprocess.run(
