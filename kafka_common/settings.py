@@ -195,6 +195,8 @@ def markdown_table(cls: type) -> str:
     return "\n".join(lines) + "\n"
 
 
+_INT32_MAX = 2**31 - 1
+
 #: Record-batch codecs Kafka has; every consumer of the project reads all of them.
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
@@ -244,6 +246,12 @@ class KafkaSettings:
         1024 * 1024,
         "Most bytes one fetch asks for from one partition (same exception as GMM_FETCH_MAX_BYTES)",
     )
+    fetch_decompressed_max_bytes: int = env_field(
+        "GMM_FETCH_DECOMPRESSED_MAX_BYTES",
+        16 * 1024 * 1024,
+        "Most bytes a compressed record batch may inflate to; a larger one (a compression bomb) "
+        "is read as one undecodable record: dead-lettered by the worker, counted by the trainer",
+    )
     output_compression: str = env_field(
         "GMM_OUTPUT_COMPRESSION",
         "zstd",
@@ -279,11 +287,13 @@ class KafkaSettings:
                 raise SettingsError(
                     f"KAFKA_SSL_CAFILE={self.ssl_cafile!r} cannot be read: {exc.strerror}"
                 ) from None
-        if self.fetch_partition_max_bytes < 1024:
-            raise SettingsError(
-                "GMM_FETCH_PARTITION_MAX_BYTES must be >= 1024, got "
-                f"{self.fetch_partition_max_bytes}"
-            )
+        for name, value in (
+            ("GMM_FETCH_MAX_BYTES", self.fetch_max_bytes),
+            ("GMM_FETCH_PARTITION_MAX_BYTES", self.fetch_partition_max_bytes),
+            ("GMM_FETCH_DECOMPRESSED_MAX_BYTES", self.fetch_decompressed_max_bytes),
+        ):
+            if not 1024 <= value <= _INT32_MAX:  # the fetch request's fields are int32
+                raise SettingsError(f"{name} must be between 1024 and {_INT32_MAX}, got {value}")
         if self.fetch_max_bytes < self.fetch_partition_max_bytes:
             raise SettingsError(
                 f"GMM_FETCH_MAX_BYTES ({self.fetch_max_bytes}) must be >= "
@@ -318,7 +328,11 @@ class KafkaSettings:
 
     def consumer_options(self) -> dict[str, Any]:
         """Keyword arguments for every aiokafka consumer of the project: committed records only
-        (an aborted transaction's records are never read) and fetches bounded in bytes."""
+        (an aborted transaction's records are never read) and fetches bounded in bytes. Every
+        record batch the broker accepted is read, or stood in for (`record_batches`)."""
+        from kafka_common import record_batches
+
+        record_batches.install(self.fetch_decompressed_max_bytes)
         return {
             **self.client_options(),
             "isolation_level": "read_committed",

@@ -17,6 +17,7 @@ import orjson
 #: Stable reason codes, in the order checks run.
 REASONS = (
     "tombstone",  # the record has a null value (Kafka's tombstone): no point at all
+    "undecodable",  # records of a batch the client could not read (set by the Kafka readers)
     "oversized",
     "not_json",
     "not_object",

@@ -47,6 +47,9 @@ class InRecord(NamedTuple):
     offset: int
     timestamp: float | None  # seconds since the epoch
     key_cut: KeyCut | None = None  # set when the key was cut
+    #: Set on a stand-in for records the client could not read (kafka_common.record_batches):
+    #: why, and which offsets it covers.
+    undecodable: str | None = None
 
 
 def cut_key(key: bytes, max_bytes: int) -> tuple[bytes, KeyCut | None]:
@@ -213,6 +216,8 @@ def parse_slice(
     for r in records:
         try:
             if r.value is None:
+                if r.undecodable is not None:
+                    raise PointError("undecodable", r.undecodable)
                 raise PointError("tombstone", "the record has a null value (a tombstone)")
             valid.append((r, decode_point(r.value, dim, max_record_bytes)))
         except PointError as exc:

@@ -31,6 +31,7 @@ from typing import NamedTuple
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from kafka_common.record_batches import undecodable_reason
 from kafka_common.settings import KafkaSettings
 from stream_app.batch import InRecord, cut_key
 from stream_app.metrics import WorkerMetrics
@@ -46,17 +47,22 @@ _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (ab
 
 def _in_record(r: ConsumerRecord) -> InRecord:
     ts = r.timestamp / 1000 if r.timestamp is not None and r.timestamp >= 0 else None
-    return _new(InRecord, (r.key, r.value, r.topic, r.partition, r.offset, ts, None))
+    return _new(InRecord, (r.key, r.value, r.topic, r.partition, r.offset, ts, None, None))
 
 
 def in_records(items: list[ConsumerRecord], max_key_bytes: int) -> list[InRecord]:
-    """The batch's view of consumed records; a key over `max_key_bytes` is cut (`cut_key`)."""
+    """The batch's view of consumed records; a key over `max_key_bytes` is cut (`cut_key`),
+    a stand-in for unreadable records says so (`undecodable`)."""
     out = list(map(_in_record, items))
     if max(r.serialized_key_size for r in items) > max_key_bytes:
         for i, r in enumerate(out):
             if r.key is not None and len(r.key) > max_key_bytes:
                 key, cut = cut_key(r.key, max_key_bytes)
                 out[i] = r._replace(key=key, key_cut=cut)
+    if min(r.serialized_value_size for r in items) < 0:  # null values: tombstones, stand-ins
+        for i, r in enumerate(items):
+            if (reason := undecodable_reason(r)) is not None:
+                out[i] = out[i]._replace(undecodable=reason)
     return out
 
 

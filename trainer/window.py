@@ -18,8 +18,9 @@ import time
 from typing import Any, NamedTuple
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
+from kafka_common.record_batches import undecodable_reason
 from kafka_common.settings import KafkaSettings
 from kafka_common.topics import topic_partitions
 from mixture.points import PointError, decode_point
@@ -73,7 +74,7 @@ async def read_window(
                 batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
                 for tp, items in batch.items():
                     records.extend(
-                        (r.timestamp, _decoded(r.value, dim, max_record_bytes))
+                        (r.timestamp, _decoded(r.value, dim, max_record_bytes, r))
                         for r in items
                         if r.offset < ends[tp]
                     )
@@ -88,10 +89,17 @@ async def read_window(
     return _window(records, dim)
 
 
-def _decoded(value: bytes | None, dim: int | None, max_record_bytes: int) -> list[Any] | str:
+def _decoded(
+    value: bytes | None,
+    dim: int | None,
+    max_record_bytes: int,
+    record: ConsumerRecord | None = None,
+) -> list[Any] | str:
     """A record's point coordinates, or the reason it has none."""
     try:
         if value is None:
+            if record is not None and undecodable_reason(record) is not None:
+                return "undecodable"
             raise PointError("tombstone", "the record has a null value (a tombstone)")
         return decode_point(value, dim, max_record_bytes).x
     except PointError as exc:

@@ -213,3 +213,54 @@ def test_gmm_produce_compresses_as_asked(kafka_bootstrap, new_topic, flag, codec
     assert set(batch_codecs(kafka_bootstrap, topic)) == {codec}
     window = run(read_window(KafkaSettings(bootstrap_servers=kafka_bootstrap), topic, 1000))
     assert window.n_records == 300 and window.points.shape == (300, 1)
+
+
+def test_a_compression_bomb_and_a_header_key_that_is_not_utf8_never_stop_a_reader(
+    kafka_bootstrap, start_worker
+):
+    """A record of 40 MB of zeros in a ~2 KB zstd batch (librdkafka), past the 16 MiB a batch
+    may inflate to, and records whose header name is not UTF-8 (kcat sends raw bytes): aiokafka
+    alone stops at each, at every restart."""
+    topics = Topics("bomb")
+    create_worker_topics(kafka_bootstrap, topics, partitions=1)
+    librdkafka_produce(kafka_bootstrap, topics.input, valid(50, "a"), "zstd")
+    bomb = Producer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "compression.type": "zstd",
+            "message.max.bytes": 100_000_000,
+        }
+    )
+    bomb.produce(topics.input, value=b"0" * 40_000_000, key=b"bomb", partition=0)
+    assert bomb.flush(60) == 0
+    lines = "".join(f'{{"id": "h-{i}", "x": {i}.5}}\n' for i in range(3)).encode()
+    subprocess.run(
+        [
+            *("kcat", "-P", "-b", kafka_bootstrap, "-t", topics.input, "-p", "0"),
+            *("-H", "\udcff\udcfe=v", "-H", "ok=1"),  # the name's bytes: ff fe
+        ],
+        input=lines,
+        check=True,
+        timeout=60,
+    )
+    librdkafka_produce(kafka_bootstrap, topics.input, valid(50, "b"), "zstd")
+    assert batch_codecs(kafka_bootstrap, topics.input)[1] == "zstd"
+
+    window = run(read_window(KafkaSettings(bootstrap_servers=kafka_bootstrap), topics.input, 1000))
+    assert window.points.shape == (103, 1) and window.invalid == {"undecodable": 1}
+
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    worker = start_worker(topics, GMM_INPUT_PARTITIONS="1")
+    worker.wait_ready()
+    wait_for(lambda: committed(worker) == 104, 90, message="all 104 offsets committed")
+    assert ids(consume(kafka_bootstrap, topics.output, 103)) == sorted(
+        [f"a-{i}" for i in range(50)] + [f"b-{i}" for i in range(50)] + ["h-0", "h-1", "h-2"]
+    )
+    assert count_records(kafka_bootstrap, topics.output) == 103
+    (letter,) = consume(kafka_bootstrap, topics.dlq, 1)
+    doc = json.loads(letter.value)
+    assert doc["reason"] == "undecodable" and doc["source"]["offset"] == 50
+    assert doc["error"].startswith("offsets 50-50 of a record batch could not be read")
+    assert "GMM_FETCH_DECOMPRESSED_MAX_BYTES" in doc["error"]
+    assert worker.metric("gmm_deadlettered_total", reason="undecodable") == 1
+    worker.check_alive()

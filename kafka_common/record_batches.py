@@ -1,0 +1,286 @@
+"""Reading any record batch the broker accepted, with a defined outcome for what aiokafka cannot.
+
+aiokafka stops a consumer for good at two kinds of batch that a broker accepts from other
+clients, and the consumer fetches the same batch again at every restart:
+- a header key that is not UTF-8 (Kafka's Java client decodes it leniently, librdkafka and kcat
+  send header names as raw bytes): aiokafka's parser raises UnicodeDecodeError;
+- a compressed batch that inflates far past the broker's size limit (a "compression bomb":
+  1 GB of zeros fits a 1 MB zstd batch): aiokafka inflates it whole, whatever its size.
+
+`install(max_bytes)` makes every consumer of the process read such batches as follows:
+- every codec inflates at most `max_bytes` of a batch (GMM_FETCH_DECOMPRESSED_MAX_BYTES);
+- a batch aiokafka's parser refuses is parsed again here, header keys decoded with
+  replacement characters (headers are never used by this service), so its records are read
+  as usual;
+- what still cannot be read (a batch over the limit, a corrupt one) becomes one
+  `undecodable` stand-in record at the batch's last offset, carrying the reason and the offsets
+  it covers: the worker dead-letters it and the trainer counts it, and both go on.
+
+It stands in for aiokafka's MemoryRecords in the fetcher (aiokafka 0.14, pinned): fetched
+bytes are split into batches as before, and each batch is parsed by aiokafka's compiled parser
+first, so records that parse cost nothing more than before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import cramjam
+import numpy as np
+from aiokafka import codec as aiokafka_codec
+from aiokafka.consumer import fetcher
+from aiokafka.record import default_records as py_records
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.record.util import decode_varint_py
+from aiokafka.structs import ConsumerRecord
+
+try:  # the compiled parser aiokafka uses unless AIOKAFKA_NO_EXTENSIONS is set
+    from aiokafka.record._crecords import default_records as c_records
+except ImportError:  # pragma: no cover
+    c_records = None
+
+#: The header that marks a stand-in record (value None); its value is the reason, as UTF-8.
+UNDECODABLE_HEADER = "gmm-undecodable"
+
+_V2_HEADER = 61  # bytes of a v2 batch header before its records
+_LOG_APPEND_TIME = 1
+
+
+class DecompressionLimit(ValueError):
+    """A compressed batch inflates past the configured limit."""
+
+
+_limit = {"bytes": 16 * 1024 * 1024}
+
+
+def _check(size: int, codec: str) -> None:
+    if size > _limit["bytes"]:
+        raise DecompressionLimit(
+            f"a {codec} batch inflates past {_limit['bytes']} bytes "
+            "(GMM_FETCH_DECOMPRESSED_MAX_BYTES)"
+        )
+
+
+def gzip_decode(payload: Any) -> bytes:
+    """gzip (every member), at most the limit."""
+    out, data = bytearray(), bytes(payload)
+    while data:
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out += inflate.decompress(data, _limit["bytes"] + 1 - len(out))
+        _check(len(out), "gzip")
+        if inflate.unconsumed_tail:
+            _check(_limit["bytes"] + 1, "gzip")
+        data = inflate.unused_data
+    return bytes(out)
+
+
+def _into(module: Any, codec: str, payload: Any) -> bytes:
+    # Uninitialised: only the pages written are ever touched.
+    out = np.empty(_limit["bytes"], np.uint8)
+    try:
+        n = module.decompress_into(bytes(payload), out)
+    except cramjam.DecompressionError as exc:
+        if "whole buffer" in str(exc):
+            _check(_limit["bytes"] + 1, codec)
+        raise
+    return out[:n].tobytes()
+
+
+def lz4_decode(payload: Any) -> bytes:
+    return _into(cramjam.lz4, "lz4", payload)
+
+
+def zstd_decode(payload: Any) -> bytes:
+    return _into(cramjam.zstd, "zstd", payload)
+
+
+_XERIAL = b"\x82SNAPPY\x00"
+
+
+def _snappy_size(data: bytes) -> int:
+    """What a snappy payload (raw, or xerial's framing of raw blocks) says it inflates to."""
+    if not data.startswith(_XERIAL):
+        return decode_varint_unsigned(data, 0)
+    size, pos = 0, 16
+    while pos + 4 <= len(data):
+        (block,) = struct.unpack_from(">i", data, pos)
+        size += decode_varint_unsigned(data, pos + 4)
+        pos += 4 + max(block, 0)
+    return size
+
+
+def decode_varint_unsigned(data: bytes, pos: int) -> int:
+    value, shift = 0, 0
+    for byte in data[pos : pos + 10]:
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value
+        shift += 7
+    raise ValueError("a snappy length that never ends")
+
+
+def snappy_decode(payload: Any) -> bytes:
+    data = bytes(payload)
+    _check(_snappy_size(data), "snappy")
+    return bytes(aiokafka_codec.snappy_decode(data))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Record:
+    """What aiokafka's fetcher reads of a record (it builds the ConsumerRecord)."""
+
+    offset: int
+    timestamp: int
+    timestamp_type: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...]
+    checksum: None = None
+
+
+def _bytes_field(buffer: bytes, pos: int) -> tuple[bytes | None, int]:
+    length, pos = decode_varint_py(buffer, pos)  # type: ignore[arg-type]
+    if length < 0:
+        return None, pos
+    if pos + length > len(buffer):
+        raise ValueError("a field runs past the batch")
+    return buffer[pos : pos + length], pos + length
+
+
+def parse_v2(raw: bytes, batch: Any) -> list[_Record]:
+    """The records of one v2 batch, header keys decoded leniently (aiokafka's parser stopped
+    at one); raises on anything else that is wrong with it."""
+    (count,) = struct.unpack_from(">i", raw, _V2_HEADER - 4)
+    body: bytes = raw[_V2_HEADER:]
+    codec = batch.compression_type
+    if codec:
+        decode = {1: gzip_decode, 2: snappy_decode, 3: lz4_decode, 4: zstd_decode}[codec]
+        body = decode(body)
+    out, pos = [], 0
+    for _ in range(count):
+        _, pos = decode_varint_py(body, pos)  # type: ignore[arg-type]  # the record's length
+        pos += 1  # attributes
+        ts_delta, pos = decode_varint_py(body, pos)  # type: ignore[arg-type]
+        offset_delta, pos = decode_varint_py(body, pos)  # type: ignore[arg-type]
+        key, pos = _bytes_field(body, pos)
+        value, pos = _bytes_field(body, pos)
+        n_headers, pos = decode_varint_py(body, pos)  # type: ignore[arg-type]
+        headers = []
+        for _ in range(n_headers):
+            name, pos = _bytes_field(body, pos)
+            header_value, pos = _bytes_field(body, pos)
+            headers.append(((name or b"").decode("utf-8", "replace"), header_value))
+        timestamp = (
+            batch.max_timestamp
+            if batch.timestamp_type == _LOG_APPEND_TIME
+            else batch.first_timestamp + ts_delta
+        )
+        record = _Record(
+            batch.base_offset + offset_delta, timestamp, batch.timestamp_type, key, value,
+            tuple(headers),
+        )  # fmt: skip
+        out.append(record)
+    return out
+
+
+class _Batch:
+    """One batch: aiokafka's, read by its parser; on a failure, read again here or stood in for
+    by one undecodable record."""
+
+    def __init__(self, batch: Any, raw: bytes) -> None:
+        self._batch = batch
+        self._raw = raw
+        self._records = self._read()
+
+    def __getattr__(self, name: str) -> Any:  # base_offset, is_control_batch, validate_crc, ...
+        return getattr(self._batch, name)
+
+    def __iter__(self) -> _Batch:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._records)
+
+    def _read(self) -> Iterator[Any]:
+        last = -1
+        try:
+            for record in self._batch:
+                last = record.offset
+                yield record
+            return
+        except Exception as exc:  # whatever the parser refuses: the batch gets an outcome
+            error: Exception = exc
+        if isinstance(error, UnicodeDecodeError) and self._batch.magic == 2:
+            try:
+                records = parse_v2(self._raw, self._batch)
+            except Exception as exc:  # the batch is unreadable after all
+                error = exc
+            else:
+                yield from (r for r in records if r.offset > last)
+                return
+        yield self._stand_in(last + 1 if last >= 0 else self._batch.base_offset, error)
+
+    def _stand_in(self, first: int, error: Exception) -> _Record:
+        end = self._batch.next_offset - 1
+        reason = (
+            f"offsets {first}-{end} of a record batch could not be read: "
+            f"{type(error).__name__}: {str(error)[:300]}"
+        )
+        return _Record(
+            end, self._batch.max_timestamp, self._batch.timestamp_type, None, None,
+            ((UNDECODABLE_HEADER, reason.encode()),),
+        )  # fmt: skip
+
+
+class TolerantRecords:
+    """aiokafka's MemoryRecords over the same bytes, each batch wrapped in `_Batch`."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._records = MemoryRecords(data)
+        self._pos = 0
+
+    def size_in_bytes(self) -> int:
+        return int(self._records.size_in_bytes())
+
+    def has_next(self) -> bool:
+        return bool(self._records.has_next())
+
+    def next_batch(self) -> Any:
+        batch = self._records.next_batch()
+        if batch is None:
+            return None
+        (length,) = struct.unpack_from(">i", self._data, self._pos + 8)
+        raw = self._data[self._pos : self._pos + 12 + length]
+        self._pos += 12 + length
+        return _Batch(batch, raw)
+
+
+def undecodable_reason(record: ConsumerRecord) -> str | None:
+    """The reason of a stand-in record (see the module docstring), else None."""
+    if record.value is None and record.headers:
+        for name, value in record.headers:
+            if name == UNDECODABLE_HEADER:
+                return (value or b"").decode("utf-8", "replace")
+    return None
+
+
+def install(max_bytes: int) -> None:
+    """Makes every aiokafka consumer of this process read batches as the module says, with
+    at most `max_bytes` inflated per compressed batch. Idempotent."""
+    _limit["bytes"] = max_bytes
+    decoders = {
+        "gzip_decode": gzip_decode,
+        "snappy_decode": snappy_decode,
+        "lz4_decode": lz4_decode,
+        "zstd_decode": zstd_decode,
+    }
+    for module in (py_records, c_records):
+        if module is not None:
+            for name, function in decoders.items():
+                setattr(module, name, function)
+    fetcher.MemoryRecords = TolerantRecords  # type: ignore[attr-defined,misc]
