@@ -96,6 +96,13 @@ class WorkerMetrics:
         self.assigned_partitions = Gauge(
             "gmm_assigned_partitions", "Input partitions assigned to this worker", registry=r
         )
+        self.input_open_transaction = Gauge(
+            "gmm_input_open_transaction_records",
+            "Input offsets behind an open transaction, per assigned partition (high watermark - "
+            "last stable offset): read_committed consumers wait until it commits or aborts",
+            ["partition"],
+            registry=r,
+        )
         self.input_lag = Gauge(
             "gmm_input_lag_records",
             "Input records not yet committed, per assigned partition (end offset - committed "

@@ -218,7 +218,13 @@ class PointSource(ConsumerRebalanceListener):
 
     async def update_lag(self) -> None:
         """Sets each owned partition's lag: end offset - committed offset (records not yet
-        committed). Runs on a timer, so the gauge moves while the stream is stalled too."""
+        committed), and the offsets behind an open transaction. Runs on a timer, so the
+        gauges move while the stream is stalled too.
+
+        The end offset is the last stable one (read_committed): records of an open
+        transaction are not lag until it commits. A transaction's marker takes an offset that
+        no record has, so after transactional input a partition shows a lag of 1 until the
+        next record is committed."""
         consumer = self.consumer
         if consumer is None or self.metrics is None:
             return
@@ -236,6 +242,11 @@ class PointSource(ConsumerRebalanceListener):
             if tp in self._committed:  # not revoked meanwhile
                 lag = max(0, ends[tp] - self._committed[tp])
                 self.metrics.input_lag.labels(partition=str(tp.partition)).set(lag)
+            high, stable = consumer.highwater(tp), consumer.last_stable_offset(tp)
+            if high is not None and stable is not None:
+                self.metrics.input_open_transaction.labels(partition=str(tp.partition)).set(
+                    max(0, high - stable)
+                )
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # Called by aiokafka before the partitions move: hand them over settled. From here
@@ -250,7 +261,11 @@ class PointSource(ConsumerRebalanceListener):
         for tp in revoked:  # another member may commit past these before they come back
             self._committed.pop(tp, None)
             if self.metrics is not None:
-                for gauge in (self.metrics.input_lag, self.metrics.input_committed_offset):
+                for gauge in (
+                    self.metrics.input_lag,
+                    self.metrics.input_committed_offset,
+                    self.metrics.input_open_transaction,
+                ):
                     with contextlib.suppress(KeyError):
                         gauge.remove(str(tp.partition))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from kafka_common.record_batches import undecodable_reason
 from kafka_common.settings import KafkaSettings
 from kafka_common.topics import topic_partitions
+from mixture.params import MAX_DIM
 from mixture.points import PointError, decode_point
 
 
@@ -67,7 +68,7 @@ async def read_window(
                 starts[tp] = max(starts[tp], at.offset if at is not None else ends[tp])
         for tp in tps:
             consumer.seek(tp, starts[tp])
-        records: list[tuple[int, list[Any] | str]] = []
+        records: list[tuple[int, np.ndarray | str]] = []
         remaining = {tp for tp in tps if starts[tp] < ends[tp]}
         async with asyncio.timeout(deadline_s):
             while remaining:
@@ -94,16 +95,23 @@ def _decoded(
     dim: int | None,
     max_record_bytes: int,
     record: ConsumerRecord | None = None,
-) -> list[Any] | str:
-    """A record's point coordinates, or the reason it has none."""
+) -> np.ndarray | str:
+    """A record's point coordinates (float64, NaN where missing), or the reason it has none.
+
+    Coordinates are kept as an array, at most MAX_DIM of them (no model has more): a record of
+    any size costs at most MAX_DIM x 8 bytes in the window, never a list of Python floats."""
     try:
         if value is None:
             if record is not None and undecodable_reason(record) is not None:
                 return "undecodable"
             raise PointError("tombstone", "the record has a null value (a tombstone)")
-        return decode_point(value, dim, max_record_bytes).x
+        x = decode_point(value, dim, max_record_bytes).x
     except PointError as exc:
         return exc.reason
+    if len(x) > MAX_DIM:
+        return "wrong_dim"
+    # None (a missing coordinate) becomes NaN, which the fit treats as missing.
+    return np.array(x, dtype=np.float64)
 
 
 def _valid_points(
@@ -113,7 +121,7 @@ def _valid_points(
     return _window([(t, _decoded(v, dim, max_record_bytes)) for t, v in records], dim)
 
 
-def _window(records: list[tuple[int, list[Any] | str]], dim: int | None) -> Window:
+def _window(records: list[tuple[int, np.ndarray | str]], dim: int | None) -> Window:
     """The window of decoded records (oldest first): see read_window for `dim`."""
     decoded, invalid = [], collections.Counter[str]()
     for _, x in records:
@@ -128,6 +136,5 @@ def _window(records: list[tuple[int, list[Any] | str]], dim: int | None) -> Wind
     rows = [x for x in decoded if len(x) == dim]
     if len(rows) < len(decoded):
         invalid["wrong_dim"] += len(decoded) - len(rows)
-    # None (a missing coordinate) becomes NaN, which the fit treats as missing.
     points = np.array(rows, dtype=np.float64) if rows else np.zeros((0, dim or 1))
     return Window(points, invalid, len(records))

@@ -97,8 +97,9 @@ def test_the_trainers_window_reads_every_codec(kafka_bootstrap, new_topic, codec
     assert sorted(window.points[:, 0].tolist()) == sorted(float(i % 12) for i in range(50))
 
 
-def transactional_abort_then_commit(bootstrap: str, topic: str) -> None:
-    """50 records in a transaction that aborts, then 50 in one that commits (librdkafka)."""
+def transactional_abort_then_commit(bootstrap: str, topic: str) -> Producer:
+    """50 records in a transaction that aborts, then 50 in one that commits (librdkafka); the
+    producer, for more."""
     producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"t-{topic}"})
     producer.init_transactions(30)
     for prefix, commit in (("aborted", False), ("committed", True)):
@@ -110,12 +111,13 @@ def transactional_abort_then_commit(bootstrap: str, topic: str) -> None:
             producer.commit_transaction(30)
         else:
             producer.abort_transaction(30)
+    return producer
 
 
 def test_only_committed_records_are_classified_and_fitted(kafka_bootstrap, start_worker):
     topics = Topics("txn")
     create_worker_topics(kafka_bootstrap, topics, partitions=1)
-    transactional_abort_then_commit(kafka_bootstrap, topics.input)
+    producer = transactional_abort_then_commit(kafka_bootstrap, topics.input)
 
     # The trainer's window holds exactly the committed 50.
     window = run(read_window(KafkaSettings(bootstrap_servers=kafka_bootstrap), topics.input, 1000))
@@ -131,6 +133,27 @@ def test_only_committed_records_are_classified_and_fitted(kafka_bootstrap, start
     assert count_records(kafka_bootstrap, topics.output) == 50
     assert count_records(kafka_bootstrap, topics.dlq) == 0
     assert worker.metric("gmm_records_in_total") == 50
+
+    # An open transaction holds what follows it, and the worker says so; once it commits,
+    # its records are classified.
+    producer.begin_transaction()
+    for key, value in valid(10, "open"):
+        producer.produce(topics.input, value=value, key=key, partition=0)
+    producer.flush(30)
+    wait_for(
+        lambda: worker.metric("gmm_input_open_transaction_records") == 10,
+        30,
+        message="the open transaction's 10 offsets reported",
+    )
+    assert worker.metric("gmm_records_in_total") == 50
+    producer.commit_transaction(30)
+    wait_for(lambda: committed(worker) >= 112, 60, message="the 10 records once committed")
+    assert count_records(kafka_bootstrap, topics.output) == 60
+    wait_for(
+        lambda: worker.metric("gmm_input_open_transaction_records") == 0,
+        30,
+        message="no open transaction any more",
+    )
 
 
 async def _produce_large(bootstrap: str, topic: str, items: list) -> None:

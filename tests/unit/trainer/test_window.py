@@ -36,3 +36,12 @@ def test_a_models_dimension_is_kept_and_bad_records_are_counted():
 def test_missing_coordinates_become_nan():
     window = _valid_points(records([1, None], [2, 3]), None, 65536)
     assert np.isnan(window.points[0, 1])
+
+
+def test_a_point_of_more_dimensions_than_any_model_is_not_kept():
+    """A 60 KB record of zeros decodes to 20,000 coordinates: the window never holds them."""
+    wide = json.dumps({"x": [0] * 20_000}).encode()
+    assert len(wide) < 65536
+    window = _valid_points([(0, wide), (1, b'{"x": [1, 2]}')], None, 65536)
+    assert window.invalid == {"wrong_dim": 1}
+    assert_allclose(window.points, [[1, 2]])
