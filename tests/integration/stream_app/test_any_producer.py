@@ -287,3 +287,26 @@ def test_a_compression_bomb_and_a_header_key_that_is_not_utf8_never_stop_a_reade
     assert "GMM_FETCH_DECOMPRESSED_MAX_BYTES" in doc["error"]
     assert worker.metric("gmm_deadlettered_total", reason="undecodable") == 1
     worker.check_alive()
+
+
+def test_micro_batches_are_bounded_in_bytes_not_only_in_records(kafka_bootstrap, start_worker):
+    """A backlog of 20 KB records waiting before the worker starts: with GMM_MAX_BATCH_BYTES at
+    64 KiB no batch holds more than 3 of them (one fetch brings about 50), and every record is
+    classified once."""
+    topics = Topics("bytes")
+    create_worker_topics(kafka_bootstrap, topics, partitions=1)
+    pad = "p" * 20_000
+    items = [
+        (f"r-{i}".encode(), json.dumps({"id": f"r-{i}-{pad}", "x": float(i % 12)}).encode())
+        for i in range(300)
+    ]
+    produce(kafka_bootstrap, topics.input, items)
+    publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
+    worker = start_worker(topics, GMM_INPUT_PARTITIONS="1", GMM_MAX_BATCH_BYTES="65536")
+    worker.wait_ready()
+    wait_for(lambda: committed(worker) == 300, 90, message="all 300 offsets committed")
+    assert count_records(kafka_bootstrap, topics.output) == 300
+    batches = worker.metric("gmm_batch_size_records_count")
+    assert batches >= 100  # 3 records a batch at most
+    assert worker.metric("gmm_batch_size_records_bucket", le="4.0") == batches
+    assert worker.metric("gmm_batch_size_records_sum") == 300
