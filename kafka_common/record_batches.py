@@ -31,17 +31,18 @@ from typing import Any
 
 import cramjam
 import numpy as np
-from aiokafka import codec as aiokafka_codec
 from aiokafka.consumer import fetcher
 from aiokafka.record import default_records as py_records
+from aiokafka.record import legacy_records as py_legacy
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import decode_varint_py
 from aiokafka.structs import ConsumerRecord
 
-try:  # the compiled parser aiokafka uses unless AIOKAFKA_NO_EXTENSIONS is set
+try:  # the compiled parsers aiokafka uses unless AIOKAFKA_NO_EXTENSIONS is set
     from aiokafka.record._crecords import default_records as c_records
+    from aiokafka.record._crecords import legacy_records as c_legacy
 except ImportError:  # pragma: no cover
-    c_records = None
+    c_records = c_legacy = None
 
 #: The header that marks a stand-in record (value None); its value is the reason, as UTF-8.
 UNDECODABLE_HEADER = "gmm-undecodable"
@@ -66,14 +67,17 @@ def _check(size: int, codec: str) -> None:
 
 
 def gzip_decode(payload: Any) -> bytes:
-    """gzip (every member), at most the limit."""
+    """gzip (every member; NUL padding between members, as Python's gzip module allows), at
+    most the limit; a truncated stream is an error, as it is for aiokafka."""
     out, data = bytearray(), bytes(payload)
-    while data:
+    while data := data.lstrip(b"\x00"):
         inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
         out += inflate.decompress(data, _limit["bytes"] + 1 - len(out))
         _check(len(out), "gzip")
         if inflate.unconsumed_tail:
             _check(_limit["bytes"] + 1, "gzip")
+        if not inflate.eof:
+            raise EOFError("a gzip stream ends before its end marker")
         data = inflate.unused_data
     return bytes(out)
 
@@ -101,16 +105,26 @@ def zstd_decode(payload: Any) -> bytes:
 _XERIAL = b"\x82SNAPPY\x00"
 
 
-def _snappy_size(data: bytes) -> int:
-    """What a snappy payload (raw, or xerial's framing of raw blocks) says it inflates to."""
+def _snappy_blocks(data: bytes) -> list[bytes]:
+    """The raw snappy blocks of a payload: itself, or the blocks of xerial's framing (Java's
+    client writes it), each of a positive size within the payload."""
     if not data.startswith(_XERIAL):
-        return decode_varint_unsigned(data, 0)
-    size, pos = 0, 16
-    while pos + 4 <= len(data):
-        (block,) = struct.unpack_from(">i", data, pos)
-        size += decode_varint_unsigned(data, pos + 4)
-        pos += 4 + max(block, 0)
-    return size
+        return [data]
+    blocks, pos = [], 16
+    while pos < len(data):
+        if pos + 4 > len(data):
+            raise ValueError("a xerial snappy block header runs past the batch")
+        (size,) = struct.unpack_from(">i", data, pos)
+        if not 0 < size <= len(data) - pos - 4:
+            raise ValueError(f"a xerial snappy block of {size} bytes at {pos}")
+        blocks.append(data[pos + 4 : pos + 4 + size])
+        pos += 4 + size
+    return blocks
+
+
+def _snappy_size(data: bytes) -> int:
+    """What a snappy payload says it inflates to (each raw block starts with its size)."""
+    return sum(decode_varint_unsigned(block, 0) for block in _snappy_blocks(data))
 
 
 def decode_varint_unsigned(data: bytes, pos: int) -> int:
@@ -124,9 +138,9 @@ def decode_varint_unsigned(data: bytes, pos: int) -> int:
 
 
 def snappy_decode(payload: Any) -> bytes:
-    data = bytes(payload)
-    _check(_snappy_size(data), "snappy")
-    return bytes(aiokafka_codec.snappy_decode(data))
+    blocks = _snappy_blocks(bytes(payload))
+    _check(sum(decode_varint_unsigned(block, 0) for block in blocks), "snappy")
+    return b"".join(bytes(cramjam.snappy.decompress_raw(block)) for block in blocks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,8 +156,14 @@ class _Record:
     checksum: None = None
 
 
+def _varint(buffer: bytes, pos: int) -> tuple[int, int]:
+    if pos >= len(buffer):
+        raise ValueError("a record runs past the batch")
+    return decode_varint_py(buffer, pos)  # type: ignore[arg-type]
+
+
 def _bytes_field(buffer: bytes, pos: int) -> tuple[bytes | None, int]:
-    length, pos = decode_varint_py(buffer, pos)  # type: ignore[arg-type]
+    length, pos = _varint(buffer, pos)
     if length < 0:
         return None, pos
     if pos + length > len(buffer):
@@ -151,49 +171,59 @@ def _bytes_field(buffer: bytes, pos: int) -> tuple[bytes | None, int]:
     return buffer[pos : pos + length], pos + length
 
 
-def parse_v2(raw: bytes, batch: Any) -> list[_Record]:
-    """The records of one v2 batch, header keys decoded leniently (aiokafka's parser stopped
-    at one); raises on anything else that is wrong with it."""
+def parse_v2(raw: bytes, batch: Any) -> Iterator[_Record]:
+    """The records of one v2 batch, one at a time, header names decoded leniently (aiokafka's
+    parser stopped at one); raises at anything else that is wrong with the batch (checks as
+    aiokafka's: sizes within the batch, record lengths, header counts, no null header name)."""
     (count,) = struct.unpack_from(">i", raw, _V2_HEADER - 4)
     body: bytes = raw[_V2_HEADER:]
     codec = batch.compression_type
     if codec:
         decode = {1: gzip_decode, 2: snappy_decode, 3: lz4_decode, 4: zstd_decode}[codec]
         body = decode(body)
-    out, pos = [], 0
+    pos = 0
     for _ in range(count):
-        _, pos = decode_varint_py(body, pos)  # type: ignore[arg-type]  # the record's length
+        length, pos = _varint(body, pos)
+        start = pos
         pos += 1  # attributes
-        ts_delta, pos = decode_varint_py(body, pos)  # type: ignore[arg-type]
-        offset_delta, pos = decode_varint_py(body, pos)  # type: ignore[arg-type]
+        ts_delta, pos = _varint(body, pos)
+        offset_delta, pos = _varint(body, pos)
         key, pos = _bytes_field(body, pos)
         value, pos = _bytes_field(body, pos)
-        n_headers, pos = decode_varint_py(body, pos)  # type: ignore[arg-type]
+        n_headers, pos = _varint(body, pos)
+        if n_headers < 0:
+            raise ValueError(f"a record with {n_headers} headers")
         headers = []
         for _ in range(n_headers):
             name, pos = _bytes_field(body, pos)
+            if name is None:
+                raise ValueError("a header with a null name")
             header_value, pos = _bytes_field(body, pos)
-            headers.append(((name or b"").decode("utf-8", "replace"), header_value))
+            headers.append((name.decode("utf-8", "replace"), header_value))
+        if pos - start != length:
+            raise ValueError(f"a record of {pos - start} bytes says it has {length}")
         timestamp = (
             batch.max_timestamp
             if batch.timestamp_type == _LOG_APPEND_TIME
             else batch.first_timestamp + ts_delta
         )
-        record = _Record(
+        yield _Record(
             batch.base_offset + offset_delta, timestamp, batch.timestamp_type, key, value,
             tuple(headers),
         )  # fmt: skip
-        out.append(record)
-    return out
+    if pos != len(body):
+        raise ValueError(f"{len(body) - pos} bytes after the batch's {count} records")
 
 
 class _Batch:
-    """One batch: aiokafka's, read by its parser; on a failure, read again here or stood in for
-    by one undecodable record."""
+    """One v2 batch: aiokafka's, read by its parser; on a failure, read again here or stood in
+    for by one undecodable record. (A legacy v0/v1 or control batch that fails fails as it does
+    in aiokafka: no broker of this project's version writes the former, and the latter are the
+    broker's own.)"""
 
-    def __init__(self, batch: Any, raw: bytes) -> None:
+    def __init__(self, batch: Any, data: bytes, start: int, end: int) -> None:
         self._batch = batch
-        self._raw = raw
+        self._data, self._start, self._end = data, start, end  # sliced only when needed
         self._records = self._read()
 
     def __getattr__(self, name: str) -> Any:  # base_offset, is_control_batch, validate_crc, ...
@@ -213,16 +243,20 @@ class _Batch:
                 yield record
             return
         except Exception as exc:  # whatever the parser refuses: the batch gets an outcome
+            if self._batch.magic < 2 or self._batch.is_control_batch:
+                raise
             error: Exception = exc
-        if isinstance(error, UnicodeDecodeError) and self._batch.magic == 2:
+        if isinstance(error, UnicodeDecodeError):
             try:
-                records = parse_v2(self._raw, self._batch)
-            except Exception as exc:  # the batch is unreadable after all
-                error = exc
-            else:
-                yield from (r for r in records if r.offset > last)
+                for record in parse_v2(self._data[self._start : self._end], self._batch):
+                    if record.offset > last:
+                        last = record.offset
+                        yield record
                 return
-        yield self._stand_in(last + 1 if last >= 0 else self._batch.base_offset, error)
+            except Exception as exc:  # the rest of the batch is unreadable after all
+                error = exc
+        if last < self._batch.next_offset - 1:
+            yield self._stand_in(max(last + 1, self._batch.base_offset), error)
 
     def _stand_in(self, first: int, error: Exception) -> _Record:
         end = self._batch.next_offset - 1
@@ -254,10 +288,10 @@ class TolerantRecords:
         batch = self._records.next_batch()
         if batch is None:
             return None
+        # aiokafka's MemoryRecords moved by exactly one batch: 12 bytes and the batch's length.
         (length,) = struct.unpack_from(">i", self._data, self._pos + 8)
-        raw = self._data[self._pos : self._pos + 12 + length]
-        self._pos += 12 + length
-        return _Batch(batch, raw)
+        start, self._pos = self._pos, self._pos + 12 + length
+        return _Batch(batch, self._data, start, self._pos)
 
 
 def undecodable_reason(record: ConsumerRecord) -> str | None:
@@ -279,8 +313,9 @@ def install(max_bytes: int) -> None:
         "lz4_decode": lz4_decode,
         "zstd_decode": zstd_decode,
     }
-    for module in (py_records, c_records):
+    for module in (py_records, c_records, py_legacy, c_legacy):
         if module is not None:
             for name, function in decoders.items():
-                setattr(module, name, function)
+                if hasattr(module, name):
+                    setattr(module, name, function)
     fetcher.MemoryRecords = TolerantRecords  # type: ignore[attr-defined,misc]

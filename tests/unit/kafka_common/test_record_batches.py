@@ -64,6 +64,21 @@ def test_gzip_with_several_members_is_read_whole():
         rb.gzip_decode(bomb)
 
 
+def test_gzip_reads_as_pythons_gzip_does():
+    padded = gzip.compress(b"abc") + b"\x00" * 8 + gzip.compress(b"def") + b"\x00" * 3
+    assert rb.gzip_decode(padded) == b"abcdef"
+    with pytest.raises(EOFError):
+        rb.gzip_decode(gzip.compress(b"abc" * 100)[:-10])
+
+
+@pytest.mark.parametrize("size", [-4, 0, 2**31 - 1])
+def test_a_xerial_snappy_block_of_a_size_that_cannot_be_is_refused(size):
+    good = codec.snappy_encode(b"z" * 1000, xerial_compatible=True)
+    bad = good[:16] + size.to_bytes(4, "big", signed=True) + good[20:]
+    with pytest.raises(ValueError, match="xerial snappy block"):
+        rb.snappy_decode(bad)
+
+
 def test_raw_and_xerial_snappy_sizes_are_read_before_inflating():
     raw = bytes(cramjam.snappy.compress_raw(b"x" * 5000))
     assert rb._snappy_size(raw) == 5000
@@ -104,6 +119,26 @@ def test_a_header_key_that_is_not_utf8_is_read_leniently_and_nothing_is_lost(nam
     ]
     assert got[1].headers == (("\ufffd\ufffd", b"v"), ("ok", None))
     assert got[1].timestamp == 1_700_000_000_001
+
+
+def test_a_forged_record_count_after_a_bad_header_name_neither_hangs_nor_invents_records():
+    records = [(b"a", b"1", []), (b"b", b"2", [("XQ", b"v")]), (b"c", b"3", [])]
+    raw = bytearray(batch_bytes(records).replace(b"XQ", b"\xff\xfe"))
+    raw[57:61] = (2**31 - 1).to_bytes(4, "big")
+    got = read(bytes(raw))
+    # Every offset of the batch was read: the error past them needs no stand-in.
+    assert [(r.offset, r.value) for r in got] == [(100, b"1"), (101, b"2"), (102, b"3")]
+
+
+def test_a_batch_cut_short_after_a_bad_header_name_stands_in_for_the_offsets_it_lost():
+    records = [(b"a", b"1", []), (b"b", b"2", [("XQ", b"v")]), (b"c", b"3" * 50, [])]
+    raw = bytearray(batch_bytes(records).replace(b"XQ", b"\xff\xfe")[:-20])
+    raw[8:12] = (len(raw) - 12).to_bytes(4, "big")  # a batch whose last record was cut short
+    got = read(bytes(raw))
+    assert [(r.offset, r.value) for r in got[:2]] == [(100, b"1"), (101, b"2")]
+    assert [(r.offset, r.value) for r in got[2:]] == [(102, None)]
+    reason = rb.undecodable_reason(stand_in_record(got[2]))
+    assert reason is not None and reason.startswith("offsets 102-102 of a record batch")
 
 
 def test_a_batch_past_the_limit_becomes_one_stand_in_at_its_last_offset():
