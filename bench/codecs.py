@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import stream
 from bench._common import machine, markdown_table, write_results
 from bench.stream import BOOTSTRAP, PARTITIONS, measure, start_worker
 from kafka_common.settings import COMPRESSIONS
@@ -40,30 +41,26 @@ def run_round(n_drain: int, seconds: float, log_dir: pathlib.Path) -> list[dict[
 
 
 def summarize(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    summary = []
-    for i, first in enumerate(rounds[0]):
-        runs = [r[i] for r in rounds]
-        ratios = [
-            r[i]["throughput_records_per_second"] / r[0]["throughput_records_per_second"]
-            for r in rounds
-        ]
+    """bench.stream's medians and ranges over rounds (the uncompressed run is each round's
+    baseline), with each codec's bytes on the broker."""
+    out = []
+    for base, runs in zip(stream.summarize(rounds), zip(*rounds, strict=True), strict=True):
         rates = [x["throughput_records_per_second"] for x in runs]
-        p99s = [x["latency_ms"]["p99"] for x in runs]
-        summary.append(
+        out.append(
             {
-                "codec": first["codec"],
-                "throughput_records_per_second": float(np.median(rates)),
+                "codec": runs[0]["codec"],
+                "throughput_records_per_second": base["throughput_records_per_second"],
                 "throughput_range": [float(min(rates)), float(max(rates))],
-                "throughput_vs_none": float(np.median(ratios)),
-                "throughput_vs_none_range": [float(min(ratios)), float(max(ratios))],
-                "p99_ms": float(np.median(p99s)),
-                "p99_ms_range": [float(min(p99s)), float(max(p99s))],
+                "throughput_vs_none": base["throughput_vs_raw"],
+                "throughput_vs_none_range": base["throughput_vs_raw_range"],
+                "p99_ms": base["latency_ms"]["p99"],
+                "p99_ms_range": base["p99_ms_range"],
                 "output_bytes_per_record": float(
                     np.median([x["output_bytes_per_record"] for x in runs])
                 ),
             }
         )
-    return summary
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
