@@ -159,7 +159,7 @@ class _Record:
 def _varint(buffer: bytes, pos: int) -> tuple[int, int]:
     if pos >= len(buffer):
         raise ValueError("a record runs past the batch")
-    return decode_varint_py(buffer, pos)  # type: ignore[arg-type]
+    return decode_varint_py(buffer, pos)
 
 
 def _bytes_field(buffer: bytes, pos: int) -> tuple[bytes | None, int]:
@@ -318,4 +318,4 @@ def install(max_bytes: int) -> None:
             for name, function in decoders.items():
                 if hasattr(module, name):
                     setattr(module, name, function)
-    fetcher.MemoryRecords = TolerantRecords  # type: ignore[attr-defined,misc]
+    fetcher.MemoryRecords = TolerantRecords
