@@ -3,7 +3,9 @@ broker refuses, a broker that will not acknowledge for a while."""
 
 from __future__ import annotations
 
+import base64
 import json
+import random
 import time
 
 import pytest
@@ -62,16 +64,17 @@ def test_a_huge_record_gets_one_bounded_dead_letter_and_the_stream_goes_on(
 
 def test_an_output_the_broker_refuses_becomes_a_small_dead_letter(kafka_bootstrap, start_worker):
     topics = Topics("refused")
-    # The dead-letter topic takes records of at most 1,500 bytes: a dead letter carrying 3,000
-    # bytes of payload is refused by the broker itself.
+    # The dead-letter topic takes record batches of at most 1,500 bytes: a dead letter carrying
+    # 3,000 bytes of random payload is refused by the broker itself, compressed or not.
     create_worker_topics(kafka_bootstrap, topics, partitions=1, dlq={"max.message.bytes": "1500"})
     publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
     worker = start_worker(topics, GMM_INPUT_PARTITIONS="1")
     worker.wait_ready()
+    junk = base64.b64encode(random.Random(0).randbytes(2250))  # 3,000 bytes, incompressible
     produce(
         kafka_bootstrap,
         topics.input,
-        [*valid(50, "a"), (b"junk", b"j" * 3000), *valid(50, "b"), (b"small", b"nope")],
+        [*valid(50, "a"), (b"junk", junk), *valid(50, "b"), (b"small", b"nope")],
     )
 
     wait_for(lambda: committed(worker) == 102, 60, message="all 102 offsets committed")
