@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import NamedTuple
@@ -54,30 +55,37 @@ def in_records(items: list[ConsumerRecord], max_key_bytes: int) -> list[InRecord
     """The batch's view of consumed records; a key over `max_key_bytes` is cut (`cut_key`),
     a stand-in for unreadable records says so (`undecodable`)."""
     out = list(map(_in_record, items))
-    if max(r.serialized_key_size for r in items) > max_key_bytes:
+    if max(map(_key_size, items)) > max_key_bytes:
         for i, r in enumerate(out):
             if r.key is not None and len(r.key) > max_key_bytes:
                 key, cut = cut_key(r.key, max_key_bytes)
                 out[i] = r._replace(key=key, key_cut=cut)
-    if min(r.serialized_value_size for r in items) < 0:  # null values: tombstones, stand-ins
+    if min(map(_value_size, items)) < 0:  # null values: tombstones, stand-ins
         for i, r in enumerate(items):
             if (reason := undecodable_reason(r)) is not None:
                 out[i] = out[i]._replace(undecodable=reason)
     return out
 
 
+_key_size = operator.attrgetter("serialized_key_size")
+_value_size = operator.attrgetter("serialized_value_size")
+
+
 def _record_bytes(r: ConsumerRecord) -> int:
-    # serialized_*_size is -1 for a null key or value.
-    return max(0, r.serialized_key_size) + max(0, r.serialized_value_size)
+    """What a record counts in a batch's bytes: its key's and value's, and 2 (a null key or
+    value has size -1: the 2 keep every record's count positive)."""
+    return r.serialized_key_size + r.serialized_value_size + 2
 
 
 def fitting(items: list[ConsumerRecord], room: int, size: int, max_bytes: int) -> tuple[int, int]:
     """How many of `items` (at most `room`) a batch of `size` bytes takes without passing
     `max_bytes`, and its size then. An empty batch takes one record of any size."""
     n = min(len(items), room)
-    sizes = [_record_bytes(r) for r in items[:n]]
-    if size + sum(sizes) <= max_bytes:
-        return n, size + sum(sizes)
+    head = items if n == len(items) else items[:n]
+    total = sum(map(_key_size, head)) + sum(map(_value_size, head)) + 2 * n  # in C loops
+    if size + total <= max_bytes:
+        return n, size + total
+    sizes = [_record_bytes(r) for r in head]
     for i, b in enumerate(sizes):
         if size + b > max_bytes and (size > 0 or i > 0):
             return i, size

@@ -51,20 +51,21 @@ def source(consumer: FakeConsumer, max_batch: int = 100, max_bytes: int = 10**9,
 
 
 def test_an_empty_batch_takes_one_record_of_any_size_and_no_more_than_fit():
+    # A record counts its key's and value's bytes, and 2 (a null key counts -1).
     items = [record(TP0, i, size=100, key=None) for i in range(5)]
-    assert fitting(items, 10, 0, 50) == (1, 100)  # one oversized record is a batch of its own
+    assert fitting(items, 10, 0, 50) == (1, 101)  # one oversized record is a batch of its own
     assert fitting(items, 10, 1, 50) == (0, 1)
-    assert fitting(items, 10, 0, 250) == (2, 200)
-    assert fitting(items, 3, 0, 10**6) == (3, 300)  # the record room caps it too
+    assert fitting(items, 10, 0, 250) == (2, 202)
+    assert fitting(items, 3, 0, 10**6) == (3, 303)  # the record room caps it too
     keyed = [record(TP0, 0, size=10, key=b"k" * 30)]
-    assert fitting(keyed, 1, 0, 39) == (1, 40)  # keys count
+    assert fitting(keyed, 1, 0, 39) == (1, 42)  # keys count
 
 
 async def test_a_batch_full_in_bytes_carries_the_rest_to_the_next_without_refetching():
     consumer = FakeConsumer(
         {TP0: [record(TP0, i, 100) for i in range(6)], TP1: [record(TP1, i, 100) for i in range(4)]}
     )
-    src = source(consumer, max_batch=100, max_bytes=350)  # 3 records of 101 bytes a batch
+    src = source(consumer, max_batch=100, max_bytes=350)  # 3 records of 103 bytes a batch
     batches = [await src.next_batch() for _ in range(4)]
     got = [[(r.partition, r.offset) for r in b.records] for b in batches]
     assert got == [
