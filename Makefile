@@ -92,7 +92,9 @@ bench: venv kafka-up
 	$(BIN)/python -m bench.inference
 	$(BIN)/python -m bench.fit
 	$(BIN)/python -m bench.stream
+	$(BIN)/python -m bench.codecs
 	$(BIN)/python -m bench.scaleout
+	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.soak
 	$(MAKE) bench-summary
 
