@@ -115,22 +115,59 @@ def cmd_fit(args: argparse.Namespace) -> int:
     for k, bic in bics.items():
         chosen = "  <- lowest" if k == p.n_components else ""
         print(f"K={k}: BIC {bic:.2f}{chosen}", file=out)
-    scale = p.scale if p.scale.ndim < 3 else p.scale.tolist()
-    # Fixed decimals, not scientific: locations at an offset (epoch seconds, 1.7e9) must still
-    # show how far apart they are.
-    with np.printoptions(formatter={"float_kind": _decimals}):
-        print(
-            f"fit: K={p.n_components} D={p.dim} covariance {model.covariance} n={len(points)} "
-            f"loss {result.final_loss:.4f} "
-            f"(best init {result.init_loss:.4f}) steps {result.n_steps}"
-            f"{'' if result.converged else ' (step cap)'} in {result.seconds:.2f}s; "
-            f"weights {p.weights} locs {p.locs.squeeze(-1) if p.dim == 1 else p.locs} "
-            f"{'scale' if p.scale.ndim < 3 else 'scale_tril'} "
-            f"{np.squeeze(scale) if p.scale.ndim < 3 else np.round(p.scale, 4).tolist()} "
-            f"-> {args.out}",
-            file=out,
-        )
+    print(
+        f"fit: K={p.n_components} D={p.dim} covariance {model.covariance} n={len(points)} "
+        f"loss {result.final_loss:.4f} (best init {result.init_loss:.4f}) "
+        f"steps {result.n_steps}{'' if result.converged else ' (step cap)'} "
+        f"in {result.seconds:.2f}s -> {'stdout' if args.out == '-' else args.out}",
+        file=out,
+    )
+    print(component_table(model), file=out, end="")
     return 0
+
+
+#: Coordinates shown per component in the summary; the parameters file has them all.
+SHOWN_COORDINATES = 4
+
+
+def component_table(model: Any) -> str:
+    """One line per component: weight, location and standard deviations (the square roots of
+    the covariance's diagonal, whatever its form), at most SHOWN_COORDINATES of each, so a
+    summary stays readable for any D."""
+    p = model.mixture
+    sd = _standard_deviations(p.scale, model.covariance, p.n_components, p.dim)
+    rows = [
+        ("k", "weight", "loc", "sd"),
+        *(
+            (str(k), f"{p.weights[k]:.4f}", _coordinates(p.locs[k]), _coordinates(sd[k]))
+            for k in range(p.n_components)
+        ),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "".join(
+        "  "
+        + "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True))
+        + f"  {row[3]}\n"
+        for row in rows
+    )
+
+
+def _standard_deviations(scale: np.ndarray, covariance: str, k: int, d: int) -> np.ndarray:
+    """(K, D) standard deviations of each component along each coordinate."""
+    scale = np.asarray(scale, dtype=np.float64)
+    if covariance in ("tied", "full"):  # lower Cholesky factors: sd = row norms
+        return np.broadcast_to(np.sqrt(np.sum(scale**2, axis=-1)), (k, d))
+    if covariance == "spherical" and scale.shape == (k,):
+        return np.broadcast_to(scale.reshape(k, 1), (k, d))
+    return np.broadcast_to(scale, (k, d))  # a number, D numbers or K x D
+
+
+def _coordinates(values: np.ndarray) -> str:
+    """Fixed decimals, not scientific: locations at an offset (epoch seconds, 1.7e9) must still
+    show how far apart they are."""
+    shown = ", ".join(_decimals(v) for v in values[:SHOWN_COORDINATES])
+    more = len(values) - SHOWN_COORDINATES
+    return shown if more <= 0 else f"{shown}, ... (+{more})"
 
 
 def _decimals(value: np.floating[Any]) -> str:

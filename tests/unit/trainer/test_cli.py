@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
 from mixture.params import ModelParams
+from trainer.cli import _standard_deviations
 from trainer.cli import main as trainer_main
 
 
@@ -158,3 +161,34 @@ def test_fit_summary_shows_locations_apart_at_an_epoch_offset(tmp_path, capsys):
     for loc in locs:
         assert f"{loc:.4f}" in summary
     assert locs[1] - locs[0] > 9
+
+
+def test_fit_summary_is_a_short_table_for_any_dimension(tmp_path, capsys):
+    """D=8, full covariance: one line per component, each short, not 2,000 characters."""
+    rng = np.random.default_rng(5)
+    rows = np.vstack([rng.normal(c * 5.0, 1.0, (200, 8)) for c in range(2)])
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"x": r.tolist()}) + "\n" for r in rows))
+    out = tmp_path / "p.json"
+    args = ["fit", "--data", str(tmp_path / "d.jsonl"), "--out", str(out), "-k", "2"]
+    assert trainer_main([*args, "--covariance", "full"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("fit: K=2 D=8 covariance full") and lines[0].endswith(str(out))
+    assert lines[1].split() == ["k", "weight", "loc", "sd"] and len(lines) == 4
+    assert all(len(line) < 100 for line in lines[1:]) and "(+4)" in lines[2]
+    model = ModelParams.loads(out.read_bytes())
+    tril = np.asarray(model.mixture.scale)[0]
+    sd = np.sqrt(np.diag(tril @ tril.T))
+    assert f"{sd[0]:.4f}, {sd[1]:.4f}" in lines[2]
+
+
+@pytest.mark.parametrize(
+    ("scale", "covariance", "expected"),
+    [
+        (2.0, "tied-diag", [[2.0, 2.0], [2.0, 2.0]]),
+        ([1.0, 3.0], "spherical", [[1.0, 1.0], [3.0, 3.0]]),
+        ([[1.0, 2.0], [3.0, 4.0]], "diag", [[1.0, 2.0], [3.0, 4.0]]),
+        ([[3.0, 0.0], [4.0, 0.0]], "tied", [[3.0, 4.0], [3.0, 4.0]]),
+    ],
+)
+def test_standard_deviations_of_every_covariance_form(scale, covariance, expected):
+    assert_allclose(_standard_deviations(np.asarray(scale), covariance, 2, 2), expected)
