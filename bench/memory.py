@@ -44,8 +44,8 @@ import numpy as np
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench._common import machine, markdown_table, write_results
+from stream_app.record_path import MAX_IN_FLIGHT
 from stream_app.settings import WorkerSettings
-from stream_app.worker import MAX_IN_FLIGHT
 from support.harness import (
     SEED_MODEL,
     Topics,

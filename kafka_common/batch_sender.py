@@ -14,11 +14,44 @@ import collections
 import itertools
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 Record = tuple[bytes | None, bytes]  # (key, value)
+#: Anything whose first two items are the key and the value (a Record, the worker's Outgoing).
+R = TypeVar("R", bound=tuple[Any, ...])
+
+
+async def send_in_batches(
+    producer: AIOKafkaProducer,
+    topic: str,
+    partition: int,
+    records: Sequence[R],
+    sent: list[tuple[asyncio.Future, list[R]]],
+    alone: bool = False,
+) -> None:
+    """Queues `records` (key first, value second) on one partition as full record batches,
+    appending (future, its records) to `sent` as each batch is handed to the producer.
+
+    If the producer raises midway, `sent` still holds what was queued: the caller knows which
+    records have a future and which do not. `alone`: one record per batch (so that a record the
+    broker refuses cannot fail others).
+    """
+    batch, members = producer.create_batch(), list[R]()
+    for record in records:
+        if members and (
+            alone or batch.append(key=record[0], value=record[1], timestamp=None) is None
+        ):  # full (or one record per batch): send it, start the next
+            batch.close()
+            sent.append((await producer.send_batch(batch, topic, partition=partition), members))
+            batch, members = producer.create_batch(), []
+        if not members:  # an empty batch takes any one record
+            batch.append(key=record[0], value=record[1], timestamp=None)
+        members.append(record)
+    batch.close()
+    sent.append((await producer.send_batch(batch, topic, partition=partition), members))
 
 
 class BatchSender:
@@ -63,18 +96,10 @@ class BatchSender:
                 else:
                     p = self._partitioner(key, available, available)
                 by_partition[p].append(record)
-        futures = []
+        sent: list[tuple[asyncio.Future, list[Record]]] = []
         for partition, items in by_partition.items():
-            batch = producer.create_batch()
-            for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full
-                    batch.close()
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-            batch.close()
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        return futures
+            await send_in_batches(producer, topic, partition, items, sent)
+        return [future for future, _ in sent]
 
 
 async def send_paced(

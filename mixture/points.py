@@ -177,8 +177,3 @@ def _has_nan_token(raw: bytes | str) -> bool:
     except (ValueError, RecursionError):
         pass
     return False
-
-
-def x_to_json(x: list[float], scalar: bool) -> float | list[float]:
-    """The point's x as it was sent: a bare number or a list."""
-    return x[0] if scalar else x

@@ -12,7 +12,7 @@ from typing import Any
 import faust
 
 from stream_app import agents, views
-from stream_app.metrics import faust_sensor
+from stream_app.faust_sensor import faust_sensor
 from stream_app.settings import WorkerSettings
 from stream_app.topics import batches_channel
 from stream_app.worker import Worker

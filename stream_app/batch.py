@@ -11,7 +11,6 @@ switch interval (5 ms) for the other.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import math
 import time
@@ -19,72 +18,19 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import orjson
 
 from mixture.classify import Classification
 from mixture.points import Point, PointError, decode_point
+from stream_app.records import InRecord, Outgoing, dead_letter, refused_letter
+from wire import assignment as assignment_format
 
 if TYPE_CHECKING:  # types only: this module runs without Faust (bench/device uses it so)
     from stream_app.model_state import ServingModel
-    from stream_app.topics import AssignmentRecord, DeadLetterRecord, SourceRef
-
-
-class KeyCut(NamedTuple):
-    """What is kept of a key too long to carry: its whole size and SHA-256 (the record's key
-    becomes its first bytes)."""
-
-    size: int
-    sha256: str
-
-
-class InRecord(NamedTuple):
-    """What the batch needs of a consumed Kafka record (its headers are never needed)."""
-
-    key: bytes | None  # at most GMM_MAX_KEY_BYTES: a longer one is cut (see key_cut)
-    value: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float | None  # seconds since the epoch
-    key_cut: KeyCut | None = None  # set when the key was cut
-    #: Set on a stand-in for records the client could not read (kafka_common.record_batches):
-    #: why, and which offsets it covers.
-    undecodable: str | None = None
-
-
-def cut_key(key: bytes, max_bytes: int) -> tuple[bytes, KeyCut | None]:
-    """The key as outputs carry it: as it is when at most `max_bytes`, else its first
-    `max_bytes` bytes and a KeyCut.
-
-    Outputs carry their input's key, and the broker refuses a record (an assignment, or even a
-    small dead letter) whose key is near its size limit: a key cut the way payloads are makes
-    every output of any input fit.
-    """
-    if len(key) <= max_bytes:
-        return key, None
-    return key[:max_bytes], KeyCut(len(key), hashlib.sha256(key).hexdigest())
-
-
-def _key_fields(doc: dict, cut: KeyCut | None) -> None:
-    if cut is not None:
-        doc.update(key_size=cut.size, key_sha256=cut.sha256, key_truncated=True)
-
-
-class Outgoing(NamedTuple):
-    """One output record: an assignment for the output topic or a dead letter for the DLQ."""
-
-    key: bytes | None
-    value: bytes
-    ts_in: float | None
-    partition: int  # the input's: outputs stay co-partitioned with their inputs
-    dead_letter: bool  # True: for the dead-letter topic
-    source: SourceRef  # the input record it answers
-    reason: str | None = None  # a dead letter's reason
-    component: int = -1  # an assignment's component
-    key_cut: KeyCut | None = None  # the input's key was cut (see cut_key)
 
 
 class BatchOutcome(NamedTuple):
+    """A slice's outgoing records, and what the metrics and the drift watch need of it."""
+
     assignments: list[Outgoing]
     dead_letters: list[Outgoing]
     components: np.ndarray  # assignment of each delivered output, for the per-component counter
@@ -97,96 +43,8 @@ class BatchOutcome(NamedTuple):
     def outputs(self) -> list[Outgoing]:
         return self.assignments + self.dead_letters
 
-    @property
-    def reasons(self) -> list[str]:
-        """Each dead letter's reason, in order."""
-        return [o.reason or "" for o in self.dead_letters]
-
 
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (about 2x faster)
-
-#: orjson returns its whole working buffer, sized for the worst-case escaping of every string
-#: (519 KB for a 60 KB output), and an output is held until the broker acknowledges it: past
-#: this size an output is copied to its exact size (bench/results/memory.md).
-_EXACT_ABOVE = 2048
-
-
-def _json(doc: object) -> bytes:
-    value = orjson.dumps(doc)
-    return bytes(memoryview(value)) if len(value) > _EXACT_ABOVE else value
-
-
-def _source(r: InRecord) -> SourceRef:
-    return {"topic": r.topic, "partition": r.partition, "offset": r.offset}
-
-
-def _text_prefix(prefix: bytes, truncated: bool) -> str | None:
-    """The prefix as text if it is UTF-8; a character cut by the truncation is dropped."""
-    try:
-        return prefix.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if truncated and exc.reason == "unexpected end of data":
-            return prefix[: exc.start].decode("utf-8")
-        return None
-
-
-def dead_letter(r: InRecord, reason: str, error: str, payload_bytes: int) -> Outgoing:
-    """A dead letter of bounded size: at most `payload_bytes` of the payload travel with it.
-
-    The whole payload's size and SHA-256 are kept, so a record of any size the broker accepted
-    gets one dead letter that the broker also accepts (a copy of the payload, twice, would not).
-    """
-    payload = r.value or b""
-    prefix = payload[:payload_bytes]
-    doc: DeadLetterRecord = {
-        "reason": reason,
-        "error": error,
-        "source": _source(r),
-        "ts_in": r.timestamp,
-        "payload_size": len(payload),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
-        "payload_truncated": len(prefix) < len(payload),
-        "payload_base64": base64.b64encode(prefix).decode("ascii"),
-        "payload_text": _text_prefix(prefix, len(prefix) < len(payload)),
-    }
-    _key_fields(doc, r.key_cut)  # type: ignore[arg-type]
-    return Outgoing(
-        r.key, _json(doc), r.timestamp, r.partition, True, _source(r), reason, -1, r.key_cut
-    )
-
-
-def refused_letter(out: Outgoing, reason: str, error: str) -> Outgoing:
-    """The small dead letter that stands in for an output the broker would not take
-    (`reason`: output_too_large or output_rejected).
-
-    It keeps the input's coordinates (so the record can be found and replayed), the rejected
-    output's size and SHA-256, and a rejected dead letter's original reason.
-    """
-    doc: DeadLetterRecord = {
-        "reason": reason,
-        "error": error[:500],
-        "source": out.source,
-        "ts_in": out.ts_in,
-        "payload_size": len(out.value),
-        "payload_sha256": hashlib.sha256(out.value).hexdigest(),
-        "payload_truncated": True,
-        "payload_base64": "",
-        "payload_text": None,
-    }
-    if out.dead_letter and out.reason is not None:
-        doc["original_reason"] = out.reason
-    _key_fields(doc, out.key_cut)  # type: ignore[arg-type]
-    return Outgoing(
-        out.key,
-        _json(doc),
-        out.ts_in,
-        out.partition,
-        True,
-        out.source,
-        reason,
-        -1,
-        out.key_cut,
-    )
 
 
 class ParsedSlice(NamedTuple):
@@ -275,25 +133,23 @@ def encode_slice(
                 )
             )
             continue
-        source = {"topic": r.topic, "partition": r.partition, "offset": r.offset}
+        source = r.source()
         a = assignments[i]
-        doc: AssignmentRecord = {
-            "id": p.id if p.id is not None else f"{r.topic}:{r.partition}:{r.offset}",
-            "x": p.x[0] if p.scalar else p.x,
-            "assignment": a,
-            "probs": probs[i],
-            "log_likelihood": loglik[i],
-            "model": model_name,
-            "model_version": version,
-            "ts_in": r.timestamp,
-            "ts_out": ts_out,
-            "source": source,  # type: ignore[typeddict-item]
-        }
-        if None in p.x:
-            doc["missing"] = [j for j, v in enumerate(p.x) if v is None]
-        if r.key_cut is not None:
-            _key_fields(doc, r.key_cut)  # type: ignore[arg-type]
-        value = _json(doc)
+        point_id = p.id if p.id is not None else f"{r.topic}:{r.partition}:{r.offset}"
+        value = assignment_format.encode(
+            point_id,
+            p.x,
+            p.scalar,
+            a,
+            probs[i],
+            loglik[i],
+            model_name,
+            version,
+            r.timestamp,
+            ts_out,
+            source,
+            r.key_cut,
+        )
         o = _new(
             Outgoing, (r.key, value, r.timestamp, r.partition, False, source, None, a, r.key_cut)
         )
@@ -316,37 +172,6 @@ def encode_slice(
         inference_seconds,
         float(np.sum(result.log_likelihood[served])),
         version,
-    )
-
-
-def process_batch(
-    records: list[InRecord],
-    serving: ServingModel,
-    max_record_bytes: int,
-    seed: int | None = None,
-    dlq_payload_bytes: int = 4096,
-    max_output_bytes: int = 1_000_000,
-    model_name: str = "gmm",
-) -> BatchOutcome:
-    """Validates, classifies and encodes a batch in one call: every input record yields one
-    output, an assignment or a dead letter (the worker runs the three steps separately)."""
-    parsed = parse_slice(
-        records,
-        serving.model.mixture.dim,
-        max_record_bytes,
-        serving.classifier.temperature,
-        seed,
-        dlq_payload_bytes,
-    )
-    result, seconds = classify_slice(parsed, serving) if parsed.valid else (None, 0.0)
-    return encode_slice(
-        parsed,
-        result,
-        serving.model.version,
-        seconds,
-        dlq_payload_bytes,
-        max_output_bytes,
-        model_name,
     )
 
 

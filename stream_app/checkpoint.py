@@ -33,7 +33,7 @@ from typing import Protocol
 
 from aiokafka import TopicPartition
 
-from stream_app.delivery import classify_error
+from kafka_common.errors import classify_error
 from stream_app.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)

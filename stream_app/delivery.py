@@ -32,28 +32,13 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    AuthenticationFailedError,
-    BrokerResponseError,
-    ClusterAuthorizationFailedError,
-    DuplicateSequenceNumber,
-    GroupAuthorizationFailedError,
-    InvalidProducerEpoch,
-    InvalidProducerIdMapping,
-    MessageSizeTooLargeError,
-    OutOfOrderSequenceNumber,
-    ProducerFenced,
-    RecordListTooLargeError,
-    RecordTooLargeError,
-    SaslAuthenticationFailed,
-    TopicAuthorizationFailedError,
-    TransactionalIdAuthorizationFailed,
-    UnknownProducerId,
-)
+from aiokafka.errors import BrokerResponseError
 
+from kafka_common.batch_sender import send_in_batches
+from kafka_common.errors import SIZE_ERRORS, classify_error, needs_new_producer
 from kafka_common.settings import KafkaSettings
-from stream_app.batch import Outgoing, refused_letter
 from stream_app.metrics import WorkerMetrics
+from stream_app.records import Outgoing, refused_letter
 
 log = logging.getLogger(__name__)
 
@@ -63,47 +48,6 @@ MAX_BATCH_BYTES = 512 * 1024
 DEAD_PRODUCER_ROUNDS = 3
 #: Longest a replacement producer may take to start.
 PRODUCER_START_S = 30.0
-
-FATAL_ERRORS = (
-    TopicAuthorizationFailedError,
-    ClusterAuthorizationFailedError,
-    GroupAuthorizationFailedError,
-    TransactionalIdAuthorizationFailed,
-    SaslAuthenticationFailed,
-    AuthenticationFailedError,
-)
-SIZE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
-#: Refusals of the producer's session, not of its records: a fresh producer sends them again.
-SESSION_ERRORS = (
-    OutOfOrderSequenceNumber,
-    DuplicateSequenceNumber,
-    InvalidProducerEpoch,
-    InvalidProducerIdMapping,
-    UnknownProducerId,
-    ProducerFenced,
-)
-
-
-def classify_error(exc: BaseException) -> str:
-    """`fatal` (stop), `rejected` (never accepted as it is) or `retriable` (send again).
-
-    Any non-retriable broker answer other than a session's refusal (too large, INVALID_RECORD,
-    an invalid timestamp, a policy violation, ...) refuses those records: resending cannot help.
-    """
-    if isinstance(exc, FATAL_ERRORS):
-        return "fatal"
-    if isinstance(exc, SESSION_ERRORS):
-        return "retriable"
-    if isinstance(exc, BrokerResponseError) and not exc.retriable:
-        return "rejected"
-    return "retriable"
-
-
-def _needs_new_producer(exc: BaseException) -> bool:
-    """The broker refused a batch for good (its sequence numbers are spent) or the session."""
-    return isinstance(exc, SESSION_ERRORS) or (
-        isinstance(exc, BrokerResponseError) and not exc.retriable
-    )
 
 
 class DeliveryFatal(RuntimeError):
@@ -197,7 +141,7 @@ class Delivery:
                 kind = classify_error(error)
                 self._count(kind, error)
                 answered = answered or isinstance(error, BrokerResponseError)
-                reset = reset or _needs_new_producer(error)
+                reset = reset or needs_new_producer(error)
                 if kind == "fatal":
                     raise DeliveryFatal(f"{type(error).__name__}: {error}") from error
                 if kind == "retriable":
@@ -352,29 +296,14 @@ class KafkaSink:
         pending = list(groups.values())
         for (topic, partition), outs in groups.items():
             pending.pop(0)
-            batch, members = producer.create_batch(), list[Outgoing]()
-            queued = 0  # outputs of this group in batches already handed to the producer
+            queued = len(parts)
             try:
-                for out in outs:
-                    if members and (
-                        alone or batch.append(key=out.key, value=out.value, timestamp=None) is None
-                    ):  # full (or one output per batch): send it, start the next
-                        batch.close()
-                        future = await producer.send_batch(batch, topic, partition=partition)
-                        parts.append((future, members))
-                        queued += len(members)
-                        batch, members = producer.create_batch(), []
-                    if not members:  # an empty batch takes any one record
-                        batch.append(key=out.key, value=out.value, timestamp=None)
-                    members.append(out)
-                batch.close()
-                parts.append(
-                    (await producer.send_batch(batch, topic, partition=partition), members)
-                )
+                await send_in_batches(producer, topic, partition, outs, parts, alone)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                unsent = outs[queued:] + [o for rest in pending for o in rest]
+                done = sum(len(members) for _, members in parts[queued:])
+                unsent = outs[done:] + [o for rest in pending for o in rest]
                 parts.append((failed_future(exc), unsent))
                 break
         return parts

@@ -1,16 +1,16 @@
-"""Drift alarms: a Page-Hinkley test on the stream of per-batch mean log p(x).
+"""Drift alarms: a Page-Hinkley test on the stream of per-slice mean log p(x).
 
 A served model that no longer fits the data shows as a drop in the mean log-likelihood of the
-records it scores. `DriftDetector` is fed one value per micro-batch (its mean log p(x) and its
-record count) and raises one `DriftAlarm` per drop. It is pure (no Kafka, no metrics, no
-environment): the worker feeds it, resets it when it installs a new model version, and turns
-an alarm into a metric and an event.
+records it scores. `DriftDetector` is fed one value per delivered slice of a micro-batch (its
+mean log p(x) and its record count) and raises one `DriftAlarm` per drop. It is pure (no Kafka,
+no metrics, no environment): the worker's drift watch (`drift_watch.py`) feeds it, resets it
+when a new model version is installed, and turns an alarm into a metric and an event.
 
 How it works:
 
-1. **Blocks.** Micro-batches are pooled into blocks of at least `block_records` records
-   (the record-weighted mean of their means); a batch at least that large is a block alone.
-   The statistic's time scale is then records, not batches, whatever the batch sizes.
+1. **Blocks.** Slices are pooled into blocks of at least `block_records` records (the
+   record-weighted mean of their means); a slice at least that large is a block alone.
+   The statistic's time scale is then records, not slices, whatever their sizes.
 2. **Baseline.** The first `warmup_blocks` blocks after a reset set the baseline: the mean
    log p(x) per record, mu, and its spread per record, sigma, estimated from the block means
    (a block of n records has variance sigma^2 / n, so sigma^2 = sum n (m - mu)^2 / (B - 1)).
@@ -29,7 +29,7 @@ How it works:
    `reset()`, which does the same (the baseline belongs to the model).
 
 Only drops alarm: a change that makes the model fit better (or no worse) is not a drift here.
-A non-finite mean (a batch with log p(x) = -inf) or an empty batch is skipped and counted.
+A non-finite mean (a slice with log p(x) = -inf) or an empty slice is skipped and counted.
 
 Why Page-Hinkley and not River's ADWIN: the signal is one number per block whose noise we can
 standardise, and we want only one direction (a drop). Page-Hinkley in mode "down" is
@@ -38,17 +38,8 @@ with the CUSUM's known false-alarm behaviour. ADWIN is two-sided (an improvement
 too), its cut test assumes bounded values, and its false alarms are set by a confidence
 parameter that is hard to translate into alarms per batch.
 
-**False alarms and delays (defaults: threshold 16, delta 0.5, warm-up 64 blocks of 256
-records; measured by `python -m bench.drift`, bench/results/drift.md).** Records sampled
-from a known 2-component 1-D mixture and scored exactly by it, in batches of 256 records:
-1 false alarm in 4,000,000 stationary batches (1.02e9 records, 80 seeds), i.e. 0.0025 per
-10,000 batches; 0 in 100,000 batches of 1 to 1,024 records. After every component location
-moves by 1 component standard deviation (a drop of 0.5 nat, 0.67 sd, per record), the alarm
-comes 512 records after the shift (median over 200 seeds) and 768 at worst; by 2 sd, 256
-(worst 256); by 0.5 sd (0.17 sd per record), 2,048 (worst 3,584). A 0.25 sd move (0.04 sd per
-record, 0.66 sd per block: about `delta`) is at the edge: median 17,664 records, and 45 of
-200 streams had no alarm within 102,400 records. Lower thresholds trade false alarms for
-delay (h=12: 0.025 per 10,000 batches, 1-sd delay 512 median, 1,024 worst).
+Their false-alarm rate and detection delays at the defaults (threshold 16, delta 0.5, warm-up 64
+blocks of 256 records) are measured by `python -m bench.drift`: bench/results/drift.md.
 """
 
 from __future__ import annotations
@@ -58,7 +49,7 @@ import math
 
 from river.drift import PageHinkley
 
-#: Defaults (see the module docstring for what they give).
+#: Defaults (bench/results/drift.md says what they give).
 DEFAULT_THRESHOLD = 16.0
 DEFAULT_DELTA = 0.5
 DEFAULT_WARMUP_BLOCKS = 64
@@ -94,9 +85,9 @@ class DriftAlarm:
 
 
 class DriftDetector:
-    """A one-sided Page-Hinkley test on per-batch mean log p(x), standardised by a warm-up.
+    """A one-sided Page-Hinkley test on per-slice mean log p(x), standardised by a warm-up.
 
-    Call `update(mean_log_px, records)` once per micro-batch; it returns a `DriftAlarm` on the
+    Call `update(mean_log_px, records)` once per slice; it returns a `DriftAlarm` on the
     block where a drop is detected and None otherwise. Call `reset()` when a new model version
     is installed. Not thread-safe; each update is O(1) (O(warmup_blocks) when a warm-up ends).
     """
@@ -130,7 +121,7 @@ class DriftDetector:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the baseline (a new model version): warm up again from the next batch."""
+        """Forget the baseline (a new model version): warm up again from the next slice."""
         self._rearm()
         self._pending_sum = 0.0
         self._pending_records = 0
@@ -188,7 +179,7 @@ class DriftDetector:
         return 0.0 if self._ph is None else _decrease_statistic(self._ph)
 
     def update(self, mean_log_px: float, records: int) -> DriftAlarm | None:
-        """Adds one micro-batch; returns an alarm if this batch completed a block that did."""
+        """Adds one slice; returns an alarm if this slice completed a block that did."""
         mean = float(mean_log_px)
         if records <= 0 or not math.isfinite(mean):
             self.skipped += 1

@@ -13,7 +13,7 @@ fetched twice); a rebalance drops them, as it drops a partial batch, since the c
 reads on from the committed offsets. With the consumer's fetches bounded in bytes
 (`KafkaSettings.consumer_options`), the records a worker holds are bounded in bytes too.
 
-A key longer than `max_key_bytes` is cut here, before the batch holds it (`batch.cut_key`).
+A key longer than `max_key_bytes` is cut here, before the batch holds it (`records.cut_key`).
 
 What may be committed, and when, is the Checkpoint's business (stream_app.checkpoint): this
 class only fetches, commits what it is given, and tells the checkpoint (`on_revoke`) before a
@@ -22,6 +22,7 @@ rebalance takes partitions away.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import operator
@@ -34,10 +35,13 @@ from aiokafka.errors import KafkaError
 
 from kafka_common.record_batches import undecodable_reason
 from kafka_common.settings import KafkaSettings
-from stream_app.batch import InRecord, cut_key
 from stream_app.metrics import WorkerMetrics
+from stream_app.records import InRecord, cut_key
 
 log = logging.getLogger(__name__)
+
+#: How often the lag gauges are refreshed from the broker.
+LAG_INTERVAL_S = 5.0
 
 #: How long an idle poll waits before looking again (it returns as soon as a record arrives).
 IDLE_POLL_S = 0.5
@@ -223,6 +227,17 @@ class PointSource(ConsumerRebalanceListener):
         number = self._fetched
         self._fetched += 1
         return InBatch(number, records, offsets)
+
+    async def watch_lag(self, interval_s: float = LAG_INTERVAL_S) -> None:
+        """Refreshes the lag gauges on a timer, so a stalled stream shows a growing lag."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.update_lag()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker is away: the next tick tries again
+                log.debug("lag update failed: %s", exc)
 
     async def update_lag(self) -> None:
         """Sets each owned partition's lag: end offset - committed offset (records not yet

@@ -1,8 +1,8 @@
-"""The worker's topics and the JSON records on each (schemas as TypedDicts, beside their topic).
+"""The worker's topics and the JSON records on each.
 
 - input (`GMM_INPUT_TOPIC`): `PointRecord`, raw bytes validated by `mixture.points`.
-- output (`GMM_OUTPUT_TOPIC`): `AssignmentRecord`, same Kafka key as the input record.
-- dead letters (`GMM_DLQ_TOPIC`): `DeadLetterRecord`, same Kafka key as the input record.
+- output (`GMM_OUTPUT_TOPIC`): `wire.assignment`, same Kafka key as the input record.
+- dead letters (`GMM_DLQ_TOPIC`): `wire.dead_letter`, same Kafka key as the input record.
 - params (`GMM_PARAMS_TOPIC`, compacted, key = model name): `mixture.params.ModelParams` JSON,
   read by `kafka_common.params_topic` outside any consumer group.
 - the in-memory channel of micro-batches (`stream_app.source.InBatch`), from the feeder to the
@@ -22,48 +22,6 @@ class PointRecord(TypedDict):
 
     id: NotRequired[str | int]
     x: float | list[float]
-
-
-class SourceRef(TypedDict):
-    topic: str
-    partition: int
-    offset: int
-
-
-class AssignmentRecord(TypedDict):
-    """Output: the input's id (or topic:partition:offset) and x, and the model's verdict."""
-
-    id: str | int
-    x: float | list[float | None]  # None: a missing coordinate (null), marginalised out
-    assignment: int
-    probs: list[float]
-    log_likelihood: float
-    model: str  # the model's name (GMM_MODEL_NAME)
-    model_version: int
-    ts_in: float | None  # the input record's Kafka timestamp, seconds since the epoch
-    ts_out: float  # when the assignment was produced
-    source: SourceRef
-    missing: NotRequired[list[int]]  # indices of the missing coordinates, only when there are
-
-
-class DeadLetterRecord(TypedDict):
-    """Dead letter: why, where from, and the payload's size, SHA-256 and first bytes.
-
-    At most `GMM_DLQ_PAYLOAD_BYTES` of the payload are kept (base64, and as text if UTF-8), so
-    every dead letter fits the broker whatever the input's size. `original_reason` is set on an
-    `output_too_large` letter that stands in for a dead letter the broker refused.
-    """
-
-    reason: str
-    error: str
-    source: SourceRef
-    ts_in: float | None
-    payload_size: int
-    payload_sha256: str
-    payload_truncated: bool
-    payload_base64: str
-    payload_text: str | None
-    original_reason: NotRequired[str]
 
 
 class BatchChannel(faust.Channel):

@@ -40,7 +40,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,11 +52,10 @@ from bench.device.report import summary, write
 from mixture.classify import Classifier, Prepared, classifier_for, default_sizes, posterior
 from mixture.fit import FitConfig, fit_map
 from mixture.params import MixtureParams, ModelParams
-from stream_app.batch import InRecord, classify_slice, encode_slice, parse_slice
+from stream_app.batch import classify_slice, encode_slice, parse_slice
+from stream_app.model_state import ServingModel
+from stream_app.records import InRecord
 from trainer.settings import TrainerSettings
-
-if TYPE_CHECKING:
-    from stream_app.model_state import ServingModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,14 +223,6 @@ def bench_classifier(
 # --- serving ---------------------------------------------------------------------------------
 
 
-class Serving(NamedTuple):
-    """Duck-types stream_app.model_state.ServingModel (that module needs Faust)."""
-
-    model: ModelParams
-    classifier: Classifier
-    device_params: Prepared
-
-
 def json_records(params: MixtureParams, n: int) -> list[InRecord]:
     """n input records as the worker reads them: JSON values, Kafka coordinates, timestamps."""
     x = sample(params, n, 2)
@@ -292,7 +283,7 @@ def bench_serving(
                     # The worker's padding for this backend, up to the slice.
                     clf = classifier_for(params, sizes=default_sizes(slice_size, backend))
                     model = ModelParams(1, params)
-                    serving = cast("ServingModel", Serving(model, clf, clf.prepare(params)))
+                    serving = ServingModel(model, clf, clf.prepare(params))
                     row = serving_case(serving, records[name], slice_size)
                 rows.append({"model": name, "backend": backend, **row})
                 print(

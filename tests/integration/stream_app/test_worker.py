@@ -92,7 +92,7 @@ def test_10k_from_kcat_are_classified_exactly_once(kafka_bootstrap, start_worker
     params = tmp_path / "params.json"
     params.write_text(SEED_MODEL.dumps())
     offline = subprocess.run(
-        [sys.executable, "-m", "mixture.classify_cli", "--params", str(params)],
+        [sys.executable, "-m", "stream_app.classify_cli", "--params", str(params)],
         input="".join(v.decode() + "\n" for _, v in inputs),
         capture_output=True,
         text=True,

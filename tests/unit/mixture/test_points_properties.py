@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from mixture.classify import make_classifier
 from mixture.params import MixtureParams, ModelParams
 from mixture.points import REASONS, PointError, decode_point
-from stream_app.batch import InRecord, process_batch
 from stream_app.model_state import ServingModel
+from stream_app.records import InRecord
+from tests.unit.stream_app.fakes import process_batch
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

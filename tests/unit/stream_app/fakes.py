@@ -11,7 +11,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 from aiokafka import TopicPartition
 
-from stream_app.batch import Outgoing
+from stream_app.batch import BatchOutcome, classify_slice, encode_slice, parse_slice
+from stream_app.model_state import ServingModel
+from stream_app.records import InRecord, Outgoing
 
 TP0 = TopicPartition("points", 0)
 TP1 = TopicPartition("points", 1)
@@ -106,3 +108,31 @@ class FakeSink:
         if generation == self.generation:
             self.generation += 1
             self.resets += 1
+
+
+def process_batch(
+    records: list[InRecord],
+    serving: ServingModel,
+    max_record_bytes: int,
+    seed: int | None = None,
+    dlq_payload_bytes: int = 4096,
+    max_output_bytes: int = 1_000_000,
+) -> BatchOutcome:
+    """The record path's three steps on one slice, in one call (as RecordPath runs them)."""
+    parsed = parse_slice(
+        records,
+        serving.model.mixture.dim,
+        max_record_bytes,
+        serving.classifier.temperature,
+        seed,
+        dlq_payload_bytes,
+    )
+    result, seconds = classify_slice(parsed, serving) if parsed.valid else (None, 0.0)
+    return encode_slice(
+        parsed, result, serving.model.version, seconds, dlq_payload_bytes, max_output_bytes
+    )
+
+
+def reasons(outcome: BatchOutcome) -> list[str]:
+    """Each dead letter's reason, in order."""
+    return [o.reason or "" for o in outcome.dead_letters]

@@ -12,8 +12,9 @@ from numpy.testing import assert_allclose
 
 from mixture.classify import make_classifier
 from mixture.params import MixtureParams, ModelParams
-from stream_app.batch import InRecord, cut_key, process_batch, refused_letter
 from stream_app.model_state import ServingModel
+from stream_app.records import InRecord, cut_key, refused_letter
+from tests.unit.stream_app.fakes import process_batch, reasons
 
 PARAMS = MixtureParams(
     np.array([0.375, 0.625]), np.array([[0.4989], [10.9845]]), np.array([0.6514])
@@ -49,7 +50,7 @@ def test_valid_and_invalid_records(temperature):
     assert docs[0]["source"] == {"topic": "points", "partition": 3, "offset": 10}
     assert docs[0]["ts_in"] == 1_700_000_000.5 and docs[0]["ts_out"] >= docs[0]["ts_in"]
     assert [o.key for o in out.assignments] == [b"k", None]  # keys kept
-    assert out.reasons == ["not_json", "tombstone", "wrong_dim"]
+    assert reasons(out) == ["not_json", "tombstone", "wrong_dim"]
     dead = json.loads(out.dead_letters[0].value)
     assert base64.b64decode(dead["payload_base64"]) == b"garbage"
     assert dead["payload_text"] == "garbage"
@@ -67,7 +68,7 @@ def test_a_batch_of_only_bad_records_skips_inference():
 
 def test_oversized_records_are_dead_lettered():
     out = process_batch([rec(b'{"x": 1, "p": "' + b"a" * 200 + b'"}', 1)], serving(0), 100)
-    assert out.reasons == ["oversized"]
+    assert reasons(out) == ["oversized"]
 
 
 def test_points_the_model_cannot_score_are_dead_lettered_not_nan():
@@ -75,7 +76,7 @@ def test_points_the_model_cannot_score_are_dead_lettered_not_nan():
     clf = make_classifier(2, 1, max_batch=64)
     model = ServingModel(ModelParams(1, tiny), clf, clf.prepare(tiny))
     out = process_batch([rec(b'{"x": 1e14}', 1), rec(b'{"x": 0.0}', 2)], model, 1024)
-    assert out.reasons == ["not_classifiable"]
+    assert reasons(out) == ["not_classifiable"]
     assert len(out.assignments) == 1 and out.components.tolist() == [0]
 
 
@@ -107,7 +108,7 @@ def test_missing_coordinates_are_marginalised_and_listed():
     ]
     out = process_batch(records, model, 1024, None)
     docs = {d["id"]: d for d in (json.loads(o.value) for o in out.assignments)}
-    assert out.reasons == ["no_observed_values"]
+    assert reasons(out) == ["no_observed_values"]
     assert (docs["a"]["assignment"], docs["a"]["missing"], docs["a"]["x"]) == (1, [1], [9.0, None])
     assert (docs["b"]["assignment"], docs["b"]["missing"]) == (0, [0])
     assert "missing" not in docs["d"]

@@ -13,7 +13,8 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from stream_app.delivery import Delivery, DeliveryFatal, classify_error
+from kafka_common.errors import classify_error
+from stream_app.delivery import Delivery, DeliveryFatal
 from tests.unit.stream_app.fakes import FakeSink, output
 
 

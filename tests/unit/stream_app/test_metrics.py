@@ -8,11 +8,11 @@ import numpy as np
 from prometheus_client import generate_latest
 
 from mixture.params import FitMetadata, MixtureParams, ModelParams
+from stream_app.faust_sensor import faust_sensor
 from stream_app.metrics import (
     END_TO_END_BUCKETS,
     WorkerMetrics,
     batch_buckets,
-    faust_sensor,
     observe_many,
 )
 

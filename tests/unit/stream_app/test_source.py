@@ -8,7 +8,7 @@ import hashlib
 from aiokafka import ConsumerRecord, TopicPartition
 
 from kafka_common.settings import KafkaSettings
-from stream_app.batch import KeyCut, cut_key
+from stream_app.records import KeyCut, cut_key
 from stream_app.source import PointSource, fitting, in_records
 
 TP0 = TopicPartition("points", 0)

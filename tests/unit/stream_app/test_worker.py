@@ -1,5 +1,6 @@
-"""The worker's batch path (Worker.handle) on in-memory fakes: one model per batch, slices,
-failures that halt it, and a stop in the middle of a batch."""
+"""The worker as built by Worker: its record path (RecordPath.handle) on in-memory fakes: one
+model per batch, slices, failures that halt it, a stop in the middle of a batch; and shadow
+scoring beside it."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import pytest
 from mixture.classify import make_classifier
 from mixture.params import MixtureParams, ModelParams
 from stream_app import monitor
-from stream_app import worker as worker_module
-from stream_app.batch import InRecord
+from stream_app import shadow as shadow_module
 from stream_app.checkpoint import Checkpoint
 from stream_app.delivery import Delivery
 from stream_app.model_state import ServingModel
+from stream_app.records import InRecord
 from stream_app.settings import WorkerSettings
 from stream_app.source import InBatch
 from stream_app.worker import Worker
@@ -38,8 +39,10 @@ def make_worker(classifier, **env: str) -> tuple[Worker, FakeSink, FakeCommitter
     stops: list[str] = []
     worker = Worker(settings, terminate=stops.append)
     sink, committer = FakeSink(batch_size=64), FakeCommitter()
-    worker.delivery = Delivery(sink, worker.metrics, backoff=(0.001, 0.004))
-    worker.checkpoint = Checkpoint(committer, worker.metrics, on_fatal=worker.halt)
+    worker.use(
+        Delivery(sink, worker.metrics, backoff=(0.001, 0.004)),
+        Checkpoint(committer, worker.metrics, on_fatal=worker.halt),
+    )
     worker.holder.current = ServingModel(
         ModelParams(3, PARAMS), classifier, classifier.prepare(PARAMS)
     )
@@ -56,10 +59,10 @@ def batch(number: int, n: int, start: int = 0) -> InBatch:
 
 async def test_a_batch_larger_than_a_slice_is_delivered_then_committed(classifier):
     worker, sink, committer, _ = make_worker(classifier)
-    worker.checkpoint.fetched(0, {TP0: 600})
+    worker.path.checkpoint.fetched(0, {TP0: 600})
     await worker.handle(batch(0, 600))
-    await worker.checkpoint.settled(5)
-    await worker.checkpoint.commit_now()
+    await worker.path.checkpoint.settled(5)
+    await worker.path.checkpoint.commit_now()
     assert sorted(o.source["offset"] for o in sink.acked) == list(range(600))
     assert committer.last == {TP0: 600}
     versions = {json.loads(o.value)["model_version"] for o in sink.acked}
@@ -68,7 +71,7 @@ async def test_a_batch_larger_than_a_slice_is_delivered_then_committed(classifie
 
 async def test_one_model_per_batch_even_if_a_new_one_is_installed_midway(classifier):
     worker, sink, _, _ = make_worker(classifier)
-    original = worker._classify
+    original = worker.path._classify
     swapped = []
 
     def classify_then_swap(parsed, serving):
@@ -78,10 +81,10 @@ async def test_one_model_per_batch_even_if_a_new_one_is_installed_midway(classif
             swapped.append(True)
         return out
 
-    worker._classify = classify_then_swap  # type: ignore[method-assign]
-    worker.checkpoint.fetched(0, {TP0: 600})
+    worker.path._classify = classify_then_swap  # type: ignore[method-assign]
+    worker.path.checkpoint.fetched(0, {TP0: 600})
     await worker.handle(batch(0, 600))
-    await worker.checkpoint.settled(5)
+    await worker.path.checkpoint.settled(5)
     assert {json.loads(o.value)["model_version"] for o in sink.acked} == {3}
 
 
@@ -91,13 +94,13 @@ async def test_inference_that_raises_halts_the_worker_uncommitted(classifier):
     def broken(parsed, serving):
         raise FloatingPointError("device lost")
 
-    worker.checkpoint.fetched(0, {TP0: 10})
+    worker.path.checkpoint.fetched(0, {TP0: 10})
     await worker.handle(batch(0, 10))
-    worker._classify = broken  # type: ignore[method-assign]
-    worker.checkpoint.fetched(1, {TP0: 20})
+    worker.path._classify = broken  # type: ignore[method-assign]
+    worker.path.checkpoint.fetched(1, {TP0: 20})
     await worker.handle(batch(1, 10, start=10))
-    worker.checkpoint.fetched(2, {TP0: 30})
-    await worker.checkpoint.stop(1)
+    worker.path.checkpoint.fetched(2, {TP0: 30})
+    await worker.path.checkpoint.stop(1)
     assert committer.last == {TP0: 10}  # batch 0 only: nothing at or past the failure
     assert worker.exit_code == 1 and len(stops) == 1 and "device lost" in stops[0]
     assert worker.readiness()[0] is False
@@ -107,11 +110,11 @@ async def test_a_stop_in_the_middle_of_a_batch_finishes_it_then_commits(classifi
     worker, sink, committer, _ = make_worker(classifier)
     gate = asyncio.get_running_loop().create_future()
     sink.decide = lambda b, attempt: gate
-    worker.checkpoint.fetched(0, {TP0: 600})
+    worker.path.checkpoint.fetched(0, {TP0: 600})
     handling = asyncio.ensure_future(worker.handle(batch(0, 600)))
     while not sink.sends:  # the first slice is out, the rest still to classify
         await asyncio.sleep(0.001)
-    stop = asyncio.create_task(worker.checkpoint.stop(10))
+    stop = asyncio.create_task(worker.path.checkpoint.stop(10))
     await asyncio.sleep(0.05)
     assert not stop.done()
     gate.set_result(None)
@@ -133,9 +136,9 @@ async def test_temperature_one_draws_are_a_function_of_the_record(classifier):
             [InRecord(None, b'{"x": 5.0}', "points", 0, i, None) for i in range(300)],
             {TP0: 300},
         )
-        worker.checkpoint.fetched(0, half.offsets)
+        worker.path.checkpoint.fetched(0, half.offsets)
         await worker.handle(half)
-        await worker.checkpoint.settled(5)
+        await worker.path.checkpoint.settled(5)
         by_offset = {o.source["offset"]: json.loads(o.value)["assignment"] for o in sink.acked}
         results.append([by_offset[i] for i in range(300)])
     assert results[0] == results[1]  # replayed: the same draws
@@ -147,7 +150,7 @@ async def test_a_candidate_withdrawn_while_it_scores_leaves_no_totals_or_series(
     classifier, monkeypatch
 ):
     worker, sink, _, _ = make_worker(classifier)
-    worker.candidate.current = ServingModel(
+    worker.shadow.candidate.current = ServingModel(
         ModelParams(4, PARAMS), classifier, classifier.prepare(PARAMS)
     )
     scoring, release = threading.Event(), threading.Event()
@@ -157,18 +160,18 @@ async def test_a_candidate_withdrawn_while_it_scores_leaves_no_totals_or_series(
         assert release.wait(10)
         return monitor.compare(served, candidate)
 
-    monkeypatch.setattr(worker_module, "compare", held_compare)
-    worker.checkpoint.fetched(0, {TP0: 100})
+    monkeypatch.setattr(shadow_module, "compare", held_compare)
+    worker.path.checkpoint.fetched(0, {TP0: 100})
     handling = asyncio.ensure_future(worker.handle(batch(0, 100)))
     while not scoring.is_set():
         await asyncio.sleep(0.001)
-    await worker._candidate(None)  # the promotion or withdrawal arrives mid-score
+    await worker.models.candidate(None)  # the promotion or withdrawal arrives mid-score
     release.set()
     await handling
-    await worker.checkpoint.settled(5)
+    await worker.path.checkpoint.settled(5)
     assert len(sink.acked) == 100  # serving went on
-    assert worker.shadow.current is None
-    assert worker.shadow.to_report() is None  # no report for a withdrawn candidate
+    assert worker.shadow.scores.current is None
+    assert worker.shadow.scores.to_report() is None  # no report for a withdrawn candidate
     records = worker.metrics.registry.get_sample_value(
         "gmm_shadow_records_total", {"candidate_version": "4"}
     )

@@ -1,4 +1,4 @@
-"""`gmm-classify` (mixture.classify_cli) gives the tutorial's classes offline, and fails clearly."""
+"""`gmm-classify` (stream_app.classify_cli) gives the tutorial's classes offline, fails clearly."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ TUTORIAL = ModelParams(
 
 def classify(params_path, stdin: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mixture.classify_cli", "--params", str(params_path), *args],
+        [sys.executable, "-m", "stream_app.classify_cli", "--params", str(params_path), *args],
         input=stdin,
         capture_output=True,
         text=True,

@@ -1,16 +1,17 @@
 """`gmm-classify`: classify JSON-lines points from stdin with a parameters file (offline).
 
-Uses the worker's code paths: the same point rules and the same jitted classifier. Each bad line
-gets a one-line error on stderr; all valid lines are classified; the exit code is 1 if any line
-was bad, 2 for bad arguments or parameters.
+Uses the worker's code paths: the same point rules, the same jitted classifier and the same
+assignment record (`wire.assignment`: `source` and `ts_in` null, `id` the line number unless
+the point has one). Each bad line gets a one-line error on stderr; all valid lines are
+classified; the exit code is 1 if any line was bad, 2 for bad arguments or parameters.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
+import time
 from collections.abc import Sequence
 
 import jax
@@ -19,7 +20,8 @@ import numpy as np
 from kafka_common.jax_cache import cache_dir_from_env, enable_compilation_cache
 from mixture.classify import classifier_for
 from mixture.params import ModelParams, ParamsError
-from mixture.points import PointError, decode_point, x_to_json
+from mixture.points import PointError, decode_point
+from wire import assignment as assignment_format
 
 PROG = "gmm-classify"
 
@@ -41,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--batch must be >= 1, got {args.batch}")
     if not 0 <= args.seed < 2**63:
         parser.error(f"--seed must be in [0, 2**63), got {args.seed}")
-    # The CLI, not the model package, reads GMM_JAX_CACHE_DIR: see kafka_common.jax_cache.
+    # The CLI reads GMM_JAX_CACHE_DIR (kafka_common.jax_cache); the model package never does.
     enable_compilation_cache(cache_dir_from_env())
 
     try:
@@ -74,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # None (a missing coordinate) becomes NaN, which the classifier marginalises out.
         x = np.array(xs, dtype=np.float64)
         result = classifier(x, params, jax.random.PRNGKey(args.seed))
-        out = sys.stdout
+        out = sys.stdout.buffer
+        name = str(model.metadata.extra.get("model_name", "gmm"))
         finite = result.finite()
         for i, point_id in enumerate(ids):
             if not finite[i]:  # as the worker dead-letters it: float32 overflowed on this point
@@ -85,17 +88,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 bad += 1
                 continue
-            doc = {
-                "id": point_id,
-                "x": x_to_json(xs[i], scalars[i]),
-                "assignment": int(result.assignment[i]),
-                "probs": [float(p) for p in result.probs[i]],
-                "log_likelihood": float(result.log_likelihood[i]),
-                "model_version": model.version,
-            }
-            if None in xs[i]:
-                doc["missing"] = [j for j, v in enumerate(xs[i]) if v is None]
-            out.write(json.dumps(doc) + "\n")
+            value = assignment_format.encode(
+                point_id,
+                xs[i],
+                scalars[i],
+                int(result.assignment[i]),
+                [float(p) for p in result.probs[i]],
+                float(result.log_likelihood[i]),
+                name,
+                model.version,
+                None,
+                time.time(),
+                None,
+            )
+            out.write(value + b"\n")
             written += 1
     if bad:
         print(f"{PROG}: {bad} bad line(s) skipped, {written} classified", file=sys.stderr)

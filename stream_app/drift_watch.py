@@ -1,0 +1,74 @@
+"""The worker's drift watch: feeds each delivered slice's mean log p(x) under the served model
+to the drift detector (`drift.py`), and turns an alarm into a metric, a log line and a `drift`
+event. Off when `GMM_DRIFT_THRESHOLD` is 0."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from kafka_common.events import Event
+from stream_app.batch import BatchOutcome
+from stream_app.drift import DriftDetector
+from stream_app.event_sink import EventSink
+from stream_app.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class DriftWatch:
+    """Watches the served model's fit; `reset()` when a new model is installed."""
+
+    def __init__(
+        self,
+        detector: DriftDetector,
+        metrics: WorkerMetrics,
+        events: EventSink,
+        model_name: str,
+        worker_id: str,
+        served_version: Callable[[], int],
+    ) -> None:
+        self.detector = detector
+        self.metrics = metrics
+        self.events = events
+        self.model_name = model_name
+        self.worker_id = worker_id
+        self.served_version = served_version
+
+    def reset(self) -> None:
+        """The baseline belongs to the model: a new one warms up again."""
+        self.detector.reset()
+        self.metrics.drift_statistic.set(0.0)
+
+    def observe(self, outcome: BatchOutcome) -> None:
+        """A delivered slice's assignments (a slice of a previous model is not counted)."""
+        n = len(outcome.assignments)
+        if not n or outcome.model_version != self.served_version():
+            return
+        alarm = self.detector.update(outcome.log_likelihood_sum / n, n)
+        self.metrics.drift_statistic.set(self.detector.statistic)
+        if alarm is None:
+            return
+        self.metrics.drift_alarms.inc()
+        log.warning(
+            "drift: mean log p(x) %.4f vs the baseline %.4f of model version %d (statistic %.1f)",
+            alarm.current,
+            alarm.baseline,
+            outcome.model_version,
+            alarm.statistic,
+        )
+        self.events.send(
+            Event.now(
+                "drift",
+                self.model_name,
+                outcome.model_version,
+                alarm.statistic,
+                detail=f"mean log p(x) {alarm.current:.4f} vs baseline {alarm.baseline:.4f}",
+                data={
+                    "records": alarm.records,
+                    "baseline": alarm.baseline,
+                    "current": alarm.current,
+                    "worker": self.worker_id,
+                },
+            )
+        )

@@ -1,0 +1,83 @@
+"""What several record formats share: the input record's coordinates, a cut key's fields, the
+JSON encoder, and the error a decoder raises."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, TypedDict
+
+import orjson
+
+
+class WireError(ValueError):
+    """A record that does not follow its format (the message says which field and why)."""
+
+
+class SourceRef(TypedDict):
+    """The input record an output answers: enough to find it again and replay it."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class KeyCut(NamedTuple):
+    """What is kept of a key too long to carry: its whole size and SHA-256 (the output's key
+    is its first bytes)."""
+
+    size: int
+    sha256: str
+
+
+def add_key_cut(doc: dict[str, Any], cut: KeyCut | None) -> None:
+    """Adds `key_size`, `key_sha256` and `key_truncated` to an output whose input key was cut."""
+    if cut is not None:
+        doc.update(key_size=cut.size, key_sha256=cut.sha256, key_truncated=True)
+
+
+#: orjson returns its whole working buffer, sized for the worst-case escaping of every string
+#: (519 KB for a 60 KB output), and an output is held until the broker acknowledges it: past
+#: this size an output is copied to its exact size (bench/results/memory.md).
+_EXACT_ABOVE = 2048
+
+
+def dumps(doc: object) -> bytes:
+    """Compact JSON (orjson), no larger in memory than its length."""
+    value = orjson.dumps(doc)
+    return bytes(memoryview(value)) if len(value) > _EXACT_ABOVE else value
+
+
+def loads_object(value: bytes | str, what: str) -> dict[str, Any]:
+    """The JSON object in `value`, or WireError."""
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(f"{what}: not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise WireError(f"{what}: not a JSON object")
+    return doc
+
+
+def require(doc: dict[str, Any], what: str, fields: dict[str, tuple[type, ...]]) -> None:
+    """WireError unless every field is present with one of its types (bool is not an int)."""
+    for name, types in fields.items():
+        if name not in doc:
+            raise WireError(f"{what}: missing {name!r}")
+        value = doc[name]
+        if isinstance(value, bool) and bool not in types:
+            raise WireError(f"{what}: {name!r} must be {_names(types)}, got {value!r}")
+        if not isinstance(value, types):
+            raise WireError(f"{what}: {name!r} must be {_names(types)}, got {value!r:.60}")
+
+
+def _names(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def check_source(doc: dict[str, Any], what: str, optional: bool = False) -> None:
+    """WireError unless `doc["source"]` is a SourceRef (or null, when `optional`)."""
+    source = doc.get("source")
+    if source is None and optional and "source" in doc:
+        return
+    if not isinstance(source, dict):
+        raise WireError(f"{what}: 'source' must be an object with topic, partition, offset")
+    require(source, f"{what} source", {"topic": (str,), "partition": (int,), "offset": (int,)})
