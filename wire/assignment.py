@@ -18,13 +18,22 @@ from wire.common import (
     KeyCut,
     SourceRef,
     WireError,
-    add_key_cut,
-    check_source,
+    decode_object,
     dumps,
-    loads_object,
-    require,
 )
 
+#: Each field a decoder requires, and its JSON types.
+FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (str, int),
+    "x": (int, float, list),
+    "assignment": (int,),
+    "probs": (list,),
+    "log_likelihood": (int, float),
+    "model": (str,),
+    "model_version": (int,),
+    "ts_in": (int, float, type(None)),
+    "ts_out": (int, float),
+}
 WHAT = "assignment record"
 
 
@@ -77,29 +86,12 @@ def encode(
     }
     if None in x:
         doc["missing"] = [j for j, v in enumerate(x) if v is None]
-    add_key_cut(doc, key_cut)
-    return dumps(doc)
+    return dumps(doc, key_cut)
 
 
 def decode(value: bytes | str) -> AssignmentRecord:
     """An assignment record, checked field by field (WireError says what is wrong)."""
-    doc = loads_object(value, WHAT)
-    require(
-        doc,
-        WHAT,
-        {
-            "id": (str, int),
-            "x": (int, float, list),
-            "assignment": (int,),
-            "probs": (list,),
-            "log_likelihood": (int, float),
-            "model": (str,),
-            "model_version": (int,),
-            "ts_in": (int, float, type(None)),
-            "ts_out": (int, float),
-        },
-    )
-    check_source(doc, WHAT, optional=True)
+    doc = decode_object(value, WHAT, FIELDS, source_optional=True)
     if not 0 <= doc["assignment"] < len(doc["probs"]):
         raise WireError(f"{WHAT}: assignment {doc['assignment']} is not a component of probs")
     return doc  # type: ignore[return-value]

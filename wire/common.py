@@ -40,8 +40,10 @@ def add_key_cut(doc: dict[str, Any], cut: KeyCut | None) -> None:
 _EXACT_ABOVE = 2048
 
 
-def dumps(doc: object) -> bytes:
-    """Compact JSON (orjson), no larger in memory than its length."""
+def dumps(doc: dict[str, Any], key_cut: KeyCut | None = None) -> bytes:
+    """Compact JSON (orjson), no larger in memory than its length; with the cut key's fields
+    when the input's key was cut."""
+    add_key_cut(doc, key_cut)
     value = orjson.dumps(doc)
     return bytes(memoryview(value)) if len(value) > _EXACT_ABOVE else value
 
@@ -81,3 +83,16 @@ def check_source(doc: dict[str, Any], what: str, optional: bool = False) -> None
     if not isinstance(source, dict):
         raise WireError(f"{what}: 'source' must be an object with topic, partition, offset")
     require(source, f"{what} source", {"topic": (str,), "partition": (int,), "offset": (int,)})
+
+
+def decode_object(
+    value: bytes | str,
+    what: str,
+    fields: dict[str, tuple[type, ...]],
+    source_optional: bool = False,
+) -> dict[str, Any]:
+    """The JSON object in `value`, with `fields` of their types and a `source` (WireError)."""
+    doc = loads_object(value, what)
+    require(doc, what, fields)
+    check_source(doc, what, source_optional)
+    return doc

@@ -18,13 +18,21 @@ from wire.common import (
     KeyCut,
     SourceRef,
     WireError,
-    add_key_cut,
-    check_source,
+    decode_object,
     dumps,
-    loads_object,
-    require,
 )
 
+#: Each field a decoder requires, and its JSON types.
+FIELDS: dict[str, tuple[type, ...]] = {
+    "reason": (str,),
+    "error": (str,),
+    "ts_in": (int, float, type(None)),
+    "payload_size": (int,),
+    "payload_sha256": (str,),
+    "payload_truncated": (bool,),
+    "payload_base64": (str,),
+    "payload_text": (str, type(None)),
+}
 WHAT = "dead letter"
 #: Reasons of the worker's own, beside the input's (mixture.points.REASONS).
 OUTPUT_REASONS = ("output_too_large", "output_rejected", "not_classifiable")
@@ -81,8 +89,7 @@ def encode(
         "payload_base64": base64.b64encode(prefix).decode("ascii"),
         "payload_text": _text_prefix(prefix, truncated),
     }
-    add_key_cut(doc, key_cut)
-    return dumps(doc)
+    return dumps(doc, key_cut)
 
 
 def encode_refused(
@@ -108,28 +115,12 @@ def encode_refused(
     }
     if original_reason is not None:
         doc["original_reason"] = original_reason
-    add_key_cut(doc, key_cut)
-    return dumps(doc)
+    return dumps(doc, key_cut)
 
 
 def decode(value: bytes | str) -> DeadLetterRecord:
     """A dead letter, checked field by field (WireError says what is wrong)."""
-    doc = loads_object(value, WHAT)
-    require(
-        doc,
-        WHAT,
-        {
-            "reason": (str,),
-            "error": (str,),
-            "ts_in": (int, float, type(None)),
-            "payload_size": (int,),
-            "payload_sha256": (str,),
-            "payload_truncated": (bool,),
-            "payload_base64": (str,),
-            "payload_text": (str, type(None)),
-        },
-    )
-    check_source(doc, WHAT)
+    doc = decode_object(value, WHAT, FIELDS)
     try:
         prefix = base64.b64decode(doc["payload_base64"], validate=True)
     except ValueError:
