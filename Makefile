@@ -23,7 +23,7 @@ help:
 	@echo "make kafka-up|kafka-down|kafka-status"
 	@echo "make lint typecheck bench clean"
 	@echo "make compose-tool      build Docker Compose $(COMPOSE_VERSION) (cached) for the compose tests"
-	@echo "make bench-summary     rewrite README's benchmark summary from bench/results/*.json"
+	@echo "make bench-summary     rewrite docs/benchmarks.md's summary from bench/results/*.json"
 	@echo "make device-wheels     wheels the GPU machine lacks, into .whl (for bench/device/run.sh)"
 
 # The venv is rebuilt when pyproject.toml changes.

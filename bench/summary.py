@@ -1,6 +1,6 @@
-"""The README's benchmark summary, rendered from bench/results/*.json.
+"""The benchmark summary of docs/benchmarks.md, rendered from bench/results/*.json.
 
-Every figure in README.md's Benchmarks section between the markers below comes from the
+Every figure in docs/benchmarks.md between the markers below comes from the
 results files the benchmarks write; multi-round results are given as medians with the range
 over rounds (the worst round included), single runs as measured. A missing results file reads
 "not measured". A results file may carry a "caveat" (a string) or "caveats" (a list of strings),
@@ -8,7 +8,7 @@ e.g. when it was measured with an earlier version of the worker: it is printed w
 and it goes away when the benchmark rewrites the file.
 
     python -m bench.summary            # print the summary
-    python -m bench.summary --write    # rewrite README.md between the markers
+    python -m bench.summary --write    # rewrite docs/benchmarks.md between the markers
 
 Standard library only (no JAX): tests/unit/bench/test_summary.py runs it on every unit run.
 """
@@ -25,7 +25,8 @@ from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-README = ROOT / "README.md"
+#: The page that holds the summary, between BEGIN and END (README.md links to it).
+PAGE = ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- bench-summary:begin -->"
 END = "<!-- bench-summary:end -->"
 GENERATED = (
@@ -442,7 +443,7 @@ def codecs(p: Payload) -> str:
     )
 
 
-# (results file stem, title, command, renderer), in the README's order.
+# (results file stem, title, command, renderer), in the summary's order.
 BENCHMARKS: list[tuple[str, str, str, Callable[[Payload], str]]] = [
     ("inference", "Classifier", "python -m bench.inference", inference),
     ("fit", "Fit", "python -m bench.fit", fit),
@@ -477,46 +478,48 @@ def render(results: pathlib.Path = RESULTS) -> str:
     return "\n".join(bullets) + "\n"
 
 
-def _section(text: str) -> tuple[int, int]:
+def _section(text: str, name: str) -> tuple[int, int]:
     """Start and end offsets of what lies between the markers."""
     if text.count(BEGIN) != 1 or text.count(END) != 1:
-        raise ValueError(f"README.md needs exactly one {BEGIN} and one {END}")
+        raise ValueError(f"{name} needs exactly one {BEGIN} and one {END}")
     start = text.index(BEGIN) + len(BEGIN) + 1
     end = text.index(END)
     if end < start:
-        raise ValueError(f"README.md: {END} comes before {BEGIN}")
+        raise ValueError(f"{name}: {END} comes before {BEGIN}")
     return start, end
 
 
-def current(readme: pathlib.Path = README) -> str:
-    """The README's summary as it stands, between the markers."""
-    text = readme.read_text()
-    start, end = _section(text)
+def current(page: pathlib.Path = PAGE) -> str:
+    """The page's summary as it stands, between the markers."""
+    text = page.read_text()
+    start, end = _section(text, page.name)
     return text[start:end]
 
 
-def write(readme: pathlib.Path = README, results: pathlib.Path = RESULTS) -> bool:
-    """Rewrite the README's summary; True when it changed."""
-    text = readme.read_text()
-    start, end = _section(text)
+def write(page: pathlib.Path = PAGE, results: pathlib.Path = RESULTS) -> bool:
+    """Rewrite the page's summary; True when it changed."""
+    text = page.read_text()
+    start, end = _section(text, page.name)
     new = text[:start] + render(results) + text[end:]
     if new == text:
         return False
-    readme.write_text(new)
+    page.write_text(new)
     return True
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--write", action="store_true", help="rewrite README.md between the bench-summary markers"
+        "--write",
+        action="store_true",
+        help="rewrite docs/benchmarks.md between the bench-summary markers",
     )
     args = parser.parse_args(argv)
     if not args.write:
         sys.stdout.write(render())
         return 0
     changed = write()
-    rel = README.relative_to(ROOT)
+    rel = PAGE.relative_to(ROOT)
     print(f"{rel}: benchmark summary {'updated' if changed else 'already current'}")
     return 0
 

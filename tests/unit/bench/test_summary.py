@@ -1,4 +1,5 @@
-"""The README's benchmark figures are the ones in bench/results/ (bench.summary renders them)."""
+"""The benchmark figures of docs/benchmarks.md are the ones in bench/results/ (bench.summary
+renders them)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,22 @@ import pytest
 from bench import summary
 from tests.conftest import ROOT
 
-FIX = "run `python -m bench.summary --write` (or `make bench-summary`) and commit README.md"
+FIX = "run `python -m bench.summary --write` (or `make bench-summary`); commit docs/benchmarks.md"
 
 
-def test_readme_benchmark_summary_is_generated_from_results():
-    assert summary.current(ROOT / "README.md") == summary.render(ROOT / "bench" / "results"), (
-        "README.md's Benchmarks section (between the bench-summary markers) differs from what "
+def test_benchmark_page_summary_is_generated_from_results():
+    page = ROOT / "docs" / "benchmarks.md"
+    assert page == summary.PAGE
+    assert summary.current(page) == summary.render(ROOT / "bench" / "results"), (
+        "docs/benchmarks.md's summary (between the bench-summary markers) differs from what "
         f"bench/results/*.json say: {FIX}"
     )
+
+
+def test_readme_has_no_benchmark_summary_of_its_own():
+    readme = (ROOT / "README.md").read_text()
+    assert summary.BEGIN not in readme and summary.END not in readme
+    assert "docs/benchmarks.md" in readme
 
 
 def test_summary_covers_every_benchmark_with_its_command():
@@ -40,18 +49,18 @@ def test_a_missing_results_file_reads_not_measured(tmp_path):
 
 
 def test_write_replaces_only_the_marked_section(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(
+    page = tmp_path / "benchmarks.md"
+    page.write_text(
         f"# Title\n\nIntro.\n\n{summary.BEGIN}\n- typed by hand: 1,000,000 records/s\n"
         f"{summary.END}\n\n## Next\n"
     )
-    assert summary.write(readme) is True
-    text = readme.read_text()
+    assert summary.write(page) is True
+    text = page.read_text()
     assert text.startswith("# Title\n\nIntro.\n\n")
     assert text.endswith(f"{summary.END}\n\n## Next\n")
     assert "typed by hand" not in text
-    assert summary.current(readme) == summary.render()
-    assert summary.write(readme) is False
+    assert summary.current(page) == summary.render()
+    assert summary.write(page) is False
 
 
 def test_stream_rounds_worst_round_and_budget(tmp_path):
@@ -76,10 +85,10 @@ def test_a_caveat_in_a_results_file_is_shown(tmp_path):
 
 
 def test_markers_must_be_there(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text("# no markers\n")
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# no markers\n")
     with pytest.raises(ValueError, match="bench-summary"):
-        summary.write(readme)
+        summary.write(page)
 
 
 def test_no_heavy_imports():

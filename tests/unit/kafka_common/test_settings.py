@@ -191,6 +191,6 @@ def test_secret_value_semantics():
     direct = KafkaSettings(sasl_password="p")  # type: ignore[arg-type]
     assert isinstance(direct.sasl_password, Secret) and direct.sasl_password.reveal() == "p"
     assert load(KafkaSettings, {}).sasl_password == Secret("")
-    # The README's table shows no default for the password, and no mask either.
+    # The configuration table (docs/configuration.md) shows no default for the password, nor a mask.
     (row,) = [r for r in describe(KafkaSettings) if r[0] == "KAFKA_SASL_PASSWORD"]
     assert row[1] == ""
