@@ -1,4 +1,7 @@
-"""The model topics: what workers serve, and every version ever published.
+"""The model topics' Kafka side: what workers serve, and every version ever published.
+
+The record (key, value, headers, withdrawal markers, decoding) is `wire.params_record`; this
+module publishes, follows and reads records of that format.
 
 - The params topic (compacted, key = model name, value = ModelParams JSON) holds the newest
   version of each name. Several names share it; every reader filters on the key, so a worker
@@ -24,12 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, ProducerFenced
@@ -38,6 +40,8 @@ from kafka_common.settings import KafkaSettings
 from kafka_common.signing import Signer, Verifier
 from kafka_common.topics import TopicSpec, assigned_consumer
 from mixture.params import ModelParams, ParamsError
+from wire import params_record
+from wire.params_record import STAGES, ParamsUpdate, stamped
 
 log = logging.getLogger(__name__)
 
@@ -46,49 +50,13 @@ _T = TypeVar("_T")
 OnModel = Callable[[ModelParams], Awaitable[object]]
 OnReject = Callable[[str, str], None]  # (reason code, message)
 
-#: Who published a version (metadata.published_by).
-PUBLISHERS = ("trainer", "cli", "rollback")
-
 #: How often a publisher fenced by a concurrent one of the same name reads again and retries.
 PUBLISH_ATTEMPTS = 8
 
 #: The most a fenced publisher waits before its next attempt, whatever its attempts took.
 PUBLISH_BACKOFF_CAP_SECONDS = 60.0
 
-#: metadata.stage of a version: served when published, or a candidate scored in shadow.
-STAGES = ("served", "candidate")
-
 OnCandidate = Callable[["ModelParams | None"], Awaitable[object]]
-
-
-def candidate_key(name: str) -> str:
-    """The params topic key of the name's candidate in shadow."""
-    return f"{name}@candidate"
-
-
-WITHDRAWN_SCHEMA = "gmm-candidate-withdrawn/1"
-
-
-def withdrawn_marker(version: int) -> bytes:
-    """The candidate key's value once no candidate is in shadow; `version` is the highest
-    version taken when it was written."""
-    return json.dumps({"schema": WITHDRAWN_SCHEMA, "version": int(version)}).encode()
-
-
-def _withdrawn_version(value: bytes | None) -> int | None:
-    """The version in a withdrawal marker; None if the value is not one."""
-    if value is None or WITHDRAWN_SCHEMA.encode() not in value[:200]:
-        return None
-    try:
-        obj = json.loads(value)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(obj, dict):
-        return None
-    version = obj.get("version")
-    if obj.get("schema") != WITHDRAWN_SCHEMA or type(version) is not int or version < 0:
-        return None
-    return version
 
 
 class StaleState(RuntimeError):
@@ -160,23 +128,11 @@ def _signed(record: Any, verifier: Verifier | None, on_reject: OnReject | None) 
     return False
 
 
-def _decode(
-    key: bytes | None,
-    value: bytes | None,
-    name: str,
-    on_reject: OnReject | None,
-    key_name: str | None = None,
-) -> ModelParams | None:
-    """The record's model if it is a valid one of `name` under key `key_name` (default: the
-    name itself); None for other keys and tombstones."""
-    if value is None or key != (key_name or name).encode():
-        return None
+def _decode(record: Any, name: str, on_reject: OnReject | None) -> ParamsUpdate | None:
+    """What the record says about `name` (`params_record.decode`); None for nothing, and for a
+    record refused (logged, and reported to on_reject)."""
     try:
-        model = ModelParams.loads(value)
-        claimed = model.metadata.extra.get("model_name", name)
-        if claimed != name:
-            raise ParamsError(f"record keyed {name!r} holds model {claimed!r}", "name_mismatch")
-        return model
+        return params_record.decode(record.key, record.value, name)
     except ParamsError as exc:
         log.warning("ignoring invalid parameters record of %r: %s", name, exc)
         if on_reject is not None:
@@ -202,26 +158,19 @@ async def _read_to_end(
     ends = await consumer.end_offsets(tps)
     models: list[ModelParams] = []
     candidate, versions = None, []
-    shadow = candidate_key(name).encode()
-    mine = (name.encode(), shadow)
     while await _behind(consumer, tps, ends):
         for records in (await consumer.getmany(timeout_ms=1000)).values():
             for record in records:
-                if record.key not in mine or not _signed(record, verifier, on_reject):
+                stage = params_record.stage_of(record.key, name)
+                if stage is None or not _signed(record, verifier, on_reject):
                     continue
-                if record.key == shadow:
-                    marker = _withdrawn_version(record.value)
-                    if marker is not None:
-                        candidate = None
-                        versions.append(marker)
-                        continue
-                    candidate = _decode(record.key, record.value, name, on_reject, shadow.decode())
-                    if candidate is not None:
-                        versions.append(candidate.version)
-                    continue
-                model = _decode(record.key, record.value, name, on_reject)
-                if model is not None:
-                    models.append(model)
+                update = _decode(record, name, on_reject)
+                if stage == "candidate":  # replaced or withdrawn (a refused record: none)
+                    candidate = update.model if update is not None else None
+                    if update is not None and update.taken is not None:
+                        versions.append(update.taken)
+                elif update is not None and update.model is not None:
+                    models.append(update.model)
     return _Tail(models, candidate, versions)
 
 
@@ -287,7 +236,6 @@ async def follow(
     verifier: if given, only records whose signature verifies are used (others: bad_signature).
     """
     consumer, tps = await _start_consumer(kafka, topic)
-    shadow = candidate_key(name).encode()
     try:
         # Catch up first, so a worker starts with the newest model rather than replaying.
         tail = await _read_to_end(consumer, tps, name, on_reject, verifier)
@@ -299,25 +247,20 @@ async def follow(
         while stop is None or not stop.is_set():
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
-                    if record.key not in (name.encode(), shadow):
+                    stage = params_record.stage_of(record.key, name)
+                    if stage is None or not _signed(record, verifier, on_reject):
                         continue
-                    if not _signed(record, verifier, on_reject):
+                    if stage == "candidate" and on_candidate is None:
                         continue
-                    if record.key == shadow:
-                        if on_candidate is None:
-                            continue
-                        if _withdrawn_version(record.value) is not None or record.value is None:
-                            await on_candidate(None)
-                            continue
-                        candidate = _decode(
-                            record.key, record.value, name, on_reject, shadow.decode()
-                        )
-                        if candidate is not None:
-                            await on_candidate(candidate)
+                    update = _decode(record, name, on_reject)
+                    if update is None:
                         continue
-                    model = _decode(record.key, record.value, name, on_reject)
-                    if model is None:
+                    if stage == "candidate":
+                        assert on_candidate is not None
+                        await on_candidate(update.model)  # None: withdrawn
                         continue
+                    model = update.model
+                    assert model is not None
                     if newest is not None and model.version <= newest.version:
                         log.warning(
                             "ignoring %r version %d: not newer than %d",
@@ -332,15 +275,18 @@ async def follow(
         await consumer.stop()
 
 
-def stamped(model: ModelParams, name: str, published_by: str, **extra: object) -> ModelParams:
-    """The model with its name and publisher (and any extra provenance) in its metadata."""
-    if published_by not in PUBLISHERS:
-        raise ValueError(f"published_by must be one of {PUBLISHERS}, got {published_by!r}")
-    meta = model.metadata
-    meta = dataclasses.replace(
-        meta, extra={**meta.extra, "model_name": name, "published_by": published_by, **extra}
-    )
-    return dataclasses.replace(model, metadata=meta)
+class PublisherSettings(Protocol):
+    """What a publisher is built from (`trainer.settings.TrainerSettings`)."""
+
+    @property
+    def kafka(self) -> KafkaSettings: ...
+    @property
+    def params_topic(self) -> str: ...
+    @property
+    def history_topic(self) -> str: ...
+    @property
+    def model_name(self) -> str: ...
+    def signer(self) -> Signer | None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,12 +303,26 @@ class Publisher:
     #: expectations of a promotion.
     signer: Signer | None = None
 
+    @classmethod
+    def from_settings(
+        cls, settings: PublisherSettings, name: str | None = None, **options: Any
+    ) -> Publisher:
+        """The publisher of model name `name` (default: settings.model_name) on the settings'
+        params and history topics, signing with the settings' signer (GMM_PARAMS_SIGNING_KEY).
+        options: the other fields (attempts)."""
+        return cls(
+            settings.kafka,
+            settings.params_topic,
+            settings.history_topic,
+            settings.model_name if name is None else name,
+            signer=settings.signer(),
+            **options,
+        )
+
     @property
     def verifier(self) -> Verifier | None:
+        """Verifies records under the signer's own public key (None: not signing)."""
         return None if self.signer is None else Verifier((self.signer.key.public_key(),))
-
-    def _headers(self, value: bytes) -> list[tuple[str, bytes]] | None:
-        return None if self.signer is None else self.signer.headers(value)
 
     @property
     def transactional_id(self) -> str:
@@ -389,8 +349,7 @@ class Publisher:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         model = stamped(model, self.name, published_by, stage=stage, **extra)
-        history_key = self.name.encode()
-        value_key = (self.name if stage == "served" else candidate_key(self.name)).encode()
+        history_key = params_record.key_of(self.name, "served")  # every stage, on the history
 
         async def attempt(producer: AIOKafkaProducer) -> ModelParams:
             served, candidate, highest = await read_state(
@@ -402,11 +361,11 @@ class Publisher:
                     f"{self.name!r}: served and candidate versions are {now}, not {expect}"
                 )
             versioned = model.with_version(highest + 1)
-            value = versioned.dumps().encode()
-            headers = self._headers(value)
+            record = params_record.encode(versioned, self.name, stage, self.signer)
+            value, headers = record.value, record.headers
             async with producer.transaction():
                 await producer.send(self.history_topic, value, key=history_key, headers=headers)
-                await producer.send(self.params_topic, value, key=value_key, headers=headers)
+                await producer.send(self.params_topic, value, key=record.key, headers=headers)
                 if stage == "served" and candidate is not None:
                     await self._send_withdrawal(producer, versioned.version)
             return versioned
@@ -431,13 +390,8 @@ class Publisher:
     async def _send_withdrawal(self, producer: AIOKafkaProducer, version: int) -> None:
         """Writes the withdrawal marker (with `version`, the highest taken) on the candidate key,
         inside the caller's transaction."""
-        marker = withdrawn_marker(version)
-        await producer.send(
-            self.params_topic,
-            marker,
-            key=candidate_key(self.name).encode(),
-            headers=self._headers(marker),
-        )
+        record = params_record.encode_withdrawal(self.name, version, self.signer)
+        await producer.send(self.params_topic, record.value, key=record.key, headers=record.headers)
 
     async def _exclusively(
         self, what: str, attempt: Callable[[AIOKafkaProducer], Awaitable[_T]]

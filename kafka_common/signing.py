@@ -7,7 +7,8 @@ password) still cannot make workers serve its model.
 - The trainer holds the private key (GMM_PARAMS_SIGNING_KEY, a PEM file) and signs each params
   record's value: the signed bytes are exactly the record's value bytes, so the JSON is unchanged
   and readers that do not verify read it as before.
-- The signature (64 raw bytes) travels in the record header `gmm-signature` (HEADER).
+- The signature (64 raw bytes) travels in the record header `gmm-signature` (HEADER; the
+  record's format, headers included, is `wire.params_record`).
 - Workers hold public keys (GMM_PARAMS_VERIFY_KEY: one PEM file, or several separated by commas
   while keys rotate) and accept a record whose signature verifies under any of them.
 
@@ -31,9 +32,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from kafka_common.settings import SettingsError
+from wire.params_record import SIGNATURE_HEADER, signature_headers, signature_of
 
 #: The Kafka record header that carries a params record's signature (64 raw bytes).
-HEADER = "gmm-signature"
+HEADER = SIGNATURE_HEADER
 SIGNATURE_BYTES = 64
 #: keygen's file names.
 PRIVATE_FILE = "params-signing.pem"
@@ -102,7 +104,7 @@ class Signer:
 
     def headers(self, value: bytes) -> list[tuple[str, bytes]]:
         """The record headers that carry the value's signature (for AIOKafkaProducer.send)."""
-        return [(HEADER, self.sign(value))]
+        return signature_headers(value, self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,19 +159,12 @@ class Verifier:
                 continue
         return False
 
-    def verify_record(self, value: bytes | None, headers: Iterable[tuple[str, bytes]]) -> bool:
+    def verify_record(
+        self, value: bytes | None, headers: Iterable[tuple[str, bytes]] | None
+    ) -> bool:
         """verify() on a consumed record: its value and the HEADER among its headers (aiokafka's
         ConsumerRecord.headers). A record with no value, no signature or two signatures fails."""
-        if value is None:
-            return False
-        signatures = [v for k, v in headers or () if k == HEADER]
-        return len(signatures) == 1 and self.verify(value, signatures[0])
-
-
-def signature_of(headers: Iterable[tuple[str, bytes]] | None) -> bytes | None:
-    """The record's signature header, or None (unsigned, or more than one)."""
-    found = [v for k, v in headers or () if k == HEADER]
-    return found[0] if len(found) == 1 else None
+        return value is not None and self.verify(value, signature_of(headers))
 
 
 def keygen(out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, str]:

@@ -198,13 +198,7 @@ async def _publish(model: ModelParams) -> ModelParams:
         params_topic.history_spec(settings.history_topic),
     ]
     await ensure_topics(settings.kafka, specs)
-    publisher = params_topic.Publisher(
-        settings.kafka,
-        settings.params_topic,
-        settings.history_topic,
-        settings.model_name,
-        signer=settings.signer(),
-    )
+    publisher = params_topic.Publisher.from_settings(settings)
     model = await asyncio.wait_for(publisher.publish(model, "cli"), 60)
     print(
         f"published {settings.model_name!r} version {model.version} to {settings.params_topic}",

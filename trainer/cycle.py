@@ -13,13 +13,13 @@ import contextlib
 import datetime as dt
 import logging
 import pathlib
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np
 
 from kafka_common import params_topic
-from kafka_common.events import Event, send_event
+from kafka_common.events import send_event
 from mixture import guards
 from mixture.evaluate import Score, score
 from mixture.fit import (
@@ -39,6 +39,8 @@ from trainer.metrics import TrainerMetrics
 from trainer.report import prune_reports, write_posterior_report, write_report
 from trainer.settings import TrainerSettings
 from trainer.window import Window, read_window
+from wire.event import Event
+from wire.shadow_report import ShadowTotals
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +92,7 @@ class Trainer:
             reg_covar=settings.reg_covar,
             n_init=settings.restarts,
         )
-        self.publisher = params_topic.Publisher(
-            settings.kafka,
-            settings.params_topic,
-            settings.history_topic,
-            settings.model_name,
-            signer=settings.signer(),
-        )
+        self.publisher = params_topic.Publisher.from_settings(settings)
 
     @property
     def version(self) -> int:
@@ -290,14 +286,8 @@ class Trainer:
             verdict = self._timeout(totals.records)
         if verdict == guards.PENDING:
             return None
-        agreement = totals.agreements / totals.records if totals.records else 0.0
-        difference = (
-            (totals.candidate_log_likelihood - totals.served_log_likelihood) / totals.records
-            if totals.records
-            else 0.0
-        )
         try:
-            done = await self._decide(candidate, current, verdict, totals, agreement, difference)
+            done = await self._decide(candidate, current, verdict, totals)
         except params_topic.StaleState as exc:
             # A rollback or another publication superseded it (and withdrew it), or this very
             # decision already went through: nothing more to do with this candidate.
@@ -313,10 +303,9 @@ class Trainer:
         candidate: ModelParams,
         current: ModelParams,
         verdict: str | guards.Rejection,
-        totals: Any,
-        agreement: float,
-        difference: float,
+        totals: ShadowTotals,
     ) -> str:
+        difference = totals.difference
         if isinstance(verdict, guards.Rejection):
             await self.publisher.withdraw_candidate(candidate.version)
             self.metrics.rejected.labels(reason=verdict.reason).inc()
@@ -335,7 +324,7 @@ class Trainer:
             detail = (
                 f"candidate {candidate.version} promoted as version {promoted.version}: "
                 f"{difference:+.4f} nats per record vs the served model over {totals.records} "
-                f"records, MAP agreement {agreement:.3f}"
+                f"records, MAP agreement {totals.agreement:.3f}"
             )
             log.info("%s", detail)
             await self._event("promoted", promoted.version, difference, detail)

@@ -13,9 +13,10 @@ import logging
 from typing import Any
 
 from kafka_common import params_topic
-from kafka_common.events import Event, send_event
+from kafka_common.events import send_event
 from mixture.params import ModelParams
 from trainer.settings import TrainerSettings
+from wire.event import Event
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def format_rows(rows: list[VersionRow]) -> str:
 
 
 async def list_versions(settings: TrainerSettings, name: str) -> list[VersionRow]:
-    verifier = _publisher(settings, name).verifier
+    verifier = params_topic.Publisher.from_settings(settings, name).verifier
     history = await params_topic.read_all(
         settings.kafka, settings.history_topic, name, verifier=verifier
     )
@@ -103,19 +104,9 @@ async def list_versions(settings: TrainerSettings, name: str) -> list[VersionRow
     return version_rows(history, serving, candidate)
 
 
-def _publisher(settings: TrainerSettings, name: str) -> params_topic.Publisher:
-    return params_topic.Publisher(
-        settings.kafka,
-        settings.params_topic,
-        settings.history_topic,
-        name,
-        signer=settings.signer(),
-    )
-
-
 async def rollback(settings: TrainerSettings, name: str, to_version: int) -> ModelParams:
     """Publishes version `to_version`'s parameters as the next version of `name`."""
-    publisher = _publisher(settings, name)
+    publisher = params_topic.Publisher.from_settings(settings, name)
     history = await params_topic.read_all(
         settings.kafka, settings.history_topic, name, verifier=publisher.verifier
     )

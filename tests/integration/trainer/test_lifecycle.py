@@ -50,6 +50,14 @@ def kafka(bootstrap: str) -> KafkaSettings:
     return KafkaSettings(bootstrap_servers=bootstrap)
 
 
+def publisher_of(bootstrap: str, topics: Topics, name: str = "gmm") -> Publisher:
+    """The publisher of `name` that a trainer on the test's topics builds."""
+    settings = TrainerSettings(
+        kafka=kafka(bootstrap), params_topic=topics.params, history_topic=topics.history
+    )
+    return Publisher.from_settings(settings, name)
+
+
 def make_topics(bootstrap: str, topics: Topics) -> None:
     specs = [params_spec(topics.params), history_spec(topics.history)]
     asyncio.run(ensure_topics(kafka(bootstrap), [TopicSpec(topics.input, 2), *specs]))
@@ -87,7 +95,7 @@ def test_two_names_share_one_params_topic(kafka_bootstrap, start_worker, tmp_pat
         message="name mismatch counted",
     )
     # Each name's versions go on by themselves, compare-and-set.
-    publisher = Publisher(kafka(kafka_bootstrap), topics.params, topics.history, "a")
+    publisher = publisher_of(kafka_bootstrap, topics, "a")
     assert asyncio.run(publisher.publish(model((2.5, 9.5)), "cli")).version == 2
     wait_for(lambda: worker_a.metric("gmm_model_version") == 2, 30, message="a v2 served")
     assert worker_b.metric("gmm_model_version") == 7
@@ -105,9 +113,7 @@ def test_concurrent_publishers_never_share_a_version(kafka_bootstrap, tmp_path):
     env = trainer_env(kafka_bootstrap, topics, tmp_path / "r")
     data = tmp_path / "points.jsonl"
     data.write_text("".join(json.dumps({"x": x}) + "\n" for x in [0, 1, 0.5, 10, 11, 10.5] * 10))
-    publishers = [
-        Publisher(kafka(kafka_bootstrap), topics.params, topics.history, "gmm") for _ in range(4)
-    ]
+    publishers = [publisher_of(kafka_bootstrap, topics) for _ in range(4)]
 
     async def race() -> list[ModelParams]:
         # A CLI process (`fit --publish`) and four in-process publishers, all at once.
@@ -149,7 +155,7 @@ def test_history_and_rollback_served(kafka_bootstrap, start_worker, tmp_path, re
     topics = Topics("rollback")
     make_topics(kafka_bootstrap, topics)
     env = trainer_env(kafka_bootstrap, topics, tmp_path / "r")
-    publisher = Publisher(kafka(kafka_bootstrap), topics.params, topics.history, "gmm")
+    publisher = publisher_of(kafka_bootstrap, topics)
     asyncio.run(publisher.publish(model((2.0, 9.0)), "trainer"))
     asyncio.run(publisher.publish(model((40.0, 50.0)), "trainer"))
     worker = start_worker(topics)
@@ -205,7 +211,7 @@ def test_a_params_file_serves_as_version_zero(kafka_bootstrap, start_worker, tmp
     path.write_text(model((2.0, 9.0), version=5).dumps())  # its own version does not count
     worker = start_worker(topics, GMM_PARAMS_FILE=str(path))
     assert worker.wait_ready()["model_version"] == 0
-    publisher = Publisher(kafka(kafka_bootstrap), topics.params, topics.history, "gmm")
+    publisher = publisher_of(kafka_bootstrap, topics)
     assert asyncio.run(publisher.publish(model((3.0, 9.0)), "cli")).version == 1
     wait_for(lambda: worker.metric("gmm_model_version") == 1, 30, message="topic v1 served")
 
@@ -246,7 +252,7 @@ def test_a_served_publication_withdraws_the_candidate(kafka_bootstrap, tmp_path)
     topics = Topics("supersede")
     make_topics(kafka_bootstrap, topics)
     k = kafka(kafka_bootstrap)
-    publisher = Publisher(k, topics.params, topics.history, "gmm")
+    publisher = publisher_of(kafka_bootstrap, topics)
     asyncio.run(publisher.publish(model((2.0, 9.0)), "trainer"))  # v1 served
     candidate = asyncio.run(publisher.publish(model((2.5, 9.5)), "trainer", stage="candidate"))
     assert candidate.version == 2

@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from kafka_common.events import Event
 from kafka_common.params_topic import Publisher, history_spec, params_spec, read_state
 from kafka_common.settings import KafkaSettings
 from kafka_common.topics import TopicSpec, ensure_topics
@@ -24,6 +23,8 @@ from support.harness import (
     wait_for,
 )
 from tests.integration.trainer.test_trainer import bimodal
+from trainer.settings import TrainerSettings
+from wire.event import Event
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,10 @@ def setup(bootstrap: str, stem: str) -> tuple[Topics, str, Publisher]:
         TopicSpec(events, 1),
     ]
     asyncio.run(ensure_topics(kafka, specs))
-    return topics, events, Publisher(kafka, topics.params, topics.history, "gmm")
+    settings = TrainerSettings(
+        kafka=kafka, params_topic=topics.params, history_topic=topics.history, model_name="gmm"
+    )
+    return topics, events, Publisher.from_settings(settings)
 
 
 class Feeder:

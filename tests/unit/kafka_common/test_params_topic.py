@@ -5,8 +5,10 @@ And the publisher's retry after fencing: bounded, backing off, only after a fenc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
+from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
@@ -16,15 +18,16 @@ from numpy.testing import assert_allclose
 from kafka_common import params_topic
 from kafka_common.params_topic import (
     PUBLISH_BACKOFF_CAP_SECONDS,
-    WITHDRAWN_SCHEMA,
     PublishConflict,
     Publisher,
     StaleState,
     _decode,
-    _withdrawn_version,
     fenced_backoff,
 )
 from kafka_common.settings import KafkaSettings
+from kafka_common.signing import keygen
+from trainer.settings import TrainerSettings
+from wire.params_record import WITHDRAWN_SCHEMA, withdrawn_version
 
 GOOD = {"schema": "gmm-params/1", "version": 3, "weights": [1.0], "locs": [0.0], "scale": 1.0}
 
@@ -43,14 +46,15 @@ GOOD = {"schema": "gmm-params/1", "version": 3, "weights": [1.0], "locs": [0.0],
 )
 def test_a_poisoned_record_is_skipped_and_reported(value):
     rejected = []
-    model = _decode(b"gmm", value, "gmm", lambda reason, why: rejected.append(reason))
-    assert model is None
+    record = SimpleNamespace(key=b"gmm", value=value)
+    update = _decode(record, "gmm", lambda reason, why: rejected.append(reason))
+    assert update is None
     assert len(rejected) == 1
 
 
 def test_a_valid_record_loads():
-    model = _decode(b"gmm", json.dumps(GOOD).encode(), "gmm", None)
-    assert model is not None and model.version == 3
+    update = _decode(SimpleNamespace(key=b"gmm", value=json.dumps(GOOD).encode()), "gmm", None)
+    assert update is not None and update.model is not None and update.model.version == 3
 
 
 @pytest.mark.parametrize(
@@ -65,7 +69,7 @@ def test_a_valid_record_loads():
     ids=["marker", "list", "string", "deep", "tombstone"],
 )
 def test_withdrawal_markers_are_recognised_or_ignored(value, version):
-    assert _withdrawn_version(value) == version
+    assert withdrawn_version(value) == version
 
 
 def test_fenced_backoff_grows_with_attempts_and_their_duration():
@@ -112,7 +116,27 @@ def fake_kafka(monkeypatch):
 
 
 def _publisher(attempts: int = 4) -> Publisher:
-    return Publisher(KafkaSettings(), "params", "history", "gmm", attempts=attempts)
+    settings = TrainerSettings(params_topic="params", history_topic="history", model_name="gmm")
+    return Publisher.from_settings(settings, attempts=attempts)
+
+
+def test_a_publisher_is_built_from_the_settings(tmp_path):
+    settings = TrainerSettings(
+        kafka=KafkaSettings(bootstrap_servers="b:9092"),
+        params_topic="p",
+        history_topic="h",
+        model_name="gmm",
+    )
+    publisher = Publisher.from_settings(settings)
+    assert (publisher.params_topic, publisher.history_topic, publisher.name) == ("p", "h", "gmm")
+    assert publisher.kafka == settings.kafka and publisher.signer is None
+    assert publisher.verifier is None
+    other = Publisher.from_settings(settings, "other", attempts=2)
+    assert (other.name, other.attempts, other.params_topic) == ("other", 2, "p")
+    private, _, key_id = keygen(tmp_path / "keys")
+    signed = Publisher.from_settings(dataclasses.replace(settings, params_signing_key=str(private)))
+    assert signed.signer is not None and signed.signer.key_id == key_id
+    assert signed.verifier is not None and signed.verifier.key_ids == [key_id]
 
 
 def test_a_fenced_attempt_is_retried_on_a_new_producer_after_a_backoff(fake_kafka):

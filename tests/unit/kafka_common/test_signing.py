@@ -21,10 +21,10 @@ from kafka_common.signing import (
     Verifier,
     keygen,
     main,
-    signature_of,
 )
 from mixture.params import ModelParams
 from support.harness import SEED_MODEL
+from wire.params_record import signature_of
 
 VALUE = SEED_MODEL.dumps().encode()
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from kafka_common.events import Event, EventError
 from mixture.classify import Classification
 from stream_app.monitor import ShadowSample, ShadowScores, compare
 from trainer.events import ShadowTally
+from wire.event import Event, EventError
 
 
 def verdict(probs, loglik) -> Classification:
@@ -32,11 +32,11 @@ def test_totals_restart_when_either_version_changes():
     scores.add(5, 4, ShadowSample(10, -10.0, -12.0, 9))
     scores.add(5, 4, ShadowSample(10, -10.0, -12.0, 8))
     report = scores.to_report()
-    assert report is not None and report.records == 20 and report.agreements == 17
+    assert report is not None and report.totals.records == 20 and report.totals.agreements == 17
     assert_allclose(report.difference, 0.2)
     assert scores.to_report() is None  # nothing new since
     scores.add(5, 6, ShadowSample(3, -3.0, -3.0, 3))  # the served model changed
-    assert scores.to_report().records == 3
+    assert scores.to_report().totals.records == 3
 
 
 def shadow_event(worker: str, records: int, version: int = 5, served: int = 4) -> Event:

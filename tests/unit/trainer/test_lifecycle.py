@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from kafka_common.params_topic import _decode, stamped
 from kafka_common.settings import SettingsError, check_model_name
-from mixture.params import FitMetadata, MixtureParams, ModelParams
+from mixture.params import FitMetadata, MixtureParams, ModelParams, ParamsError
 from trainer.cycle import CycleOutcome
 from trainer.lifecycle import format_rows, version_rows
 from trainer.main import next_cycle_in
 from trainer.report import prune_reports
 from trainer.settings import TrainerSettings
+from wire.params_record import decode, stamped, withdrawn_marker, withdrawn_version
 
 
 def model(version: int, **extra) -> ModelParams:
@@ -88,17 +88,13 @@ def test_model_names_refused(name):
 
 
 def test_readers_filter_on_the_key_and_the_claimed_name():
-    rejected = []
-
-    def on_reject(reason, _):
-        rejected.append(reason)
-
     value = stamped(model(1), "a", "trainer").dumps().encode()
-    assert _decode(b"a", value, "a", on_reject).version == 1
-    assert _decode(b"b", value, "b", on_reject) is None  # says it is a, keyed b
-    assert _decode(b"a", value, "b", on_reject) is None  # another name's record: skipped
-    assert _decode(b"a", None, "a", on_reject) is None  # a tombstone
-    assert rejected == ["name_mismatch"]
+    assert decode(b"a", value, "a").model.version == 1
+    with pytest.raises(ParamsError) as refused:
+        decode(b"b", value, "b")  # says it is a, keyed b
+    assert refused.value.reason == "name_mismatch"
+    assert decode(b"a", value, "b") is None  # another name's record: skipped
+    assert decode(b"a", None, "a") is None  # a tombstone
 
 
 def test_stamped_names_the_publisher():
@@ -121,14 +117,12 @@ def test_candidates_are_listed_as_candidate_or_shadowed():
 
 
 def test_withdrawal_markers_carry_the_highest_version():
-    from kafka_common.params_topic import _withdrawn_version, withdrawn_marker
-
-    assert _withdrawn_version(withdrawn_marker(7)) == 7
-    assert _withdrawn_version(None) is None
-    assert _withdrawn_version(model(3).dumps().encode()) is None
-    assert _withdrawn_version(b'{"schema": "gmm-candidate-withdrawn/1", "version": -1}') is None
-    assert _withdrawn_version(b'{"schema": "gmm-candidate-withdrawn/1", "version": "7"}') is None
-    assert _withdrawn_version(b"gmm-candidate-withdrawn/1 not json") is None
+    assert withdrawn_version(withdrawn_marker(7)) == 7
+    assert withdrawn_version(None) is None
+    assert withdrawn_version(model(3).dumps().encode()) is None
+    assert withdrawn_version(b'{"schema": "gmm-candidate-withdrawn/1", "version": -1}') is None
+    assert withdrawn_version(b'{"schema": "gmm-candidate-withdrawn/1", "version": "7"}') is None
+    assert withdrawn_version(b"gmm-candidate-withdrawn/1 not json") is None
 
 
 @pytest.mark.parametrize("fitted_at", [None, 42, "yesterday", "2026-11-28T00:00:00"])
@@ -171,17 +165,11 @@ def test_each_drift_alarm_is_answered_by_one_cycle():
     ],
 )
 def test_forged_shadow_reports_are_ignored(data):
-    from kafka_common.events import Event
     from trainer.events import ShadowTally
+    from wire.event import Event
+    from wire.shadow_report import ShadowReport, ShadowTotals
 
-    good = {
-        "served_version": 4,
-        "records": 100,
-        "candidate_log_likelihood": -100.0,
-        "served_log_likelihood": -200.0,
-        "agreements": 90,
-        "worker": "w",
-    }
+    good = ShadowReport(5, 4, "w", ShadowTotals(100, -100.0, -200.0, 90)).to_json()
     tally = ShadowTally()
     assert tally.update(Event.now("shadow", "gmm", 5, 0.0, data=good))
     assert not tally.update(Event.now("shadow", "gmm", 5, 0.0, data={**good, **data}))

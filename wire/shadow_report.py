@@ -1,0 +1,144 @@
+"""The shadow report: a worker's running totals for a candidate scored in shadow.
+
+While a candidate is in shadow, each worker classifies every slice it serves with the candidate
+too, sums the scores (`ShadowTotals`) and reports its running totals now and then; the trainer
+keeps each worker's latest report, adds them up and promotes or rejects the candidate. The
+totals, their difference and their encoding are defined here once, for both sides: the worker
+(`stream_app.monitor`) and the trainer (`trainer.events`, `trainer.cycle`).
+
+On the wire a report is an event (`wire.event`) of kind `shadow`, keyed by the model name, whose
+`version` is the candidate's, `statistic` the difference of the totals, and `data` the totals,
+the served version they were compared with and the worker that summed them:
+
+    {"served_version":4,"records":1200,"candidate_log_likelihood":-1530.5,
+     "served_log_likelihood":-1601.25,"agreements":1150,"worker":"host-1234"}
+
+Reports are cumulative (a worker's later report includes its earlier ones), so a report sent
+twice counts once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from wire.event import Event, EventError
+
+#: The event kind of a shadow report.
+KIND = "shadow"
+
+
+class ShadowReportError(EventError):
+    """A `shadow` event whose data is not a valid report; the message (one line) says why."""
+
+
+class ShadowTotals(NamedTuple):
+    """Sums over records scored by both models: a slice's (`stream_app.monitor.compare`), a
+    worker's running totals (the sum of its slices'), or every worker's (the sum of theirs).
+
+    records: records both models scored (finite log p(x) under both). candidate_log_likelihood,
+    served_log_likelihood: each model's log p(x) summed over them. agreements: records whose MAP
+    component is the same under both.
+    """
+
+    records: int = 0
+    candidate_log_likelihood: float = 0.0
+    served_log_likelihood: float = 0.0
+    agreements: int = 0
+
+    def plus(self, other: ShadowTotals) -> ShadowTotals:
+        """The totals of both (`+` on a tuple concatenates, hence the name)."""
+        return ShadowTotals(
+            self.records + other.records,
+            self.candidate_log_likelihood + other.candidate_log_likelihood,
+            self.served_log_likelihood + other.served_log_likelihood,
+            self.agreements + other.agreements,
+        )
+
+    @classmethod
+    def sum_of(cls, parts: Iterable[ShadowTotals]) -> ShadowTotals:
+        """The totals of all `parts` (zero totals for none)."""
+        total = cls()
+        for part in parts:
+            total = total.plus(part)
+        return total
+
+    @property
+    def difference(self) -> float:
+        """Candidate minus served mean log p(x) per record, in nats (0 before any record)."""
+        if not self.records:
+            return 0.0
+        return (self.candidate_log_likelihood - self.served_log_likelihood) / self.records
+
+    @property
+    def agreement(self) -> float:
+        """The share of records whose MAP component agrees (0 before any record)."""
+        return self.agreements / self.records if self.records else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ShadowReport:
+    """One worker's running totals of candidate `version` against `served_version`."""
+
+    version: int
+    served_version: int
+    worker: str
+    totals: ShadowTotals = dataclasses.field(default_factory=ShadowTotals)
+
+    @property
+    def difference(self) -> float:
+        """The totals' difference (`ShadowTotals.difference`): the event's statistic."""
+        return self.totals.difference
+
+    def added(self, sample: ShadowTotals) -> ShadowReport:
+        """The report with `sample` (a slice's totals) added to its totals."""
+        return dataclasses.replace(self, totals=self.totals.plus(sample))
+
+    def to_json(self) -> dict[str, Any]:
+        """The event's `data` (field order as on the wire since the format's start)."""
+        t = self.totals
+        return {
+            "served_version": self.served_version,
+            "records": t.records,
+            "candidate_log_likelihood": t.candidate_log_likelihood,
+            "served_log_likelihood": t.served_log_likelihood,
+            "agreements": t.agreements,
+            "worker": self.worker,
+        }
+
+    def to_event(self, model: str) -> Event:
+        """The `shadow` event of model name `model` that carries the report, stamped now."""
+        return Event.now(KIND, model, self.version, self.difference, data=self.to_json())
+
+    @classmethod
+    def from_event(cls, event: Event) -> ShadowReport:
+        """The report a `shadow` event carries; ShadowReportError if it holds none.
+
+        The event was validated already (no NaN, infinities or nested values in `data`); here
+        counts must be integers (no bools, no strings) with agreements within records, sums
+        numbers, the served version an integer and the worker a string.
+        """
+        if event.kind != KIND:
+            raise ShadowReportError(f"a shadow report is a {KIND!r} event, not {event.kind!r}")
+        data = event.data or {}
+        served, worker = data.get("served_version"), data.get("worker")
+        records, agreements = data.get("records"), data.get("agreements")
+        if type(served) is not int:
+            raise ShadowReportError(f"served_version must be an integer, got {served!r}")
+        if not isinstance(worker, str):
+            raise ShadowReportError(f"worker must be a string, got {worker!r}")
+        if type(records) is not int or type(agreements) is not int:
+            raise ShadowReportError(
+                f"records and agreements must be integers, got {records!r} and {agreements!r}"
+            )
+        if not 0 <= agreements <= records:
+            raise ShadowReportError(f"agreements {agreements} not within records {records}")
+        lls = []
+        for field in ("candidate_log_likelihood", "served_log_likelihood"):
+            value = data.get(field)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ShadowReportError(f"{field} must be a number, got {value!r}")
+            lls.append(float(value))
+        totals = ShadowTotals(records, lls[0], lls[1], agreements)
+        return cls(event.version, served, worker, totals)
