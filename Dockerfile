@@ -9,6 +9,7 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY mixture ./mixture
+COPY wire ./wire
 COPY kafka_common ./kafka_common
 COPY stream_app ./stream_app
 COPY trainer ./trainer

@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from kafka_common.events import Event
 from stream_app.batch import BatchOutcome
 from stream_app.drift import DriftDetector
 from stream_app.event_sink import EventSink
 from stream_app.metrics import WorkerMetrics
+from wire.event import Event
 
 log = logging.getLogger(__name__)
 

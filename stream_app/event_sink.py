@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from kafka_common.events import Event, EventProducer
+from kafka_common.events import EventProducer
 from stream_app.metrics import WorkerMetrics
+from wire.event import Event
 
 log = logging.getLogger(__name__)
 

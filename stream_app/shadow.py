@@ -1,11 +1,14 @@
 """Shadow scoring: a candidate model of the served name, scored on the same slices as the served
 model and never emitted.
 
-The candidate (a params record marked as a candidate, `gmm-trainer models --shadow`) is compiled
-beside the served model; after each slice's outputs have left, the candidate classifies the same
-points on the inference thread and the two verdicts are compared (`monitor.compare`). Totals per
-candidate are reported on the events topic every `GMM_SHADOW_REPORT_SECONDS` when they changed;
-the trainer sums the workers' reports to decide a promotion. A candidate never delays serving.
+While the params topic holds a candidate of the served name (GMM_PROMOTION=shadow on the
+trainer), it is compiled beside the served model; after each slice's outputs have left, the
+candidate classifies the same points on the inference thread and `compare` scores the slice
+(`ShadowTotals`: the records scored, both models' log p(x) on them, how many MAP assignments
+agree). `ShadowScores` sums them into the candidate's running `ShadowReport`, exported as metrics
+and sent on the events topic every `GMM_SHADOW_REPORT_SECONDS` when it changed; the trainer adds
+up every worker's and promotes or rejects the candidate. The totals and the report are
+`wire.shadow_report`'s. A candidate never delays serving.
 """
 
 from __future__ import annotations
@@ -15,16 +18,67 @@ import logging
 import math
 from concurrent.futures import Executor
 
-from kafka_common.events import Event
+import numpy as np
+
 from mixture.classify import Classification
 from mixture.params import ModelParams
 from stream_app.batch import ParsedSlice, classify_slice
 from stream_app.event_sink import EventSink
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_state import ModelHolder, ServingModel
-from stream_app.monitor import ShadowScores, compare
+from wire.shadow_report import ShadowReport, ShadowTotals
 
 log = logging.getLogger(__name__)
+
+#: One slice scored by both models: its totals (a worker's running totals are their sum).
+ShadowSample = ShadowTotals
+
+
+def compare(served: Classification, candidate: Classification) -> ShadowTotals:
+    """Sums of both models' log p(x) and the MAP agreements over the same records (those both
+    found finite)."""
+    finite = np.isfinite(served.log_likelihood) & np.isfinite(candidate.log_likelihood)
+    served_map = np.argmax(served.probs, axis=1)
+    candidate_map = np.argmax(candidate.probs, axis=1)
+    return ShadowTotals(
+        int(finite.sum()),
+        float(candidate.log_likelihood[finite].sum()),
+        float(served.log_likelihood[finite].sum()),
+        int((served_map == candidate_map)[finite].sum()),
+    )
+
+
+class ShadowScores:
+    """This worker's running report of the current candidate (kept for that one only).
+
+    worker: names this worker in its reports (the trainer keeps each worker's latest).
+    """
+
+    def __init__(self, worker: str = "") -> None:
+        self.worker = worker
+        self.current: ShadowReport | None = None
+        self.reported_records = -1
+
+    def stop(self) -> None:
+        """Drops the totals (the candidate was withdrawn)."""
+        self.current = None
+
+    def add(self, version: int, served_version: int, sample: ShadowTotals) -> None:
+        """Adds a slice's totals; a sample of another pair of versions starts new totals (the
+        served model changed under the candidate, so earlier records compared another one)."""
+        cur = self.current
+        if cur is None or cur.version != version or cur.served_version != served_version:
+            cur = ShadowReport(version, served_version, self.worker)
+            self.reported_records = -1
+        self.current = cur.added(sample)
+
+    def to_report(self) -> ShadowReport | None:
+        """The report if its totals changed since the last one (then marked reported)."""
+        cur = self.current
+        if cur is None or cur.totals.records == self.reported_records:
+            return None
+        self.reported_records = cur.totals.records
+        return cur
 
 
 class ShadowScorer:
@@ -40,7 +94,7 @@ class ShadowScorer:
         worker_id: str,
     ) -> None:
         self.candidate = candidate
-        self.scores = ShadowScores()
+        self.scores = ShadowScores(worker_id)
         self.metrics = metrics
         self.inference = inference
         self.events = events
@@ -96,15 +150,6 @@ class ShadowScorer:
         """Reports this worker's totals on the events topic whenever they changed."""
         while True:
             await asyncio.sleep(every_s)
-            totals = self.scores.to_report()
-            if totals is None or not self.events.enabled:
-                continue
-            self.events.send(
-                Event.now(
-                    "shadow",
-                    self.model_name,
-                    totals.version,
-                    totals.difference,
-                    data={**totals.to_json(), "worker": self.worker_id},
-                )
-            )
+            report = self.scores.to_report()
+            if report is not None and self.events.enabled:
+                self.events.send(report.to_event(self.model_name))

@@ -13,13 +13,13 @@ import pytest
 
 from mixture.classify import make_classifier
 from mixture.params import MixtureParams, ModelParams
-from stream_app import monitor
 from stream_app import shadow as shadow_module
 from stream_app.checkpoint import Checkpoint
 from stream_app.delivery import Delivery
 from stream_app.model_state import ServingModel
 from stream_app.records import InRecord
 from stream_app.settings import WorkerSettings
+from stream_app.shadow import compare
 from stream_app.source import InBatch
 from stream_app.worker import Worker
 from tests.unit.stream_app.fakes import TP0, FakeCommitter, FakeSink
@@ -158,7 +158,7 @@ async def test_a_candidate_withdrawn_while_it_scores_leaves_no_totals_or_series(
     def held_compare(served, candidate):
         scoring.set()
         assert release.wait(10)
-        return monitor.compare(served, candidate)
+        return compare(served, candidate)
 
     monkeypatch.setattr(shadow_module, "compare", held_compare)
     worker.path.checkpoint.fetched(0, {TP0: 100})

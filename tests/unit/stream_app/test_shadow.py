@@ -7,7 +7,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from mixture.classify import Classification
-from stream_app.monitor import ShadowSample, ShadowScores, compare
+from stream_app.shadow import ShadowSample, ShadowScores, compare
 from trainer.events import ShadowTally
 from wire.event import Event, EventError
 
