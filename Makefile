@@ -98,7 +98,7 @@ bench: venv kafka-up
 	$(BIN)/python -m bench.soak
 	$(MAKE) bench-summary
 
-# README's Benchmarks section is rendered from bench/results/*.json (a unit test checks it).
+# docs/benchmarks.md's summary is rendered from bench/results/*.json (a unit test checks it).
 bench-summary: venv
 	$(BIN)/python -m bench.summary --write
 

@@ -1,4 +1,4 @@
-"""aiokafka against the local broker: produce N records, then consume them (issue 2's figure).
+"""aiokafka against the local broker: produce N records, then consume them.
 
 python -m bench.kafka_roundtrip [--records N]   (writes bench/results/kafka_roundtrip.{md,json})
 """

@@ -4,7 +4,7 @@ Load comes from a separate `gmm-produce` process at a fixed rate; the worker's r
 (RSS, from /proc) is sampled every 5 s. Warm-up is the first 60 s. Reported: peak RSS, RSS at the
 end of warm-up and at the end, growth after warm-up (mean of the last minute over the first
 minute after warm-up), and whether the worker kept up (every record classified by the end).
-Targets of issue 7: RSS under 600 MB, growth under 5%. Writes bench/results/soak.{md,json,png}.
+Targets: RSS under 600 MB, growth under 5%. Writes bench/results/soak.{md,json,png}.
 
     python -m bench.soak [--seconds 600] [--rate R]   (R defaults to half of a measured peak)
 """

@@ -1,7 +1,7 @@
 """Typed settings built once per process from environment variables.
 
 Each field names its variable and documents itself (`env_field`), so `load()` can parse and
-validate all of them in one place and the README's configuration table can be generated from the
+validate all of them in one place and docs/configuration.md's tables can be generated from the
 same source (`python -m stream_app.settings --markdown`). Secrets come only from the environment,
 and a secret setting is held as a `Secret`, which no repr, str, format or log line shows.
 """

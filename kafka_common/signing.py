@@ -48,7 +48,7 @@ class KeyFileError(SettingsError):
 
 
 def fingerprint(key: Ed25519PublicKey) -> str:
-    """A short id of a public key for logs and the README's rotation steps: the first 16 hex
+    """A short id of a public key for logs and the rotation steps in docs/security.md: the first 16 hex
     digits of the SHA-256 of its 32 raw bytes."""
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
@@ -193,7 +193,7 @@ def keygen(out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kafka_common.signing",
-        description="Keys for signed models (README 'Security').",
+        description="Keys for signed models (docs/security.md).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("keygen", help="write a new Ed25519 key pair")

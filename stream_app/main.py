@@ -39,7 +39,7 @@ def topic_specs(settings: WorkerSettings) -> list[TopicSpec]:
 
 
 def access_needs(settings: WorkerSettings) -> list[Need]:
-    """What the broker's ACLs must allow the worker (README "Security")."""
+    """What the broker's ACLs must allow the worker (docs/security.md)."""
     return [
         Need("topic", settings.input_topic, "read", "GMM_INPUT_TOPIC"),
         Need("topic", settings.params_topic, "read", "GMM_PARAMS_TOPIC"),
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="The stream worker: classifies the input topic's points into the "
-        "assignments topic. Configured by environment variables (see the README); other "
+        "assignments topic. Configured by environment variables (see docs/configuration.md); other "
         "arguments are passed to `faust worker`.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")

@@ -1,6 +1,6 @@
 """The worker's settings: one typed object, built from environment variables at start-up.
 
-python -m stream_app.settings --markdown   # the README's configuration table
+python -m stream_app.settings --markdown   # docs/configuration.md's table
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class WorkerSettings:
         "GMM_MAX_BATCH_BYTES",
         4 * 1024 * 1024,
         "Largest micro-batch in bytes of keys and values (a single larger record is a batch of "
-        "its own); with the fetch limits it bounds the records a worker holds (README 'Memory')",
+        "its own); with the fetch limits it bounds the records a worker holds (docs/operations.md, Memory)",
     )
     max_key_bytes: int = env_field(
         "GMM_MAX_KEY_BYTES",
@@ -184,7 +184,7 @@ class WorkerSettings:
         "GMM_PARAMS_VERIFY_KEY",
         "",
         "Ed25519 public keys (PEM files, comma-separated while keys rotate): serve only params "
-        "records signed by one of them (README 'Security'); empty: no signature check",
+        "records signed by one of them (docs/security.md); empty: no signature check",
     )
 
     def validate(self) -> None:

@@ -97,7 +97,7 @@ async def _cycles(
 
 
 def access_needs(settings: TrainerSettings) -> list[Need]:
-    """What the broker's ACLs must allow the trainer (README "Security"); the transactional id
+    """What the broker's ACLs must allow the trainer (docs/security.md); the transactional id
     is checked when it is first used, with a one-line error of its own."""
     needs = [Need("topic", settings.input_topic, "read", "GMM_INPUT_TOPIC")]
     for topic, setting in (

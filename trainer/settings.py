@@ -2,7 +2,7 @@
 
 Shares the Kafka and topic variables with the worker (same names, same meaning).
 
-    python -m trainer.settings --markdown   # the README's configuration table
+    python -m trainer.settings --markdown   # docs/configuration.md's table
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ class TrainerSettings:
         "GMM_PARAMS_SIGNING_KEY",
         "",
         "Ed25519 private key (PEM file) that signs every params record published, for workers "
-        "with GMM_PARAMS_VERIFY_KEY (README 'Security'); empty: unsigned",
+        "with GMM_PARAMS_VERIFY_KEY (docs/security.md); empty: unsigned",
     )
 
     def signer(self) -> Signer | None:

@@ -31,7 +31,7 @@ if ! "$PYTHON" -c 'import funsor, makefun, orjson' 2>/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-# As the service runs on a GPU (README, "Running on a GPU"): memory taken as needed.
+# As the service runs on a GPU (docs/deployment.md, "Running on a GPU"): memory taken as needed.
 export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
 
 if command -v nvidia-smi >/dev/null 2>&1; then
