@@ -14,15 +14,9 @@ import base64
 import hashlib
 from typing import Any, NotRequired, TypedDict
 
-from wire.common import (
-    KeyCut,
-    SourceRef,
-    WireError,
-    decode_object,
-    dumps,
-)
+from wire.common import KeyCut, SourceRef, WireError, decode_object, dumps
 
-#: Each field a decoder requires, and its JSON types.
+#: The fields every record has, and their JSON types (checked by `decode`).
 FIELDS: dict[str, tuple[type, ...]] = {
     "reason": (str,),
     "error": (str,),
