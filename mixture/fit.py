@@ -12,7 +12,8 @@ tolerance on the loss between chunks of steps, with a step cap. Compiled program
 static configuration, so a refit of the same window size never recompiles.
 
 A refit whose warm start (the current model) scores best takes EM-preconditioned steps of the
-same SVI loss instead of Adam's (mixture.precondition): a few full passes instead of 20-30.
+same SVI loss instead of Adam's (mixture.precondition): a few full passes instead of Adam's many
+(bench/results/fit.md, the warm refits).
 With `use_program_cache`, the traced programs are kept on disk for later processes.
 """
 

@@ -18,9 +18,9 @@ ride along in the gradient, so the step's fixed points are exactly the MAP optim
 only the path there changes.
 
 Why: from a warm start the new window's optimum is close, and Adam, whose step is one size for
-every parameter, needs 20-30 full-data passes to cover it at 1M points. The EM preconditioner
-scales each parameter's step by its own curvature, so a refit settles in a few passes (EM's
-linear rate), each pass no dearer than an Adam step.
+every parameter, needs many full-data passes to cover it. The EM preconditioner scales each
+parameter's step by its own curvature, so a refit settles in a few passes (EM's linear rate),
+each pass no dearer than an Adam step (bench/results/fit.md, the warm refits).
 
 AutoDelta keeps its parameters unconstrained (stick-breaking weights, log scales, the LKJ
 factor's unconstrained vector), so the gradient is taken back to the constrained parameters
