@@ -29,6 +29,7 @@ import numpy as np
 from numpyro import handlers
 from numpyro.contrib.funsor import infer_discrete
 
+from mixture.covariance_forms import form_of_scale
 from mixture.model import likelihood_assignment_model
 from mixture.params import MixtureParams
 
@@ -99,17 +100,7 @@ def default_sizes(max_batch: int, backend: str | None = None) -> tuple[int, ...]
 def log_likelihoods(residuals: Any, scale: Any) -> Any:
     """log N(x; loc_k, cov_k) per component, (K, B), from residuals x - loc_k (K, B, D) and the
     serving scale: (D,) or (K, D) diagonal, or (K, D, D) Cholesky factors."""
-    d = residuals.shape[-1]
-    if scale.ndim == 3:  # Cholesky factors: z = L^-1 (x - loc)
-        eye = jnp.broadcast_to(jnp.eye(d, dtype=scale.dtype), scale.shape)
-        inv = jax.scipy.linalg.solve_triangular(scale, eye, lower=True)  # (K, D, D)
-        z = jnp.einsum("kij,kbj->kbi", inv, residuals)
-        log_det = jnp.log(jnp.diagonal(scale, axis1=-2, axis2=-1)).sum(-1)
-    else:
-        per = scale if scale.ndim == 2 else scale[None, :]  # (K or 1, D)
-        z = residuals / per[:, None, :]
-        log_det = jnp.log(per).sum(-1)
-    return -log_det[:, None] - 0.5 * (z * z).sum(-1) - 0.5 * d * jnp.log(2 * jnp.pi)
+    return form_of_scale(scale).log_density(residuals, scale)
 
 
 def posterior(residuals: Any, params: MixtureParams) -> tuple[Any, Any, Any]:
@@ -403,26 +394,7 @@ def marginal_log_likelihoods(residuals: Any, observed: Any, scale: Any) -> Any:
     A missing coordinate gets residual 0 and unit variance, uncorrelated with the rest, which
     adds nothing to the density; the 2 pi term counts observed coordinates only.
     """
-    k, _, d = residuals.shape
-    r = jnp.where(observed[None], residuals, 0.0)
-    if scale.ndim == 3:
-        # The factor F of M S M + (I - M) (M: the observed coordinates) from a QR of
-        # [M L, I - M]^T, never forming S = L L^T in float32 (that would square L's condition).
-        m = observed.astype(scale.dtype)  # (B, D)
-        rows = m[None, :, :, None] * scale[:, None]  # (K, B, D, D)
-        pad = jnp.broadcast_to(jnp.eye(d, dtype=m.dtype) * (1.0 - m)[:, :, None], rows.shape)
-        qr = jnp.linalg.qr(jnp.swapaxes(jnp.concatenate([rows, pad], -1), -1, -2), mode="r")
-        sign = jnp.sign(jnp.diagonal(qr, axis1=-2, axis2=-1))
-        factor = jnp.swapaxes(qr, -1, -2) * jnp.where(sign == 0, 1.0, sign)[..., None, :]
-        z = jax.scipy.linalg.solve_triangular(factor, r[..., None], lower=True)[..., 0]
-        log_det = jnp.log(jnp.diagonal(factor, axis1=-2, axis2=-1)).sum(-1)
-    else:
-        per = jnp.broadcast_to(scale, (k, d))
-        per = jnp.where(observed[None], per[:, None, :], 1.0)  # (K, B, D)
-        z = r / per
-        log_det = jnp.log(per).sum(-1)
-    n_observed = observed.sum(-1)  # (B,)
-    return -log_det - 0.5 * (z * z).sum(-1) - 0.5 * n_observed[None] * jnp.log(2 * jnp.pi)
+    return form_of_scale(scale).marginal_log_density(residuals, observed, scale)
 
 
 def make_classifier(

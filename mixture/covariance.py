@@ -11,7 +11,8 @@
 
 The serving form is what jitted code takes (`MixtureParams.scale`): a diagonal scale, (D,) or
 (K, D), or one lower Cholesky factor per component, (K, D, D), so the classifier needs only three
-layouts. The compact form is what the params topic carries (`gmm-params/2`).
+layouts. The compact form is what the params topic carries (`gmm-params/2`). What each type
+computes (initial candidates, densities, EM steps) is its form in `mixture.covariance_forms`.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.linalg import solve_triangular
 from scipy.special import logsumexp
 
 from mixture.covariance import cholesky_factors, infer_covariance, n_scale_parameters
+from mixture.covariance_forms import form_of_scale
 from mixture.params import MixtureParams
 
 
@@ -37,20 +37,10 @@ def component_log_pdf(points: np.ndarray, params: MixtureParams) -> np.ndarray:
 
 
 def _complete_log_pdf(x: np.ndarray, params: MixtureParams) -> np.ndarray:
-    locs = np.asarray(params.locs, np.float64)
-    k, d = locs.shape
-    diff = x[:, None, :] - locs[None]  # (N, K, D)
+    """component_log_pdf of complete points x (N, D): (N, K)."""
+    diff = x[:, None, :] - np.asarray(params.locs, np.float64)[None]  # (N, K, D)
     scale = np.asarray(params.scale, np.float64)
-    if scale.ndim == 3:
-        z = np.stack(
-            [solve_triangular(scale[j], diff[:, j].T, lower=True).T for j in range(k)], axis=1
-        )
-        log_det = np.log(np.diagonal(scale, axis1=-2, axis2=-1)).sum(-1)  # (K,)
-    else:
-        scale = np.broadcast_to(scale, (k, d))
-        z = diff / scale[None]
-        log_det = np.log(scale).sum(-1)
-    return -0.5 * (z**2).sum(-1) - log_det[None] - 0.5 * d * np.log(2 * np.pi)
+    return form_of_scale(scale).log_density_np(diff, scale)
 
 
 def log_likelihood(points: np.ndarray, params: MixtureParams) -> np.ndarray:

@@ -12,7 +12,8 @@ tolerance on the loss between chunks of steps, with a step cap. Compiled program
 static configuration, so a refit of the same window size never recompiles.
 
 A refit whose warm start (the current model) scores best takes EM-preconditioned steps of the
-same SVI loss instead of Adam's (mixture.precondition): a few full passes instead of 20-30.
+same SVI loss instead of Adam's (mixture.precondition): a few full passes instead of Adam's many
+(bench/results/fit.md, the warm refits).
 With `use_program_cache`, the traced programs are kept on disk for later processes.
 """
 
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixture.covariance import DEFAULT_REG_COVAR, check_covariance, is_cholesky
+from mixture.covariance_forms import FORMS
 from mixture.params import (
     FitMetadata,
     MixtureParams,
@@ -74,6 +76,7 @@ _PROGRAM_SOURCES = (
     "mixture.precondition",
     "mixture.params",
     "mixture.covariance",
+    "mixture.covariance_forms",
 )
 
 
@@ -547,26 +550,17 @@ def initial_candidates(
     key: Any, points_z: Any, n_valid: Any, n_candidates: int, n_components: int, covariance: str
 ) -> dict[str, Any]:
     """The tutorial's initialisation, n_candidates at once, as site values: uniform weights,
-    scale sqrt(var/2) (identity correlations), locs drawn with replacement from the first n_valid
-    points (the rest is padding)."""
+    locs drawn with replacement from the first n_valid points (the rest is padding) of points_z
+    (N, D), and the covariance type's initial scales (`CovarianceForm.initial_scale`: sqrt(var/2),
+    identity correlations). Each value has a leading axis of n_candidates."""
     d = points_z.shape[1]
     c, k = n_candidates, n_components
     idx = jax.random.randint(key, (c, k), 0, n_valid)
-    scale = jnp.full((d,), jnp.sqrt(0.5), points_z.dtype)  # standardised: var is 1
     values = {
         "weights": jnp.full((c, k), 1.0 / k, points_z.dtype),
         "locs": points_z[idx],
+        **FORMS[covariance].initial_scale(c, k, d, points_z.dtype),
     }
-    if covariance == "spherical":
-        values["scale"] = jnp.full((c, k), jnp.sqrt(0.5), points_z.dtype)
-    elif covariance in ("diag", "full"):
-        values["scale" if covariance == "diag" else "scales"] = jnp.broadcast_to(scale, (c, k, d))
-    else:
-        values["scale" if covariance == "tied-diag" else "scales"] = jnp.broadcast_to(scale, (c, d))
-    if covariance == "full":
-        values["corr"] = jnp.broadcast_to(jnp.eye(d, dtype=points_z.dtype), (c, k, d, d))
-    elif covariance == "tied":
-        values["corr"] = jnp.broadcast_to(jnp.eye(d, dtype=points_z.dtype), (c, d, d))
     return values
 
 
