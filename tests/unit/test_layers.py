@@ -124,3 +124,11 @@ def test_the_graph_sees_the_arrows_it_checks():
     assert "stream_app.record_path" in GRAPH["stream_app.worker"]
     assert "mixture.params" in GRAPH["kafka_common.params_topic"]
     assert "mixture.fit" in GRAPH["kafka_common.jax_cache"]  # a lazy import, inside a function
+
+
+def test_every_package_is_installed_and_in_the_image():
+    """A new package must reach `pip install` (pyproject) and the service image (Dockerfile)."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert [p for p in PACKAGES if f'"{p}*"' not in pyproject] == []
+    assert [p for p in PACKAGES if f"COPY {p} ./{p}" not in dockerfile] == []
