@@ -48,8 +48,8 @@ class KeyFileError(SettingsError):
 
 
 def fingerprint(key: Ed25519PublicKey) -> str:
-    """A short id of a public key for logs and the rotation steps in docs/security.md: the first 16 hex
-    digits of the SHA-256 of its 32 raw bytes."""
+    """A short id of a public key for logs and the rotation steps in docs/security.md: the
+    first 16 hex digits of the SHA-256 of its 32 raw bytes."""
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 

@@ -107,7 +107,8 @@ class WorkerSettings:
         "GMM_MAX_BATCH_BYTES",
         4 * 1024 * 1024,
         "Largest micro-batch in bytes of keys and values (a single larger record is a batch of "
-        "its own); with the fetch limits it bounds the records a worker holds (docs/operations.md, Memory)",
+        "its own); with the fetch limits it bounds the records a worker holds "
+        "(docs/operations.md, Memory)",
     )
     max_key_bytes: int = env_field(
         "GMM_MAX_KEY_BYTES",
