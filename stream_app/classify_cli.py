@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # None (a missing coordinate) becomes NaN, which the classifier marginalises out.
         x = np.array(xs, dtype=np.float64)
         result = classifier(x, params, jax.random.PRNGKey(args.seed))
-        out = sys.stdout.buffer
+        out = sys.stdout
         name = str(model.metadata.extra.get("model_name", "gmm"))
         finite = result.finite()
         for i, point_id in enumerate(ids):
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time.time(),
                 None,
             )
-            out.write(value + b"\n")
+            out.write(value.decode() + "\n")
             written += 1
     if bad:
         print(f"{PROG}: {bad} bad line(s) skipped, {written} classified", file=sys.stderr)

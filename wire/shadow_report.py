@@ -4,7 +4,7 @@ While a candidate is in shadow, each worker classifies every slice it serves wit
 too, sums the scores (`ShadowTotals`) and reports its running totals now and then; the trainer
 keeps each worker's latest report, adds them up and promotes or rejects the candidate. The
 totals, their difference and their encoding are defined here once, for both sides: the worker
-(`stream_app.monitor`) and the trainer (`trainer.events`, `trainer.cycle`).
+(`stream_app.shadow`) and the trainer (`trainer.events`, `trainer.cycle`).
 
 On the wire a report is an event (`wire.event`) of kind `shadow`, keyed by the model name, whose
 `version` is the candidate's, `statistic` the difference of the totals, and `data` the totals,
@@ -34,7 +34,7 @@ class ShadowReportError(EventError):
 
 
 class ShadowTotals(NamedTuple):
-    """Sums over records scored by both models: a slice's (`stream_app.monitor.compare`), a
+    """Sums over records scored by both models: a slice's (`stream_app.shadow.compare`), a
     worker's running totals (the sum of its slices'), or every worker's (the sum of theirs).
 
     records: records both models scored (finite log p(x) under both). candidate_log_likelihood,
@@ -58,11 +58,14 @@ class ShadowTotals(NamedTuple):
 
     @classmethod
     def sum_of(cls, parts: Iterable[ShadowTotals]) -> ShadowTotals:
-        """The totals of all `parts` (zero totals for none)."""
-        total = cls()
-        for part in parts:
-            total = total.plus(part)
-        return total
+        """The totals of all `parts` (zero totals for none), each field summed by `sum`."""
+        parts = list(parts)
+        return cls(
+            sum(p.records for p in parts),
+            sum(p.candidate_log_likelihood for p in parts),
+            sum(p.served_log_likelihood for p in parts),
+            sum(p.agreements for p in parts),
+        )
 
     @property
     def difference(self) -> float:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mixture.params import FitMetadata, MixtureParams, ModelParams
+from wire import assignment
 
 # The tutorial's MAP fit of [0, 1, 10, 11, 12] (tests/unit/trainer/test_cli.py checks the trainer
 # reproduces it).
@@ -48,6 +49,12 @@ def test_classify_cli_gives_the_tutorials_classes(seed_params):
     assert [r["id"] for r in rows] == [1, 2, 3, 4, 5]  # line numbers stand in for missing ids
     assert all(r["model_version"] == 1 and abs(sum(r["probs"]) - 1) < 1e-5 for r in rows)
     assert rows[0]["x"] == 0.0
+    # The worker's assignment record, offline: no source, no input time.
+    assert all(r["source"] is None and r["ts_in"] is None and r["model"] == "gmm" for r in rows)
+    assert all(
+        assignment.decode(line) == row
+        for line, row in zip(result.stdout.splitlines(), rows, strict=True)
+    )
 
 
 @pytest.mark.parametrize("temperature", ["0", "1"])
