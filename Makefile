@@ -18,10 +18,12 @@ export DOCKER_COMPOSE ?= $(wildcard $(COMPOSE_BIN))
 TEST_COMPOSE = DOCKER_COMPOSE="$${DOCKER_COMPOSE:-$$([[ -x $(COMPOSE_BIN) ]] && echo $(COMPOSE_BIN))}"
 # The suite runs in parallel processes (pytest-xdist): each test has topics of its own, and most
 # of the time is spent waiting on the broker and on worker and trainer processes, so more
-# processes than CPUs pay. A test file whose tests share a module-scoped fixture (a broker of their
-# own) runs in one process, every other test wherever a process is free (tests/conftest.py's
-# scheduler for --dist loadscope). `make test PYTEST_PAR=` runs them one by one.
-PYTEST_PAR ?= -n 4 --dist loadscope
+# processes than CPUs pay (on 2 CPUs, cold caches: 9.5 min with 3 or 4 processes, about 16 one by
+# one; 3 leave the broker and the subprocesses more room). A test file whose tests share a
+# module-scoped fixture (a broker of their own) runs in one process, every other test wherever a
+# process is free (tests/conftest.py's scheduler for --dist loadscope). `make test PYTEST_PAR=`
+# runs them one by one.
+PYTEST_PAR ?= -n 3 --dist loadscope
 
 .PHONY: help venv kafka-up kafka-down kafka-status test test-quick test-unit test-integration demo demo-down lint typecheck bench bench-summary device-wheels clean compose-tool \
 	compose-tool-if-go
