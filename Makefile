@@ -12,8 +12,21 @@ COMPOSE_VERSION := v2.32.4
 COMPOSE_CACHE ?= $(HOME)/.cache/gmm-ci/compose-$(COMPOSE_VERSION)
 COMPOSE_BIN := $(COMPOSE_CACHE)/docker-compose
 export DOCKER_COMPOSE ?= $(wildcard $(COMPOSE_BIN))
+# The test targets build it first where Go is (compose-tool-if-go) and give the tests the build
+# then in the cache, unless DOCKER_COMPOSE names another Compose; without Go (or when the build
+# fails) the compose tests skip, saying how to get one.
+TEST_COMPOSE = DOCKER_COMPOSE="$${DOCKER_COMPOSE:-$$([[ -x $(COMPOSE_BIN) ]] && echo $(COMPOSE_BIN))}"
+# The suite runs in parallel processes (pytest-xdist): each test has topics of its own, and most
+# of the time is spent waiting on the broker and on worker and trainer processes, so more
+# processes than CPUs pay (on 2 CPUs, cold caches: 9.5 min with 3 or 4 processes, about 16 one by
+# one; 3 leave the broker and the subprocesses more room). A test file whose tests share a
+# module-scoped fixture (a broker of their own) runs in one process, every other test wherever a
+# process is free (tests/conftest.py's scheduler for --dist loadscope). `make test PYTEST_PAR=`
+# runs them one by one.
+PYTEST_PAR ?= -n 3 --dist loadscope
 
-.PHONY: help venv kafka-up kafka-down kafka-status test test-quick test-unit test-integration demo demo-down lint typecheck bench bench-summary device-wheels clean compose-tool
+.PHONY: help venv kafka-up kafka-down kafka-status test test-quick test-unit test-integration demo demo-down lint typecheck bench bench-summary device-wheels clean compose-tool \
+	compose-tool-if-go
 
 help:
 	@echo "make demo              set up, start Kafka, run the demo (make demo-down stops it)"
@@ -45,17 +58,17 @@ kafka-down:
 kafka-status:
 	@bash $(KAFKA) status
 
-test: venv kafka-up
-	$(BIN)/pytest tests
+test: venv kafka-up compose-tool-if-go
+	$(TEST_COMPOSE) $(BIN)/pytest tests $(PYTEST_PAR)
 
-test-quick: venv kafka-up
-	$(BIN)/pytest tests -m "not slow"
+test-quick: venv kafka-up compose-tool-if-go
+	$(TEST_COMPOSE) $(BIN)/pytest tests -m "not slow" $(PYTEST_PAR)
 
-test-unit: venv
-	$(BIN)/pytest tests/unit
+test-unit: venv compose-tool-if-go
+	$(TEST_COMPOSE) $(BIN)/pytest tests/unit $(PYTEST_PAR)
 
 test-integration: venv kafka-up
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest tests/integration $(PYTEST_PAR)
 
 demo: venv kafka-up
 	@bash deploy/demo.sh
@@ -69,6 +82,14 @@ demo-down:
 # `go install` names the binary after its package directory (cmd); it is renamed, and only a
 # complete build is moved into place, so an interrupted one is retried on the next run.
 compose-tool: $(COMPOSE_BIN)
+
+# For the test targets: the build where Go is, a warning where it fails, nothing without Go.
+compose-tool-if-go:
+	@if [[ -z "$$DOCKER_COMPOSE" && ! -x $(COMPOSE_BIN) ]] && command -v $(GO) >/dev/null; then \
+	  echo "compose-tool: building Docker Compose $(COMPOSE_VERSION) for the compose tests (once)"; \
+	  $(MAKE) --no-print-directory compose-tool \
+	    || echo "compose-tool: build failed; the compose tests will skip" >&2; \
+	fi
 
 $(COMPOSE_BIN):
 	@command -v $(GO) >/dev/null || { echo "compose-tool: Go not found (set GO=/path/to/go)" >&2; exit 1; }

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import pathlib
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
+from typing import Any
 
 import hypothesis  # noqa: F401
 import pytest
@@ -14,15 +21,82 @@ import pytest
 # mismatch", python/cpython#106905) after a run that passed.
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+KAFKA_SCRIPT = ROOT / "deploy" / "kafka" / "kafka.sh"
+
+#: A directory shared by the run's processes (pytest-xdist's workers inherit the variable from
+#: the main process, which makes the directory and removes it at the end).
+SHARED_DIR_ENV = "GMM_TESTS_SHARED_DIR"
+#: In the shared directory: the port of a broker the run started (kafka_bootstrap), to stop.
+STARTED_BROKER = "kafka-started-by-tests"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def shared_tmp() -> pathlib.Path:
+    """The directory shared by every process of this test run (locks, markers)."""
+    return pathlib.Path(os.environ[SHARED_DIR_ENV])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _is_xdist_worker(config):
+        os.environ[SHARED_DIR_ENV] = tempfile.mkdtemp(prefix="gmm-tests-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The main process, after every worker: stops a broker the run started, if any."""
+    if _is_xdist_worker(config) or SHARED_DIR_ENV not in os.environ:
+        return
+    shared = pathlib.Path(os.environ.pop(SHARED_DIR_ENV))
+    marker = shared / STARTED_BROKER
+    if marker.exists():
+        env = {**os.environ, "KAFKA_PORT": marker.read_text().strip()}
+        subprocess.run(["bash", str(KAFKA_SCRIPT), "down"], check=False, env=env)
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         parts = pathlib.Path(str(item.fspath)).parts
         if "integration" in parts:
             item.add_marker(pytest.mark.integration)
         elif "unit" in parts:
             item.add_marker(pytest.mark.unit)
+    if _is_xdist_worker(config):
+        # The slow tests first (a stable sort: the same order in every worker, as xdist
+        # requires), so that none of them starts last and keeps the others waiting.
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+# pytest-xdist: `--dist loadscope` (the Makefile's) runs a test file whose tests share a fixture
+# of module, class or package scope (a broker of their own, a fitted model) in one process, so
+# that the fixture is set up once; every other test is scheduled on its own, wherever a process
+# is free. (xdist's own `--dist loadgroup` cannot do it with this pytest: it renames the tests
+# through an attribute pytest 9 no longer reads.)
+_SHARED_FIXTURE = re.compile(r"""@pytest\.fixture\(\s*scope=["'](?:module|class|package)["']""")
+
+
+@functools.cache
+def _shares_fixtures(path: str) -> bool:
+    try:
+        return bool(_SHARED_FIXTURE.search((ROOT / path).read_text()))
+    except OSError:
+        return False
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if _shares_fixtures(path) else nodeid
+
+    return SharedFixtureScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,8 @@
 """Fixtures for tests against the real Apache Kafka broker (never a mock).
 
-The broker is the one `make kafka-up` started; if none answers, the session starts it with
-the same script and stops it again at the end. Every test gets topics of its own.
+The broker is the one `make kafka-up` started; if none answers, the run starts it with the
+same script and stops it again at the end. Every test gets topics of its own, so the tests run
+in parallel processes (pytest-xdist) on the one broker.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from filelock import FileLock
 
-from tests.conftest import ROOT
-
-KAFKA_SCRIPT = ROOT / "deploy" / "kafka" / "kafka.sh"
+from tests.conftest import KAFKA_SCRIPT, STARTED_BROKER, shared_tmp
 
 
 def run_sync(coro):  # type: ignore[no-untyped-def]
@@ -46,18 +46,23 @@ def _broker_answers(bootstrap: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap address of a running broker; starts one with deploy/kafka/kafka.sh if needed."""
+def kafka_bootstrap() -> str:
+    """Bootstrap address of a running broker; starts one with deploy/kafka/kafka.sh if needed.
+
+    Under pytest-xdist every worker process has this fixture: a file lock in the run's shared
+    temporary directory lets one of them start the broker and the others find it running. The
+    run's main process stops a broker the run started, once every worker is done
+    (tests/conftest.py, pytest_unconfigure)."""
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-    started = False
-    if not _broker_answers(bootstrap):
-        port = bootstrap.rsplit(":", 1)[1]
-        env = {**os.environ, "KAFKA_PORT": port}
-        subprocess.run(["bash", str(KAFKA_SCRIPT), "up"], check=True, env=env)
-        started = True
-    yield bootstrap
-    if started:
-        subprocess.run(["bash", str(KAFKA_SCRIPT), "down"], check=False, env=env)
+    shared = shared_tmp()
+    with FileLock(shared / "kafka-broker.lock"):
+        if not _broker_answers(bootstrap):
+            port = bootstrap.rsplit(":", 1)[1]
+            # Written before the start, so that a broker left half-started is stopped too.
+            (shared / STARTED_BROKER).write_text(port)
+            env = {**os.environ, "KAFKA_PORT": port}
+            subprocess.run(["bash", str(KAFKA_SCRIPT), "up"], check=True, env=env)
+    return bootstrap
 
 
 @pytest.fixture

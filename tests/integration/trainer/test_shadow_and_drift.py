@@ -81,6 +81,17 @@ def events_of(bootstrap: str, topic: str, n: int, timeout: float = 5) -> list[Ev
     return [Event.loads(r.value) for r in consume(bootstrap, topic, n, timeout=timeout)]
 
 
+def wait_for_event(bootstrap: str, topic: str, kind: str, timeout: float = 60) -> None:
+    """Waits until an event of `kind` is on the topic. The trainer sends its decision's event
+    after the decision reached the params topic (and so the worker): a test that saw the worker
+    act on the decision must not stop the trainer before the event is out."""
+
+    def sent() -> bool:
+        return any(e.kind == kind for e in events_of(bootstrap, topic, 1000, timeout=1))
+
+    wait_for(sent, timeout, message=f"a {kind!r} event")
+
+
 def test_a_better_candidate_is_promoted(kafka_bootstrap, start_worker, tmp_path):
     topics, events, publisher = setup(kafka_bootstrap, "promote")
     asyncio.run(publisher.publish(model((3.0, 8.0)), "cli"))  # v1: off by a unit each
@@ -106,6 +117,7 @@ def test_a_better_candidate_is_promoted(kafka_bootstrap, start_worker, tmp_path)
         wait_for(lambda: worker.metric("gmm_candidate_version") == 2, 120, message="candidate")
         assert worker.metric("gmm_model_version") == 1
         wait_for(lambda: worker.metric("gmm_model_version") == 3, 120, message="promoted")
+        wait_for_event(kafka_bootstrap, events, "promoted")
     finally:
         trainer.stop()
         feeder.stop()
@@ -152,6 +164,7 @@ def test_a_worse_candidate_is_rejected(kafka_bootstrap, start_worker, tmp_path):
         wait_for(
             lambda: worker.metric("gmm_candidate_version") != 2, 120, message="candidate withdrawn"
         )
+        wait_for_event(kafka_bootstrap, events, "rejected")
     finally:
         trainer.stop()
         feeder.stop()
