@@ -199,7 +199,7 @@ class WorkerMetrics:
             self._fitted_at = None
 
     def observe_shadow(self, version: int, sample: Any) -> None:
-        """A slice scored in shadow by candidate `version` (a shadow.ShadowSample)."""
+        """A slice scored in shadow by candidate `version` (its `ShadowTotals`)."""
         label = str(version)
         self.shadow_records.labels(candidate_version=label).inc(sample.records)
         self.shadow_agreements.labels(candidate_version=label).inc(sample.agreements)

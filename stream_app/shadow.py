@@ -30,9 +30,6 @@ from wire.shadow_report import ShadowReport, ShadowTotals
 
 log = logging.getLogger(__name__)
 
-#: One slice scored by both models: its totals (a worker's running totals are their sum).
-ShadowSample = ShadowTotals
-
 
 def compare(served: Classification, candidate: Classification) -> ShadowTotals:
     """Sums of both models' log p(x) and the MAP agreements over the same records (those both

@@ -7,9 +7,10 @@ import pytest
 from numpy.testing import assert_allclose
 
 from mixture.classify import Classification
-from stream_app.shadow import ShadowSample, ShadowScores, compare
+from stream_app.shadow import ShadowScores, compare
 from trainer.events import ShadowTally
 from wire.event import Event, EventError
+from wire.shadow_report import ShadowTotals
 
 
 def verdict(probs, loglik) -> Classification:
@@ -29,13 +30,13 @@ def test_compare_counts_agreements_over_records_both_scored():
 
 def test_totals_restart_when_either_version_changes():
     scores = ShadowScores()
-    scores.add(5, 4, ShadowSample(10, -10.0, -12.0, 9))
-    scores.add(5, 4, ShadowSample(10, -10.0, -12.0, 8))
+    scores.add(5, 4, ShadowTotals(10, -10.0, -12.0, 9))
+    scores.add(5, 4, ShadowTotals(10, -10.0, -12.0, 8))
     report = scores.to_report()
     assert report is not None and report.totals.records == 20 and report.totals.agreements == 17
     assert_allclose(report.difference, 0.2)
     assert scores.to_report() is None  # nothing new since
-    scores.add(5, 6, ShadowSample(3, -3.0, -3.0, 3))  # the served model changed
+    scores.add(5, 6, ShadowTotals(3, -3.0, -3.0, 3))  # the served model changed
     assert scores.to_report().totals.records == 3
 
 
