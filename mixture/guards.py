@@ -46,17 +46,46 @@ def check_not_collapsed(
     return Rejection("collapsed", f"a component collapsed (weights {weights})")
 
 
+#: The regression guard's trimmed mean leaves out this share of the per-point differences at
+#: each end: up to that share of the window (glitches, whichever way they favour) cannot move it.
+TRIM_SHARE = 0.025
+
+
+def trimmed_mean(values: np.ndarray, share: float = TRIM_SHARE) -> float:
+    """The mean of `values` without the floor(share * n) lowest and as many highest (at least
+    one each when n >= 3): one extreme value cannot move it by more than the spread of the
+    rest. NaN counts as the lowest value (-inf) and inf as the highest; NaN for no values."""
+    v = np.sort(np.nan_to_num(np.asarray(values, np.float64), nan=-np.inf, posinf=np.inf))
+    n = len(v)
+    if n == 0:
+        return float("nan")
+    cut = int(share * n)
+    if n >= 3:
+        cut = max(cut, 1)
+    middle = v[cut : n - cut]
+    with np.errstate(invalid="ignore"):
+        return float(middle.mean())
+
+
 def check_not_worse(
-    new_log_likelihood: float, current_log_likelihood: float, max_regression: float
+    new_log_likelihood: np.ndarray, current_log_likelihood: np.ndarray, max_regression: float
 ) -> Rejection | None:
-    """The new fit's mean log p(x) on the window is at most max_regression below the current
-    model's on the same window."""
-    if new_log_likelihood >= current_log_likelihood - max_regression:
+    """The new fit is at most max_regression nats per point below the current model on the
+    window, by the trimmed mean (TRIM_SHARE at each end) of the per-point differences
+    log p_new(x) - log p_current(x): a glitch, whose log p under either model can be -1e29,
+    dominates a plain mean of log p(x) but is trimmed here.
+
+    new_log_likelihood, current_log_likelihood: (N,) log p(x) of the window's points under
+    each model, in the same order."""
+    difference = trimmed_mean(
+        np.asarray(new_log_likelihood, np.float64) - np.asarray(current_log_likelihood, np.float64)
+    )
+    if difference >= -max_regression:
         return None
     return Rejection(
         "worse_than_current",
-        f"mean log-likelihood {new_log_likelihood:.4f} vs the current model's "
-        f"{current_log_likelihood:.4f}",
+        f"mean log-likelihood {difference:+.4f} per point vs the current model's (trimmed mean "
+        f"over {len(new_log_likelihood)} points)",
     )
 
 

@@ -21,10 +21,11 @@ import numpy as np
 from kafka_common.jax_cache import cache_dir_from_env, enable_fit_caches
 from kafka_common.settings import SettingsError
 from mixture.covariance import DEFAULT_REG_COVAR, check_covariance
-from mixture.fit import DataError, FitConfig, fit_map, to_model_params
+from mixture.fit import DataError, FitConfig, to_model_params
 from mixture.labels import order_by_location
 from mixture.params import ModelParams
-from mixture.select import DEFAULT_MAX_COMPONENTS, fit_auto, parse_components
+from mixture.robust import fit_robust
+from mixture.select import DEFAULT_MAX_COMPONENTS, parse_components
 from trainer.datafile import load_points
 from trainer.settings import TrainerSettings
 
@@ -80,12 +81,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
         )
         progress = _progress_printer()
         key = jax.random.PRNGKey(args.seed)
-        if auto:
-            shown = None if progress is None else (lambda k, step, loss: progress(step, loss))  # type: ignore[operator]
-            selection = fit_auto(points, key, config, args.max_components, progress=shown)
-            result, bics = selection.result, selection.bics
-        else:
-            result = fit_map(points, key, config, progress=progress)  # type: ignore[arg-type]
+        fitted = fit_robust(
+            points,
+            key,
+            config,
+            max_components=args.max_components if auto else None,
+            progress=progress,  # type: ignore[arg-type]
+        )
+        result, bics = fitted.result, fitted.bics or {}
         if progress is not None:
             print(file=sys.stderr)
     except DataError as exc:
@@ -93,7 +96,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     # A first fit's labels follow location, as the trainer's do.
     result = result._replace(params=order_by_location(result.params))
     fitted_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    extra = {"bic_by_components": {str(k): v for k, v in bics.items()}} if bics else {}
+    extra: dict[str, Any] = {"excluded_points": fitted.excluded}
+    if bics:
+        extra["bic_by_components"] = {str(k): v for k, v in bics.items()}
     model = to_model_params(result, args.version, len(points), fitted_at, **extra)
     if args.publish:
         try:
@@ -122,8 +127,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
         f"in {result.seconds:.2f}s -> {'stdout' if args.out == '-' else args.out}",
         file=out,
     )
+    print(_excluded_line(fitted.excluded, len(points)), file=out)
     print(component_table(model), file=out, end="")
     return 0
+
+
+def _excluded_line(excluded: dict[str, int], n: int) -> str:
+    """The summary's line on the points the fit left out (mixture.robust's rules)."""
+    left_out = sum(excluded.values())
+    if not left_out:
+        return f"left out: none of the {n} points"
+    reasons = ", ".join(f"{count} {reason}" for reason, count in excluded.items() if count)
+    return f"left out: {left_out} of the {n} points ({reasons}); gmm-classify still serves them"
 
 
 #: Coordinates shown per component in the summary; the parameters file has them all.

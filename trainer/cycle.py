@@ -21,19 +21,12 @@ import numpy as np
 from kafka_common import params_topic
 from kafka_common.events import send_event
 from mixture import guards
-from mixture.evaluate import Score, score
-from mixture.fit import (
-    DataError,
-    FitConfig,
-    FitResult,
-    fit_compilations,
-    fit_map,
-    to_model_params,
-)
+from mixture.evaluate import Score, log_likelihood, score
+from mixture.fit import DataError, FitConfig, FitResult, fit_compilations, to_model_params
 from mixture.labels import align_components, order_by_location
 from mixture.params import ModelParams, ParamsError
 from mixture.posterior import posterior_nuts
-from mixture.select import fit_auto
+from mixture.robust import RobustFit, fit_robust
 from trainer.events import ShadowTally
 from trainer.metrics import TrainerMetrics
 from trainer.report import prune_reports, write_posterior_report, write_report
@@ -53,6 +46,8 @@ class CycleOutcome(NamedTuple):
     invalid: dict[str, int]
     fit_seconds: float | None
     report: pathlib.Path | None
+    #: Valid points the fit left out, per reason (mixture.robust); they are still served.
+    excluded: dict[str, int] = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
 
     def summary(self) -> dict:
         return {
@@ -63,6 +58,7 @@ class CycleOutcome(NamedTuple):
             "window": self.window,
             "invalid": self.invalid,
             "fit_seconds": self.fit_seconds,
+            "excluded": self.excluded,
             "report": str(self.report) if self.report else None,
         }
 
@@ -71,8 +67,10 @@ class Fitted(NamedTuple):
     """A fit that passed its checks, labels aligned with the current model's."""
 
     result: FitResult
-    score: Score
+    score: Score  # on the points the fit kept
     bics: dict[int, float] | None
+    kept: np.ndarray  # (N,) which of the window's points the fit used
+    excluded: dict[str, int]
 
 
 class Trainer:
@@ -131,10 +129,9 @@ class Trainer:
         fitted = await self.fit(window.points, key, warm)
         if isinstance(fitted, guards.Rejection):
             return self._rejected(fitted, window)
-        result, bics = fitted
-        checked = self.check(result, bics, window.points, warm)
+        checked = self.check(fitted, window.points, warm)
         if isinstance(checked, guards.Rejection):
-            return self._rejected(checked, window, result.seconds)
+            return self._rejected(checked, window, fitted.result.seconds, fitted.excluded)
         return await self.publish(checked, window, key)
 
     async def read(self) -> Window:
@@ -151,29 +148,24 @@ class Trainer:
 
     async def fit(
         self, points: np.ndarray, key: jax.Array, warm: ModelParams | None
-    ) -> tuple[FitResult, dict[int, float] | None] | guards.Rejection:
-        """The MAP fit (K chosen by BIC for GMM_COMPONENTS=auto), off the event loop."""
+    ) -> RobustFit | guards.Rejection:
+        """The MAP fit of the points the robust rules keep (K chosen by BIC for
+        GMM_COMPONENTS=auto), off the event loop; the points left out are counted by reason."""
         warm_mixture = warm.mixture if warm is not None else None
         # Counted in versions, so that a trainer run by cron (`run --once`) explores too.
         every = self.settings.explore_every
         explore = warm is not None and every > 0 and (self.version + 1) % every == 0
+        s = self.settings
         try:
-            if self.settings.n_components is None:
-                selection = await asyncio.to_thread(
-                    fit_auto,
-                    points,
-                    key,
-                    self.config,
-                    self.settings.max_components,
-                    warm_start=warm_mixture,
-                    explore=explore,
-                )
-                result, bics = selection.result, selection.bics
-            else:
-                result = await asyncio.to_thread(
-                    fit_map, points, key, self.config, warm_start=warm_mixture, explore=explore
-                )
-                bics = None
+            fitted = await asyncio.to_thread(
+                fit_robust,
+                points,
+                key,
+                self.config,
+                max_components=s.max_components if s.n_components is None else None,
+                warm_start=warm_mixture,
+                explore=explore,
+            )
         except DataError as exc:
             return guards.Rejection(exc.reason, str(exc))
         except Exception as exc:  # a numerical failure of this window: the next cycle retries
@@ -181,44 +173,54 @@ class Trainer:
             return guards.Rejection("fit_failed", f"{type(exc).__name__}: {exc}")
         finally:
             self.metrics.count_compilations(fit_compilations())
+        result = fitted.result
         self.metrics.fits.inc()
         self.metrics.fit_seconds.observe(result.seconds)
         self.metrics.final_loss.set(result.final_loss)
-        return result, bics
+        for reason, count in fitted.excluded.items():
+            self.metrics.excluded_points.labels(reason=reason).inc(count)
+        if fitted.n_excluded:
+            log.info("the fit left out %s of %d points", fitted.excluded, len(points))
+        return fitted
 
     def check(
-        self,
-        result: FitResult,
-        bics: dict[int, float] | None,
-        points: np.ndarray,
-        warm: ModelParams | None,
+        self, fitted: RobustFit, points: np.ndarray, warm: ModelParams | None
     ) -> Fitted | guards.Rejection:
-        """The publish guards; labels aligned with the current model's on success."""
+        """The publish guards; labels aligned with the current model's on success.
+
+        The collapse check and the fit's score see the points the fit kept; the regression
+        guard compares both models on the whole window, by a trimmed mean that glitches cannot
+        move (`guards.check_not_worse`)."""
         s = self.settings
+        result = fitted.result
         params = result.params
+        kept = points[fitted.kept]
         rejection = guards.check_finite(params, result.final_loss) or guards.check_not_collapsed(
-            params, points, s.min_weight
+            params, kept, s.min_weight
         )
         if rejection is not None:
             return rejection
         # Scored once: aligning labels permutes components and leaves the score unchanged.
-        fit_score = score(points, params, result.covariance)
+        fit_score = score(kept, params, result.covariance)
         if warm is not None:
-            current_ll = score(points, warm.mixture).mean_log_likelihood
             rejection = guards.check_not_worse(
-                fit_score.mean_log_likelihood, current_ll, s.max_loss_regression
+                log_likelihood(points, params),
+                log_likelihood(points, warm.mixture),
+                s.max_loss_regression,
             )
             if rejection is not None:
                 return rejection
             params = align_components(params, warm.mixture)
         else:
             params = order_by_location(params)
-        return Fitted(result._replace(params=params), fit_score, bics)
+        return Fitted(
+            result._replace(params=params), fit_score, fitted.bics, fitted.kept, fitted.excluded
+        )
 
     async def publish(self, fitted: Fitted, window: Window, key: jax.Array) -> CycleOutcome:
         """Publishes the next version (compare-and-set), then writes its report."""
         s = self.settings
-        result, fit_score, bics = fitted
+        result, fit_score, bics, kept, excluded = fitted
         n = len(window.points)
         fitted_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         try:
@@ -230,6 +232,7 @@ class Trainer:
                 aic=fit_score.aic,
                 bic=fit_score.bic,
                 mean_log_likelihood=fit_score.mean_log_likelihood,
+                excluded_points=excluded,
                 **({"bic_by_components": {str(k): v for k, v in bics.items()}} if bics else {}),
             )
         except ParamsError as exc:  # e.g. beyond what a worker can serve
@@ -254,17 +257,23 @@ class Trainer:
         )
         reports = pathlib.Path(s.reports_dir) / s.model_name
         report = await asyncio.to_thread(
-            write_report, reports / f"v{model.version}", model, result, window.points, fit_score
+            write_report,
+            reports / f"v{model.version}",
+            model,
+            result,
+            window.points[kept],
+            fit_score,
+            excluded,
         )
         await asyncio.to_thread(prune_reports, reports, s.reports_keep)
         if s.posterior == "nuts":
             self.posterior_task = asyncio.create_task(
                 asyncio.to_thread(
-                    self._posterior, model, report, window.points, jax.random.fold_in(key, 1)
+                    self._posterior, model, report, window.points[kept], jax.random.fold_in(key, 1)
                 )
             )
         return CycleOutcome(
-            model, None, "published", n, dict(window.invalid), result.seconds, report
+            model, None, "published", n, dict(window.invalid), result.seconds, report, excluded
         )
 
     async def judge_candidate(self, tally: ShadowTally) -> str | None:
@@ -374,13 +383,24 @@ class Trainer:
         return current if k is None or current.mixture.n_components == k else None
 
     def _rejected(
-        self, rejection: guards.Rejection, window: Window, seconds: float | None = None
+        self,
+        rejection: guards.Rejection,
+        window: Window,
+        seconds: float | None = None,
+        excluded: dict[str, int] | None = None,
     ) -> CycleOutcome:
         log.warning("not publishing: %s (%s)", rejection.reason, rejection.detail)
         self.metrics.rejected.labels(reason=rejection.reason).inc()
         n = len(window.points)
         return CycleOutcome(
-            None, rejection.reason, rejection.detail, n, dict(window.invalid), seconds, None
+            None,
+            rejection.reason,
+            rejection.detail,
+            n,
+            dict(window.invalid),
+            seconds,
+            None,
+            excluded or {},
         )
 
     def _posterior(

@@ -39,6 +39,13 @@ class TrainerMetrics:
             ["reason"],
             registry=r,
         )
+        self.excluded_points = Counter(
+            "gmm_trainer_fit_excluded_points_total",
+            "Valid points a fit left out (mixture.robust), by reason: beyond_fence, implausible "
+            "(still served)",
+            ["reason"],
+            registry=r,
+        )
         self.compilations = Counter(
             "gmm_trainer_compilations_total",
             "Fit programs traced and compiled (steady once every padded window size and K has "

@@ -32,7 +32,10 @@ def write_report(
     result: FitResult,
     points: np.ndarray,
     fit_score: Score,
+    excluded: dict[str, int] | None = None,
 ) -> pathlib.Path:
+    """The report of a published fit of `points` (the points it kept); `excluded`: the window's
+    points it left out, per reason (mixture.robust)."""
     directory.mkdir(parents=True, exist_ok=True)
 
     fig, ax = plt.subplots(figsize=(10, 3), dpi=100)
@@ -86,7 +89,9 @@ def write_report(
         "mean_log_likelihood": fit_score.mean_log_likelihood,
         "aic": fit_score.aic,
         "bic": fit_score.bic,
-        "window": len(points),
+        "window": len(points) + sum((excluded or {}).values()),
+        "fitted_points": len(points),
+        "excluded_points": excluded or {},
         "fit_seconds": result.seconds,
     }
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,222 @@
+"""Fits that glitches cannot move: a fence before the fit, a trim after it.
+
+A Gaussian mixture's MAP fit has unbounded influence: one point at 1e9 among Old Faithful's 272
+eruptions moved the fitted locations by millions of standard deviations. `robust_fit` fits only
+the points two documented rules keep, and says how many each rule left out (the trainer counts
+them in `gmm_trainer_fit_excluded_points_total{reason}`, the fit report and the CLI summary
+show them). Leaving a point out of a fit never drops it from serving: the worker classifies
+every valid point under the model.
+
+1. **Fence** (reason `beyond_fence`, before any fit). Per coordinate, from its observed values:
+   lo and hi are the FENCE_QUANTILE and 1 - FENCE_QUANTILE quantiles and span = hi - lo; a
+   point with an observed coordinate outside [lo - FENCE_SPANS * span, hi + FENCE_SPANS * span]
+   is left out. Quantiles move by at most one rank per glitch, so up to FENCE_QUANTILE of the
+   window on either side (5 %) cannot widen the fence past the clean data's own range; for one
+   Gaussian the fence lies 14.8 standard deviations out, where no clean point ever is. A
+   coordinate whose middle 90 % is one value has no fence (its span says nothing of scale).
+2. **Trim** (reason `implausible`, after a fit). A point whose squared Mahalanobis distance to
+   every component, over its observed coordinates, exceeds the chi-square quantile at
+   1 - TRIM_P_VALUE for that many degrees of freedom is left out, and the fit is redone
+   without it, from the last fit (a warm start: a few EM steps), until the points left out no
+   longer change (at most TRIM_ROUNDS fits). Clean Gaussian data loses TRIM_P_VALUE of its
+   points to this rule (1 in 100,000: one point of a 100,000-point window, which moves
+   nothing); at most MAX_TRIM_SHARE of the window is ever trimmed (the farthest first).
+
+Limits (measured by `python -m bench.contamination`): a glitch that lies within the trim's
+distance of a component (under 4.4 standard deviations in one dimension, 4.8 in two, 6.1 in
+eight) is indistinguishable from that component's tail and stays in; a share s of such
+glitches on a component of weight w moves its location by at most about (s / w) times that
+distance. Glitches that are many and tight enough to look like a cluster (a real cluster is
+nothing else) can take a component of their own when K allows one; the guard's minimum weight
+(GMM_TRAIN_MIN_WEIGHT) rejects a fit that spends a component on fewer points than that. A real
+cluster lighter than 5 % of the window that lies more than 3 spans beyond the rest is fenced
+out (and counted as such).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from scipy.stats import chi2
+
+from mixture.evaluate import component_log_pdf
+from mixture.fit import DataError, FitConfig, FitResult, as_points, fit_map
+from mixture.params import MixtureParams
+from mixture.select import fit_auto
+
+#: The fence's quantiles (and the largest share of glitches on one side it is immune to).
+FENCE_QUANTILE = 0.05
+#: How many spans (hi - lo) beyond the quantiles the fence lies.
+FENCE_SPANS = 4.0
+#: A point less likely than this under every component (its Mahalanobis distance) is trimmed.
+TRIM_P_VALUE = 1e-5
+#: Fits at most: the first, then refits while the trimmed points change.
+TRIM_ROUNDS = 4
+#: At most this share of the points inside the fence is trimmed (the farthest first): a model
+#: that misses most of its data is the guards' business, not the trim's.
+MAX_TRIM_SHARE = 0.05
+
+BEYOND_FENCE = "beyond_fence"
+IMPLAUSIBLE = "implausible"
+REASONS = (BEYOND_FENCE, IMPLAUSIBLE)
+
+
+def fence(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fence's (lower, upper) bound per coordinate ((D,) each; +-inf where it has none)."""
+    x = np.asarray(points, np.float64)
+    lo, hi = np.nanquantile(x, [FENCE_QUANTILE, 1.0 - FENCE_QUANTILE], axis=0)
+    span = hi - lo
+    with np.errstate(invalid="ignore"):
+        middle = np.where((x >= lo) & (x <= hi), x, np.nan)
+    # Interpolated quantiles give a constant middle a small span: no fence there either.
+    none = ~(span > 0) | (np.nanmax(middle, axis=0) == np.nanmin(middle, axis=0))
+    lower = np.where(none, -np.inf, lo - FENCE_SPANS * span)
+    upper = np.where(none, np.inf, hi + FENCE_SPANS * span)
+    return lower, upper
+
+
+def inside_fence(points: np.ndarray) -> np.ndarray:
+    """(N,) True for each point whose observed coordinates all lie inside the fence."""
+    x = np.asarray(points, np.float64)
+    lower, upper = fence(x)
+    with np.errstate(invalid="ignore"):
+        outside = (x < lower) | (x > upper)  # NaN (missing) compares False
+    return np.asarray(~outside.any(axis=1))
+
+
+def mahalanobis_sq(points: np.ndarray, params: MixtureParams) -> np.ndarray:
+    """(N, K) squared Mahalanobis distance of each point to each component, over the point's
+    observed coordinates: -2 (log N(x) - log N(loc)), both the marginal on those coordinates."""
+    x = np.asarray(points, np.float64)
+    log_pdf = component_log_pdf(x, params)
+    observed = ~np.isnan(x)
+    locs = np.asarray(params.locs, np.float64)
+    peak = np.empty_like(log_pdf)
+    patterns, which = np.unique(observed, axis=0, return_inverse=True)
+    for i, keep in enumerate(patterns):
+        centres = np.where(keep, locs, np.nan)  # each component's centre, as seen by the point
+        peak[which.ravel() == i] = np.diagonal(component_log_pdf(centres, params))
+    return np.maximum(-2.0 * (log_pdf - peak), 0.0)
+
+
+def implausible(points: np.ndarray, params: MixtureParams) -> np.ndarray:
+    """(N,) True for each point farther from every component than the trim's cut (at most
+    MAX_TRIM_SHARE of the points: the farthest)."""
+    x = np.asarray(points, np.float64)
+    nearest = mahalanobis_sq(x, params).min(axis=1)
+    df = (~np.isnan(x)).sum(axis=1)
+    far = ~(nearest <= chi2.isf(TRIM_P_VALUE, df))  # NaN distance: implausible too
+    cap = int(MAX_TRIM_SHARE * len(x))
+    if far.sum() > cap:
+        order = np.argsort(np.where(far, -np.nan_to_num(nearest, nan=np.inf), np.inf))
+        far = np.zeros(len(x), bool)
+        far[order[:cap]] = True
+    return far
+
+
+class RobustFit(NamedTuple):
+    """A fit of the points the rules kept, and what they left out."""
+
+    result: FitResult  # seconds: every round's
+    kept: np.ndarray  # (N,) bool over the points given
+    excluded: dict[str, int]  # per reason (REASONS), zero counts included
+    rounds: int  # fits run
+    #: BIC of each K tried when the first fit chose K (`fit_robust(max_components=...)`).
+    bics: dict[int, float] | None = None
+
+    @property
+    def n_excluded(self) -> int:
+        return sum(self.excluded.values())
+
+
+#: fit(points, warm_start): a fit of the points, from warm_start when it is not None.
+FitFn = Callable[[np.ndarray, MixtureParams | None], FitResult]
+
+
+def robust_fit(data: np.ndarray, fit: FitFn, refit: FitFn | None = None) -> RobustFit:
+    """Fits the points inside the fence, then trims and refits (see the module's docstring).
+
+    fit: the first fit (cold, or from the caller's warm start: the caller decides).
+    refit: the later rounds' fits, each from the previous fit's parameters (default: fit).
+        A caller that chose K in the first fit (BIC) passes a fixed-K fit here.
+    Raises DataError when the data cannot be fit or the fence leaves too little to fit.
+    """
+    x = as_points(data)
+    fenced = inside_fence(x)
+    refit = refit or fit
+    kept = fenced.copy()
+    result = fit(_subset(x, kept), None)
+    seconds, rounds = result.seconds, 1
+    while rounds < TRIM_ROUNDS:
+        trimmed = np.zeros(len(x), bool)
+        trimmed[fenced] = implausible(x[fenced], result.params)
+        wanted = fenced & ~trimmed
+        if np.array_equal(wanted, kept):
+            break
+        try:
+            attempt = refit(_subset(x, wanted), result.params)
+        except DataError:  # what is left cannot be fit (too few, no spread): keep this fit
+            break
+        kept, result = wanted, attempt
+        seconds += result.seconds
+        rounds += 1
+    excluded = {BEYOND_FENCE: int((~fenced).sum()), IMPLAUSIBLE: int((fenced & ~kept).sum())}
+    return RobustFit(result._replace(seconds=seconds), kept, excluded, rounds)
+
+
+def _subset(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    if not rows.any():
+        raise DataError("every point lies beyond the fence", "too_few_points")
+    return x[rows]
+
+
+def fit_robust(
+    data: Any,
+    key: Any,
+    config: FitConfig,
+    *,
+    max_components: int | None = None,
+    warm_start: MixtureParams | None = None,
+    explore: bool = False,
+    progress: Callable[[int, float], None] | None = None,
+) -> RobustFit:
+    """`robust_fit` with the project's fits: `fit_map` (or `fit_auto`, choosing K by BIC up to
+    max_components, when that is given) first, from warm_start as those take it; then refits of
+    the chosen K from the previous round's parameters, each with its own key (fold_in(key,
+    round)). Arguments as for fit_map; the result's bics are fit_auto's."""
+    bics: dict[int, float] | None = None
+
+    def first(points: np.ndarray, _: MixtureParams | None) -> FitResult:
+        nonlocal bics
+        if max_components is None:
+            return fit_map(
+                points, key, config, warm_start=warm_start, explore=explore, progress=progress
+            )
+        shown = None if progress is None else (lambda _k, step, loss: progress(step, loss))
+        selection = fit_auto(
+            points,
+            key,
+            config,
+            max_components,
+            warm_start=warm_start,
+            explore=explore,
+            progress=shown,
+        )
+        bics = selection.bics
+        return selection.result
+
+    rounds = 0
+
+    def again(points: np.ndarray, previous: MixtureParams | None) -> FitResult:
+        nonlocal rounds
+        rounds += 1
+        assert previous is not None
+        cfg = dataclasses.replace(config, n_components=previous.n_components)
+        return fit_map(points, jax.random.fold_in(key, 1000 + rounds), cfg, warm_start=previous)
+
+    fitted = robust_fit(data, first, again)
+    return fitted._replace(bics=bics)
