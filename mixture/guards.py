@@ -96,22 +96,30 @@ PROMOTE = "promote"
 
 def check_shadow(
     records: int,
-    candidate_log_likelihood: float,
-    served_log_likelihood: float,
+    clipped_difference_sum: float,
     needed_records: int,
     tolerance: float,
+    difference: float,
 ) -> str | Rejection:
     """Promote a candidate scored in shadow once `needed_records` records were scored by both
-    models, if its mean log p(x) on them is at most `tolerance` nats below the served model's;
-    PENDING before that."""
+    models, if the clipped mean difference on them is at least -`tolerance` nats; PENDING before
+    that.
+
+    clipped_difference_sum: candidate minus served log p(x) per record, each clipped to a bound
+    of a few nats (`wire.shadow_report.CLIP_NATS`), summed over the records. Its mean is what is
+    judged: one record moves it by at most twice the bound over `records`, so a single glitch
+    (a record far out, log p about -1e17 under one model and less negative under the other)
+    cannot swing the verdict either way, while a candidate worse by a few nats on many records
+    is still rejected. difference: the plain (unclipped) mean difference, for the detail only.
+    """
     if records < needed_records:
         return PENDING
-    candidate = candidate_log_likelihood / records
-    served = served_log_likelihood / records
-    if candidate >= served - tolerance:
+    clipped = clipped_difference_sum / records if records else 0.0
+    if clipped >= -tolerance:
         return PROMOTE
     return Rejection(
         "worse_in_shadow",
-        f"mean log-likelihood in shadow {candidate:.4f} vs the served model's {served:.4f} "
-        f"over {records} records",
+        f"clipped mean log-likelihood difference in shadow {clipped:+.4f} nats per record vs "
+        f"the served model over {records} records, below -{tolerance:g} (unclipped mean "
+        f"{difference:+.4g})",
     )

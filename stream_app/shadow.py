@@ -5,9 +5,11 @@ While the params topic holds a candidate of the served name (GMM_PROMOTION=shado
 trainer), it is compiled beside the served model; after each slice's outputs have left, the
 candidate classifies the same points on the inference thread and `compare` scores the slice
 (`ShadowTotals`: the records scored, both models' log p(x) on them, how many MAP assignments
-agree). `ShadowScores` sums them into the candidate's running `ShadowReport`, exported as metrics
-and sent on the events topic every `GMM_SHADOW_REPORT_SECONDS` when it changed; the trainer adds
-up every worker's and promotes or rejects the candidate. The totals and the report are
+agree, and the per-record differences of log p(x) clipped to +-`CLIP_NATS` and summed: what
+the trainer judges the candidate on, so that one glitch record cannot swing the verdict).
+`ShadowScores` sums them into the candidate's running `ShadowReport`, exported as metrics and
+sent on the events topic every `GMM_SHADOW_REPORT_SECONDS` when it changed; the trainer adds up
+every worker's and promotes or rejects the candidate. The totals and the report are
 `wire.shadow_report`'s. A candidate never delays serving.
 """
 
@@ -26,22 +28,27 @@ from stream_app.batch import ParsedSlice, classify_slice
 from stream_app.event_sink import EventSink
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_state import ModelHolder, ServingModel
-from wire.shadow_report import ShadowReport, ShadowTotals
+from wire.shadow_report import CLIP_NATS, ShadowReport, ShadowTotals
 
 log = logging.getLogger(__name__)
 
 
 def compare(served: Classification, candidate: Classification) -> ShadowTotals:
-    """Sums of both models' log p(x) and the MAP agreements over the same records (those both
-    found finite)."""
+    """Sums of both models' log p(x), the MAP agreements and the per-record differences of
+    log p(x) (candidate minus served, each clipped to +-CLIP_NATS) over the same records (those
+    both found finite)."""
     finite = np.isfinite(served.log_likelihood) & np.isfinite(candidate.log_likelihood)
     served_map = np.argmax(served.probs, axis=1)
     candidate_map = np.argmax(candidate.probs, axis=1)
+    candidate_ll, served_ll = candidate.log_likelihood[finite], served.log_likelihood[finite]
+    # In float64, where the difference of two finite float32 values cannot overflow.
+    difference = np.asarray(candidate_ll, np.float64) - np.asarray(served_ll, np.float64)
     return ShadowTotals(
         int(finite.sum()),
-        float(candidate.log_likelihood[finite].sum()),
-        float(served.log_likelihood[finite].sum()),
+        float(candidate_ll.sum()),
+        float(served_ll.sum()),
         int((served_map == candidate_map)[finite].sum()),
+        float(np.clip(difference, -CLIP_NATS, CLIP_NATS).sum()),
     )
 
 

@@ -286,10 +286,10 @@ class Trainer:
         self.metrics.shadow_records.set(totals.records)
         verdict = guards.check_shadow(
             totals.records,
-            totals.candidate_log_likelihood,
-            totals.served_log_likelihood,
+            totals.clipped_difference_sum,
             s.shadow_records,
             s.shadow_tolerance,
+            difference=totals.difference,
         )
         if verdict == guards.PENDING and _age_seconds(candidate) > s.shadow_timeout_seconds:
             verdict = self._timeout(totals.records)
@@ -314,7 +314,9 @@ class Trainer:
         verdict: str | guards.Rejection,
         totals: ShadowTotals,
     ) -> str:
-        difference = totals.difference
+        # The verdict's statistic is the clipped mean it was taken on (a glitch can give the plain
+        # difference the other sign); the detail gives the plain one too.
+        difference = totals.clipped_difference
         if isinstance(verdict, guards.Rejection):
             await self.publisher.withdraw_candidate(candidate.version)
             self.metrics.rejected.labels(reason=verdict.reason).inc()
@@ -332,8 +334,9 @@ class Trainer:
             self.metrics.published_version.set(promoted.version)
             detail = (
                 f"candidate {candidate.version} promoted as version {promoted.version}: "
-                f"{difference:+.4f} nats per record vs the served model over {totals.records} "
-                f"records, MAP agreement {totals.agreement:.3f}"
+                f"clipped mean log-likelihood difference {difference:+.4f} nats per record vs the "
+                f"served model over {totals.records} records (unclipped mean "
+                f"{totals.difference:+.4g}), MAP agreement {totals.agreement:.3f}"
             )
             log.info("%s", detail)
             await self._event("promoted", promoted.version, difference, detail)

@@ -28,6 +28,7 @@ from kafka_common.settings import (
 )
 from mixture.covariance import ALIASES, COVARIANCES, DEFAULT_REG_COVAR, check_covariance
 from mixture.select import DEFAULT_MAX_COMPONENTS, parse_components
+from wire.shadow_report import CLIP_NATS
 
 if TYPE_CHECKING:
     from kafka_common.signing import Signer
@@ -61,8 +62,9 @@ class TrainerSettings:
     shadow_tolerance: float = env_field(
         "GMM_SHADOW_TOLERANCE",
         0.05,
-        "A candidate is promoted unless its mean log p(x) in shadow is more than this many nats "
-        "below the served model's on the same records",
+        "A candidate is promoted unless its log p(x) in shadow is more than this many nats below "
+        "the served model's on the same records, on average over them, each record's difference "
+        f"clipped to +-{CLIP_NATS:g} nats (so that one record cannot swing the verdict)",
     )
     shadow_timeout_seconds: float = env_field(
         "GMM_SHADOW_TIMEOUT_SECONDS",

@@ -6,15 +6,24 @@ keeps each worker's latest report, adds them up and promotes or rejects the cand
 totals, their difference and their encoding are defined here once, for both sides: the worker
 (`stream_app.shadow`) and the trainer (`trainer.events`, `trainer.cycle`).
 
+The verdict is taken on the mean of the per-record differences, candidate minus served
+log p(x), each clipped to [-CLIP_NATS, +CLIP_NATS] (`ShadowTotals.clipped_difference`), not on
+the plain difference of the means: one glitch record (x = 1e9, say: log p about -1e17 under one
+model and less negative under a broader one) would otherwise outweigh thousands of clean ones.
+
 On the wire a report is an event (`wire.event`) of kind `shadow`, keyed by the model name, whose
-`version` is the candidate's, `statistic` the difference of the totals, and `data` the totals,
-the served version they were compared with and the worker that summed them:
+`version` is the candidate's, `statistic` the (plain) difference of the totals, and `data` the
+totals, the served version they were compared with and the worker that summed them:
 
     {"served_version":4,"records":1200,"candidate_log_likelihood":-1530.5,
-     "served_log_likelihood":-1601.25,"agreements":1150,"worker":"host-1234"}
+     "served_log_likelihood":-1601.25,"agreements":1150,"worker":"host-1234",
+     "clipped_difference_sum":70.75}
 
 Reports are cumulative (a worker's later report includes its earlier ones), so a report sent
-twice counts once.
+twice counts once. A report without `clipped_difference_sum` (from a worker older than the
+field) is read with the plain difference of its sums clamped to +-CLIP_NATS per record: that
+bounds its mean but clips no record, so one glitch among that worker's records can still
+swing its share of the verdict (by up to CLIP_NATS per record it scored).
 """
 
 from __future__ import annotations
@@ -28,6 +37,18 @@ from wire.event import Event, EventError
 #: The event kind of a shadow report.
 KIND = "shadow"
 
+#: Each record's difference of log p(x), candidate minus served, counts for at most this many
+#: nats either way in the verdict (a Huber-style bounded influence). One record then moves the
+#: clipped mean by at most 2 * CLIP_NATS / records: 0.004 nats at the default
+#: GMM_SHADOW_RECORDS (5000), well under the default GMM_SHADOW_TOLERANCE (0.05). A candidate
+#: that is truly worse, by a few nats on many records, is still rejected: its typical
+#: differences are under the bound, so clipping leaves them as they are.
+CLIP_NATS = 10.0
+
+#: A `clipped_difference_sum` may exceed +-CLIP_NATS * records by this relative amount (the
+#: rounding of a float sum over many slices) and still be read.
+_CLIP_SLACK = 1e-6
+
 
 class ShadowReportError(EventError):
     """A `shadow` event whose data is not a valid report; the message (one line) says why."""
@@ -39,13 +60,15 @@ class ShadowTotals(NamedTuple):
 
     records: records both models scored (finite log p(x) under both). candidate_log_likelihood,
     served_log_likelihood: each model's log p(x) summed over them. agreements: records whose MAP
-    component is the same under both.
+    component is the same under both. clipped_difference_sum: candidate minus served log p(x)
+    per record, each clipped to [-CLIP_NATS, CLIP_NATS], summed (what the verdict is taken on).
     """
 
     records: int = 0
     candidate_log_likelihood: float = 0.0
     served_log_likelihood: float = 0.0
     agreements: int = 0
+    clipped_difference_sum: float = 0.0
 
     def plus(self, other: ShadowTotals) -> ShadowTotals:
         """The totals of both (`+` on a tuple concatenates, hence the name)."""
@@ -54,6 +77,7 @@ class ShadowTotals(NamedTuple):
             self.candidate_log_likelihood + other.candidate_log_likelihood,
             self.served_log_likelihood + other.served_log_likelihood,
             self.agreements + other.agreements,
+            self.clipped_difference_sum + other.clipped_difference_sum,
         )
 
     @classmethod
@@ -65,14 +89,23 @@ class ShadowTotals(NamedTuple):
             sum(p.candidate_log_likelihood for p in parts),
             sum(p.served_log_likelihood for p in parts),
             sum(p.agreements for p in parts),
+            sum(p.clipped_difference_sum for p in parts),
         )
 
     @property
     def difference(self) -> float:
-        """Candidate minus served mean log p(x) per record, in nats (0 before any record)."""
+        """Candidate minus served mean log p(x) per record, in nats (0 before any record): what
+        the reports, events and metrics show; one glitch record can swing it."""
         if not self.records:
             return 0.0
         return (self.candidate_log_likelihood - self.served_log_likelihood) / self.records
+
+    @property
+    def clipped_difference(self) -> float:
+        """The mean of the per-record differences clipped to +-CLIP_NATS, in nats (0 before any
+        record): what a candidate is judged on, moved by at most 2 * CLIP_NATS / records by any
+        one record."""
+        return self.clipped_difference_sum / self.records if self.records else 0.0
 
     @property
     def agreement(self) -> float:
@@ -99,7 +132,8 @@ class ShadowReport:
         return dataclasses.replace(self, totals=self.totals.plus(sample))
 
     def to_json(self) -> dict[str, Any]:
-        """The event's `data` (field order as on the wire since the format's start)."""
+        """The event's `data` (field order as on the wire since the format's start, later
+        fields appended)."""
         t = self.totals
         return {
             "served_version": self.served_version,
@@ -108,6 +142,7 @@ class ShadowReport:
             "served_log_likelihood": t.served_log_likelihood,
             "agreements": t.agreements,
             "worker": self.worker,
+            "clipped_difference_sum": t.clipped_difference_sum,
         }
 
     def to_event(self, model: str) -> Event:
@@ -120,7 +155,9 @@ class ShadowReport:
 
         The event was validated already (no NaN, infinities or nested values in `data`); here
         counts must be integers (no bools, no strings) with agreements within records, sums
-        numbers, the served version an integer and the worker a string.
+        numbers, the clipped sum within +-CLIP_NATS per record (absent, from an older worker: the
+        plain difference of the sums clamped to that), the served version an integer and the
+        worker a string.
         """
         if event.kind != KIND:
             raise ShadowReportError(f"a shadow report is a {KIND!r} event, not {event.kind!r}")
@@ -143,5 +180,16 @@ class ShadowReport:
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise ShadowReportError(f"{field} must be a number, got {value!r}")
             lls.append(float(value))
-        totals = ShadowTotals(records, lls[0], lls[1], agreements)
+        bound = CLIP_NATS * records
+        clipped = data.get("clipped_difference_sum")
+        if clipped is None:  # an older worker's report: bounded, but no record clipped
+            clipped = min(max(lls[0] - lls[1], -bound), bound)
+        elif not isinstance(clipped, int | float) or isinstance(clipped, bool):
+            raise ShadowReportError(f"clipped_difference_sum must be a number, got {clipped!r}")
+        elif abs(clipped) > bound * (1 + _CLIP_SLACK) + _CLIP_SLACK:
+            raise ShadowReportError(
+                f"clipped_difference_sum {clipped!r} not within +-{CLIP_NATS:g} nats "
+                f"per record over {records} records"
+            )
+        totals = ShadowTotals(records, lls[0], lls[1], agreements, float(clipped))
         return cls(event.version, served, worker, totals)

@@ -1,4 +1,4 @@
-"""The publish guards: pure functions of a fit and its window."""
+"""The publish guards: pure functions of a fit and its window (and a candidate's shadow scores)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from mixture.guards import (
     trimmed_mean,
 )
 from mixture.params import MixtureParams
+from wire.shadow_report import CLIP_NATS  # the bound the workers clip each record's difference to
 
 GOOD = MixtureParams([0.4, 0.6], [[0.0], [5.0]], [1.0])
 POINTS = (
@@ -111,14 +112,80 @@ def test_a_really_worse_fit_is_still_rejected():
 
 
 @pytest.mark.parametrize(
-    ("records", "candidate", "served", "verdict"),
+    ("records", "clipped_sum", "verdict"),
     [
-        (999, -1000.0, -2000.0, "pending"),  # too few records yet, however good
-        (1000, -2000.0, -2000.0, "promote"),  # no worse
-        (1000, -2040.0, -2000.0, "promote"),  # within the tolerance (0.04 < 0.05 per record)
-        (1000, -2060.0, -2000.0, "worse_in_shadow"),
+        (999, 1000.0, "pending"),  # too few records yet, however good
+        (1000, 0.0, "promote"),  # no worse
+        (1000, -40.0, "promote"),  # within the tolerance (0.04 < 0.05 per record)
+        (1000, -60.0, "worse_in_shadow"),
     ],
 )
-def test_shadow_verdict(records, candidate, served, verdict):
-    got = check_shadow(records, candidate, served, 1000, 0.05)
+def test_shadow_verdict(records, clipped_sum, verdict):
+    got = check_shadow(records, clipped_sum, 1000, 0.05, difference=clipped_sum / records)
     assert (got if isinstance(got, str) else got.reason) == verdict
+    if verdict == "worse_in_shadow":
+        assert "clipped mean" in got.detail and "-0.0600" in got.detail
+
+
+# ------------------------------------------------ the shadow verdict, from per-record log p(x)
+
+#: The shadow records: draws of the stream, N(0, 1), at the default GMM_SHADOW_RECORDS.
+SHADOW_RECORDS = 5000
+STREAM = np.random.default_rng(0).normal(0.0, 1.0, SHADOW_RECORDS)
+#: A record far out, as a glitch in the input would be: log p(x) about -1e17 under N(0, 1).
+GLITCH = 1e9
+
+
+def normal_log_p(x: np.ndarray, sd: float) -> np.ndarray:
+    """log p(x) under N(0, sd^2), per record, in float64."""
+    return -0.5 * np.log(2 * np.pi) - np.log(sd) - 0.5 * (x / sd) ** 2
+
+
+def shadow(candidate: np.ndarray, served: np.ndarray, tolerance: float = 0.05):
+    """The guard's verdict on per-record log p(x) of both models (clipped as the workers do),
+    and what judging the plain difference of the means would have said."""
+    difference = candidate - served
+    clipped_sum = float(np.clip(difference, -CLIP_NATS, CLIP_NATS).sum())
+    plain = float(difference.mean())
+    got = check_shadow(difference.size, clipped_sum, SHADOW_RECORDS, tolerance, difference=plain)
+    verdict = got if isinstance(got, str) else got.reason
+    return verdict, ("promote" if plain >= -tolerance else "worse_in_shadow")
+
+
+@pytest.mark.parametrize(
+    ("candidate_sd", "served_sd", "verdict"),
+    [
+        # Broader than the stream: about 0.13 nats per record worse than the served N(0, 1),
+        # so a glitch favours it (its log p(x) there is less negative).
+        (1.5, 1.0, "worse_in_shadow"),
+        # The stream's own model against a broader served one: a glitch goes against it.
+        (1.0, 1.5, "promote"),
+    ],
+)
+@pytest.mark.parametrize("glitch", [GLITCH, -GLITCH])
+def test_one_glitch_does_not_change_the_shadow_verdict(candidate_sd, served_sd, verdict, glitch):
+    clean = shadow(normal_log_p(STREAM, candidate_sd), normal_log_p(STREAM, served_sd))
+    assert clean == (verdict, verdict)
+    x = np.append(STREAM, glitch)
+    got, plain = shadow(normal_log_p(x, candidate_sd), normal_log_p(x, served_sd))
+    assert got == verdict
+    assert plain != verdict  # what one record did to the plain difference of the means
+
+
+@pytest.mark.parametrize(
+    "worse_by",
+    [
+        np.full(SHADOW_RECORDS, 1.0),  # 1 nat lower on every record
+        np.where(np.arange(SHADOW_RECORDS) % 5 < 2, 30.0, 0.0),  # 30 nats lower on 40% of them
+        np.where(np.arange(SHADOW_RECORDS) % 10 == 0, 3.0, 0.0),  # 3 nats lower on 10%
+    ],
+)
+def test_a_truly_worse_candidate_is_rejected(worse_by):
+    served = normal_log_p(STREAM, 1.0)
+    got, _ = shadow(served - worse_by, served)
+    assert got == "worse_in_shadow"
+    # With a glitch in its favour too.
+    x = np.append(STREAM, GLITCH)
+    served = normal_log_p(x, 1.0)
+    got, _ = shadow(normal_log_p(x, 1.5) - np.append(worse_by, 0.0), served)
+    assert got == "worse_in_shadow"

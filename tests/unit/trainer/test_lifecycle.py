@@ -162,6 +162,7 @@ def test_each_drift_alarm_is_answered_by_one_cycle():
         {"served_version": "4"},
         {"candidate_log_likelihood": "inf"},
         {"worker": 7},
+        {"clipped_difference_sum": 1e17},  # more than CLIP_NATS per record
     ],
 )
 def test_forged_shadow_reports_are_ignored(data):
@@ -169,7 +170,7 @@ def test_forged_shadow_reports_are_ignored(data):
     from wire.event import Event
     from wire.shadow_report import ShadowReport, ShadowTotals
 
-    good = ShadowReport(5, 4, "w", ShadowTotals(100, -100.0, -200.0, 90)).to_json()
+    good = ShadowReport(5, 4, "w", ShadowTotals(100, -100.0, -200.0, 90, 100.0)).to_json()
     tally = ShadowTally()
     assert tally.update(Event.now("shadow", "gmm", 5, 0.0, data=good))
     assert not tally.update(Event.now("shadow", "gmm", 5, 0.0, data={**good, **data}))

@@ -1,5 +1,6 @@
-"""The shadow report (wire.shadow_report): the totals and their difference, the report's round
-trip through a `shadow` event, and the refusal of a malformed one."""
+"""The shadow report (wire.shadow_report): the totals and their differences (plain and clipped),
+the report's round trip through a `shadow` event, an older worker's report without the clipped
+sum, and the refusal of a malformed one."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from wire.event import Event, EventError
-from wire.shadow_report import KIND, ShadowReport, ShadowReportError, ShadowTotals
+from wire.shadow_report import CLIP_NATS, KIND, ShadowReport, ShadowReportError, ShadowTotals
 
 pytestmark = pytest.mark.unit
 
@@ -19,34 +20,73 @@ GOOD = {
     "served_log_likelihood": -200.0,
     "agreements": 90,
     "worker": "w",
+    "clipped_difference_sum": 100.0,
 }
+#: What a report from a worker older than the clipped sum lacks (and is still read without).
+OPTIONAL = {"clipped_difference_sum"}
 
 
 def test_totals_add_up_and_compare_the_models():
-    parts = [ShadowTotals(10, -10.0, -12.0, 9), ShadowTotals(10, -10.0, -12.0, 8)]
+    parts = [ShadowTotals(10, -10.0, -12.0, 9, 2.0), ShadowTotals(10, -10.0, -12.0, 8, 1.0)]
     total = ShadowTotals.sum_of(parts)
-    assert total == ShadowTotals(20, -20.0, -24.0, 17) == parts[0].plus(parts[1])
+    assert total == ShadowTotals(20, -20.0, -24.0, 17, 3.0) == parts[0].plus(parts[1])
     assert_allclose(total.difference, 0.2)
+    assert_allclose(total.clipped_difference, 0.15)
     assert_allclose(total.agreement, 0.85)
     assert ShadowTotals.sum_of([]) == ShadowTotals()
-    assert ShadowTotals().difference == 0.0 and ShadowTotals().agreement == 0.0
+    empty = ShadowTotals()
+    assert empty.difference == empty.clipped_difference == empty.agreement == 0.0
+
+
+def test_the_clipped_sum_is_appended_so_positional_totals_keep_their_meaning():
+    totals = ShadowTotals(10, -10.0, -12.0, 9)
+    assert totals.clipped_difference_sum == 0.0
+    assert ShadowTotals._fields[-1] == "clipped_difference_sum"
 
 
 def test_a_report_round_trips_through_its_event():
-    report = ShadowReport(5, 4, "host-1", ShadowTotals(100, -100.0, -200.0, 90))
+    # A glitch: the plain difference is huge, the clipped sum holds it to CLIP_NATS.
+    totals = ShadowTotals(100, -100.0 + 1e17, -200.0, 90, 99.0 + CLIP_NATS)
+    report = ShadowReport(5, 4, "host-1", totals)
     event = report.to_event("gmm")
     assert (event.kind, event.model, event.version) == (KIND, "gmm", 5)
-    assert event.statistic == report.difference == 1.0
+    assert event.statistic == report.difference == totals.difference  # the plain one
     again = ShadowReport.from_event(Event.loads(event.dumps()))
     assert again == report
+    assert_allclose(again.totals.clipped_difference, 1.09)
 
 
 def test_the_data_keeps_its_fields_and_their_order():
-    report = ShadowReport(5, 4, "w", ShadowTotals(100, -100.0, -200.0, 90))
+    report = ShadowReport(5, 4, "w", ShadowTotals(100, -100.0, -200.0, 90, 100.0))
     assert orjson.dumps(report.to_json()) == (
         b'{"served_version":4,"records":100,"candidate_log_likelihood":-100.0,'
-        b'"served_log_likelihood":-200.0,"agreements":90,"worker":"w"}'
+        b'"served_log_likelihood":-200.0,"agreements":90,"worker":"w",'
+        b'"clipped_difference_sum":100.0}'
     )
+
+
+@pytest.mark.parametrize(
+    ("candidate", "served", "clipped"),
+    [
+        (-100.0, -200.0, 100.0),  # within +-CLIP_NATS per record: the plain difference
+        (-100.0 + 1e17, -200.0, CLIP_NATS * 100),  # a glitch in the candidate's favour
+        (-100.0, -200.0 + 1e17, -CLIP_NATS * 100),  # and one against it
+    ],
+)
+def test_an_older_workers_report_is_read_with_its_difference_clamped(candidate, served, clipped):
+    data = {k: v for k, v in GOOD.items() if k not in OPTIONAL}
+    data |= {"candidate_log_likelihood": candidate, "served_log_likelihood": served}
+    totals = ShadowReport.from_event(Event.now(KIND, "gmm", 5, 0.0, data=data)).totals
+    assert totals.clipped_difference_sum == clipped
+    assert (totals.candidate_log_likelihood, totals.served_log_likelihood) == (candidate, served)
+
+
+@pytest.mark.parametrize("clipped", [CLIP_NATS * 100, -CLIP_NATS * 100, 0, 1e-9 - CLIP_NATS * 100])
+def test_a_clipped_sum_within_the_bound_is_read(clipped):
+    event = Event.now(KIND, "gmm", 5, 0.0, data={**GOOD, "clipped_difference_sum": clipped})
+    totals = ShadowReport.from_event(event).totals
+    assert totals.clipped_difference_sum == clipped
+    assert isinstance(totals.clipped_difference_sum, float)
 
 
 def test_reports_add_slices():
@@ -74,6 +114,11 @@ def test_integer_sums_are_read_as_floats():
         {"candidate_log_likelihood": "inf"},
         {"served_log_likelihood": "-200"},
         {"worker": 7},
+        {"clipped_difference_sum": "100"},
+        {"clipped_difference_sum": CLIP_NATS * 100 + 1.0},  # over CLIP_NATS per record
+        {"clipped_difference_sum": -CLIP_NATS * 100 - 1.0},
+        {"clipped_difference_sum": 1e17},
+        {"records": 0, "agreements": 0, "clipped_difference_sum": 1.0},
     ],
 )
 def test_a_malformed_report_is_refused_with_a_one_line_message(data):
@@ -83,7 +128,7 @@ def test_a_malformed_report_is_refused_with_a_one_line_message(data):
     assert isinstance(info.value, EventError)
 
 
-@pytest.mark.parametrize("missing", sorted(GOOD))
+@pytest.mark.parametrize("missing", sorted(set(GOOD) - OPTIONAL))
 def test_a_report_missing_a_field_is_refused(missing):
     data = {k: v for k, v in GOOD.items() if k != missing}
     with pytest.raises(ShadowReportError, match=missing.split("_")[0]):
