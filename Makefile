@@ -117,6 +117,8 @@ bench: venv kafka-up
 	$(BIN)/python -m bench.scaleout
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.soak
+	$(BIN)/python -m bench.drift
+	$(BIN)/python -m bench.contamination
 	$(MAKE) bench-summary
 
 # docs/benchmarks.md's summary is rendered from bench/results/*.json (a unit test checks it).

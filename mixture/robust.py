@@ -137,15 +137,18 @@ class RobustFit(NamedTuple):
 FitFn = Callable[[np.ndarray, MixtureParams | None], FitResult]
 
 
-def robust_fit(data: np.ndarray, fit: FitFn, refit: FitFn | None = None) -> RobustFit:
+def robust_fit(
+    data: np.ndarray, fit: FitFn, refit: FitFn | None = None, n_components: int | None = None
+) -> RobustFit:
     """Fits the points inside the fence, then trims and refits (see the module's docstring).
 
     fit: the first fit (cold, or from the caller's warm start: the caller decides).
     refit: the later rounds' fits, each from the previous fit's parameters (default: fit).
         A caller that chose K in the first fit (BIC) passes a fixed-K fit here.
+    n_components: when known, checked first (too few points for it is a DataError).
     Raises DataError when the data cannot be fit or the fence leaves too little to fit.
     """
-    x = as_points(data)
+    x = as_points(data, n_components)
     fenced = inside_fence(x)
     refit = refit or fit
     kept = fenced.copy()
@@ -218,5 +221,5 @@ def fit_robust(
         cfg = dataclasses.replace(config, n_components=previous.n_components)
         return fit_map(points, jax.random.fold_in(key, 1000 + rounds), cfg, warm_start=previous)
 
-    fitted = robust_fit(data, first, again)
+    fitted = robust_fit(data, first, again, config.n_components if max_components is None else None)
     return fitted._replace(bics=bics)

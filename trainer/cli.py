@@ -127,8 +127,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         f"in {result.seconds:.2f}s -> {'stdout' if args.out == '-' else args.out}",
         file=out,
     )
-    print(_excluded_line(fitted.excluded, len(points)), file=out)
     print(component_table(model), file=out, end="")
+    print(_excluded_line(fitted.excluded, len(points)), file=out)
     return 0
 
 

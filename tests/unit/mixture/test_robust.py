@@ -11,7 +11,7 @@ from numpy.testing import assert_allclose
 from scipy.stats import chi2
 
 from mixture.evaluate import component_log_pdf
-from mixture.fit import DataError, FitConfig, FitResult, fit_map
+from mixture.fit import DataError, FitConfig, FitResult
 from mixture.labels import align_components, component_sds
 from mixture.params import MixtureParams, Priors
 from mixture.robust import (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -173,7 +174,8 @@ def test_fit_summary_is_a_short_table_for_any_dimension(tmp_path, capsys):
     assert trainer_main([*args, "--covariance", "full"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("fit: K=2 D=8 covariance full") and lines[0].endswith(str(out))
-    assert lines[1].split() == ["k", "weight", "loc", "sd"] and len(lines) == 4
+    assert lines[1].split() == ["k", "weight", "loc", "sd"] and len(lines) == 5
+    assert lines[4] == "left out: none of the 400 points"
     assert all(len(line) < 100 for line in lines[1:]) and "(+4)" in lines[2]
     model = ModelParams.loads(out.read_bytes())
     tril = np.asarray(model.mixture.scale)[0]
@@ -192,3 +194,25 @@ def test_fit_summary_is_a_short_table_for_any_dimension(tmp_path, capsys):
 )
 def test_standard_deviations_of_every_covariance_form(scale, covariance, expected):
     assert_allclose(_standard_deviations(np.asarray(scale), covariance, 2, 2), expected)
+
+
+def test_fit_summary_counts_the_points_left_out(tmp_path, capsys):
+    """Old Faithful plus one eruption with waiting = 1e9: the fit leaves it out and says so,
+    and its locations stay where the clean fit's are."""
+    faithful = pathlib.Path(__file__).resolve().parents[3] / "bench" / "data" / "faithful.csv"
+    glitchy = tmp_path / "glitchy.csv"
+    glitchy.write_text(faithful.read_text() + "3.000,1000000000\n")
+    outs = {}
+    for name, data in (("clean", faithful), ("glitchy", glitchy)):
+        out = tmp_path / f"{name}.json"
+        args = ["fit", "--data", str(data), "--out", str(out), "--covariance", "diag"]
+        assert trainer_main([*args, "--restarts", "20"]) == 0
+        outs[name] = ModelParams.loads(out.read_bytes())
+        last = capsys.readouterr().out.splitlines()[-1]
+    assert last == "left out: 1 of the 273 points (1 beyond_fence); gmm-classify still serves them"
+    assert outs["glitchy"].metadata.extra["excluded_points"] == {
+        "beyond_fence": 1,
+        "implausible": 0,
+    }
+    clean, glitched = outs["clean"].mixture, outs["glitchy"].mixture
+    assert_allclose(glitched.locs, clean.locs, atol=0.05)
