@@ -146,7 +146,7 @@ def _faithful() -> np.ndarray:
 
 
 def _fit(points: np.ndarray, covariance: str):
-    config = FitConfig(n_components=2, covariance=covariance, n_init=30)
+    config = FitConfig(n_components=2, covariance=covariance, n_init=10)
     return fit_robust(points, jax.random.PRNGKey(0), config)
 
 
