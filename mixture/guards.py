@@ -89,6 +89,25 @@ def check_not_worse(
     )
 
 
+#: A refit may leave out (mixture.robust) at most this share of the window that the current
+#: model explains: above the share of glitches the fit is promised to withstand (1 %), what it
+#: leaves out is data, e.g. a real cluster lighter than the fence's quantiles.
+MAX_LEFT_OUT_SHARE = 0.01
+
+
+def check_keeps_explained(left_out_explained: int, window: int) -> Rejection | None:
+    """The refit left out (fence or trim) at most MAX_LEFT_OUT_SHARE of the window's points
+    among those the current model explains (within its trim cut): the trimmed-mean regression
+    guard cannot see a loss confined to that few points, this guard can."""
+    if left_out_explained <= MAX_LEFT_OUT_SHARE * window:
+        return None
+    return Rejection(
+        "left_out_explained",
+        f"the fit left out {left_out_explained} of {window} points that the current model "
+        f"explains (over {MAX_LEFT_OUT_SHARE:.0%})",
+    )
+
+
 #: A candidate's shadow verdict: still scoring, promote it, or a Rejection.
 PENDING = "pending"
 PROMOTE = "promote"

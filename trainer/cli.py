@@ -93,6 +93,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
             print(file=sys.stderr)
     except DataError as exc:
         return _fail(str(exc))
+    except np.linalg.LinAlgError as exc:  # a degenerate fit (e.g. --reg-covar 0 on repeated values)
+        return _fail(f"the fit is degenerate ({exc}); try a larger --reg-covar")
     # A first fit's labels follow location, as the trainer's do.
     result = result._replace(params=order_by_location(result.params))
     fitted_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

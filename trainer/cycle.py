@@ -26,7 +26,7 @@ from mixture.fit import DataError, FitConfig, FitResult, fit_compilations, to_mo
 from mixture.labels import align_components, order_by_location
 from mixture.params import ModelParams, ParamsError
 from mixture.posterior import posterior_nuts
-from mixture.robust import RobustFit, fit_robust
+from mixture.robust import RobustFit, beyond_cut, fit_robust
 from trainer.events import ShadowTally
 from trainer.metrics import TrainerMetrics
 from trainer.report import prune_reports, write_posterior_report, write_report
@@ -47,7 +47,7 @@ class CycleOutcome(NamedTuple):
     fit_seconds: float | None
     report: pathlib.Path | None
     #: Valid points the fit left out, per reason (mixture.robust); they are still served.
-    excluded: dict[str, int] = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
+    excluded: dict[str, int] | None = None
 
     def summary(self) -> dict:
         return {
@@ -58,7 +58,7 @@ class CycleOutcome(NamedTuple):
             "window": self.window,
             "invalid": self.invalid,
             "fit_seconds": self.fit_seconds,
-            "excluded": self.excluded,
+            "excluded": dict(self.excluded or {}),
             "report": str(self.report) if self.report else None,
         }
 
@@ -203,10 +203,14 @@ class Trainer:
         # Scored once: aligning labels permutes components and leaves the score unchanged.
         fit_score = score(kept, params, result.covariance)
         if warm is not None:
-            rejection = guards.check_not_worse(
-                log_likelihood(points, params),
-                log_likelihood(points, warm.mixture),
-                s.max_loss_regression,
+            left_out = points[~fitted.kept]
+            explained = int((~beyond_cut(left_out, warm.mixture)).sum()) if len(left_out) else 0
+            rejection = guards.check_keeps_explained(explained, len(points)) or (
+                guards.check_not_worse(
+                    log_likelihood(points, params),
+                    log_likelihood(points, warm.mixture),
+                    s.max_loss_regression,
+                )
             )
             if rejection is not None:
                 return rejection
@@ -403,7 +407,7 @@ class Trainer:
             dict(window.invalid),
             seconds,
             None,
-            excluded or {},
+            excluded,
         )
 
     def _posterior(

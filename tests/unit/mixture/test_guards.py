@@ -8,6 +8,7 @@ import pytest
 from mixture.evaluate import log_likelihood
 from mixture.guards import (
     check_finite,
+    check_keeps_explained,
     check_not_collapsed,
     check_not_worse,
     check_shadow,
@@ -189,3 +190,10 @@ def test_a_truly_worse_candidate_is_rejected(worse_by):
     served = normal_log_p(x, 1.0)
     got, _ = shadow(normal_log_p(x, 1.5) - np.append(worse_by, 0.0), served)
     assert got == "worse_in_shadow"
+
+
+def test_a_refit_may_not_leave_out_what_the_current_model_explains():
+    assert check_keeps_explained(0, 1000) is None
+    assert check_keeps_explained(10, 1000) is None  # 1 %: the glitches a fit withstands
+    rejection = check_keeps_explained(11, 1000)
+    assert rejection is not None and rejection.reason == "left_out_explained"

@@ -47,8 +47,14 @@ def test_a_glitch_cannot_widen_the_fence():
     glitchy = clean.copy()
     glitchy[:40, 1] = 10.0 ** rng.uniform(3, 15, 40)
     lower, upper = fence(glitchy)
-    assert upper[1] < 20 and lower[1] > -20
+    assert upper[1] < 150 and lower[1] > -150  # 20 spans of about 3.3 beyond +-1.6
     assert not inside_fence(glitchy)[:40].any() and inside_fence(glitchy)[40:].all()
+
+
+def test_a_glitch_in_a_tiny_window_is_fenced():
+    """The quantiles sit on data points, not half way to a glitch in a window of 10."""
+    x = np.r_[np.arange(9.0), 1e9][:, None]
+    assert inside_fence(x).tolist() == [True] * 9 + [False]
 
 
 def test_missing_coordinates_and_columns_without_spread_are_not_fenced():
@@ -92,6 +98,10 @@ def test_at_most_a_share_of_the_points_is_trimmed_the_farthest_first():
     far = implausible(x, params)
     cap = int(MAX_TRIM_SHARE * len(x))
     assert far.sum() == cap and far[-cap:].all()
+    # The forced share: the farthest, whatever their distance.
+    near = np.r_[np.zeros(98), 1.0, 2.0][:, None]
+    assert implausible(near, params).sum() == 0
+    assert implausible(near, params, forced_share=0.02)[-2:].all()
 
 
 def _mean_fit(points: np.ndarray, warm: MixtureParams | None) -> FitResult:
@@ -115,9 +125,17 @@ def test_robust_fit_fences_trims_and_refits_until_nothing_changes():
 
 
 def test_robust_fit_of_clean_data_is_the_plain_fit():
+    """The forced trim's fit leaves out the farthest 2 %; they pass the cut and come back, and
+    the result is the first fit's."""
     clean = np.random.default_rng(2).normal(0.0, 1.0, (500, 2))
     fitted = robust_fit(clean, _mean_fit)
-    assert fitted.rounds == 1 and fitted.n_excluded == 0 and fitted.kept.all()
+    assert fitted.rounds == 2 and fitted.n_excluded == 0 and fitted.kept.all()
+    assert_allclose(fitted.result.params.locs, clean.mean(axis=0)[None])
+
+
+def test_no_usable_component_trims_nothing():
+    params = MixtureParams([1.0], [[0.0]], [np.nan])
+    assert not implausible(np.arange(100.0)[:, None], params, forced_share=0.02).any()
 
 
 def test_robust_fit_keeps_the_last_fit_when_a_refit_cannot_run():
@@ -134,6 +152,27 @@ def test_robust_fit_keeps_the_last_fit_when_a_refit_cannot_run():
 def test_invalid_data_is_a_data_error():
     with pytest.raises(DataError):
         robust_fit(np.array([[np.inf], [1.0]]), _mean_fit)
+
+
+def test_glitches_cannot_hide_behind_a_light_component():
+    """1 % of tight glitches 20 sd beyond a component of weight 0.2 inflate its covariance
+    until the cut computed from it cannot see them; the forced trim's fit can."""
+    rng = np.random.default_rng(4)
+    n = 1000
+    heavy = rng.random(n) < 0.8
+    x = np.where(heavy[:, None], rng.normal(0.0, 1.0, (n, 2)), rng.normal(10.0, 1.0, (n, 2)))
+    config = FitConfig(n_components=2, covariance="diag", n_init=10)
+    reference = fit_robust(x, jax.random.PRNGKey(0), config)
+    clean = reference.result.params
+    glitchy = x.copy()
+    glitchy[:10] = np.array([30.0, 30.0]) + rng.normal(0.0, 0.1, (10, 2))
+    fitted = fit_robust(glitchy, jax.random.PRNGKey(0), config)
+    # The clean fit itself trims one tail point (d^2 = 26.3, beyond the cut of 23.0).
+    assert reference.excluded == {BEYOND_FENCE: 0, IMPLAUSIBLE: 1}
+    assert fitted.excluded == {BEYOND_FENCE: 0, IMPLAUSIBLE: 11}
+    assert not fitted.kept[:10].any()
+    params = align_components(fitted.result.params, clean)
+    assert np.max(np.abs(params.locs - clean.locs) / component_sds(clean)) < 0.1
 
 
 # --- The real fit on Old Faithful (2-D: eruption minutes, waiting minutes) -------------------
