@@ -70,6 +70,9 @@ TRIM_P_VALUE = 1e-5
 #: weight 0.2). The fits after it see them from the clean points' covariance; clean points
 #: it left out come back when they pass the cut.
 FORCED_TRIM_SHARE = 0.02
+#: For the forced trim, a point's distance counts only components at least this heavy: a
+#: glitch far from the data can take a component of its own (at distance 0 from it).
+EXPLAINING_WEIGHT = 0.02
 #: Fits at most: the first, the forced trim's, then refits while the points left out change.
 TRIM_ROUNDS = 5
 #: At most this share of the points inside the fence is trimmed by the cut (the farthest
@@ -143,21 +146,30 @@ def beyond_cut(points: np.ndarray, params: MixtureParams) -> np.ndarray:
 def implausible(points: np.ndarray, params: MixtureParams, forced_share: float = 0.0) -> np.ndarray:
     """(N,) True for each point the trim leaves out: beyond the cut, at most MAX_TRIM_SHARE of
     the points (the farthest), and, with forced_share, the farthest forced_share of them
-    whatever their distance. Nothing when no point has a distance (no usable component)."""
+    whatever their distance, measured to components of at least EXPLAINING_WEIGHT (a glitch
+    can take a component of its own, at distance 0). Nothing when no point has a distance (no
+    usable component)."""
     x = np.asarray(points, np.float64)
     nearest = nearest_distance_sq(x, params)
     if not np.isfinite(nearest).any():
         return np.zeros(len(x), bool)
     far = beyond_cut(x, params)
-    order = np.argsort(-np.nan_to_num(nearest, nan=-np.inf), kind="stable")  # farthest first
     cap = max(1, int(MAX_TRIM_SHARE * len(x)))
     if far.sum() > cap:
         far = np.zeros(len(x), bool)
-        far[order[:cap]] = True
+        far[_farthest_first(nearest)[:cap]] = True
     forced = int(forced_share * len(x))
     if forced:
-        far[order[:forced]] = True
+        heavy = np.asarray(params.weights) >= EXPLAINING_WEIGHT
+        if heavy.any() and not heavy.all():
+            with np.errstate(invalid="ignore"):
+                nearest = np.fmin.reduce(mahalanobis_sq(x, params)[:, heavy], axis=1)
+        far[_farthest_first(nearest)[:forced]] = True
     return far
+
+
+def _farthest_first(distance: np.ndarray) -> np.ndarray:
+    return np.argsort(-np.nan_to_num(distance, nan=-np.inf), kind="stable")
 
 
 class RobustFit(NamedTuple):
@@ -274,7 +286,16 @@ def fit_robust(
         rounds += 1
         assert previous is not None
         cfg = dataclasses.replace(config, n_components=previous.n_components)
-        return fit_map(points, jax.random.fold_in(key, 1000 + rounds), cfg, warm_start=previous)
+        # A component lighter than EXPLAINING_WEIGHT may have sat on the glitches just left
+        # out: from that start alone a refit keeps it, empty, and one component spans the data.
+        light = bool(np.min(previous.weights) < EXPLAINING_WEIGHT)
+        return fit_map(
+            points,
+            jax.random.fold_in(key, 1000 + rounds),
+            cfg,
+            warm_start=previous,
+            explore=light,
+        )
 
     fitted = robust_fit(data, first, again, config.n_components if max_components is None else None)
     return fitted._replace(bics=bics)

@@ -198,6 +198,8 @@ def _glitches(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     x = _faithful()
     if kind == "one at 1e9":  # the report's example: one record with waiting = 1e9, added
         return np.vstack([x, [[3.0, 1e9]]]), np.ones(len(x), bool)
+    if kind == "one at 30 sd":  # inside the fence; a spherical fit gave it a component
+        return np.vstack([x, [[3.0, 96.0 + 30 * 13.6]]]), np.ones(len(x), bool)
     rows = rng.choice(len(x), 3, replace=False)  # 1 % of the window replaced
     x[rows, 1] = {
         "1% in [1e6, 1e9]": 10.0 ** rng.uniform(6, 9, 3),
@@ -215,7 +217,9 @@ def clean_fits():
 
 
 @pytest.mark.parametrize("covariance", COVARIANCES)
-@pytest.mark.parametrize("kind", ["one at 1e9", "1% in [1e6, 1e9]", "1% at -1e15", "1% at 10 sd"])
+@pytest.mark.parametrize(
+    "kind", ["one at 1e9", "one at 30 sd", "1% in [1e6, 1e9]", "1% at -1e15", "1% at 10 sd"]
+)
 def test_glitches_do_not_move_the_fit(clean_fits, covariance, kind):
     """Within 0.1 sd of the clean fit's locations, >= 99 % of the clean points keep their
     clean-fit component; the glitches are counted as left out."""
