@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import os
 import pathlib
 import re
@@ -474,7 +475,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10k and 100k points only")
     parser.add_argument("--sizes", type=int, nargs="+", help="these sizes instead")
+    parser.add_argument(
+        "--faithful-only",
+        action="store_true",
+        help="rerun only the Old Faithful CLI runs, into the existing results",
+    )
     args = parser.parse_args(argv)
+    if args.faithful_only:
+        payload = json.loads((RESULTS / "fit.json").read_text())
+        payload["old_faithful"] = old_faithful()
+        path = write_results("fit", payload, markdown(payload))
+        print(f"wrote {path}", file=sys.stderr)
+        return 0
     sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
     # "Compile included" must mean it: no persistent cache in this process.
     enable_compilation_cache("off")
