@@ -13,7 +13,8 @@ the worker feeds it. Several detector settings see the same streams.
 - Glitches: the default setting sees the same stationary and shifted streams with 0.1 % of
   the records replaced by glitch points (|x| log-uniform in [1e3, 1e15], log p(x) from about
   -1e6 down to -1e30), with and without clipping; without clipping is the detector fed
-  unclipped values (block means of the raw log p(x)), for comparison.
+  unclipped values (block means of the raw log p(x)), for comparison, and so is the detector
+  clipped at the warm-up's 0.5 % quantiles themselves (no margin).
 
 Writes bench/results/drift.{md,json}.
 
@@ -36,6 +37,7 @@ import numpy as np
 from bench._common import markdown_table, write_results
 from stream_app.drift import (
     DEFAULT_BLOCK_RECORDS,
+    DEFAULT_CLIP_MARGIN,
     DEFAULT_CLIP_QUANTILE,
     DEFAULT_DELTA,
     DEFAULT_THRESHOLD,
@@ -61,14 +63,15 @@ class Setting:
     delta: float = DEFAULT_DELTA
     block_records: int = DEFAULT_BLOCK_RECORDS
     clip_quantile: float | None = DEFAULT_CLIP_QUANTILE
+    clip_margin: float = DEFAULT_CLIP_MARGIN
 
     @property
     def name(self) -> str:
         name = f"h={self.threshold:g}, warm-up {self.warmup_blocks}, delta {self.delta:g}"
         if self.clip_quantile is None:
             return name + ", no clipping"
-        if self.clip_quantile != DEFAULT_CLIP_QUANTILE:
-            return name + f", clip q {self.clip_quantile:g}"
+        if (self.clip_quantile, self.clip_margin) != (DEFAULT_CLIP_QUANTILE, DEFAULT_CLIP_MARGIN):
+            return name + f", clip q {self.clip_quantile:g} m {self.clip_margin:g}"
         return name
 
     @property
@@ -79,12 +82,14 @@ class Setting:
             self.delta,
             self.block_records,
             self.clip_quantile,
+            self.clip_margin,
         ) == (
             DEFAULT_THRESHOLD,
             DEFAULT_WARMUP_BLOCKS,
             DEFAULT_DELTA,
             DEFAULT_BLOCK_RECORDS,
             DEFAULT_CLIP_QUANTILE,
+            DEFAULT_CLIP_MARGIN,
         )
 
     def detector(self) -> DriftDetector:
@@ -94,6 +99,7 @@ class Setting:
             warmup_blocks=self.warmup_blocks,
             block_records=self.block_records,
             clip_quantile=self.clip_quantile,
+            clip_margin=self.clip_margin,
         )
 
 
@@ -103,6 +109,9 @@ SETTINGS = [Setting(h, 32) for h in (12.0, 16.0)] + [
 DEFAULT = next(s for s in SETTINGS if s.default)
 #: The default setting fed unclipped values: the comparison rows.
 UNCLIPPED = Setting(DEFAULT.threshold, DEFAULT.warmup_blocks, clip_quantile=None)
+#: The default setting clipped at the warm-up's 0.5 % quantiles themselves (no margin): what a
+#: range inside the data costs.
+QUANTILES = Setting(DEFAULT.threshold, DEFAULT.warmup_blocks, clip_quantile=0.005, clip_margin=0)
 
 
 def log_px(x: np.ndarray) -> np.ndarray:
@@ -183,6 +192,7 @@ def stationary(
                 "delta": s.delta,
                 "block_records": s.block_records,
                 "clip_quantile": s.clip_quantile,
+                "clip_margin": s.clip_margin,
                 "batches": "1 to 1024 records" if variable else f"{BATCH} records",
                 "glitch_rate": rate,
                 "seeds": seeds,
@@ -256,6 +266,7 @@ def delays(
             "warmup_blocks": s.warmup_blocks,
             "delta": s.delta,
             "clip_quantile": s.clip_quantile,
+            "clip_margin": s.clip_margin,
             "glitch_rate": rate,
             "shift_sd": d,
             "seeds": seeds,
@@ -285,10 +296,10 @@ def drop_per_record(shift: float, n: int = 2_000_000) -> tuple[float, float]:
 
 
 def comparison(
-    still: list[dict[str, Any]], moved: list[dict[str, Any]], ours: Setting, raw: Setting
+    still: list[dict[str, Any]], moved: list[dict[str, Any]], compared: list[tuple[str, Setting]]
 ) -> str:
-    """What clipping changes: the default setting against the same without clipping, on the
-    same clean and glitched streams."""
+    """What clipping changes: the default setting against the same without clipping (and
+    clipped otherwise), on the same clean and glitched streams."""
 
     def alarms(s: Setting, rate: float) -> str:
         r = next(
@@ -304,27 +315,25 @@ def comparison(
             for r in moved
             if r["setting"] == s.name and r["glitch_rate"] == rate and r["shift_sd"] == d
         )
-        median = "-" if r["median_records"] is None else f"{r['median_records']:,.0f}"
-        missed = f", {r['missed_within_cap']} missed" if r["missed_within_cap"] else ""
-        return f"{median}{missed}"
+        text = " / ".join(
+            "-" if r[k] is None else f"{r[k]:,.0f}"
+            for k in ("median_records", "p90_records", "worst_records")
+        )
+        return text + (f", {r['missed_within_cap']} missed" if r["missed_within_cap"] else "")
 
     rows = []
     for rate in (0.0, GLITCH_RATE):
         label = "none" if rate == 0 else f"{rate:.1%}"
-        rows.append(
-            [
-                label,
-                alarms(ours, rate) + " / " + alarms(raw, rate),
-                *(delay(ours, rate, d) + " / " + delay(raw, rate, d) for d in SHIFTS),
-            ]
-        )
+        for what, s in compared:
+            rows.append([label, what, alarms(s, rate), *(delay(s, rate, d) for d in SHIFTS)])
     return (
         "## Clipped against unclipped\n\n"
-        f"{ours.name} with its clipping / the same fed unclipped log p(x) (block means of the "
-        "raw values), on the same streams: false alarms on the stationary streams of "
-        f"{BATCH}-record batches, and median delay (records) after the locations move.\n\n"
+        f"{compared[0][1].name}, on the same streams, with its clipping and fed other values: "
+        "false alarms on the stationary streams of "
+        f"{BATCH}-record batches, and delay (records: median / p90 / worst; missed: no alarm "
+        "within the cap) after the locations move.\n\n"
         + markdown_table(
-            ["glitches", "false alarms", *(f"delay, {d:g} sd" for d in SHIFTS)],
+            ["glitches", "records", "false alarms", *(f"delay, {d:g} sd" for d in SHIFTS)],
             rows,
         )
     )
@@ -341,8 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.batches, args.delay_seeds = 2, 5_000, 10
     t0 = time.perf_counter()
     default = DEFAULT
-    compared = [DEFAULT, UNCLIPPED]
-    still = stationary([*SETTINGS, UNCLIPPED], args.seeds, args.batches, glitched=compared)
+    compared = [DEFAULT, UNCLIPPED, QUANTILES]
+    still = stationary(
+        [*SETTINGS, UNCLIPPED, QUANTILES], args.seeds, args.batches, glitched=compared
+    )
     still += stationary(
         [s for s in SETTINGS if s.warmup_blocks == default.warmup_blocks],
         max(1, args.seeds // 8),
@@ -350,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         variable=True,
     )
     before, cap = 1000, 400 * BATCH
-    moved = delays([*SETTINGS, UNCLIPPED], args.delay_seeds, before, cap, glitched=compared)
+    moved = delays(
+        [*SETTINGS, UNCLIPPED, QUANTILES], args.delay_seeds, before, cap, glitched=compared
+    )
     drops = {d: drop_per_record(d) for d in SHIFTS}
     seconds = time.perf_counter() - t0
 
@@ -367,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"weights": WEIGHTS.tolist(), "locs": LOCS.tolist(), "scale": SCALE},
         "default": default.name,
         "clip_quantile": DEFAULT_CLIP_QUANTILE,
+        "clip_margin": DEFAULT_CLIP_MARGIN,
         "glitch_rate": GLITCH_RATE,
         "glitch_log10_abs_x": list(GLITCH_LOG10_X),
         "stationary": still,
@@ -414,8 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         "# Drift alarms (simulated)\n\n"
         "`stream_app.drift.DriftDetector` (River's Page-Hinkley, mode down, alpha 1, on block "
         f"means of >= {DEFAULT_BLOCK_RECORDS} records standardised by a warm-up, refined while "
-        "in control, every record's log p(x) clipped into the warm-up's "
-        f"[{DEFAULT_CLIP_QUANTILE:g}, {1 - DEFAULT_CLIP_QUANTILE:g}] quantiles) fed the "
+        "in control, every record's log p(x) clipped into the warm-up's range [Q(q) - m (Q(0.5) "
+        "- Q(q)), Q(1 - q) + m (Q(1 - q) - Q(0.5))], Q its records' quantiles, "
+        f"q = {DEFAULT_CLIP_QUANTILE:g}, m = {DEFAULT_CLIP_MARGIN:g}) fed the "
         "per-record log p(x) of each batch of records sampled from the tutorial's 2-component "
         f"1-D mixture (weights {WEIGHTS.tolist()}, locations {LOCS.tolist()}, scale {SCALE}) "
         "and scored exactly by it. h: threshold in standard deviations of a block mean. "
@@ -423,7 +438,21 @@ def main(argv: list[str] | None = None) -> int:
         f"in [1e{GLITCH_LOG10_X[0]:g}, 1e{GLITCH_LOG10_X[1]:g}] (log p(x) down to about "
         f"{float(log_px(np.array([10.0 ** GLITCH_LOG10_X[1]]))[0]):.0e}). "
         f"{seconds:,.0f} s on {os.cpu_count()} CPUs.\n\n"
-        + comparison(still, moved, default, UNCLIPPED)
+        + comparison(
+            still,
+            moved,
+            [
+                (
+                    f"clipped (q {DEFAULT_CLIP_QUANTILE:g}, m {DEFAULT_CLIP_MARGIN:g})",
+                    default,
+                ),
+                ("unclipped (raw log p(x))", UNCLIPPED),
+                (
+                    f"clipped at the quantiles (q {QUANTILES.clip_quantile:g}, m 0)",
+                    QUANTILES,
+                ),
+            ],
+        )
         + "\n## False alarms on stationary streams\n\n"
         + markdown_table(
             [

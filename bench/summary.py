@@ -398,8 +398,16 @@ def drift(p: Payload) -> str:
         )
         for r in shifts
     )
-    q = p.get("clip_quantile")
-    clipped = f" (records clipped into the warm-up's {q:.1%}-{1 - q:.1%} quantiles)" if q else ""
+    q, m = p.get("clip_quantile"), p.get("clip_margin")
+    if q and m:
+        clipped = (
+            f" (records clipped into the warm-up's {q:.0%}-{1 - q:.0%} quantiles, each moved "
+            f"{m:g} times its distance to the median further out)"
+        )
+    elif q:
+        clipped = f" (records clipped into the warm-up's {q:.1%}-{1 - q:.1%} quantiles)"
+    else:
+        clipped = ""
     text = (
         f"simulated (the tutorial's fitted mixture, scored exactly; no Kafka), defaults "
         f"{default}{clipped}: {_n(st['false_alarms'])} false alarm(s) in "

@@ -13,6 +13,7 @@ from river.drift import PageHinkley
 from stream_app.batch import BatchOutcome
 from stream_app.drift import (
     DEFAULT_BLOCK_RECORDS,
+    DEFAULT_CLIP_MARGIN,
     DEFAULT_CLIP_QUANTILE,
     DEFAULT_WARMUP_BLOCKS,
     MIN_RECORD_SD,
@@ -192,7 +193,8 @@ def test_blocks_are_standardised_by_the_in_control_baseline():
     det = DriftDetector(warmup_blocks=3, block_records=4)
     for mean in (-1.0, -1.2, -0.8):
         det.update(np.full(4, mean))
-    assert det.clip_range == (-1.2, -0.8)  # 12 records: the 3rd lowest and the 3rd highest
+    # 12 records: the 3rd lowest and the 3rd highest (-1.2, -0.8), median -1.0, margins 2 x 0.2
+    assert det.clip_range == pytest.approx((-1.6, -0.4))
     assert det.baseline == pytest.approx(-1.0)
     # per-record sd: sum n (m - mu)^2 / (B - 1) = 4 * 0.08 / 2
     assert det.record_sd == pytest.approx(math.sqrt(0.16))
@@ -212,8 +214,12 @@ def test_the_clip_range_is_set_when_the_warm_up_ends_and_cleared_with_the_baseli
     assert det.warming_up and det.clip_range is None
     det.update(warmup[-1])
     values = np.sort(np.concatenate(warmup))
-    k = int(DEFAULT_CLIP_QUANTILE * values.size)  # 0.5 % of 16,384 records: k = 81
-    assert k > 2 and det.clip_range == (values[k], values[-1 - k])
+    k = int(DEFAULT_CLIP_QUANTILE * values.size)  # 1 % of 16,384 records: k = 163
+    low, mid, high = values[k], (values[8191] + values[8192]) / 2, values[-1 - k]
+    m = DEFAULT_CLIP_MARGIN
+    assert k > 2 and det.clip_range == pytest.approx(
+        (low - m * (mid - low), high + m * (high - mid))
+    )
     # every warm-up record was clipped into it before the baseline was estimated
     lo, hi = det.clip_range or (0.0, 0.0)
     assert det.baseline == pytest.approx(np.clip(values, lo, hi).mean())
@@ -228,30 +234,69 @@ def test_the_clip_range_is_set_when_the_warm_up_ends_and_cleared_with_the_baseli
 
 
 @pytest.mark.parametrize(
-    ("values", "expected"),
+    ("values", "quantiles", "expected"),
     [
-        # at least the 3rd lowest and the 3rd highest, however small the quantile
-        ([-1e30, -50.0, -3.0, -2.0, -1.5, -1.0, 0.0, 1e30], (-3.0, -1.0)),
-        ([-1e30, -1e29, -3.0, -2.0, -1.0, 1e29, 1e30], (-3.0, -1.0)),
+        # at least the 3rd lowest and the 3rd highest, however small the quantile; margins of
+        # 2 x their distance to the median (-1.75 and -2.0)
+        ([-1e30, -50.0, -3.0, -2.0, -1.5, -1.0, 0.0, 1e30], (-3.0, -1.0), (-5.5, 0.5)),
+        ([-1e30, -1e29, -3.0, -2.0, -1.0, 1e29, 1e30], (-3.0, -1.0), (-5.0, 1.0)),
         # fewer than 5 records: the middle one(s)
-        ([-1e30, -2.0, 5.0, 1e30], (-2.0, 5.0)),
-        ([-1e30, -2.0, 1e30], (-2.0 - MIN_RECORD_SD, -2.0 + MIN_RECORD_SD)),
+        ([-1e30, -2.0, 5.0, 1e30], (-2.0, 5.0), (-9.0, 12.0)),
+        ([-1e30, -2.0, 1e30], (-2.0 - MIN_RECORD_SD, -2.0 + MIN_RECORD_SD), None),
     ],
 )
-def test_tiny_warm_ups_never_let_the_two_lowest_or_highest_set_the_range(values, expected):
-    assert clip_bounds(np.array(values), 0.005) == pytest.approx(expected)
+def test_tiny_warm_ups_never_let_the_two_lowest_or_highest_set_the_range(
+    values, quantiles, expected
+):
+    expected = expected or quantiles
+    assert clip_bounds(np.array(values), 0.005) == pytest.approx(quantiles)
+    assert clip_bounds(np.array(values), 0.01, 2.0) == pytest.approx(expected)
     shuffled = np.random.default_rng(12).permutation(values)
     half = len(values) // 2
     det = DriftDetector(warmup_blocks=2, block_records=half)
     det.update(shuffled[:half])
     det.update(shuffled[half:])
+    assert (DEFAULT_CLIP_QUANTILE, DEFAULT_CLIP_MARGIN) == (0.01, 2.0)
     assert det.clip_range == pytest.approx(expected)
 
 
-def test_the_quantile_sets_the_range_of_a_large_warm_up():
-    values = np.arange(10_000, dtype=np.float64)
+def test_the_quantiles_and_the_margin_set_the_range_of_a_large_warm_up():
+    values = np.arange(10_000, dtype=np.float64)  # median 4,999.5
     assert clip_bounds(values, 0.005) == (50.0, 9_949.0)
     assert clip_bounds(values, 0.01) == (100.0, 9_899.0)
+    assert clip_bounds(values, 0.01, 2.0) == (100.0 - 2 * 4_899.5, 9_899.0 + 2 * 4_899.5)
+    assert clip_bounds(values[::-1].copy(), 0.01, 1.0) == (100.0 - 4_899.5, 9_899.0 + 4_899.5)
+
+
+def test_clean_records_are_not_clipped_and_broken_ones_do_not_move_the_range():
+    """The range's ends lie far outside the clean data (a normal warm-up: about 7 sd from its
+    mean), so a drop keeps its lower tail; 0.1 % broken records hardly move them."""
+    rng = np.random.default_rng(15)
+    warmup = MU + SD * rng.standard_normal(WARMUP_RECORDS)
+    lo, hi = clip_bounds(warmup, DEFAULT_CLIP_QUANTILE, DEFAULT_CLIP_MARGIN)
+    assert (MU - lo) / SD == pytest.approx(7.0, abs=0.3)
+    assert (hi - MU) / SD == pytest.approx(7.0, abs=0.3)
+    fresh = MU + SD * rng.standard_normal(1_000_000)
+    assert np.count_nonzero((fresh < lo) | (fresh > hi)) == 0
+    broken = warmup.copy()
+    hit = rng.choice(broken.size, size=broken.size // 1000, replace=False)
+    broken[hit] = GLITCH * rng.choice([-1.0, 1.0], size=hit.size)
+    lo_b, hi_b = clip_bounds(broken, DEFAULT_CLIP_QUANTILE, DEFAULT_CLIP_MARGIN)
+    assert lo_b == pytest.approx(lo, abs=0.2 * SD) and hi_b == pytest.approx(hi, abs=0.2 * SD)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"clip_quantile": 0.5},
+        {"clip_quantile": -0.1},
+        {"clip_margin": -1.0},
+        {"clip_margin": math.inf},
+    ],
+)
+def test_the_clipping_parameters_are_checked(kwargs):
+    with pytest.raises(ValueError, match="clip_"):
+        DriftDetector(**kwargs)
 
 
 def alarm_block(det: DriftDetector, slices: list[np.ndarray]) -> int | None:
@@ -298,7 +343,7 @@ def test_one_broken_record_after_the_warm_up_raises_no_alarm(sign, seed):
     broken[17] = sign * GLITCH
     assert det.update(broken) is None and twin.update(slice_) is None
     # one record moves the block's standardised mean by at most (range width) / (sqrt(n) sd)
-    bound = (hi - lo) / (math.sqrt(256) * sd_before)
+    bound = (hi - lo) / (math.sqrt(256) * sd_before)  # about 3 x 4.65 sd / 16 sd: 0.87
     assert bound < 1 < det.threshold
     assert abs(det.statistic - twin.statistic) <= bound + 1e-9
     # the in-control refinement learned a bounded block: the baseline holds, no later alarm
