@@ -377,10 +377,16 @@ def kafka_roundtrip(p: Payload) -> str:
 
 def drift(p: Payload) -> str:
     default = p["default"]
-    stationary = [r for r in p["stationary"] if r["setting"] == default and "256" in r["batches"]]
-    st = stationary[0]
+    rate = p.get("glitch_rate")
+
+    def clean(r: Payload) -> bool:
+        return not r.get("glitch_rate")
+
+    still = [r for r in p["stationary"] if "256" in r["batches"]]
+    st = next(r for r in still if r["setting"] == default and clean(r))
     shifts = sorted(
-        (r for r in p["shift"] if r["setting"] == default), key=lambda r: -r["shift_sd"]
+        (r for r in p["shift"] if r["setting"] == default and clean(r)),
+        key=lambda r: -r["shift_sd"],
     )
     delays = "; ".join(
         f"{r['shift_sd']:g} sd: {_n(r['median_records'])} records median, "
@@ -392,12 +398,45 @@ def drift(p: Payload) -> str:
         )
         for r in shifts
     )
-    return (
+    q, m = p.get("clip_quantile"), p.get("clip_margin")
+    if q and m:
+        clipped = (
+            f" (records clipped into the warm-up's {q:.0%}-{1 - q:.0%} quantiles, each moved "
+            f"{m:g} times its distance to the median further out)"
+        )
+    elif q:
+        clipped = f" (records clipped into the warm-up's {q:.1%}-{1 - q:.1%} quantiles)"
+    else:
+        clipped = ""
+    text = (
         f"simulated (the tutorial's fitted mixture, scored exactly; no Kafka), defaults "
-        f"{default}: {_n(st['false_alarms'])} false alarm(s) in {_n(st['batches_total'])} "
+        f"{default}{clipped}: {_n(st['false_alarms'])} false alarm(s) in "
+        f"{_n(st['batches_total'])} "
         f"stationary batches of 256 records ({st['seeds']} seeds); delay after the locations "
         f"move by {delays}."
     )
+    glitched = [r for r in still if r.get("glitch_rate") and r["setting"] == default]
+    unclipped = [r for r in still if r.get("glitch_rate") and r.get("clip_quantile", 0) is None]
+    if rate and glitched:
+        moved = sorted(
+            (r for r in p["shift"] if r["setting"] == default and not clean(r)),
+            key=lambda r: -r["shift_sd"],
+        )
+        medians = ", ".join(f"{_n(r['median_records'])}" for r in moved)
+        shifts_sd = ", ".join(f"{r['shift_sd']:g}" for r in moved)
+        lo, hi = p["glitch_log10_abs_x"]
+        text += (
+            f" With {rate:.1%} of the records replaced by glitch points (|x| log-uniform in "
+            f"[1e{lo:g}, 1e{hi:g}]) in the same streams: {_n(glitched[0]['false_alarms'])} "
+            "false alarm(s)"
+            + (
+                f" (fed unclipped, the detector raised {_n(unclipped[0]['false_alarms'])})"
+                if unclipped
+                else ""
+            )
+            + f"; median delays {medians} records after a move by {shifts_sd} sd."
+        )
+    return text
 
 
 def contamination(p: Payload) -> str:

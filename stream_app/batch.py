@@ -36,12 +36,17 @@ class BatchOutcome(NamedTuple):
     components: np.ndarray  # assignment of each delivered output, for the per-component counter
     input_times: np.ndarray  # each assignment's input timestamp (s), NaN where unknown
     inference_seconds: float
-    log_likelihood_sum: float
+    log_likelihoods: np.ndarray  # log p(x) of each delivered output, in the same order
     model_version: int
 
     @property
     def outputs(self) -> list[Outgoing]:
         return self.assignments + self.dead_letters
+
+    @property
+    def log_likelihood_sum(self) -> float:
+        """Sum of the delivered assignments' log p(x) under the model that scored them."""
+        return float(np.sum(self.log_likelihoods))
 
 
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (about 2x faster)
@@ -111,7 +116,8 @@ def encode_slice(
     """
     valid, dead = parsed.valid, list(parsed.dead)
     if result is None or not valid:
-        return BatchOutcome([], dead, np.zeros(0, np.int32), np.zeros(0), 0.0, 0.0, version)
+        empty = np.zeros(0)
+        return BatchOutcome([], dead, np.zeros(0, np.int32), empty, 0.0, empty, version)
     ts_out = time.time()
     # A point whose results overflowed float32 gets a dead letter, not NaN in an output (JSON
     # has no NaN).
@@ -170,7 +176,7 @@ def encode_slice(
         result.assignment[served],
         np.array([math.nan if o.ts_in is None else o.ts_in for o in out], dtype=np.float64),
         inference_seconds,
-        float(np.sum(result.log_likelihood[served])),
+        np.asarray(result.log_likelihood[served], dtype=np.float64),
         version,
     )
 

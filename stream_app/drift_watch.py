@@ -1,6 +1,6 @@
-"""The worker's drift watch: feeds each delivered slice's mean log p(x) under the served model
-to the drift detector (`drift.py`), and turns an alarm into a metric, a log line and a `drift`
-event. Off when `GMM_DRIFT_THRESHOLD` is 0."""
+"""The worker's drift watch: feeds each delivered slice's per-record log p(x) under the served
+model to the drift detector (`drift.py`), and turns an alarm into a metric, a log line and a
+`drift` event. Off when `GMM_DRIFT_THRESHOLD` is 0."""
 
 from __future__ import annotations
 
@@ -42,10 +42,9 @@ class DriftWatch:
 
     def observe(self, outcome: BatchOutcome) -> None:
         """A delivered slice's assignments (a slice of a previous model is not counted)."""
-        n = len(outcome.assignments)
-        if not n or outcome.model_version != self.served_version():
+        if not outcome.assignments or outcome.model_version != self.served_version():
             return
-        alarm = self.detector.update(outcome.log_likelihood_sum / n, n)
+        alarm = self.detector.update(outcome.log_likelihoods)
         self.metrics.drift_statistic.set(self.detector.statistic)
         if alarm is None:
             return

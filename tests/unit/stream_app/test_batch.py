@@ -56,12 +56,16 @@ def test_valid_and_invalid_records(temperature):
     assert dead["payload_text"] == "garbage"
     assert dead["source"]["offset"] == 11 and dead["error"]
     assert out.components.tolist() == [0, 1]
+    # one log p(x) per delivered assignment, in order: the one in each assignment's record
+    assert_allclose(out.log_likelihoods, [d["log_likelihood"] for d in docs], rtol=1e-6)
+    assert out.log_likelihood_sum == pytest.approx(out.log_likelihoods.sum())
     assert np.isfinite(out.log_likelihood_sum)
 
 
 def test_a_batch_of_only_bad_records_skips_inference():
     out = process_batch([rec(b"[]", 1), rec(b"\xff", 2)], serving(0), 1024)
     assert out.assignments == [] and len(out.dead_letters) == 2
+    assert out.log_likelihoods.shape == (0,) and out.log_likelihood_sum == 0.0
     assert json.loads(out.dead_letters[1].value)["payload_text"] is None  # not UTF-8
     assert out.inference_seconds == 0.0
 
@@ -78,6 +82,7 @@ def test_points_the_model_cannot_score_are_dead_lettered_not_nan():
     out = process_batch([rec(b'{"x": 1e14}', 1), rec(b'{"x": 0.0}', 2)], model, 1024)
     assert reasons(out) == ["not_classifiable"]
     assert len(out.assignments) == 1 and out.components.tolist() == [0]
+    assert out.log_likelihoods.shape == (1,) and np.isfinite(out.log_likelihoods).all()
 
 
 def test_record_keys_depend_on_the_record_alone():
