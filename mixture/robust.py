@@ -50,7 +50,9 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from scipy.stats import chi2
+
+# scipy.special's chi-square functions: scipy.stats costs a CLI a second to import.
+from scipy.special import chdtr, chdtri
 
 from mixture.evaluate import component_log_pdf
 from mixture.fit import DataError, FitConfig, FitResult, as_points, fit_map
@@ -147,7 +149,7 @@ def beyond_cut(points: np.ndarray, params: MixtureParams) -> np.ndarray:
     nearest = nearest_distance_sq(x, params)
     df = (~np.isnan(x)).sum(axis=1)
     with np.errstate(invalid="ignore"):
-        return np.asarray(nearest > chi2.isf(TRIM_P_VALUE, df))
+        return np.asarray(nearest > chdtri(df, TRIM_P_VALUE))
 
 
 def implausible(points: np.ndarray, params: MixtureParams, forced_share: float = 0.0) -> np.ndarray:
@@ -192,7 +194,7 @@ def suspect(points: np.ndarray, params: MixtureParams) -> bool:
         return False
     with np.errstate(invalid="ignore"):
         nearest = np.nanargmin(np.where(np.isnan(d2), np.inf, d2), axis=1)
-        level = chi2.cdf(d2[np.arange(len(x)), nearest], (~np.isnan(x)).sum(axis=1))
+        level = chdtr((~np.isnan(x)).sum(axis=1), d2[np.arange(len(x)), nearest])
     for k in range(params.n_components):
         mine = level[nearest == k]
         if len(mine) >= INFLATION_MIN_POINTS and np.nanmedian(mine) < INFLATED_MEDIAN:
