@@ -244,7 +244,10 @@ def robust_fit(
     fitted: list[tuple[np.ndarray, FitResult]] = [(fenced, result)]
     latest = result
     seconds = result.seconds
-    forced = FORCED_TRIM_SHARE if suspect(x[fenced], result.params) else 0.0
+    try:
+        forced = FORCED_TRIM_SHARE if suspect(x[fenced], result.params) else 0.0
+    except np.linalg.LinAlgError:  # no distance to take: the trim below stops at once too
+        forced = 0.0
     kept = fenced
     while len(fitted) < TRIM_ROUNDS:
         wanted = fenced.copy()
