@@ -227,7 +227,9 @@ def test_workers_joining_and_leaving_midstream_lose_and_repeat_nothing(
         wait_for(lambda: a.metric("gmm_assignments_out_total") > 2_000, 60, message="a busy")
         b = start_worker(topics, **env)  # joins: a gives up partitions mid-stream
         b.wait_ready()
-        wait_for(lambda: b.metric("gmm_assignments_out_total") > 2_000, 60, message="b busy")
+        # On a loaded machine the join's rebalance can take most of the 25 s stream: wait for b
+        # to have delivered some of it (it still leaves mid-stream), not a fixed 2,000 records.
+        wait_for(lambda: b.metric("gmm_assignments_out_total") > 200, 90, message="b busy")
         b.stop(timeout=60)  # SIGTERM: b leaves mid-stream, its partitions go back to a
         assert producer.wait(60) == 0
     finally:
