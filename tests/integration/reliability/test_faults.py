@@ -221,20 +221,25 @@ def test_workers_joining_and_leaving_midstream_lose_and_repeat_nothing(
     env = {"GMM_INPUT_PARTITIONS": "4", "GMM_SESSION_TIMEOUT_S": "10"}
     a = start_worker(topics, **env)
     a.wait_ready()
-    n = 100_000
-    producer = paced_producer(kafka_bootstrap, topics.input, n, 4_000, "h")
+    # Two streams: the first is under way when b joins; the second starts once b holds
+    # partitions, so b has records to deliver (and to leave with) however slowly it started.
+    first, second = 100_000, 60_000
+    producers = [paced_producer(kafka_bootstrap, topics.input, first, 4_000, "h")]
     try:
         wait_for(lambda: a.metric("gmm_assignments_out_total") > 2_000, 60, message="a busy")
         b = start_worker(topics, **env)  # joins: a gives up partitions mid-stream
         b.wait_ready()
-        # On a loaded machine the join's rebalance can take most of the 25 s stream: wait for b
-        # to have delivered some of it (it still leaves mid-stream), not a fixed 2,000 records.
-        wait_for(lambda: b.metric("gmm_assignments_out_total") > 200, 90, message="b busy")
+        wait_for(lambda: b.metric("gmm_assigned_partitions") > 0, 120, message="b assigned")
+        producers.append(paced_producer(kafka_bootstrap, topics.input, second, 4_000, "j"))
+        wait_for(lambda: b.metric("gmm_assignments_out_total") > 500, 60, message="b busy")
         b.stop(timeout=60)  # SIGTERM: b leaves mid-stream, its partitions go back to a
-        assert producer.wait(60) == 0
+        assert [p.wait(120) for p in producers] == [0, 0]
     finally:
-        producer.kill()
-    ids = wait_covered(kafka_bootstrap, topics.output, {f"h-{i}" for i in range(n)}, timeout=120)
+        for p in producers:
+            p.kill()
+    expected = {f"h-{i}" for i in range(first)} | {f"j-{i}" for i in range(second)}
+    n = len(expected)
+    ids = wait_covered(kafka_bootstrap, topics.output, expected, timeout=120)
     duplicates = len(ids) - len(set(ids))
     record_property("duplicates", duplicates)
     print(f"\nworker joined and left mid-stream: 0 of {n} lost, {duplicates} duplicated")
