@@ -21,6 +21,18 @@ version (read_committed) and write version + 1 to both topics in one transaction
 that was fenced in between fails its commit, reads again and retries (a bounded number of
 times). Two publishers of one name at once therefore never write the same version, and every
 reader reads committed records only.
+
+Names share the params topic, and a read_committed reader sees nothing past the first
+transaction still open, whatever its name. A publisher's transactions are short (a few
+records) and time out after PUBLISH_TRANSACTION_TIMEOUT_MS, after which the broker aborts
+them (it checks every 10 s by default): a publisher that dies mid-transaction holds up other
+names' readers for at most about 20 s. A publisher reads the state only once every
+transaction open when it started has ended (`settle_s`), so one name's open transaction can
+never hide its own newest version from it.
+
+Signed records (`wire.params_record`) are read through a `Verifier` of every key listed while
+keys rotate, and in topic order through `NameState`: a replayed old candidate or withdrawal
+marker is refused and counted (`replayed`).
 """
 
 from __future__ import annotations
@@ -41,7 +53,7 @@ from kafka_common.signing import Signer, Verifier
 from kafka_common.topics import TopicSpec, assigned_consumer
 from mixture.params import ModelParams, ParamsError
 from wire import params_record
-from wire.params_record import STAGES, ParamsUpdate, stamped
+from wire.params_record import STAGES, NameState, ParamsUpdate, stamped
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +68,25 @@ PUBLISH_ATTEMPTS = 8
 #: The most a fenced publisher waits before its next attempt, whatever its attempts took.
 PUBLISH_BACKOFF_CAP_SECONDS = 60.0
 
+#: A publisher's transaction the broker aborts when it is open longer than this (a publisher
+#: that died mid-transaction): it holds up every name's read_committed readers until then.
+PUBLISH_TRANSACTION_TIMEOUT_MS = 10_000
+
+#: How long a publisher waits for transactions open when it reads the state to end: the
+#: transaction timeout, the broker's check for timed-out transactions (10 s by default), and
+#: a margin. Past it the publication fails (OpenTransaction) rather than read a stale state.
+SETTLE_SECONDS = 45.0
+
 OnCandidate = Callable[["ModelParams | None"], Awaitable[object]]
 
 
 class StaleState(RuntimeError):
     """The served version or the candidate changed since the caller looked: nothing written."""
+
+
+class OpenTransaction(RuntimeError):
+    """A transaction on the params topic stayed open past SETTLE_SECONDS: the state cannot be
+    read in full, so nothing was written."""
 
 
 def params_spec(topic: str) -> TopicSpec:
@@ -99,7 +125,9 @@ async def _start_consumer(
 ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
     """Every partition of `topic`, from the beginning (the params topic is compacted: one
     record per key, plus the not yet compacted tail), committed records only."""
-    consumer, tps = await assigned_consumer(kafka, topic, auto_offset_reset="earliest")
+    consumer, tps = await assigned_consumer(
+        kafka, topic, auto_offset_reset="earliest", fetch_max_wait_ms=100
+    )
     try:
         await consumer.seek_to_beginning(*tps)
     except BaseException:
@@ -117,22 +145,27 @@ async def _behind(
     return False
 
 
-def _signed(record: Any, verifier: Verifier | None, on_reject: OnReject | None) -> bool:
-    """Whether the record may be used: always without a verifier, else only if its signature
-    verifies (a refusal is logged and counted as bad_signature)."""
-    if verifier is None or verifier.verify_record(record.value, record.headers):
-        return True
-    log.warning("ignoring a params record at offset %d: bad or missing signature", record.offset)
-    if on_reject is not None:
-        on_reject("bad_signature", "the record's signature does not verify")
-    return False
-
-
-def _decode(record: Any, name: str, on_reject: OnReject | None) -> ParamsUpdate | None:
-    """What the record says about `name` (`params_record.decode`); None for nothing, and for a
-    record refused (logged, and reported to on_reject)."""
+def _update(
+    record: Any, name: str, role: str, verifier: Verifier | None, on_reject: OnReject | None
+) -> ParamsUpdate | None:
+    """What a record says about `name` (`params_record.decode`); None for another name's record
+    and for a record refused: unsigned or badly signed when verifying (bad_signature), or
+    invalid (its reason). A refusal is logged and reported to on_reject."""
+    if params_record.stage_of(record.key, name) is None:
+        return None
+    if verifier is not None and not verifier.verify_record(
+        record.key, record.value, record.headers, role
+    ):
+        log.warning(
+            "ignoring a params record of %r at offset %d: bad or missing signature",
+            name,
+            record.offset,
+        )
+        if on_reject is not None:
+            on_reject("bad_signature", "the record's signature does not verify")
+        return None
     try:
-        return params_record.decode(record.key, record.value, name)
+        return params_record.decode(record.key, record.value, name, role)
     except ParamsError as exc:
         log.warning("ignoring invalid parameters record of %r: %s", name, exc)
         if on_reject is not None:
@@ -140,10 +173,31 @@ def _decode(record: Any, name: str, on_reject: OnReject | None) -> ParamsUpdate 
         return None
 
 
+def _apply(
+    state: NameState, update: ParamsUpdate, name: str, offset: int, on_reject: OnReject | None
+) -> str:
+    """state.apply(update); a replay is logged and reported to on_reject."""
+    outcome = state.apply(update)
+    if outcome == "replayed":
+        what = f"version {update.taken}" if update.taken is not None else "a tombstone"
+        log.warning(
+            "ignoring %r's %s record at offset %d (%s): versions only increase (newest served "
+            "%s, highest taken %d)",
+            name,
+            update.stage,
+            offset,
+            what,
+            state.newest.version if state.newest is not None else "none",
+            state.highest,
+        )
+        if on_reject is not None:
+            on_reject("replayed", f"{update.stage} {what} is older than what was read before")
+    return outcome
+
+
 class _Tail(NamedTuple):
-    models: list[ModelParams]  # every valid model of the name, in topic order
-    candidate: ModelParams | None  # the candidate in shadow now (None: none, or withdrawn)
-    candidate_versions: list[int]  # every candidate version seen
+    state: NameState  # the name's state on the params topic
+    history: list[ModelParams]  # on the history topic: every valid version, in topic order
 
 
 async def _read_to_end(
@@ -152,30 +206,59 @@ async def _read_to_end(
     name: str,
     on_reject: OnReject | None,
     verifier: Verifier | None = None,
+    role: str = "params",
+    settle_s: float = 0.0,
 ) -> _Tail:
-    """Every valid model of `name` up to the current end of each partition, in topic order,
-    and the state of its candidate key."""
-    ends = await consumer.end_offsets(tps)
-    models: list[ModelParams] = []
-    candidate, versions = None, []
-    while await _behind(consumer, tps, ends):
-        for records in (await consumer.getmany(timeout_ms=1000)).values():
+    """Every valid record of `name` up to the current end of each partition, in topic order.
+
+    settle_s > 0: first wait, at most that long, until every transaction open now has ended,
+    so nothing committed before one is hidden behind it (OpenTransaction past the limit)."""
+    state, history = NameState(), []
+
+    def take(batches: dict[TopicPartition, list[Any]]) -> None:
+        for records in batches.values():
             for record in records:
-                stage = params_record.stage_of(record.key, name)
-                if stage is None or not _signed(record, verifier, on_reject):
+                update = _update(record, name, role, verifier, on_reject)
+                if update is None:
                     continue
-                update = _decode(record, name, on_reject)
-                if stage == "candidate":  # replaced or withdrawn (a refused record: none)
-                    candidate = update.model if update is not None else None
-                    if update is not None and update.taken is not None:
-                        versions.append(update.taken)
-                elif update is not None and update.model is not None:
-                    models.append(update.model)
-    return _Tail(models, candidate, versions)
+                if role == "history":
+                    if update.model is not None:
+                        history.append(update.model)
+                else:
+                    _apply(state, update, name, record.offset, on_reject)
+
+    ends = await consumer.end_offsets(tps)  # read_committed: the last stable offsets
+    targets = await _open_ends(consumer, tps, ends, take, settle_s) if settle_s > 0 else ends
+    while await _behind(consumer, tps, targets):
+        take(await consumer.getmany(timeout_ms=1000))
+    return _Tail(state, history)
 
 
-def _newest(models: list[ModelParams]) -> ModelParams | None:
-    return max(models, key=lambda m: m.version, default=None)
+async def _open_ends(
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    ends: dict[TopicPartition, int],
+    take: Callable[[dict[TopicPartition, list[Any]]], None],
+    settle_s: float,
+) -> dict[TopicPartition, int]:
+    """The high watermarks now (learnt from a fetch), once the last stable offsets have
+    reached them: every transaction open now has then ended. Reads (`take`) as it goes."""
+    deadline = time.monotonic() + settle_s
+    highs: dict[TopicPartition, int] = {}
+    while True:
+        for tp in tps:
+            if tp not in highs and consumer.highwater(tp) is not None:
+                highs[tp] = consumer.highwater(tp)
+        if len(highs) == len(tps) and all(ends[tp] >= highs[tp] for tp in tps):
+            return highs
+        if time.monotonic() > deadline:
+            raise OpenTransaction(
+                f"a transaction on {tps[0].topic!r} stayed open over {settle_s:.0f} s "
+                f"(committed end {dict((tp.partition, ends[tp]) for tp in tps)}, high "
+                f"watermark {dict((tp.partition, h) for tp, h in highs.items())})"
+            )
+        take(await consumer.getmany(timeout_ms=200))  # a fetch tells the high watermark
+        ends = await consumer.end_offsets(tps)
 
 
 async def read_all(
@@ -184,27 +267,35 @@ async def read_all(
     name: str,
     on_reject: OnReject | None = None,
     verifier: Verifier | None = None,
+    role: str = "history",
 ) -> list[ModelParams]:
-    """Every valid model of `name` on `topic` (the history topic: every version published)."""
+    """Every valid model of `name` on `topic`, in topic order: on the history topic (role
+    "history") every version published; on the params topic the served versions not yet
+    compacted away."""
     consumer, tps = await _start_consumer(kafka, topic)
     try:
-        return (await _read_to_end(consumer, tps, name, on_reject, verifier)).models
+        tail = await _read_to_end(consumer, tps, name, on_reject, verifier, role)
     finally:
         await consumer.stop()
+    return tail.history if role == "history" else tail.state.served
 
 
 async def read_state(
-    kafka: KafkaSettings, topic: str, name: str, verifier: Verifier | None = None
+    kafka: KafkaSettings,
+    topic: str,
+    name: str,
+    verifier: Verifier | None = None,
+    settle_s: float = 0.0,
 ) -> tuple[ModelParams | None, ModelParams | None, int]:
-    """(newest served model, candidate in shadow, highest version of either ever seen)."""
+    """(newest served model, candidate in shadow, highest version of either ever taken) on the
+    params topic. settle_s: see `_read_to_end` (publishers settle; a lister need not)."""
     consumer, tps = await _start_consumer(kafka, topic)
     try:
-        tail = await _read_to_end(consumer, tps, name, None, verifier)
+        tail = await _read_to_end(consumer, tps, name, None, verifier, "params", settle_s)
     finally:
         await consumer.stop()
-    newest = _newest(tail.models)
-    highest = max([newest.version if newest else 0, *tail.candidate_versions])
-    return newest, tail.candidate, highest
+    state = tail.state
+    return state.newest, state.candidate, state.highest
 
 
 async def read_newest(
@@ -213,9 +304,11 @@ async def read_newest(
     name: str,
     on_reject: OnReject | None = None,
     verifier: Verifier | None = None,
+    role: str = "params",
 ) -> ModelParams | None:
     """The newest valid model of `name` on `topic` (highest version), or None."""
-    return _newest(await read_all(kafka, topic, name, on_reject, verifier))
+    models = await read_all(kafka, topic, name, on_reject, verifier, role)
+    return max(models, key=lambda m: m.version, default=None)
 
 
 async def follow(
@@ -238,39 +331,23 @@ async def follow(
     consumer, tps = await _start_consumer(kafka, topic)
     try:
         # Catch up first, so a worker starts with the newest model rather than replaying.
-        tail = await _read_to_end(consumer, tps, name, on_reject, verifier)
-        newest = _newest(tail.models)
-        if newest is not None:
-            await on_model(newest)
+        state = (await _read_to_end(consumer, tps, name, on_reject, verifier)).state
+        if state.newest is not None:
+            await on_model(state.newest)
         if on_candidate is not None:
-            await on_candidate(tail.candidate)
+            await on_candidate(state.candidate)
         while stop is None or not stop.is_set():
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
-                    stage = params_record.stage_of(record.key, name)
-                    if stage is None or not _signed(record, verifier, on_reject):
-                        continue
-                    if stage == "candidate" and on_candidate is None:
-                        continue
-                    update = _decode(record, name, on_reject)
+                    update = _update(record, name, "params", verifier, on_reject)
                     if update is None:
                         continue
-                    if stage == "candidate":
-                        assert on_candidate is not None
-                        await on_candidate(update.model)  # None: withdrawn
-                        continue
-                    model = update.model
-                    assert model is not None
-                    if newest is not None and model.version <= newest.version:
-                        log.warning(
-                            "ignoring %r version %d: not newer than %d",
-                            name,
-                            model.version,
-                            newest.version,
-                        )
-                        continue
-                    newest = model
-                    await on_model(model)
+                    outcome = _apply(state, update, name, record.offset, on_reject)
+                    if outcome == "served":
+                        assert state.newest is not None
+                        await on_model(state.newest)
+                    elif outcome in ("candidate", "withdrawn") and on_candidate is not None:
+                        await on_candidate(state.candidate)  # None: withdrawn
     finally:
         await consumer.stop()
 
@@ -287,6 +364,7 @@ class PublisherSettings(Protocol):
     @property
     def model_name(self) -> str: ...
     def signer(self) -> Signer | None: ...
+    def verifier(self) -> Verifier | None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,30 +377,37 @@ class Publisher:
     name: str
     attempts: int = PUBLISH_ATTEMPTS
     #: Signs every record written (GMM_PARAMS_SIGNING_KEY), and then reads only records that
-    #: verify under its own public key: a forged record cannot move the numbering or the
-    #: expectations of a promotion.
+    #: verify under its own public key or one of `verify_keys`: a forged record cannot move
+    #: the numbering or the expectations of a promotion.
     signer: Signer | None = None
+    #: The other keys whose records it reads (GMM_PARAMS_VERIFY_KEY: while keys rotate, the
+    #: key that signed the versions before). With no signer, these alone.
+    verify_keys: Verifier | None = None
 
     @classmethod
     def from_settings(
         cls, settings: PublisherSettings, name: str | None = None, **options: Any
     ) -> Publisher:
         """The publisher of model name `name` (default: settings.model_name) on the settings'
-        params and history topics, signing with the settings' signer (GMM_PARAMS_SIGNING_KEY).
-        options: the other fields (attempts)."""
+        params and history topics, signing with the settings' signer (GMM_PARAMS_SIGNING_KEY)
+        and reading with its verifier (GMM_PARAMS_VERIFY_KEY). options: the other fields."""
         return cls(
             settings.kafka,
             settings.params_topic,
             settings.history_topic,
             settings.model_name if name is None else name,
             signer=settings.signer(),
+            verify_keys=settings.verifier(),
             **options,
         )
 
     @property
     def verifier(self) -> Verifier | None:
-        """Verifies records under the signer's own public key (None: not signing)."""
-        return None if self.signer is None else Verifier((self.signer.key.public_key(),))
+        """Verifies records under the signer's own public key and `verify_keys` (None: neither
+        is set, and every record is read)."""
+        if self.signer is None:
+            return self.verify_keys
+        return Verifier((self.signer.key.public_key(),)).including(self.verify_keys)
 
     @property
     def transactional_id(self) -> str:
@@ -349,11 +434,9 @@ class Publisher:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         model = stamped(model, self.name, published_by, stage=stage, **extra)
-        history_key = params_record.key_of(self.name, "served")  # every stage, on the history
-
         async def attempt(producer: AIOKafkaProducer) -> ModelParams:
             served, candidate, highest = await read_state(
-                self.kafka, self.params_topic, self.name, self.verifier
+                self.kafka, self.params_topic, self.name, self.verifier, SETTLE_SECONDS
             )
             now = (served.version if served else 0, candidate.version if candidate else None)
             if expect is not None and now != expect:
@@ -362,10 +445,14 @@ class Publisher:
                 )
             versioned = model.with_version(highest + 1)
             record = params_record.encode(versioned, self.name, stage, self.signer)
-            value, headers = record.value, record.headers
+            kept = params_record.encode(versioned, self.name, stage, self.signer, "history")
             async with producer.transaction():
-                await producer.send(self.history_topic, value, key=history_key, headers=headers)
-                await producer.send(self.params_topic, value, key=record.key, headers=headers)
+                await producer.send(
+                    self.history_topic, kept.value, key=kept.key, headers=kept.headers
+                )
+                await producer.send(
+                    self.params_topic, record.value, key=record.key, headers=record.headers
+                )
                 if stage == "served" and candidate is not None:
                     await self._send_withdrawal(producer, versioned.version)
             return versioned
@@ -378,7 +465,7 @@ class Publisher:
 
         async def attempt(producer: AIOKafkaProducer) -> None:
             _, candidate, highest = await read_state(
-                self.kafka, self.params_topic, self.name, self.verifier
+                self.kafka, self.params_topic, self.name, self.verifier, SETTLE_SECONDS
             )
             if candidate is None or candidate.version != version:
                 raise StaleState(f"{self.name!r}: candidate {version} is not in shadow any more")
@@ -406,6 +493,7 @@ class Publisher:
             producer = AIOKafkaProducer(
                 **self.kafka.producer_options(),
                 transactional_id=self.transactional_id,
+                transaction_timeout_ms=PUBLISH_TRANSACTION_TIMEOUT_MS,
                 enable_idempotence=True,
                 acks="all",
             )

@@ -5,12 +5,14 @@ a trainer's key, so a principal that can write the params topic (a mistaken ACL,
 password) still cannot make workers serve its model.
 
 - The trainer holds the private key (GMM_PARAMS_SIGNING_KEY, a PEM file) and signs each params
-  record's value: the signed bytes are exactly the record's value bytes, so the JSON is unchanged
-  and readers that do not verify read it as before.
+  record: the signed bytes are `wire.params_record.signed_message(role, key, value)` (the topic
+  it is written to, the key and the value), so a signature holds for that record only, and the
+  JSON is unchanged: readers that do not verify read it as before.
 - The signature (64 raw bytes) travels in the record header `gmm-signature` (HEADER; the
   record's format, headers included, is `wire.params_record`).
-- Workers hold public keys (GMM_PARAMS_VERIFY_KEY: one PEM file, or several separated by commas
-  while keys rotate) and accept a record whose signature verifies under any of them.
+- Every reader that verifies (workers, the publisher, `gmm-trainer models` and `rollback`)
+  holds public keys (GMM_PARAMS_VERIFY_KEY: one PEM file, or several separated by commas while
+  keys rotate) and accepts a record whose signature verifies under any of them.
 
     python -m kafka_common.signing keygen --out DIR   # DIR/params-signing.pem, params-verify.pem
 
@@ -32,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from kafka_common.settings import SettingsError
-from wire.params_record import SIGNATURE_HEADER, signature_headers, signature_of
+from wire.params_record import SIGNATURE_HEADER, signature_headers, signature_of, signed_message
 
 #: The Kafka record header that carries a params record's signature (64 raw bytes).
 HEADER = SIGNATURE_HEADER
@@ -98,13 +100,15 @@ class Signer:
     def key_id(self) -> str:
         return fingerprint(self.key.public_key())
 
-    def sign(self, value: bytes) -> bytes:
-        """The signature (64 bytes) of a record value: exactly these bytes are signed."""
-        return self.key.sign(value)
+    def sign(self, message: bytes) -> bytes:
+        """The signature (64 bytes) of exactly these bytes."""
+        return self.key.sign(message)
 
-    def headers(self, value: bytes) -> list[tuple[str, bytes]]:
-        """The record headers that carry the value's signature (for AIOKafkaProducer.send)."""
-        return signature_headers(value, self)
+    def headers(
+        self, key: bytes, value: bytes, role: str = "params"
+    ) -> list[tuple[str, bytes]]:
+        """The headers that carry a params record's signature (for AIOKafkaProducer.send)."""
+        return signature_headers(role, key, value, self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,25 +150,42 @@ class Verifier:
     def key_ids(self) -> list[str]:
         return [fingerprint(k) for k in self.keys]
 
-    def verify(self, value: bytes, signature: bytes | None) -> bool:
-        """True if `signature` is a valid signature of exactly `value` under one of the keys;
-        False for a missing, malformed or wrong signature and for a changed value."""
+    def verify(self, message: bytes, signature: bytes | None) -> bool:
+        """True if `signature` is a valid signature of exactly `message` under one of the keys;
+        False for a missing, malformed or wrong signature and for a changed message."""
         if not isinstance(signature, bytes | bytearray) or len(signature) != SIGNATURE_BYTES:
             return False
         for key in self.keys:
             try:
-                key.verify(bytes(signature), value)
+                key.verify(bytes(signature), message)
                 return True
             except InvalidSignature:
                 continue
         return False
 
     def verify_record(
-        self, value: bytes | None, headers: Iterable[tuple[str, bytes]] | None
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Iterable[tuple[str, bytes]] | None,
+        role: str = "params",
     ) -> bool:
-        """verify() on a consumed record: its value and the HEADER among its headers (aiokafka's
-        ConsumerRecord.headers). A record with no value, no signature or two signatures fails."""
-        return value is not None and self.verify(value, signature_of(headers))
+        """Whether a consumed params record (aiokafka's ConsumerRecord key, value and headers)
+        was signed as it is, on the topic of `role`: verify() of its `signed_message` and the
+        HEADER among its headers. No value, no signature or two signatures: False."""
+        if value is None:
+            return False
+        return self.verify(signed_message(role, key, value), signature_of(headers))
+
+    def including(self, others: Verifier | None) -> Verifier:
+        """These keys and `others`' (duplicates dropped), e.g. the signer's own and the listed."""
+        keys = list(self.keys)
+        ids = set(self.key_ids)
+        for key in others.keys if others is not None else ():
+            if fingerprint(key) not in ids:
+                keys.append(key)
+                ids.add(fingerprint(key))
+        return Verifier(tuple(keys))
 
 
 def keygen(out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, str]:

@@ -31,7 +31,7 @@ from mixture.select import DEFAULT_MAX_COMPONENTS, parse_components
 from wire.shadow_report import CLIP_NATS
 
 if TYPE_CHECKING:
-    from kafka_common.signing import Signer
+    from kafka_common.signing import Signer, Verifier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +161,13 @@ class TrainerSettings:
         "Ed25519 private key (PEM file) that signs every params record published, for workers "
         "with GMM_PARAMS_VERIFY_KEY (docs/security.md); empty: unsigned",
     )
+    params_verify_key: str = env_field(
+        "GMM_PARAMS_VERIFY_KEY",
+        "",
+        "Ed25519 public keys (PEM files, comma-separated) whose records the trainer, "
+        "`models` and `rollback` read besides the signing key's own: while keys rotate, the "
+        "retired key's (docs/security.md); empty: the signing key's only (none: every record)",
+    )
 
     def signer(self) -> Signer | None:
         """The signer of GMM_PARAMS_SIGNING_KEY (None: records go unsigned)."""
@@ -168,12 +175,20 @@ class TrainerSettings:
 
         return Signer.from_file(self.params_signing_key) if self.params_signing_key else None
 
+    def verifier(self) -> Verifier | None:
+        """The keys of GMM_PARAMS_VERIFY_KEY (None: none listed). The publisher adds its
+        signer's own key (`Publisher.verifier`)."""
+        from kafka_common.signing import Verifier
+
+        return Verifier.from_files(self.params_verify_key) if self.params_verify_key else None
+
     def validate(self) -> None:
         check_model_name(self.model_name)
         if self.params_signing_key:
             from kafka_common.signing import Signer
 
             Signer.from_file(self.params_signing_key)  # a bad file: one-line SettingsError
+        self.verifier()  # a bad file: one-line SettingsError
         if self.promotion == "shadow" and not self.events_topic:
             raise SettingsError(
                 "GMM_PROMOTION=shadow needs GMM_EVENTS_TOPIC: the workers report their shadow "

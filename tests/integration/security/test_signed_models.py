@@ -74,7 +74,7 @@ def produce_signed(
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
         await producer.start()
         try:
-            headers = signer.headers(signed if signed is not None else value)
+            headers = signer.headers(b"gmm", signed if signed is not None else value)
             await producer.send_and_wait(topic, value, key=b"gmm", headers=headers)
         finally:
             await producer.stop()

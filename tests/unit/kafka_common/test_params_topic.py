@@ -21,7 +21,7 @@ from kafka_common.params_topic import (
     PublishConflict,
     Publisher,
     StaleState,
-    _decode,
+    _update,
     fenced_backoff,
 )
 from kafka_common.settings import KafkaSettings
@@ -46,14 +46,15 @@ GOOD = {"schema": "gmm-params/1", "version": 3, "weights": [1.0], "locs": [0.0],
 )
 def test_a_poisoned_record_is_skipped_and_reported(value):
     rejected = []
-    record = SimpleNamespace(key=b"gmm", value=value)
-    update = _decode(record, "gmm", lambda reason, why: rejected.append(reason))
+    record = SimpleNamespace(key=b"gmm", value=value, offset=0)
+    update = _update(record, "gmm", "params", None, lambda reason, why: rejected.append(reason))
     assert update is None
     assert len(rejected) == 1
 
 
 def test_a_valid_record_loads():
-    update = _decode(SimpleNamespace(key=b"gmm", value=json.dumps(GOOD).encode()), "gmm", None)
+    record = SimpleNamespace(key=b"gmm", value=json.dumps(GOOD).encode(), offset=0)
+    update = _update(record, "gmm", "params", None, None)
     assert update is not None and update.model is not None and update.model.version == 3
 
 
@@ -137,6 +138,17 @@ def test_a_publisher_is_built_from_the_settings(tmp_path):
     signed = Publisher.from_settings(dataclasses.replace(settings, params_signing_key=str(private)))
     assert signed.signer is not None and signed.signer.key_id == key_id
     assert signed.verifier is not None and signed.verifier.key_ids == [key_id]
+    # While keys rotate: its own key and the listed ones (the retired key's), once each.
+    _, old_public, old_id = keygen(tmp_path / "old")
+    rotating = Publisher.from_settings(
+        dataclasses.replace(
+            settings, params_signing_key=str(private), params_verify_key=f"{old_public}"
+        )
+    )
+    assert rotating.verifier is not None and rotating.verifier.key_ids == [key_id, old_id]
+    listed = Publisher.from_settings(dataclasses.replace(settings, params_verify_key=str(old_public)))
+    assert listed.signer is None and listed.verifier is not None
+    assert listed.verifier.key_ids == [old_id]
 
 
 def test_a_fenced_attempt_is_retried_on_a_new_producer_after_a_backoff(fake_kafka):

@@ -47,11 +47,25 @@ def test_round_trip(keys):
 
 def test_the_signature_travels_in_a_header(keys):
     signer, verifier, _ = keys
-    headers = signer.headers(VALUE)
+    headers = signer.headers(b"gmm", VALUE)
     assert [name for name, _ in headers] == [HEADER] == ["gmm-signature"]
-    assert verifier.verify_record(VALUE, headers)
-    assert verifier.verify_record(VALUE, [("other", b"x"), *headers])
+    assert verifier.verify_record(b"gmm", VALUE, headers)
+    assert verifier.verify_record(b"gmm", VALUE, [("other", b"x"), *headers])
     assert signature_of(headers) == headers[0][1]
+
+
+def test_a_signature_holds_for_its_key_and_topic_only(keys):
+    """Copied under another key (the served key, another name's) or onto the other topic,
+    a signed value no longer verifies."""
+    signer, verifier, _ = keys
+    headers = signer.headers(b"gmm@candidate", VALUE)
+    assert verifier.verify_record(b"gmm@candidate", VALUE, headers)
+    assert not verifier.verify_record(b"gmm", VALUE, headers)
+    assert not verifier.verify_record(b"other@candidate", VALUE, headers)
+    assert not verifier.verify_record(b"gmm@candidate", VALUE, headers, role="history")
+    kept = signer.headers(b"gmm", VALUE, role="history")
+    assert verifier.verify_record(b"gmm", VALUE, kept, role="history")
+    assert not verifier.verify_record(b"gmm", VALUE, kept)  # history onto the params topic
 
 
 @pytest.mark.parametrize(
@@ -92,12 +106,12 @@ def test_unsigned_or_malformed_fails(keys, signature):
 
 def test_unsigned_records_fail(keys):
     signer, verifier, _ = keys
-    assert not verifier.verify_record(VALUE, [])
-    assert not verifier.verify_record(VALUE, None)  # type: ignore[arg-type]
-    assert not verifier.verify_record(None, signer.headers(VALUE))
+    assert not verifier.verify_record(b"gmm", VALUE, [])
+    assert not verifier.verify_record(b"gmm", VALUE, None)
+    assert not verifier.verify_record(b"gmm", None, signer.headers(b"gmm", VALUE))
     # Two signature headers: ambiguous, refused even if one is right.
-    assert not verifier.verify_record(VALUE, signer.headers(VALUE) * 2)
-    assert signature_of(signer.headers(VALUE) * 2) is None
+    assert not verifier.verify_record(b"gmm", VALUE, signer.headers(b"gmm", VALUE) * 2)
+    assert signature_of(signer.headers(b"gmm", VALUE) * 2) is None
 
 
 def test_several_verify_keys_for_rotation(tmp_path):
@@ -108,6 +122,9 @@ def test_several_verify_keys_for_rotation(tmp_path):
         assert both.verify(VALUE, Signer.from_file(private).sign(VALUE))
     only_new = Verifier.from_files([new_public])
     assert not only_new.verify(VALUE, Signer.from_file(old_private).sign(VALUE))
+    both_again = only_new.including(Verifier.from_files([old_public, new_public]))
+    assert both_again.key_ids == [only_new.key_ids[0], both.key_ids[0]]
+    assert only_new.including(None) == only_new
 
 
 def test_keygen_files(tmp_path):

@@ -117,7 +117,7 @@ def test_candidates_are_listed_as_candidate_or_shadowed():
 
 
 def test_withdrawal_markers_carry_the_highest_version():
-    assert withdrawn_version(withdrawn_marker(7)) == 7
+    assert withdrawn_version(withdrawn_marker("gmm", 7)) == 7
     assert withdrawn_version(None) is None
     assert withdrawn_version(model(3).dumps().encode()) is None
     assert withdrawn_version(b'{"schema": "gmm-candidate-withdrawn/1", "version": -1}') is None
