@@ -16,6 +16,13 @@ second), unless `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` or
 costs one warning line and the process runs without the cache. The cache only ever saves
 compilations: deleting it is always safe.
 
+The cache holds native code that this process will run, and JAX reads its entries itself, so we
+cannot authenticate them (unlike `mixture.program_cache`'s files): the directory rule of
+`mixture.cache_dir` is their only protection. A directory another user could write (not owned by
+the effective user, writable by group or others, or in a parent another user can write) costs
+one warning line and the cache is not enabled; a directory the process creates is mode 0700,
+missing parents included.
+
 Call `enable_compilation_cache` at process start, before anything is compiled.
 """
 
@@ -26,6 +33,8 @@ import os
 import tempfile
 from collections.abc import Mapping
 from typing import Any
+
+from mixture.cache_dir import UntrustedCacheError, check_private_dir, make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +79,18 @@ def resolve_cache_dir(
 
 
 def _unusable(path: str) -> str | None:
-    """Why `path` cannot hold the cache (created, mode 0700, if missing); None if it can."""
+    """Why `path` cannot hold the cache (created, mode 0700, if missing), worded to follow its
+    name; None if it can: it can be written, and no other user can (`check_private_dir`)."""
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        make_private_dir(path)
+        check_private_dir(path)
         fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
         os.close(fd)
         os.unlink(probe)
+    except UntrustedCacheError as exc:
+        return str(exc)
     except OSError as exc:
-        return exc.strerror or str(exc)
+        return f"cannot be used ({exc.strerror or exc})"
     return None
 
 
@@ -90,7 +103,7 @@ def enable_compilation_cache(
 ) -> str | None:
     """Points JAX's persistent compilation cache at `directory` (a GMM_JAX_CACHE_DIR value; None
     is `auto`) and returns the directory in use, or None when the cache is off. Never raises for
-    an unusable directory: it logs one warning and turns the cache off."""
+    an unusable or untrusted directory: it logs one warning and turns the cache off."""
     import jax  # here, so that importing this module (and `--help`) stays cheap
 
     environ = os.environ if environ is None else environ
@@ -99,7 +112,7 @@ def enable_compilation_cache(
         if path not in _warned:
             _warned.add(path)
             log.warning(
-                "JAX compilation cache off: cannot use %s (%s); set %s to a writable "
+                "JAX compilation cache off: %s %s; set %s to a private, writable "
                 "directory or to off",
                 path,
                 reason,

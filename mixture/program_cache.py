@@ -6,19 +6,27 @@ start-up). `ProgramCache` stores each traced program as serialised StableHLO, ke
 everything that shapes it; a later process deserialises it instead of tracing, and does not
 even call its builder (which may be costly itself: model set-up, guide prototypes).
 
-The cache is an optimisation only: an unreadable, damaged or incompatible file, an unwritable
-directory or a program that cannot be serialised falls back to the traced program with a
-warning, never an error. Serialisation needs the `flatbuffers` package. Pytrees may hold None,
-lists, tuples, string-keyed dicts and NamedTuples (other custom nodes need
-`jax.export.register_pytree_node_serialization`).
+The cache is an optimisation only: an unreadable, damaged, unauthenticated or incompatible
+file, an unwritable or untrusted directory or a program that cannot be serialised falls back to
+the traced program with a warning, never an error. Serialisation needs the `flatbuffers`
+package. Pytrees may hold None, lists, tuples, string-keyed dicts and NamedTuples (other custom
+nodes need `jax.export.register_pytree_node_serialization`).
 
-A file is a magic line, a SHA-256 of the rest (a truncated or damaged file never reaches the
-deserialiser), a JSON line, then the `Exported.serialize()` bytes. The JSON names the
-NamedTuple types of the program's inputs and outputs, registered before deserialising so that
-a new process can read outputs of types it has not passed in (looked up among the modules
-already imported, never imported by a name read from a file: they must be defined at module
-level), and which outputs are weakly typed, a property serialisation drops and the loaded
-program restores, so that it returns what the traced function returns.
+A loaded program runs as this process, so the cache trusts only what this install wrote: the
+directory must be private (owned by the effective user, not writable by group or others, a
+parent no other user can write: `mixture.cache_dir`), else it is not used at all (one warning,
+programs traced); and each file is authenticated with HMAC-SHA256 under a per-install key, 32
+random bytes in `<directory>/.key` (mode 0600, created by the first process). A checksum only
+catches damage; the HMAC also refuses a file forged by someone without the key, or a genuine file
+moved to another program's name (the file name is authenticated too).
+
+A file is a magic line, the HMAC of the magic, the file name and the rest (a truncated, damaged
+or forged file never reaches the deserialiser), a JSON line, then the `Exported.serialize()`
+bytes. The JSON names the NamedTuple types of the program's inputs and outputs, registered
+before deserialising so that a new process can read outputs of types it has not passed in
+(looked up among the modules already imported, never imported by a name read from a file: they
+must be defined at module level), and which outputs are weakly typed, a property serialisation
+drops and the loaded program restores, so that it returns what the traced function returns.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import hmac
 import importlib
 import importlib.metadata
 import importlib.util
@@ -46,11 +55,20 @@ import jax
 from jax import export as jax_export
 from jax._src.lax import lax as _lax  # _convert_element_type: the one way to set weak_type
 
+from mixture.cache_dir import (
+    UntrustedCacheError,
+    check_private_dir,
+    install_key,
+    make_private_dir,
+)
+
 log = logging.getLogger(__name__)
 
 #: Libraries whose versions enter `source_salt`: any of them can change a traced program.
 VERSIONED = ("jax", "jaxlib", "numpyro", "funsor", "optax")
-_MAGIC = b"gmm-jaxexport-1\n"
+#: Version 2 is authenticated (HMAC); files of version 1 (a SHA-256) are misses, overwritten.
+_MAGIC = b"gmm-jaxexport-2\n"
+_MAC_BYTES = hashlib.sha256().digest_size
 _NO_STATIC: Mapping[str, Hashable] = MappingProxyType({})
 _registry_lock = threading.Lock()
 _registered: set[type] = set()
@@ -107,12 +125,28 @@ class ProgramCache:
         #: key -> what runs it: the jitted Exported.call, or the built function if unexported.
         self._programs: dict[str, Callable[..., Any]] = {}
         self._keys: dict[tuple[Any, ...], str] = {}
+        self._mac_key = self._open_directory()
+        self._disk = self._mac_key is not None
+
+    def _open_directory(self) -> bytes | None:
+        """The install's HMAC key, once the directory is created (0700) and found private; None,
+        with one warning, when it cannot be created or is not to be trusted."""
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._disk = True
+            make_private_dir(self.directory)
         except OSError as exc:
-            self._disk = False
-            self._warn_dir(f"cannot create it: {exc}")
+            self._warn_dir(
+                f"program cache {self.directory}: cannot create it: {exc}; traced "
+                "programs not stored"
+            )
+            return None
+        try:
+            check_private_dir(self.directory)
+            return install_key(self.directory)
+        except (UntrustedCacheError, OSError) as exc:
+            self._warn_dir(
+                f"program cache {self.directory} {_reason(exc)}: not used, programs are traced"
+            )
+            return None
 
     def call(
         self,
@@ -145,7 +179,8 @@ class ProgramCache:
 
     @property
     def persistent(self) -> bool:
-        """Whether programs go to disk (False: the directory could not be created)."""
+        """Whether programs go to disk (False: the directory could not be created, or is not
+        private, or its key file is not to be trusted)."""
         return self._disk
 
     def prune(self, idle_s: float = 86400.0) -> int:
@@ -225,7 +260,7 @@ class ProgramCache:
         if data is None:
             return None
         try:
-            meta, payload = _unwrap(data)
+            meta, payload = self._unwrap(path, data)
             register_namedtuples(*(_resolve(*n) for n in meta["namedtuples"]))
             exported = jax_export.deserialize(bytearray(payload))
             in_tree: Any = exported.in_tree
@@ -306,22 +341,52 @@ class ProgramCache:
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 body = json.dumps(meta).encode() + b"\n" + bytes(payload)
-                f.write(_MAGIC + hashlib.sha256(body).digest() + body)
+                f.write(_MAGIC + self._mac(path, body) + body)
             os.replace(tmp, path)
             tmp = None
         except OSError as exc:
-            self._warn_dir(f"cannot write {path.name}: {exc}")
+            self._warn_dir(
+                f"program cache {self.directory}: cannot write {path.name}: {exc}; traced "
+                "programs not stored"
+            )
         finally:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
 
-    def _warn_dir(self, why: str) -> None:
+    def _mac(self, path: Path, body: bytes) -> bytes:
+        """HMAC-SHA256, under the install's key, of the magic, the file's name and `body`: only
+        this install can write a file that verifies, and only under the name it wrote."""
+        if self._mac_key is None:
+            raise ValueError("no key: the cache is not on disk")
+        message = _MAGIC + path.name.encode() + b"\0" + body
+        return hmac.new(self._mac_key, message, hashlib.sha256).digest()
+
+    def _unwrap(self, path: Path, data: bytes) -> tuple[dict[str, Any], bytes]:
+        """The metadata and the payload of the file `path` whose bytes are `data`, once its HMAC
+        verifies (compared in constant time)."""
+        head = len(_MAGIC) + _MAC_BYTES
+        if len(data) < head or not data.startswith(_MAGIC):
+            raise ValueError("not a program cache file of this format")
+        if not hmac.compare_digest(self._mac(path, data[head:]), data[len(_MAGIC) : head]):
+            raise ValueError("not authenticated: damaged, or not written under this install's key")
+        meta, _, payload = data[head:].partition(b"\n")
+        return json.loads(meta), payload
+
+    def _warn_dir(self, message: str) -> None:
+        """Logs `message`, the first time only for this directory in this process."""
         with _registry_lock:
             first = str(self.directory) not in _warned_dirs
             _warned_dirs.add(str(self.directory))
         if first:
-            log.warning("program cache %s: %s; traced programs not stored", self.directory, why)
+            log.warning("%s", message)
+
+
+def _reason(exc: Exception) -> str:
+    """Why a directory is not used, worded to follow its name."""
+    if isinstance(exc, UntrustedCacheError):
+        return str(exc)
+    return f"cannot be used ({exc})"
 
 
 def _call_committed(program: Callable[..., Any], *args: Any) -> Any:
@@ -355,17 +420,6 @@ def _namedtuple_types(treedef: Any) -> set[type]:
             found.add(data[0])
         stack.extend(node.children())
     return found
-
-
-def _unwrap(data: bytes) -> tuple[dict[str, Any], bytes]:
-    """The metadata and the payload of a cache file, checked against its SHA-256."""
-    head = len(_MAGIC) + 32
-    if len(data) < head or not data.startswith(_MAGIC):
-        raise ValueError("not a program cache file")
-    if hashlib.sha256(data[head:]).digest() != data[len(_MAGIC) : head]:
-        raise ValueError("checksum mismatch (truncated or damaged)")
-    meta, _, payload = data[head:].partition(b"\n")
-    return json.loads(meta), payload
 
 
 def _resolve(module: str, qualname: str) -> type:

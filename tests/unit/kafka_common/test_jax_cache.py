@@ -96,7 +96,8 @@ def test_enable_creates_a_private_directory_and_caches_every_program(tmp_path):
     target = tmp_path / "a" / "cache"
     assert enable_compilation_cache(str(target), {}) == str(target)
     assert target.is_dir()
-    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    for created in (target.parent, target):  # missing parents too: a parent must be private
+        assert stat.S_IMODE(created.stat().st_mode) == 0o700
     assert list(target.iterdir()) == []  # the write probe is gone
     assert jax.config.jax_enable_compilation_cache is True
     assert jax.config.jax_compilation_cache_dir == str(target)
@@ -205,3 +206,75 @@ def test_fit_caches_keep_traced_programs_beside_the_compiled_ones(tmp_path):
         assert fit._program_cache is None
     finally:
         fit.use_program_cache(None)
+
+
+# JAX reads its cache's entries itself (native code, which we cannot authenticate): the only
+# protection is that a directory another user can write is not used.
+
+ANOTHER_UID = 12345
+
+
+def _others_write(directory, monkeypatch):
+    directory.chmod(0o777)
+
+
+def _group_write(directory, monkeypatch):
+    directory.chmod(0o775)
+
+
+def _other_owner(directory, monkeypatch):
+    if os.geteuid() == 0:
+        os.chown(directory, ANOTHER_UID, -1)
+    else:  # this process plays another user
+        monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + ANOTHER_UID)
+
+
+def _parent_others_write(directory, monkeypatch):
+    directory.parent.chmod(0o777)
+
+
+UNSAFE = {
+    "others-write": (_others_write, "writable by group or others (mode 0777)"),
+    "group-write": (_group_write, "writable by group or others (mode 0775)"),
+    "other-owner": (_other_owner, "is owned by uid"),
+    "parent-others-write": (_parent_others_write, "has a parent"),
+}
+
+
+@pytest.mark.parametrize("unsafe", list(UNSAFE))
+def test_a_directory_another_user_can_write_is_one_warning_and_no_cache(
+    tmp_path, monkeypatch, caplog, unsafe
+):
+    make_unsafe, why = UNSAFE[unsafe]
+    directory = tmp_path / "cache"
+    directory.mkdir(mode=0o700)
+    make_unsafe(directory, monkeypatch)
+    jax.config.update("jax_enable_compilation_cache", True)  # on before: turned off
+    with caplog.at_level(logging.WARNING, logger="kafka_common.jax_cache"):
+        result = enable_compilation_cache(str(directory), {})
+        _assert_one_warning_and_no_cache(caplog, result, str(directory))
+    assert why in caplog.records[0].getMessage()
+    assert list(directory.iterdir()) == []  # not even a write probe
+
+
+def test_fit_caches_are_both_off_in_a_directory_others_can_write(tmp_path):
+    from mixture import fit
+
+    tmp_path.chmod(0o777)
+    try:
+        assert jax_cache.enable_fit_caches(str(tmp_path), {}) is None
+        assert jax.config.jax_enable_compilation_cache is False
+        assert fit._program_cache is None
+        assert not (tmp_path / "programs").exists()
+    finally:
+        fit.use_program_cache(None)
+        tmp_path.chmod(0o700)
+
+
+def test_a_sticky_parent_others_can_write_is_accepted(tmp_path):
+    """Like /tmp: others cannot rename or replace the directory we own in it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    assert enable_compilation_cache(str(shared / "cache"), {}) == str(shared / "cache")
+    assert jax.config.jax_enable_compilation_cache is True

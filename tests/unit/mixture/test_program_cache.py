@@ -4,13 +4,19 @@ tracing (build never called), and every way the disk can let it down falling bac
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import importlib.util
+import json
 import logging
 import os
+import secrets
+import stat
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -28,6 +34,7 @@ from numpyro.infer import SVI, TraceEnum_ELBO
 from numpyro.infer.autoguide import AutoDelta
 
 from mixture import program_cache
+from mixture.cache_dir import KEY_FILE, install_key
 from mixture.params import Priors, seed_priors
 from mixture.program_cache import ProgramCache, register_namedtuples, source_salt
 from tests.conftest import ROOT
@@ -68,7 +75,8 @@ ARGS = (jnp.arange(3.0), {"a": jnp.float32(2.0), "b": 1.0})
 
 
 def files(directory: Any) -> list[str]:
-    return sorted(p.name for p in directory.iterdir())
+    """The directory's files but the install's key."""
+    return sorted(p.name for p in directory.iterdir() if p.name != KEY_FILE)
 
 
 def assert_trees_close(a: Any, b: Any, rtol: float = 1e-6) -> None:
@@ -142,7 +150,7 @@ def test_source_salt_changes_with_modules():
 )
 def test_damaged_file_is_traced_again_and_rewritten(tmp_path, damage):
     ProgramCache(tmp_path).call("scaled", Builds(JIT_SCALED), ARGS)
-    (path,) = tmp_path.iterdir()
+    (path,) = (tmp_path / name for name in files(tmp_path))
     good = path.read_bytes()
     path.write_bytes(damage(good))
     build = Builds(JIT_SCALED)
@@ -185,7 +193,7 @@ def test_program_that_fails_to_run_is_traced_again_once(tmp_path, caplog):
     assert "unusable" in caplog.text
     assert_trees_close(out, JIT_SCALED(*ARGS))
     assert_trees_close(out_again, out)
-    _, payload = program_cache._unwrap(path.read_bytes())
+    _, payload = cache._unwrap(path, path.read_bytes())
     assert jax_export.deserialize(bytearray(payload)).platforms == ("cpu",)
 
 
@@ -238,7 +246,7 @@ def test_unexportable_program_runs_traced(tmp_path):
 def test_concurrent_writers_never_expose_partial_files(tmp_path):
     cache = ProgramCache(tmp_path)
     cache.call("scaled", Builds(JIT_SCALED), ARGS)
-    (path,) = tmp_path.iterdir()
+    (path,) = (tmp_path / name for name in files(tmp_path))
     payloads = [
         jax_export.export(JIT_SCALED)(jnp.arange(float(n)), ARGS[1]).serialize() for n in (3, 300)
     ]
@@ -252,7 +260,7 @@ def test_concurrent_writers_never_expose_partial_files(tmp_path):
     def reader() -> None:
         while not stop.is_set():
             try:
-                seen.add(program_cache._unwrap(path.read_bytes())[1])
+                seen.add(cache._unwrap(path, path.read_bytes())[1])
             except Exception as exc:  # pragma: no cover - the failure being tested for
                 errors.append(exc)
 
@@ -267,6 +275,237 @@ def test_concurrent_writers_never_expose_partial_files(tmp_path):
     assert not errors
     assert seen <= {bytes(p) for p in payloads} and seen
     assert files(tmp_path) == [path.name]  # no temporary file left
+
+
+# Trust: a loaded program runs as this process, so only this install's files, in a directory no
+# other user can write, are loaded.
+
+#: What a forger puts under the key of the genuine program (JIT_SCALED: out = [0, 2, 4]).
+FORGED = jax.jit(lambda x, y: {"out": jnp.full_like(x, 42.0), "sum": jnp.sum(x) + y["b"]})
+GENUINE_OUT = [0.0, 2.0, 4.0]
+ANOTHER_UID = 12345
+
+
+def forged_body() -> bytes:
+    """A well-formed file body (JSON line, serialised program) for FORGED on ARGS."""
+    exported = jax_export.export(FORGED)(*ARGS)
+    meta = {"namedtuples": [], "weak_out": [a.weak_type for a in exported.out_avals]}
+    return json.dumps(meta).encode() + b"\n" + bytes(exported.serialize())
+
+
+def owned_by_another_user(path: Any, monkeypatch: Any) -> None:
+    """Makes `path` another user's: chowned to ANOTHER_UID as root, else this process takes an
+    effective uid that is not the owner's."""
+    if os.geteuid() == 0:
+        os.chown(path, ANOTHER_UID, -1)
+    else:
+        monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + ANOTHER_UID)
+
+
+def cache_warnings(caplog: Any) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == program_cache.__name__]
+
+
+@needs_flatbuffers
+@pytest.mark.parametrize(
+    "seal",
+    [
+        lambda name, body: hashlib.sha256(body).digest(),
+        lambda name, body: hmac.new(
+            secrets.token_bytes(32), program_cache._MAGIC + name + b"\0" + body, hashlib.sha256
+        ).digest(),
+    ],
+    ids=["sha256", "another-key"],
+)
+def test_forged_entry_is_refused(tmp_path, caplog, seal):
+    """A file of the right format under the key of `fit.winner`, but written without the
+    install's key (with the checksum that used to suffice, or an HMAC under the forger's own key),
+    is refused: the program is traced, the right answer comes back, the file is overwritten."""
+    cache = ProgramCache(tmp_path)
+    path = cache.path("fit.winner", cache.key("fit.winner", ARGS, {}))
+    body = forged_body()
+    path.write_bytes(program_cache._MAGIC + seal(path.name.encode(), body) + body)
+    build = Builds(JIT_SCALED)
+    with caplog.at_level(logging.WARNING, logger=program_cache.__name__):
+        out = cache.call("fit.winner", build, ARGS)
+    assert build.calls == 1
+    assert_allclose(out["out"], GENUINE_OUT)
+    (warning,) = cache_warnings(caplog)
+    assert "not authenticated" in warning and path.name in warning
+    assert_allclose(ProgramCache(tmp_path).call("fit.winner", Builds(None), ARGS)["out"], [0, 2, 4])
+
+
+@needs_flatbuffers
+def test_old_format_file_is_a_miss(tmp_path):
+    """A file of the unauthenticated format (a SHA-256 of its body) is never loaded."""
+    cache = ProgramCache(tmp_path)
+    path = cache.path("fit.winner", cache.key("fit.winner", ARGS, {}))
+    body = forged_body()
+    path.write_bytes(b"gmm-jaxexport-1\n" + hashlib.sha256(body).digest() + body)
+    build = Builds(JIT_SCALED)
+    assert_allclose(cache.call("fit.winner", build, ARGS)["out"], GENUINE_OUT)
+    assert build.calls == 1 and path.read_bytes().startswith(program_cache._MAGIC)
+
+
+@needs_flatbuffers
+def test_only_the_install_key_makes_a_file_loadable(tmp_path):
+    """The control of the forgery tests: the same forged body, sealed under the install's key, is
+    loaded (the key, not the format, is what refuses a forgery)."""
+    cache = ProgramCache(tmp_path)
+    path = cache.path("fit.winner", cache.key("fit.winner", ARGS, {}))
+    meta_line, _, payload = forged_body().partition(b"\n")
+    cache._write(path, payload, json.loads(meta_line))
+    out = ProgramCache(tmp_path).call("fit.winner", Builds(None), ARGS)
+    assert_allclose(out["out"], [42.0] * 3)
+
+
+@needs_flatbuffers
+def test_genuine_file_moved_to_another_name_is_refused(tmp_path):
+    """The HMAC covers the file's name: this install's file for one program, copied under the
+    key of another of the same signature, is refused."""
+    cache = ProgramCache(tmp_path)
+    cache.call("other", Builds(FORGED), ARGS)
+    other = cache.path("other", cache.key("other", ARGS, {}))
+    winner = cache.path("fit.winner", cache.key("fit.winner", ARGS, {}))
+    winner.write_bytes(other.read_bytes())
+    build = Builds(JIT_SCALED)
+    assert_allclose(ProgramCache(tmp_path).call("fit.winner", build, ARGS)["out"], GENUINE_OUT)
+    assert build.calls == 1
+
+
+def _others_write(directory: Any, monkeypatch: Any) -> None:
+    directory.chmod(0o777)
+
+
+def _group_write(directory: Any, monkeypatch: Any) -> None:
+    directory.chmod(0o770)
+
+
+def _other_owner(directory: Any, monkeypatch: Any) -> None:
+    owned_by_another_user(directory, monkeypatch)
+
+
+def _parent_others_write(directory: Any, monkeypatch: Any) -> None:
+    directory.parent.chmod(0o777)
+
+
+def _parent_other_owner(directory: Any, monkeypatch: Any) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a directory to another user")
+    os.chown(directory.parent, ANOTHER_UID, -1)
+
+
+UNSAFE = {
+    "others-write": (_others_write, "writable by group or others (mode 0777)"),
+    "group-write": (_group_write, "writable by group or others (mode 0770)"),
+    "other-owner": (_other_owner, "is owned by uid"),
+    "parent-others-write": (_parent_others_write, "writable by group or others (mode 0777, not"),
+    "parent-other-owner": (_parent_other_owner, f"owned by uid {ANOTHER_UID}"),
+}
+
+
+@needs_flatbuffers
+@pytest.mark.parametrize("unsafe", list(UNSAFE))
+def test_directory_another_user_can_write_is_not_used(tmp_path, monkeypatch, caplog, unsafe):
+    """Nothing is loaded from it, not even a file that verifies (whoever can write the directory
+    can replace the key): one warning line, and the programs are traced."""
+    make_unsafe, why = UNSAFE[unsafe]
+    directory = tmp_path / "cache"
+    cache = ProgramCache(directory)
+    path = cache.path("fit.winner", cache.key("fit.winner", ARGS, {}))
+    meta_line, _, payload = forged_body().partition(b"\n")
+    cache._write(path, payload, json.loads(meta_line))
+    planted = path.read_bytes()
+    make_unsafe(directory, monkeypatch)
+    build = Builds(JIT_SCALED)
+    with caplog.at_level(logging.WARNING, logger=program_cache.__name__):
+        for _ in range(2):
+            cache = ProgramCache(directory)
+            assert_allclose(cache.call("fit.winner", build, ARGS)["out"], GENUINE_OUT)
+            assert not cache.persistent
+    assert build.calls == 2
+    (warning,) = cache_warnings(caplog)
+    assert "\n" not in warning and str(directory) in warning and why in warning
+    assert "not used, programs are traced" in warning
+    assert path.read_bytes() == planted and files(directory) == [path.name]  # nothing written
+
+
+@needs_flatbuffers
+def test_sticky_parent_writable_by_others_is_accepted(tmp_path):
+    """Like /tmp: others may write the parent, but not rename or replace our directory in it."""
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    parent.chmod(0o1777)
+    ProgramCache(parent / "cache").call("scaled", Builds(JIT_SCALED), ARGS)
+    build = Builds(None)
+    cache = ProgramCache(parent / "cache")
+    assert cache.persistent
+    assert_allclose(cache.call("scaled", build, ARGS)["out"], GENUINE_OUT)
+
+
+def test_created_directories_and_key_are_private(tmp_path):
+    directory = tmp_path / "a" / "b"
+    cache = ProgramCache(directory)
+    assert cache.persistent
+    for created in (tmp_path / "a", directory):
+        assert stat.S_IMODE(created.stat().st_mode) == 0o700
+    key = directory / KEY_FILE
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
+    assert ProgramCache(directory)._mac_key == key.read_bytes()  # kept, not made again
+    assert sorted(p.name for p in directory.iterdir()) == [KEY_FILE]
+
+
+def test_processes_starting_together_share_one_key(tmp_path):
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: install_key(tmp_path), range(16)))
+    assert len(keys) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [KEY_FILE]  # no temporary file left
+
+
+def _key_mode_0644(key: Any, monkeypatch: Any) -> None:
+    key.chmod(0o644)
+
+
+def _key_other_owner(key: Any, monkeypatch: Any) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    os.chown(key, ANOTHER_UID, -1)
+
+
+def _key_short(key: Any, monkeypatch: Any) -> None:
+    key.write_bytes(b"0" * 16)
+
+
+def _key_symlink(key: Any, monkeypatch: Any) -> None:
+    target = key.parent.parent / "elsewhere"
+    target.write_bytes(key.read_bytes())
+    target.chmod(0o600)
+    key.unlink()
+    key.symlink_to(target)
+
+
+BAD_KEYS = {
+    "mode-0644": (_key_mode_0644, "of mode 0644, not 0600"),
+    "other-owner": (_key_other_owner, f"owned by uid {ANOTHER_UID}"),
+    "short": (_key_short, "of 16 bytes, not 32"),
+    "symlink": (_key_symlink, "cannot be used"),
+}
+
+
+@needs_flatbuffers
+@pytest.mark.parametrize("bad", list(BAD_KEYS))
+def test_untrusted_key_file_is_refused(tmp_path, monkeypatch, caplog, bad):
+    damage, why = BAD_KEYS[bad]
+    directory = tmp_path / "cache"
+    ProgramCache(directory).call("scaled", Builds(JIT_SCALED), ARGS)
+    damage(directory / KEY_FILE, monkeypatch)
+    build = Builds(JIT_SCALED)
+    with caplog.at_level(logging.WARNING, logger=program_cache.__name__):
+        cache = ProgramCache(directory)
+        assert_allclose(cache.call("scaled", build, ARGS)["out"], GENUINE_OUT)
+    assert build.calls == 1 and not cache.persistent
+    (warning,) = cache_warnings(caplog)
+    assert str(directory) in warning and why in warning
 
 
 class Empty(NamedTuple):
@@ -466,8 +705,8 @@ def test_weak_types_survive(tmp_path):
     assert jax.typeof(out[0]).weak_type
 
 
-def test_key_follows_jax_settings_that_change_a_trace():
-    cache = ProgramCache("/nonexistent-never-written", salt="s")
+def test_key_follows_jax_settings_that_change_a_trace(tmp_path):
+    cache = ProgramCache(tmp_path, salt="s")
     before = cache.key("f", ARGS, {})
     with jax.default_matmul_precision("highest"):
         assert cache.key("f", ARGS, {}) != before
