@@ -434,6 +434,7 @@ class Publisher:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         model = stamped(model, self.name, published_by, stage=stage, **extra)
+
         async def attempt(producer: AIOKafkaProducer) -> ModelParams:
             served, candidate, highest = await read_state(
                 self.kafka, self.params_topic, self.name, self.verifier, SETTLE_SECONDS

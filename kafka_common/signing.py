@@ -104,9 +104,7 @@ class Signer:
         """The signature (64 bytes) of exactly these bytes."""
         return self.key.sign(message)
 
-    def headers(
-        self, key: bytes, value: bytes, role: str = "params"
-    ) -> list[tuple[str, bytes]]:
+    def headers(self, key: bytes, value: bytes, role: str = "params") -> list[tuple[str, bytes]]:
         """The headers that carry a params record's signature (for AIOKafkaProducer.send)."""
         return signature_headers(role, key, value, self)
 

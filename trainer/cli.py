@@ -197,9 +197,17 @@ def _kafka_errors() -> tuple[type[Exception], ...]:
     from aiokafka.errors import KafkaError
 
     from kafka_common.connection import KafkaUnavailable
-    from kafka_common.params_topic import PublishConflict
+    from kafka_common.params_topic import OpenTransaction, PublishConflict
 
-    return (KafkaUnavailable, TimeoutError, KafkaError, OSError, LookupError, PublishConflict)
+    return (
+        KafkaUnavailable,
+        TimeoutError,
+        KafkaError,
+        OSError,
+        LookupError,
+        PublishConflict,
+        OpenTransaction,
+    )
 
 
 async def _publish(model: ModelParams) -> ModelParams:

@@ -20,7 +20,7 @@ from prometheus_client import start_http_server
 
 from kafka_common.access import Need, check_access
 from kafka_common.jax_cache import enable_fit_caches
-from kafka_common.params_topic import PublishConflict, history_spec, params_spec
+from kafka_common.params_topic import OpenTransaction, PublishConflict, history_spec, params_spec
 from kafka_common.topics import TopicSpec, ensure_topics
 from trainer.cycle import CycleOutcome, Trainer
 from trainer.events import ShadowTally, follow_events
@@ -80,7 +80,9 @@ async def _cycles(
             backoff = 1.0
         except Exception as exc:  # the broker away, a refused send, a record it cannot use
             metrics.cycle_errors.inc()
-            expected = isinstance(exc, TimeoutError | KafkaError | OSError | PublishConflict)
+            expected = isinstance(
+                exc, TimeoutError | KafkaError | OSError | PublishConflict | OpenTransaction
+            )
             log.log(
                 logging.WARNING if expected else logging.ERROR,
                 "cycle failed (%s: %s); retrying in %.0f s",

@@ -134,9 +134,7 @@ def test_copied_and_replayed_signed_records_change_nothing(kafka_bootstrap, star
     assert (served.version, candidate.version, highest) == (1, 3, 3)
     assert run(gmm.publish(model((2.5, 9.5)), "trainer")).version == 4
     wait_for(lambda: worker.metric("gmm_model_version") == 4, 60, message="v4 served")
-    wait_for(
-        lambda: math.isnan(worker.metric("gmm_candidate_version")), 30, message="withdrawn"
-    )
+    wait_for(lambda: math.isnan(worker.metric("gmm_candidate_version")), 30, message="withdrawn")
 
 
 def test_a_key_rotation_keeps_versions_rollback_and_shadow_going(
@@ -183,9 +181,7 @@ def test_a_key_rotation_keeps_versions_rollback_and_shadow_going(
         (5, "candidate"),
     ]
     run(after.withdraw_candidate(5))
-    wait_for(
-        lambda: math.isnan(worker.metric("gmm_candidate_version")), 30, message="withdrawn"
-    )
+    wait_for(lambda: math.isnan(worker.metric("gmm_candidate_version")), 30, message="withdrawn")
     assert worker.metric("gmm_params_rejected_total") == 0
 
     # 3. Workers drop the old key: what is served is signed with the new one.

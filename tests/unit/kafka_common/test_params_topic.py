@@ -146,7 +146,9 @@ def test_a_publisher_is_built_from_the_settings(tmp_path):
         )
     )
     assert rotating.verifier is not None and rotating.verifier.key_ids == [key_id, old_id]
-    listed = Publisher.from_settings(dataclasses.replace(settings, params_verify_key=str(old_public)))
+    listed = Publisher.from_settings(
+        dataclasses.replace(settings, params_verify_key=str(old_public))
+    )
     assert listed.signer is None and listed.verifier is not None
     assert listed.verifier.key_ids == [old_id]
 

@@ -11,6 +11,7 @@ from mixture.params import FitMetadata, MixtureParams, ModelParams, ParamsError
 from wire.params_record import (
     SIGNATURE_HEADER,
     WITHDRAWN_SCHEMA,
+    NameState,
     ParamsUpdate,
     candidate_key,
     decode,
@@ -19,10 +20,9 @@ from wire.params_record import (
     key_of,
     signature_headers,
     signature_of,
+    signed_message,
     stage_of,
     stamped,
-    NameState,
-    signed_message,
     withdrawn_marker,
     withdrawn_version,
 )
