@@ -1,7 +1,8 @@
 """The events topic's Kafka side: sending events, one producer per sender.
 
 The record itself (fields, validation, JSON encoding) is `wire.event`; the trainer reads the
-topic in `trainer.events`.
+topic in `trainer.events`. A sender given an `EventSigner` (a worker with
+GMM_EVENTS_SIGNING_KEY) signs every record it sends (`kafka_common.event_signing`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 
 from aiokafka import AIOKafkaProducer
 
+from kafka_common.event_signing import EventSigner
 from kafka_common.settings import KafkaSettings
 from wire.event import Event
 
@@ -17,11 +19,13 @@ DEFAULT_EVENTS_TOPIC = "gmm.events"
 
 
 class EventProducer:
-    """Sends events to the events topic (key: the model name); started on the first send."""
+    """Sends events to the events topic (key: the model name); started on the first send.
+    With `signer`, each record carries its signature in a header; without, it goes unsigned."""
 
-    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+    def __init__(self, kafka: KafkaSettings, topic: str, signer: EventSigner | None = None) -> None:
         self.kafka = kafka
         self.topic = topic
+        self.signer = signer
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
 
@@ -32,7 +36,9 @@ class EventProducer:
                 producer = AIOKafkaProducer(**self.kafka.producer_options(), acks="all")
                 await producer.start()
                 self._producer = producer
-        await self._producer.send_and_wait(self.topic, event.dumps(), key=event.key)
+        value, key = event.dumps(), event.key
+        headers = self.signer.headers(key, value) if self.signer is not None else None
+        await self._producer.send_and_wait(self.topic, value, key=key, headers=headers)
 
     async def stop(self) -> None:
         if self._producer is not None:

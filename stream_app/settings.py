@@ -11,6 +11,7 @@ import os
 import pathlib
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from kafka_common.jax_cache import jax_cache_dir_field
 from kafka_common.settings import (
@@ -26,6 +27,9 @@ from kafka_common.settings import (
     params_topic_field,
 )
 from mixture.params import ModelParams, ParamsError
+
+if TYPE_CHECKING:
+    from kafka_common.event_signing import EventSigner
 
 #: GMM_SLICE_RECORDS=0 picks the slice by JAX's backend. On a CPU a slice's classification
 #: takes time in proportion to its rows, and small slices let its outputs leave while the next
@@ -187,9 +191,22 @@ class WorkerSettings:
         "Ed25519 public keys (PEM files, comma-separated while keys rotate): serve only params "
         "records signed by one of them (docs/security.md); empty: no signature check",
     )
+    events_signing_key: str = env_field(
+        "GMM_EVENTS_SIGNING_KEY",
+        "",
+        "Ed25519 private key (PEM file) that signs every event this worker sends, for a trainer "
+        "with GMM_EVENTS_VERIFY_KEY (docs/security.md); empty: events go unsigned",
+    )
+
+    def events_signer(self) -> EventSigner | None:
+        """The signer of GMM_EVENTS_SIGNING_KEY (None: events go unsigned)."""
+        from kafka_common.event_signing import EventSigner
+
+        return EventSigner.from_file(self.events_signing_key) if self.events_signing_key else None
 
     def validate(self) -> None:
         check_model_name(self.model_name)
+        self.events_signer()  # a bad key file: one-line SettingsError
         if self.params_verify_key:
             from kafka_common.signing import Verifier
 

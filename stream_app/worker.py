@@ -70,7 +70,10 @@ class Worker:
         holder_args = (s.temperature, s.max_batch, m, self.compiler, s.classifier_sizes)
         self.holder = ModelHolder(*holder_args)
         candidate = ModelHolder(*holder_args, served=False, classifiers=self.holder.classifiers)
-        producer = EventProducer(s.kafka, s.events_topic) if s.events_topic else None
+        # Events are signed with GMM_EVENTS_SIGNING_KEY, if set (the trainer may demand it).
+        producer = (
+            EventProducer(s.kafka, s.events_topic, s.events_signer()) if s.events_topic else None
+        )
         self.events = EventSink(producer, m)
         self.shadow = ShadowScorer(
             candidate, m, self.inference, self.events, s.model_name, self.worker_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import sys
@@ -23,7 +24,7 @@ from kafka_common.jax_cache import enable_fit_caches
 from kafka_common.params_topic import OpenTransaction, PublishConflict, history_spec, params_spec
 from kafka_common.topics import TopicSpec, ensure_topics
 from trainer.cycle import CycleOutcome, Trainer
-from trainer.events import ShadowTally, follow_events
+from trainer.events import RefusalLog, ShadowTally, follow_events
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 
@@ -52,7 +53,7 @@ async def _run(settings: TrainerSettings, once: bool) -> int:
             await trainer.posterior_task
         return 0 if outcome.published else EXIT_NOT_PUBLISHED
     drift = DriftRequests()
-    tally = ShadowTally()
+    tally = ShadowTally(refused_events(metrics))
     watcher = (
         asyncio.create_task(watch_events(settings, trainer, tally, drift))
         if settings.events_topic
@@ -112,22 +113,46 @@ def access_needs(settings: TrainerSettings) -> list[Need]:
     return needs
 
 
+#: A drift alarm dated more than this ahead of the trainer's clock is ignored: a signed alarm
+#: could otherwise be replayed until its time came (and a worker's clock that far off is a
+#: fault to fix; the refusals say so).
+MAX_CLOCK_SKEW_SECONDS = 300.0
+
+
 class DriftRequests:
     """The version a drift alarm not yet answered by a cycle was raised about."""
 
     def __init__(self) -> None:
         self.version: int | None = None
         self.raised = asyncio.Event()
+        #: When the last cycle started (UTC): it answered every alarm raised before.
+        self.answered_at: dt.datetime | None = None
 
-    def raise_for(self, version: int) -> None:
+    def raise_for(self, version: int, raised_at: str | None = None) -> str | None:
+        """An alarm about `version`, raised at `raised_at` (the event's ISO-8601 time; None:
+        unknown). Returns None if it stands, or why it is ignored: "stale" (raised before the
+        last cycle started, which answered it: a replayed alarm cannot start another refit) or
+        "future" (dated more than MAX_CLOCK_SKEW_SECONDS ahead)."""
+        if raised_at is not None:
+            at = dt.datetime.fromisoformat(raised_at)
+            now = dt.datetime.now(dt.UTC)
+            if self.answered_at is not None and at < self.answered_at:
+                return "stale"
+            if (at - now).total_seconds() > MAX_CLOCK_SKEW_SECONDS:
+                return "future"
         self.version = version
         self.raised.set()
+        return None
 
     def answer(self) -> None:
         """A cycle starts: it answers the alarms so far, whatever its outcome (a refit the
         guards reject must not be retried in a loop; the detector alarms again if the data
         keep moving)."""
         self.version = None
+        # To the millisecond, as events are stamped (`wire.event.utc_now`): an alarm of the
+        # cycle's very millisecond counts as raised after it.
+        now = dt.datetime.now(dt.UTC)
+        self.answered_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
 
     def pending_for(self, trainer: Trainer) -> bool:
         """An unanswered alarm about the served version (or a newer one the trainer has not
@@ -135,23 +160,39 @@ class DriftRequests:
         return self.version is not None and self.version >= trainer.version
 
 
+def refused_events(metrics: TrainerMetrics) -> RefusalLog:
+    """Counts ignored events in gmm_trainer_events_refused_total{reason} and logs them."""
+    return RefusalLog(lambda reason: metrics.events_refused.labels(reason=reason).inc())
+
+
 async def watch_events(
     settings: TrainerSettings, trainer: Trainer, tally: ShadowTally, drift: DriftRequests
 ) -> None:
-    """Feeds the workers' shadow scores to `tally` and their drift alarms to `drift`."""
+    """Feeds the workers' shadow scores to `tally` and their drift alarms to `drift`; with
+    GMM_EVENTS_VERIFY_KEY only those signed by a listed worker key (`trainer.events.admit`)."""
+    verifier = settings.events_verifier()
+    refused = refused_events(trainer.metrics)
+    if verifier is not None:
+        log.info("acting only on events signed by worker keys %s", ", ".join(verifier.key_ids))
     while True:
         try:
-            async for event in follow_events(settings.kafka, settings.events_topic):
+            async for received in follow_events(
+                settings.kafka, settings.events_topic, verifier, refused
+            ):
+                event = received.event
                 if event.model != settings.model_name:
                     continue
                 candidate = trainer.candidate
                 if event.kind == "shadow":
                     if candidate is not None and event.version == candidate.version:
-                        tally.update(event)
+                        tally.update(event, received.reporter)
                 elif event.kind == "drift" and event.version >= trainer.version:
+                    why = drift.raise_for(event.version, event.time)
+                    if why is not None:
+                        refused(why, f"a drift alarm on version {event.version} of {event.time}")
+                        continue
                     trainer.metrics.drift_alarms.inc()
                     log.warning("drift alarm on version %d: %s", event.version, event.detail)
-                    drift.raise_for(event.version)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the broker is away: follow again

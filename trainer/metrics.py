@@ -69,6 +69,13 @@ class TrainerMetrics:
             "Drift alarms received about the served version (each asks for a refit)",
             registry=r,
         )
+        self.events_refused = Counter(
+            "gmm_trainer_events_refused_total",
+            "Events ignored, by reason: invalid, unsigned, bad_signature (GMM_EVENTS_VERIFY_KEY), "
+            "malformed or too_many_reporters (shadow reports), stale or future (drift alarms)",
+            ["reason"],
+            registry=r,
+        )
         self.cycle_errors = Counter(
             "gmm_trainer_cycle_errors_total",
             "Cycles that failed (e.g. broker unreachable) and will retry",

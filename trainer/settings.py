@@ -31,6 +31,7 @@ from mixture.select import DEFAULT_MAX_COMPONENTS, parse_components
 from wire.shadow_report import CLIP_NATS
 
 if TYPE_CHECKING:
+    from kafka_common.event_signing import EventVerifier
     from kafka_common.signing import Signer, Verifier
 
 
@@ -168,6 +169,13 @@ class TrainerSettings:
         "`models` and `rollback` read besides the signing key's own: while keys rotate, the "
         "retired key's (docs/security.md); empty: the signing key's only (none: every record)",
     )
+    events_verify_key: str = env_field(
+        "GMM_EVENTS_VERIFY_KEY",
+        "",
+        "Ed25519 public keys of the workers (PEM files, comma-separated): act only on shadow "
+        "reports and drift alarms signed by one of them (docs/security.md); empty: every event "
+        "is taken, safe only while ACLs keep others off GMM_EVENTS_TOPIC",
+    )
 
     def signer(self) -> Signer | None:
         """The signer of GMM_PARAMS_SIGNING_KEY (None: records go unsigned)."""
@@ -182,8 +190,15 @@ class TrainerSettings:
 
         return Verifier.from_files(self.params_verify_key) if self.params_verify_key else None
 
+    def events_verifier(self) -> EventVerifier | None:
+        """The verifier of GMM_EVENTS_VERIFY_KEY (None: events are not authenticated)."""
+        from kafka_common.event_signing import EventVerifier
+
+        return EventVerifier.from_files(self.events_verify_key) if self.events_verify_key else None
+
     def validate(self) -> None:
         check_model_name(self.model_name)
+        self.events_verifier()  # a bad key file: one-line SettingsError
         if self.params_signing_key:
             from kafka_common.signing import Signer
 

@@ -13,6 +13,9 @@ One record per event, JSON (never pickle), keyed by the model name (`Event.key`)
 `detail` is optional (absent or null), and so is `data`: a flat object of numbers and short
 strings (a worker's shadow totals for `shadow` events: `wire.shadow_report`). Readers validate
 every field and ignore fields they do not know, so a newer writer may add some.
+
+A worker with GMM_EVENTS_SIGNING_KEY signs each record (key and value) in a header; the value
+stays as above. The signature and what it covers are `kafka_common.event_signing`'s.
 """
 
 from __future__ import annotations

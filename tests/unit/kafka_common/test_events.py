@@ -23,6 +23,7 @@ class _FakeProducer:
 
     sent: ClassVar[list[tuple[str, bytes, bytes]]] = []
     options: ClassVar[list[dict[str, Any]]] = []
+    headers: ClassVar[list[list | None]] = []
 
     def __init__(self, **options: Any) -> None:
         self.options.append(options)
@@ -33,8 +34,11 @@ class _FakeProducer:
     async def stop(self) -> None:
         pass
 
-    async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> None:
+    async def send_and_wait(
+        self, topic: str, value: bytes, key: bytes, headers: list | None = None
+    ) -> None:
         self.sent.append((topic, value, key))
+        self.headers.append(headers)
 
 
 def test_default_topic():

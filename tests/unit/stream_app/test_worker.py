@@ -176,3 +176,19 @@ async def test_a_candidate_withdrawn_while_it_scores_leaves_no_totals_or_series(
         "gmm_shadow_records_total", {"candidate_version": "4"}
     )
     assert records is None  # its series stays forgotten
+
+
+def test_a_worker_with_an_events_key_signs_its_events(classifier, tmp_path):
+    from kafka_common.event_signing import EventVerifier
+    from kafka_common.settings import SettingsError
+    from kafka_common.signing import keygen
+
+    private, public, key_id = keygen(tmp_path / "k")
+    worker, *_ = make_worker(classifier, GMM_EVENTS_SIGNING_KEY=str(private))
+    producer = worker.events.producer
+    assert producer is not None and producer.signer is not None
+    assert producer.signer.key_id == key_id == EventVerifier.from_files([public]).key_ids[0]
+    unsigned, *_ = make_worker(classifier)
+    assert unsigned.events.producer is not None and unsigned.events.producer.signer is None
+    with pytest.raises(SettingsError, match="GMM_EVENTS_SIGNING_KEY"):
+        WorkerSettings.from_env({"GMM_EVENTS_SIGNING_KEY": str(public)})
