@@ -48,7 +48,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, ProducerFenced
 
-from kafka_common.settings import KafkaSettings
+from kafka_common.settings import KafkaSettings, SettingsError
 from kafka_common.signing import Signer, Verifier
 from kafka_common.topics import TopicSpec, assigned_consumer
 from mixture.params import ModelParams, ParamsError
@@ -80,6 +80,11 @@ SETTLE_SECONDS = 45.0
 OnCandidate = Callable[["ModelParams | None"], Awaitable[object]]
 
 
+class UnsignedPublisher(SettingsError):
+    """A publisher that reads only signed records (GMM_PARAMS_VERIFY_KEY) but signs nothing
+    (no GMM_PARAMS_SIGNING_KEY) would never see its own versions, and number each the same."""
+
+
 class StaleState(RuntimeError):
     """The served version or the candidate changed since the caller looked: nothing written."""
 
@@ -89,9 +94,16 @@ class OpenTransaction(RuntimeError):
     read in full, so nothing was written."""
 
 
+#: The params topic's min.compaction.lag.ms: no record is compacted away younger than this, so
+#: a trainer that runs at least this often re-asserts (`Publisher.reassert`) a name's records
+#: before a refused record written after them could become the only one left of its key.
+PARAMS_COMPACTION_LAG_MS = 7 * 24 * 3600 * 1000
+
+
 def params_spec(topic: str) -> TopicSpec:
-    """The params topic: one partition (one order of versions), compacted."""
-    return TopicSpec(topic, 1, compact=True)
+    """The params topic: one partition (one order of versions), compacted, but never a record
+    younger than PARAMS_COMPACTION_LAG_MS."""
+    return TopicSpec(topic, 1, compact=True, compaction_lag_ms=PARAMS_COMPACTION_LAG_MS)
 
 
 def history_spec(topic: str) -> TopicSpec:
@@ -195,9 +207,17 @@ def _apply(
     return outcome
 
 
-class _Tail(NamedTuple):
+class ParamsTail(NamedTuple):
+    """A name's records read to the end of a topic."""
+
     state: NameState  # the name's state on the params topic
     history: list[ModelParams]  # on the history topic: every valid version, in topic order
+    #: The raw record (key, value, headers) that last set each stage's state ("served",
+    #: "candidate"): what `Publisher.reassert` writes again.
+    latest: dict[str, Any]
+    #: The stages whose key's last record was refused (a replay, a forgery, a tombstone):
+    #: compaction keeps only the last record of a key, and would keep that one.
+    spoiled: frozenset[str]
 
 
 async def _read_to_end(
@@ -208,30 +228,38 @@ async def _read_to_end(
     verifier: Verifier | None = None,
     role: str = "params",
     settle_s: float = 0.0,
-) -> _Tail:
+) -> ParamsTail:
     """Every valid record of `name` up to the current end of each partition, in topic order.
 
     settle_s > 0: first wait, at most that long, until every transaction open now has ended,
     so nothing committed before one is hidden behind it (OpenTransaction past the limit)."""
     state, history = NameState(), []
+    latest: dict[str, Any] = {}
+    spoiled: set[str] = set()
 
     def take(batches: dict[TopicPartition, list[Any]]) -> None:
         for records in batches.values():
             for record in records:
-                update = _update(record, name, role, verifier, on_reject)
-                if update is None:
+                stage = params_record.stage_of(record.key, name)
+                if stage is None:
                     continue
+                update = _update(record, name, role, verifier, on_reject)
                 if role == "history":
-                    if update.model is not None:
+                    if update is not None and update.model is not None:
                         history.append(update.model)
+                elif update is None or _apply(state, update, name, record.offset, on_reject) == (
+                    "replayed"
+                ):
+                    spoiled.add(stage)
                 else:
-                    _apply(state, update, name, record.offset, on_reject)
+                    spoiled.discard(stage)
+                    latest[stage] = record
 
     ends = await consumer.end_offsets(tps)  # read_committed: the last stable offsets
     targets = await _open_ends(consumer, tps, ends, take, settle_s) if settle_s > 0 else ends
     while await _behind(consumer, tps, targets):
         take(await consumer.getmany(timeout_ms=1000))
-    return _Tail(state, history)
+    return ParamsTail(state, history, latest, frozenset(spoiled))
 
 
 async def _open_ends(
@@ -280,6 +308,22 @@ async def read_all(
     return tail.history if role == "history" else tail.state.served
 
 
+async def read_tail(
+    kafka: KafkaSettings,
+    topic: str,
+    name: str,
+    verifier: Verifier | None = None,
+    settle_s: float = 0.0,
+) -> ParamsTail:
+    """The name's state on the params topic, and which of its keys end in a refused record.
+    settle_s: see `_read_to_end` (publishers settle; a lister need not)."""
+    consumer, tps = await _start_consumer(kafka, topic)
+    try:
+        return await _read_to_end(consumer, tps, name, None, verifier, "params", settle_s)
+    finally:
+        await consumer.stop()
+
+
 async def read_state(
     kafka: KafkaSettings,
     topic: str,
@@ -289,12 +333,7 @@ async def read_state(
 ) -> tuple[ModelParams | None, ModelParams | None, int]:
     """(newest served model, candidate in shadow, highest version of either ever taken) on the
     params topic. settle_s: see `_read_to_end` (publishers settle; a lister need not)."""
-    consumer, tps = await _start_consumer(kafka, topic)
-    try:
-        tail = await _read_to_end(consumer, tps, name, None, verifier, "params", settle_s)
-    finally:
-        await consumer.stop()
-    state = tail.state
+    state = (await read_tail(kafka, topic, name, verifier, settle_s)).state
     return state.newest, state.candidate, state.highest
 
 
@@ -460,6 +499,43 @@ class Publisher:
 
         return await self._exclusively("publishing", attempt)
 
+    async def reassert(self) -> bool:
+        """Writes the name's current records again (the newest served version, the candidate
+        or its withdrawal marker, exactly as they were signed) when the last record of one of
+        its keys is one readers refuse: a replay, a forgery, a tombstone. Compaction keeps only
+        a key's last record; without this it would one day keep the refused one, and a reader
+        starting afresh would serve an old version or lose track of the numbering. Readers
+        take the copies as unchanged. True if it wrote. The trainer calls it every cycle."""
+        tail = await read_tail(self.kafka, self.params_topic, self.name, self.verifier)
+        if not tail.spoiled & tail.latest.keys():
+            return False
+
+        async def attempt(producer: AIOKafkaProducer) -> bool:
+            tail = await read_tail(
+                self.kafka, self.params_topic, self.name, self.verifier, SETTLE_SECONDS
+            )
+            stages = sorted(tail.spoiled & tail.latest.keys())
+            if not stages:
+                return False
+            async with producer.transaction():
+                for stage in stages:
+                    record = tail.latest[stage]
+                    await producer.send(
+                        self.params_topic,
+                        record.value,
+                        key=record.key,
+                        headers=list(record.headers or ()),
+                    )
+            log.warning(
+                "%r: the last record of its %s key(s) was refused (replayed or forged); its "
+                "current records were written again",
+                self.name,
+                " and ".join(stages),
+            )
+            return True
+
+        return await self._exclusively("re-asserting", attempt)
+
     async def withdraw_candidate(self, version: int) -> None:
         """Withdraws candidate `version` (workers stop scoring it); StaleState if it is not the
         candidate any more."""
@@ -488,6 +564,11 @@ class Publisher:
         each fenced try (nothing of a fenced try is committed), at most self.attempts times
         in all, waiting fenced_backoff between tries; PublishConflict when every try was
         fenced. Any other error ends it at once."""
+        if self.signer is None and self.verify_keys is not None:
+            raise UnsignedPublisher(
+                f"{what} {self.name!r} needs GMM_PARAMS_SIGNING_KEY: with GMM_PARAMS_VERIFY_KEY "
+                "set and no signing key, the publisher would not see its own versions"
+            )
         rng = random.Random()
         for number in range(1, self.attempts + 1):
             began = time.monotonic()

@@ -26,10 +26,14 @@ class TopicSpec(NamedTuple):
     compact: bool = False
     #: Neither deleted by age nor by size (the models' history).
     retain_forever: bool = False
+    #: A compacted topic's min.compaction.lag.ms (None: the broker's, 0).
+    compaction_lag_ms: int | None = None
 
     @property
     def configs(self) -> dict[str, str]:
         out = {"cleanup.policy": "compact"} if self.compact else {}
+        if self.compact and self.compaction_lag_ms is not None:
+            out["min.compaction.lag.ms"] = str(self.compaction_lag_ms)
         if self.retain_forever:
             out.update({"retention.ms": "-1", "retention.bytes": "-1"})
         return out

@@ -103,9 +103,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         extra["bic_by_components"] = {str(k): v for k, v in bics.items()}
     model = to_model_params(result, args.version, len(points), fitted_at, **extra)
     if args.publish:
+        from kafka_common.params_topic import OpenTransaction
+
         try:
             model = asyncio.run(_publish(model))
-        except SettingsError as exc:
+        except (SettingsError, OpenTransaction) as exc:
             return _fail(str(exc))
         except _kafka_errors() as exc:
             from kafka_common.connection import describe_kafka_error
@@ -250,7 +252,7 @@ def _with_kafka(args: argparse.Namespace, action: Callable[[TrainerSettings], An
     except SettingsError as exc:
         return _fail(str(exc))
     from kafka_common.connection import check_connection, describe_kafka_error
-    from kafka_common.params_topic import PublishConflict
+    from kafka_common.params_topic import OpenTransaction, PublishConflict
     from trainer.lifecycle import NoSuchVersion
 
     async def go() -> Any:
@@ -259,7 +261,7 @@ def _with_kafka(args: argparse.Namespace, action: Callable[[TrainerSettings], An
 
     try:
         return int(asyncio.run(go()))
-    except (NoSuchVersion, PublishConflict) as exc:
+    except (NoSuchVersion, PublishConflict, OpenTransaction, SettingsError) as exc:
         return _fail(str(exc))
     except _kafka_errors() as exc:
         return _fail(describe_kafka_error(exc, settings.kafka.bootstrap_servers))

@@ -98,11 +98,17 @@ class Trainer:
 
     async def load_current(self) -> None:
         """The newest valid model of the name on the params topic (what serves now), and its
-        candidate in shadow if there is one."""
+        candidate in shadow if there is one; re-asserts them (`Publisher.reassert`) when a
+        refused record is the last of one of its keys."""
         s = self.settings
-        self.current, self.candidate, _ = await params_topic.read_state(
+        tail = await params_topic.read_tail(
             s.kafka, s.params_topic, s.model_name, self.publisher.verifier
         )
+        self.current, self.candidate = tail.state.newest, tail.state.candidate
+        # A replay or forgery is the last record of a key: write the current ones again
+        # before compaction could leave it alone there.
+        if tail.spoiled & tail.latest.keys() and await self.publisher.reassert():
+            self.metrics.params_reasserted.inc()
         if self.current is not None:
             self.metrics.published_version.set(self.current.version)
 

@@ -81,6 +81,12 @@ class TrainerMetrics:
             "Cycles that failed (e.g. broker unreachable) and will retry",
             registry=r,
         )
+        self.params_reasserted = Counter(
+            "gmm_trainer_params_reasserted_total",
+            "Times the model's current records were written again because the last record of "
+            "one of its params topic keys was refused (replayed or forged)",
+            registry=r,
+        )
 
     def count_compilations(self, total: int) -> None:
         """Advances the compilations counter to the process's running total."""

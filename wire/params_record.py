@@ -255,7 +255,9 @@ class NameState:
     or marker copied back onto the topic, signature and all): `apply` says "replayed" and
     nothing changes. A candidate must be newer than every version taken before it; a marker
     withdraws the candidate only if it was written after that candidate was taken (its version
-    is at least the candidate's); a served version must be newer than the newest served.
+    is at least the candidate's); a served version must be newer than the newest served. A
+    copy of the current served version or candidate changes nothing either ("unchanged"): the
+    publisher re-asserts them that way (`Publisher.reassert`).
     """
 
     def __init__(self) -> None:
@@ -270,13 +272,17 @@ class NameState:
         model = update.model
         if update.stage == "served":
             assert model is not None
-            if self.newest is not None and model.version <= self.newest.version:
+            if self.newest is not None and model.version == self.newest.version:
+                return "unchanged"
+            if self.newest is not None and model.version < self.newest.version:
                 return "replayed"
             self.served.append(model)
             self.newest = model
             self.highest = max(self.highest, model.version)
             return "served"
         if model is not None:
+            if self.candidate is not None and model.version == self.candidate.version:
+                return "unchanged"
             if model.version <= self.highest:
                 return "replayed"
             self.candidate = model

@@ -74,7 +74,8 @@ case "${1:-}" in
     topic --topic "$input" --partitions 4 --replication-factor 1
     topic --topic "$output" --partitions 4 --replication-factor 1
     topic --topic "$dlq" --partitions 1 --replication-factor 1
-    topic --topic "$params" --partitions 1 --replication-factor 1 --config cleanup.policy=compact
+    topic --topic "$params" --partitions 1 --replication-factor 1 --config cleanup.policy=compact \
+      --config min.compaction.lag.ms=604800000
     topic --topic "$history" --partitions 1 --replication-factor 1 --config retention.ms=-1 --config retention.bytes=-1
     topic --topic "$events" --partitions 1 --replication-factor 1
     while read -r -a args; do

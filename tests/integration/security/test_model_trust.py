@@ -16,7 +16,7 @@ from kafka_common.settings import KafkaSettings
 from kafka_common.signing import Signer, Verifier, keygen
 from kafka_common.topics import TopicSpec, ensure_topics
 from mixture.params import FitMetadata, MixtureParams, ModelParams
-from support.harness import Topics, consume, count_records, wait_for
+from support.harness import Topics, wait_for
 from trainer import lifecycle
 from trainer.settings import TrainerSettings
 
@@ -53,7 +53,28 @@ def write(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, list]]) 
 
 
 def raw(bootstrap: str, topic: str) -> list:
-    return consume(bootstrap, topic, count_records(bootstrap, topic))
+    """Every record of the topic as it is now (offsets are sparse after compaction, and
+    transactions leave markers: read to the end offset, not to a count)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def go() -> list:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        await asyncio.sleep(0)  # aiokafka#647
+        try:
+            tp = TopicPartition(topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            out: list = []
+            while await consumer.position(tp) < end:
+                for records in (await consumer.getmany(timeout_ms=1000)).values():
+                    out.extend(records)
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())
 
 
 def version_of(record) -> int:
@@ -198,3 +219,63 @@ def test_a_key_rotation_keeps_versions_rollback_and_shadow_going(
         raise AssertionError("rolled back to a version signed by a key no longer listed")
     assert run(lifecycle.rollback(retired, "gmm", 3)).version == 6
     wait_for(lambda: worker.metric("gmm_model_version") == 6, 60, message="v6 served")
+
+
+def test_a_refused_record_left_last_on_its_key_does_not_outlive_compaction(
+    kafka_bootstrap, tmp_path
+):
+    """Compaction keeps a key's last record only. A replayed old version (or old marker) left
+    last on its key would, once compacted, be all a reader starting afresh sees; the trainer
+    re-asserts the current records every cycle (`Publisher.reassert`), so compaction keeps
+    those. Here the topic compacts at once (no compaction lag), to show it end to end."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    topics = Topics("compact")
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    fast = {
+        "cleanup.policy": "compact",
+        "segment.ms": "100",
+        "min.cleanable.dirty.ratio": "0.001",
+        "delete.retention.ms": "0",
+        "min.compaction.lag.ms": "0",
+    }
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topics.params, 1, 1, topic_configs=fast)])
+        finally:
+            await admin.close()
+        await ensure_topics(kafka, [history_spec(topics.history)])
+
+    run = asyncio.run
+    run(create())
+    private, public, _ = keygen(tmp_path / "keys")
+    signer = Signer.from_file(private)
+    gmm = Publisher(kafka, topics.params, topics.history, "gmm", signer=signer)
+    assert [run(gmm.publish(model(), "trainer")).version for _ in range(2)] == [1, 2]
+    assert run(gmm.publish(model((3.0, 8.0)), "trainer", stage="candidate")).version == 3
+    run(gmm.withdraw_candidate(3))
+    assert run(gmm.publish(model((4.0, 7.0)), "trainer", stage="candidate")).version == 4
+    params = raw(kafka_bootstrap, topics.params)
+    served_1 = next(r for r in params if r.key == b"gmm")
+    marker_3 = next(r for r in params if r.key == b"gmm@candidate" and b"withdrawn" in r.value)
+    write(
+        kafka_bootstrap,
+        topics.params,
+        [(r.key, r.value, list(r.headers)) for r in (served_1, marker_3)],
+    )
+    verifier = Verifier.from_files([public])
+    assert run(gmm.reassert()) is True
+    assert run(gmm.reassert()) is False  # the current records are last again: nothing to do
+
+    def compacted() -> bool:
+        write(kafka_bootstrap, topics.params, [(b"roll", b"x", [])])  # rolls the segment
+        keys = [r.key for r in raw(kafka_bootstrap, topics.params)]
+        return keys.count(b"gmm") == 1 and keys.count(b"gmm@candidate") == 1
+
+    wait_for(compacted, 120, interval=1.0, message="the params topic compacted")
+    served, candidate, highest = run(read_state(kafka, topics.params, "gmm", verifier))
+    assert (served.version, candidate.version, highest) == (2, 4, 4)
+    assert run(gmm.publish(model(), "trainer")).version == 5

@@ -83,8 +83,8 @@ def test_kraft_and_topics():
     for topic in ("gmm.points", "gmm.assignments", "gmm.deadletter", "gmm.params"):
         assert f"--topic {topic}" in init
     assert (
-        "--topic gmm.params --partitions 1 --replication-factor 1 --config cleanup.policy=compact"
-        in init
+        "--topic gmm.params --partitions 1 --replication-factor 1 --config cleanup.policy=compact "
+        "--config min.compaction.lag.ms=604800000" in init
     )
 
 

@@ -186,3 +186,19 @@ def test_any_other_error_ends_at_once_with_the_producer_stopped(fake_kafka, erro
         asyncio.run(_publisher()._exclusively("publishing", attempt))
     assert _FakeProducer.log == ["start", "stop"]
     assert fake_kafka == []
+
+
+def test_a_publisher_that_verifies_but_does_not_sign_refuses_to_publish(fake_kafka, tmp_path):
+    """It would read past its own unsigned versions and number every one the same."""
+    from kafka_common.params_topic import UnsignedPublisher
+    from kafka_common.settings import SettingsError
+
+    _, public, _ = keygen(tmp_path / "keys")
+    settings = TrainerSettings(
+        params_topic="p", history_topic="h", model_name="gmm", params_verify_key=str(public)
+    )
+    publisher = Publisher.from_settings(settings)
+    with pytest.raises(UnsignedPublisher, match="GMM_PARAMS_SIGNING_KEY") as info:
+        asyncio.run(publisher._exclusively("publishing", lambda producer: asyncio.sleep(0)))
+    assert isinstance(info.value, SettingsError)
+    assert _FakeProducer.log == []  # no producer was even started

@@ -215,10 +215,12 @@ def test_replays_change_nothing():
     # an old candidate does not replace candidate 3, nor come back once it is withdrawn
     assert state.apply(candidate(2)) == "replayed"
     assert state.candidate.version == 3 and state.highest == 3
+    assert state.apply(candidate(3)) == "unchanged"  # a copy of the candidate in shadow
     assert state.apply(marker(3)) == "withdrawn"
     assert state.apply(candidate(3)) == "replayed" and state.candidate is None
-    # an old served version does not replace the newest
-    assert state.apply(served(1)) == "replayed"
+    # an old served version does not replace the newest; a copy of the newest changes nothing
+    assert state.apply(served(1)) == "unchanged"
+    assert state.apply(served(0)) == "replayed"
     assert state.newest is not None and state.newest.version == 1 and state.highest == 3
     # a marker with nothing to withdraw only records the highest version taken
     assert state.apply(marker(5)) == "unchanged" and state.highest == 5
