@@ -8,7 +8,9 @@ candidate classifies the same points on the inference thread and `compare` score
 agree, and the per-record differences of log p(x) clipped to +-`CLIP_NATS` and summed: what
 the trainer judges the candidate on, so that one glitch record cannot swing the verdict).
 `ShadowScores` sums them into the candidate's running `ShadowReport`, exported as metrics and
-sent on the events topic every `GMM_SHADOW_REPORT_SECONDS` when it changed; the trainer adds up
+sent on the events topic every `GMM_SHADOW_REPORT_SECONDS` when it changed, with the
+candidate's digest (`wire.shadow_report.model_digest`), so that the trainer counts it for that
+candidate only and not for a later one that reuses its version number; the trainer adds up
 every worker's and promotes or rejects the candidate. The totals and the report are
 `wire.shadow_report`'s. A candidate never delays serving.
 """
@@ -28,7 +30,7 @@ from stream_app.batch import ParsedSlice, classify_slice
 from stream_app.event_sink import EventSink
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_state import ModelHolder, ServingModel
-from wire.shadow_report import CLIP_NATS, ShadowReport, ShadowTotals
+from wire.shadow_report import CLIP_NATS, ShadowReport, ShadowTotals, model_digest
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +69,27 @@ class ShadowScores:
         """Drops the totals (the candidate was withdrawn)."""
         self.current = None
 
-    def add(self, version: int, served_version: int, sample: ShadowTotals) -> None:
-        """Adds a slice's totals; a sample of another pair of versions starts new totals (the
-        served model changed under the candidate, so earlier records compared another one)."""
+    def add(
+        self,
+        version: int,
+        served_version: int,
+        sample: ShadowTotals,
+        candidate_digest: str | None = None,
+    ) -> None:
+        """Adds a slice's totals of the candidate `version` (its `model_digest`:
+        `candidate_digest`); a sample of another pair of versions or another candidate starts
+        new totals (the served model changed under the candidate, so earlier records compared
+        another one; or another candidate took the version)."""
         cur = self.current
-        if cur is None or cur.version != version or cur.served_version != served_version:
-            cur = ShadowReport(version, served_version, self.worker)
+        if (
+            cur is None
+            or cur.version != version
+            or cur.served_version != served_version
+            or cur.candidate_digest != candidate_digest
+        ):
+            cur = ShadowReport(
+                version, served_version, self.worker, candidate_digest=candidate_digest
+            )
             self.reported_records = -1
         self.current = cur.added(sample)
 
@@ -104,6 +121,14 @@ class ShadowScorer:
         self.events = events
         self.model_name = model_name
         self.worker_id = worker_id
+        #: The last candidate's digest, computed once per candidate: (model, digest).
+        self._digest: tuple[ModelParams, str] | None = None
+
+    def digest_of(self, model: ModelParams) -> str:
+        """The candidate's `model_digest` (computed once for each candidate)."""
+        if self._digest is None or self._digest[0] is not model:
+            self._digest = (model, model_digest(model))
+        return self._digest[1]
 
     async def propose(self, model: ModelParams | None, served_version: int) -> None:
         """A new candidate to score, or None: the candidate was withdrawn (or a candidate no
@@ -147,7 +172,8 @@ class ShadowScorer:
             # a late sample must not bring them back (nor be counted for another candidate).
             return
         version = candidate.model.version
-        self.scores.add(version, serving.model.version, sample)
+        digest = self.digest_of(candidate.model)
+        self.scores.add(version, serving.model.version, sample, digest)
         self.metrics.observe_shadow(version, sample)
 
     async def report(self, every_s: float) -> None:

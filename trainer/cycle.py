@@ -27,7 +27,7 @@ from mixture.labels import align_components, order_by_location
 from mixture.params import ModelParams, ParamsError
 from mixture.posterior import posterior_nuts
 from mixture.robust import RobustFit, beyond_cut, fit_robust
-from trainer.events import ShadowTally
+from trainer.events import CandidateDigest, ShadowTally
 from trainer.metrics import TrainerMetrics
 from trainer.report import prune_reports, write_posterior_report, write_report
 from trainer.settings import TrainerSettings
@@ -82,6 +82,9 @@ class Trainer:
         self.current: ModelParams | None = None
         #: The name's candidate in shadow (GMM_PROMOTION=shadow), until promoted or rejected.
         self.candidate: ModelParams | None = None
+        #: The candidate's digest (`wire.shadow_report.model_digest`): only the workers' reports
+        #: that carry it count for the candidate.
+        self.candidate_digest = CandidateDigest()
         #: The NUTS run of the last published version, if any (it never delays publication).
         self.posterior_task: asyncio.Task | None = None
         self.config = FitConfig(
@@ -292,7 +295,7 @@ class Trainer:
         s, candidate, current = self.settings, self.candidate, self.current
         if candidate is None or current is None:
             return None
-        totals = tally.totals(candidate.version, current.version)
+        totals = tally.totals(candidate.version, current.version, self.candidate_digest(candidate))
         self.metrics.shadow_records.set(totals.records)
         verdict = guards.check_shadow(
             totals.records,

@@ -10,7 +10,11 @@ only on those a listed worker key signed (`admit`, `kafka_common.event_signing`)
 or badly signed one is refused, counted (`gmm_trainer_events_refused_total{reason}`) and
 changes nothing. A report is then trusted only within its key: the tally keeps reports per
 (key, worker id), and at most MAX_REPORTERS_PER_KEY of them per key, so one key's flood of
-worker ids cannot crowd out another key's reports. Without verify keys every well-formed event
+worker ids cannot crowd out another key's reports. A report counts only for the candidate it
+scored: its `candidate_digest` (`wire.shadow_report.model_digest`) must be the digest of the
+candidate the trainer judges, so that an old signed report about an earlier candidate of the
+same version number (versions can restart) cannot decide the new one; a signed report without
+a digest (no current worker sends one) is refused too. Without verify keys every well-formed event
 is taken as before: safe only while the broker's ACLs keep everyone but the workers and the
 trainer off the events topic (docs/security.md).
 """
@@ -21,13 +25,16 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from kafka_common.event_signing import EventVerifier, signature_of
 from kafka_common.settings import KafkaSettings
 from kafka_common.topics import assigned_consumer
 from wire.event import Event, EventError
-from wire.shadow_report import ShadowReport, ShadowReportError, ShadowTotals
+from wire.shadow_report import ShadowReport, ShadowReportError, ShadowTotals, model_digest
+
+if TYPE_CHECKING:
+    from mixture.params import ModelParams
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +123,15 @@ class RefusalLog:
 
 
 class ShadowTally:
-    """Every worker's latest shadow totals, per (candidate version, served version).
+    """Every worker's latest shadow totals, per (candidate version, served version, candidate
+    digest).
 
     A worker is known by the key that signed its reports (None: not verified) and the id it
     gives: the same id under two keys is two workers. refused(reason, detail) hears of each
-    report not taken (malformed, too_many_reporters)."""
+    report not taken (malformed, other_candidate, no_digest, too_many_reporters)."""
 
     def __init__(self, refused: Callable[[str, str], None] | None = None) -> None:
-        self._latest: dict[tuple[int, int, str | None, str], ShadowTotals] = {}
+        self._latest: dict[tuple[int, int, str | None, str | None, str], ShadowTotals] = {}
         self._per_key: Counter[str | None] = Counter()
         self._refused = refused
 
@@ -134,14 +142,34 @@ class ShadowTally:
             log.warning("ignoring a shadow report (%s): %s", reason, detail)
         return False
 
-    def update(self, event: Event, reporter: str | None = None) -> bool:
-        """Takes a `shadow` event, vouched for by the worker key `reporter` (None: unverified);
-        False if it is malformed or there is no room for a new reporter (then ignored)."""
+    def update(
+        self, event: Event, reporter: str | None = None, candidate_digest: str | None = None
+    ) -> bool:
+        """Takes a `shadow` event, vouched for by the worker key `reporter` (None: unverified),
+        for the candidate whose `model_digest` is `candidate_digest` (None: not checked); False
+        if it is ignored: malformed, about another candidate (its digest is not
+        `candidate_digest`), signed but without a digest, or no room for a new reporter."""
         try:
             report = ShadowReport.from_event(event)
         except ShadowReportError as exc:
             return self._refuse("malformed", f"{exc}: {event.data}")
-        key = (report.version, report.served_version, reporter, report.worker)
+        digest = report.candidate_digest
+        if candidate_digest is not None:
+            if digest is None and reporter is not None:
+                # Every worker that signs its events sends a digest: this one is old, or about
+                # an earlier candidate, and cannot be told from a report on this one.
+                return self._refuse(
+                    "no_digest",
+                    f"a signed report on version {report.version} without a candidate digest",
+                )
+            if digest is not None and digest != candidate_digest:
+                return self._refuse(
+                    "other_candidate",
+                    f"a report on version {report.version} digest {digest}, "
+                    f"the candidate's is {candidate_digest}",
+                )
+            digest = candidate_digest
+        key = (report.version, report.served_version, digest, reporter, report.worker)
         previous = self._latest.get(key)
         if previous is None:
             if len(self._latest) >= MAX_REPORTERS:
@@ -156,16 +184,35 @@ class ShadowTally:
             self._latest[key] = report.totals
         return True
 
-    def totals(self, candidate: int, served: int) -> ShadowTotals:
-        """The candidate's totals against the served version, summed over the workers."""
+    def totals(
+        self, candidate: int, served: int, candidate_digest: str | None = None
+    ) -> ShadowTotals:
+        """The candidate's totals against the served version, summed over the workers; with
+        `candidate_digest`, only those counted for that candidate (`update`)."""
         return ShadowTotals.sum_of(
-            t for (c, s, _, _), t in self._latest.items() if c == candidate and s == served
+            t
+            for (c, s, d, _, _), t in self._latest.items()
+            if c == candidate
+            and s == served
+            and (candidate_digest is None or d == candidate_digest)
         )
 
     def forget(self, candidate: int) -> None:
         """Drops the candidate's totals (it was promoted or rejected)."""
         self._latest = {k: v for k, v in self._latest.items() if k[0] != candidate}
-        self._per_key = Counter(k[2] for k in self._latest)
+        self._per_key = Counter(k[3] for k in self._latest)
+
+
+class CandidateDigest:
+    """The digest (`model_digest`) of the trainer's candidate, computed once per candidate."""
+
+    def __init__(self) -> None:
+        self._last: tuple[ModelParams, str] | None = None
+
+    def __call__(self, model: ModelParams) -> str:
+        if self._last is None or self._last[0] is not model:
+            self._last = (model, model_digest(model))
+        return self._last[1]
 
 
 async def follow_events(

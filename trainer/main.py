@@ -113,36 +113,67 @@ def access_needs(settings: TrainerSettings) -> list[Need]:
     return needs
 
 
-#: A drift alarm dated more than this ahead of the trainer's clock is ignored: a signed alarm
-#: could otherwise be replayed until its time came (and a worker's clock that far off is a
-#: fault to fix; the refusals say so).
-MAX_CLOCK_SKEW_SECONDS = 300.0
+#: How far a worker's clock may be off the trainer's, either way, for its drift alarms' times to
+#: be trusted: an alarm dated more than this before the last cycle started is stale (that cycle
+#: answered it), one dated more than this ahead of the trainer's clock is refused (a signed
+#: alarm could otherwise be replayed until its time came). A worker's clock further off is a
+#: fault to fix (NTP); the refusals say so.
+MAX_CLOCK_SKEW_SECONDS = 60.0
+#: At most this many accepted alarms are remembered (`DriftRequests`), oldest dropped first.
+MAX_REMEMBERED_ALARMS = 10_000
 
 
 class DriftRequests:
-    """The version a drift alarm not yet answered by a cycle was raised about."""
+    """The version a drift alarm not yet answered by a cycle was raised about.
+
+    An alarm's time is the worker's clock, so it is judged with MAX_CLOCK_SKEW_SECONDS of
+    slack: "stale" only when dated more than that before the last cycle's start (a slow clock
+    does not lose the alarms raised just after a cycle started). Within that slack a copy of an
+    alarm already taken would pass, and so would a copy of one from a fast clock after the next
+    cycle, so the accepted alarms are remembered by who signed them (or, unverified, nobody),
+    their time and version, and an exact copy is refused as "duplicate"; an alarm is forgotten
+    once it would be stale anyway."""
 
     def __init__(self) -> None:
         self.version: int | None = None
         self.raised = asyncio.Event()
         #: When the last cycle started (UTC): it answered every alarm raised before.
         self.answered_at: dt.datetime | None = None
+        #: The accepted alarms' identities (reporter, time, version), by their time.
+        self._accepted: dict[tuple[str | None, dt.datetime, int], dt.datetime] = {}
 
-    def raise_for(self, version: int, raised_at: str | None = None) -> str | None:
+    def raise_for(
+        self, version: int, raised_at: str | None = None, reporter: str | None = None
+    ) -> str | None:
         """An alarm about `version`, raised at `raised_at` (the event's ISO-8601 time; None:
-        unknown). Returns None if it stands, or why it is ignored: "stale" (raised before the
-        last cycle started, which answered it: a replayed alarm cannot start another refit) or
-        "future" (dated more than MAX_CLOCK_SKEW_SECONDS ahead)."""
+        unknown), signed by the worker key `reporter` (None: not verified). Returns None if it
+        stands, or why it is ignored: "stale" (raised more than MAX_CLOCK_SKEW_SECONDS before
+        the last cycle started, which answered it), "future" (dated more than
+        MAX_CLOCK_SKEW_SECONDS ahead) or "duplicate" (the same reporter's alarm of that time
+        and version was taken already: a replayed alarm cannot start another refit)."""
         if raised_at is not None:
             at = dt.datetime.fromisoformat(raised_at)
             now = dt.datetime.now(dt.UTC)
-            if self.answered_at is not None and at < self.answered_at:
+            skew = dt.timedelta(seconds=MAX_CLOCK_SKEW_SECONDS)
+            if self.answered_at is not None and at < self.answered_at - skew:
                 return "stale"
-            if (at - now).total_seconds() > MAX_CLOCK_SKEW_SECONDS:
+            if at - now > skew:
                 return "future"
+            identity = (reporter, at, version)
+            if identity in self._accepted:
+                return "duplicate"
+            self._remember(identity, at)
         self.version = version
         self.raised.set()
         return None
+
+    def _remember(self, identity: tuple[str | None, dt.datetime, int], at: dt.datetime) -> None:
+        if self.answered_at is not None:  # what is stale now cannot come back: forget it
+            oldest = self.answered_at - dt.timedelta(seconds=MAX_CLOCK_SKEW_SECONDS)
+            self._accepted = {k: t for k, t in self._accepted.items() if t >= oldest}
+        while len(self._accepted) >= MAX_REMEMBERED_ALARMS:
+            del self._accepted[min(self._accepted, key=self._accepted.__getitem__)]
+        self._accepted[identity] = at
 
     def answer(self) -> None:
         """A cycle starts: it answers the alarms so far, whatever its outcome (a refit the
@@ -185,9 +216,10 @@ async def watch_events(
                 candidate = trainer.candidate
                 if event.kind == "shadow":
                     if candidate is not None and event.version == candidate.version:
-                        tally.update(event, received.reporter)
+                        digest = trainer.candidate_digest(candidate)
+                        tally.update(event, received.reporter, digest)
                 elif event.kind == "drift" and event.version >= trainer.version:
-                    why = drift.raise_for(event.version, event.time)
+                    why = drift.raise_for(event.version, event.time, received.reporter)
                     if why is not None:
                         refused(why, f"a drift alarm on version {event.version} of {event.time}")
                         continue

@@ -72,7 +72,8 @@ class TrainerMetrics:
         self.events_refused = Counter(
             "gmm_trainer_events_refused_total",
             "Events ignored, by reason: invalid, unsigned, bad_signature (GMM_EVENTS_VERIFY_KEY), "
-            "malformed or too_many_reporters (shadow reports), stale or future (drift alarms)",
+            "malformed, other_candidate, no_digest or too_many_reporters (shadow reports), "
+            "stale, future or duplicate (drift alarms)",
             ["reason"],
             registry=r,
         )

@@ -13,11 +13,21 @@ model and less negative under a broader one) would otherwise outweigh thousands 
 
 On the wire a report is an event (`wire.event`) of kind `shadow`, keyed by the model name, whose
 `version` is the candidate's, `statistic` the (plain) difference of the totals, and `data` the
-totals, the served version they were compared with and the worker that summed them:
+totals, the served version they were compared with, the worker that summed them and the
+digest of the candidate it scored:
 
     {"served_version":4,"records":1200,"candidate_log_likelihood":-1530.5,
      "served_log_likelihood":-1601.25,"agreements":1150,"worker":"host-1234",
-     "clipped_difference_sum":70.75}
+     "clipped_difference_sum":70.75,"candidate_digest":"3f2a9c0d41b7e865"}
+
+`candidate_digest` (`model_digest`: the first 16 hex digits of SHA-256 over the candidate's
+canonical JSON, metadata included) binds a report to the candidate's content, not just to its
+version number: versions can come round again (a key upgrade that restarts the numbering, a
+rebuilt params topic), and a report about an earlier candidate of the same number, signed and
+copied back onto the events topic, must not decide the new one. The trainer counts only reports
+whose digest is its candidate's (`trainer.events.ShadowTally`). A report without one is from a
+worker older than the field: taken by a trainer that verifies nothing, refused by one that
+verifies signatures (every current worker sends a digest).
 
 Reports are cumulative (a worker's later report includes its earlier ones), so a report sent
 twice counts once. A report without `clipped_difference_sum` (from a worker older than the
@@ -29,10 +39,16 @@ swing its share of the verdict (by up to CLIP_NATS per record it scored).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import re
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from wire.event import Event, EventError
+
+if TYPE_CHECKING:
+    from mixture.params import ModelParams
 
 #: The event kind of a shadow report.
 KIND = "shadow"
@@ -48,6 +64,22 @@ CLIP_NATS = 10.0
 #: A `clipped_difference_sum` may exceed +-CLIP_NATS * records by this relative amount (the
 #: rounding of a float sum over many slices) and still be read.
 _CLIP_SLACK = 1e-6
+
+#: A candidate digest is this many lowercase hex digits (64 bits of SHA-256: a collision needs
+#: about 2**32 candidates of one version, and a forger cannot choose the candidate's content).
+DIGEST_CHARS = 16
+_DIGEST = re.compile(f"[0-9a-f]{{{DIGEST_CHARS}}}")
+
+
+def model_digest(model: ModelParams) -> str:
+    """The digest of a model's content: the first DIGEST_CHARS hex digits of SHA-256 over its
+    JSON form (`ModelParams.to_json`: version, parameters and metadata) with sorted keys and
+    compact separators. The worker and the trainer compute it from the same params record, so
+    they agree (a model read back from its record has the same JSON form)."""
+    canonical = json.dumps(
+        model.to_json(), sort_keys=True, separators=(",", ":"), allow_nan=False
+    ).encode()
+    return hashlib.sha256(canonical).hexdigest()[:DIGEST_CHARS]
 
 
 class ShadowReportError(EventError):
@@ -115,12 +147,16 @@ class ShadowTotals(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class ShadowReport:
-    """One worker's running totals of candidate `version` against `served_version`."""
+    """One worker's running totals of candidate `version` against `served_version`.
+
+    candidate_digest: the scored candidate's `model_digest` (None: a report from a worker older
+    than the field)."""
 
     version: int
     served_version: int
     worker: str
     totals: ShadowTotals = dataclasses.field(default_factory=ShadowTotals)
+    candidate_digest: str | None = None
 
     @property
     def difference(self) -> float:
@@ -133,9 +169,9 @@ class ShadowReport:
 
     def to_json(self) -> dict[str, Any]:
         """The event's `data` (field order as on the wire since the format's start, later
-        fields appended)."""
+        fields appended; the digest only when known)."""
         t = self.totals
-        return {
+        data: dict[str, Any] = {
             "served_version": self.served_version,
             "records": t.records,
             "candidate_log_likelihood": t.candidate_log_likelihood,
@@ -144,6 +180,9 @@ class ShadowReport:
             "worker": self.worker,
             "clipped_difference_sum": t.clipped_difference_sum,
         }
+        if self.candidate_digest is not None:
+            data["candidate_digest"] = self.candidate_digest
+        return data
 
     def to_event(self, model: str) -> Event:
         """The `shadow` event of model name `model` that carries the report, stamped now."""
@@ -156,8 +195,8 @@ class ShadowReport:
         The event was validated already (no NaN, infinities or nested values in `data`); here
         counts must be integers (no bools, no strings) with agreements within records, sums
         numbers, the clipped sum within +-CLIP_NATS per record (absent, from an older worker: the
-        plain difference of the sums clamped to that), the served version an integer and the
-        worker a string.
+        plain difference of the sums clamped to that), the served version an integer, the
+        worker a string and the candidate digest, if present, DIGEST_CHARS lowercase hex digits.
         """
         if event.kind != KIND:
             raise ShadowReportError(f"a shadow report is a {KIND!r} event, not {event.kind!r}")
@@ -191,5 +230,10 @@ class ShadowReport:
                 f"clipped_difference_sum {clipped!r} not within +-{CLIP_NATS:g} nats "
                 f"per record over {records} records"
             )
+        digest = data.get("candidate_digest")
+        if digest is not None and not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
+            raise ShadowReportError(
+                f"candidate_digest must be {DIGEST_CHARS} lowercase hex digits, got {digest!r}"
+            )
         totals = ShadowTotals(records, lls[0], lls[1], agreements, float(clipped))
-        return cls(event.version, served, worker, totals)
+        return cls(event.version, served, worker, totals, digest)

@@ -1,8 +1,10 @@
 """Forged events on the real broker decide nothing: a trainer with GMM_EVENTS_VERIFY_KEY follows
 the events topic as `gmm-trainer run` does (`trainer.main.watch_events`); shadow reports and
 drift alarms that are unsigned or signed by a key it does not list are refused and counted, a
-genuine worker's signed report is counted and its signed alarm asks for a refit, and that
-alarm's record sent again later starts no second refit."""
+genuine worker's signed report is counted and its signed alarm asks for a refit, that alarm's
+record sent again later starts no second refit, and the genuine worker's old signed reports
+about an earlier candidate of the same version (or from before reports carried the candidate's
+digest) count for nothing."""
 
 from __future__ import annotations
 
@@ -26,11 +28,11 @@ from trainer.main import DriftRequests, refused_events, watch_events
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 from wire.event import Event
-from wire.shadow_report import ShadowReport, ShadowTotals
+from wire.shadow_report import ShadowReport, ShadowTotals, model_digest
 
 
-def model(version: int) -> ModelParams:
-    fitted_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+def model(version: int, fitted_at: str | None = None) -> ModelParams:
+    fitted_at = fitted_at or time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     return ModelParams(
         version,
         MixtureParams([0.3, 0.7], [[2.0], [9.0]], [1.0]),
@@ -52,11 +54,10 @@ async def until(
     return True
 
 
-def shadow(worker: str, records: int, clipped: float) -> Event:
-    """A report on candidate 2 against served version 1."""
-    return ShadowReport(2, 1, worker, ShadowTotals(records, 0.0, 0.0, records, clipped)).to_event(
-        "gmm"
-    )
+def shadow(worker: str, records: int, clipped: float, digest: str | None = None) -> Event:
+    """A report on candidate 2 (of digest `digest`) against served version 1."""
+    totals = ShadowTotals(records, 0.0, 0.0, records, clipped)
+    return ShadowReport(2, 1, worker, totals, digest).to_event("gmm")
 
 
 async def test_forged_shadow_and_drift_events_decide_nothing(kafka_bootstrap, tmp_path):
@@ -111,10 +112,17 @@ async def test_forged_shadow_and_drift_events_decide_nothing(kafka_bootstrap, tm
         for producer in (unsigned, stranger):
             await producer.send(forged_report)
             await producer.send(forged_alarm)
+        # The genuine worker's old reports, enough to promote: about an earlier candidate 2
+        # (version numbering restarted since), and from before reports carried a digest.
+        earlier = model_digest(model(2, "2025-01-15T09:00:00+00:00"))
+        await genuine.send(shadow("host-1", 5000, 5000.0, earlier))
+        await genuine.send(shadow("host-1", 5000, 5000.0))
         # The genuine worker's report (under GMM_SHADOW_RECORDS: no verdict yet), after them.
-        await genuine.send(shadow("host-1", 300, 15.0))
+        digest = model_digest(ModelParams.loads(trainer.candidate.dumps()))  # as a worker reads it
+        await genuine.send(shadow("host-1", 300, 15.0, digest))
         await until(lambda: tally.totals(2, 1).records == 300, 30, "the signed report counted")
         assert refused("unsigned") == 2 and refused("bad_signature") == 2
+        assert refused("other_candidate") == 1 and refused("no_digest") == 1
         assert tally.totals(2, 1).clipped_difference_sum == 15.0
         assert drift.version is None and not drift.pending_for(trainer)
         assert alarms() == 0
@@ -139,7 +147,7 @@ async def test_forged_shadow_and_drift_events_decide_nothing(kafka_bootstrap, tm
         await raw.send_and_wait(
             topics.events, original.value, key=original.key, headers=list(original.headers)
         )
-        await until(lambda: refused("stale") == 1, 30, "the replayed alarm refused")
+        await until(lambda: refused("duplicate") == 1, 30, "the replayed alarm refused")
         assert not drift.pending_for(trainer)
         assert alarms() == 1
     finally:

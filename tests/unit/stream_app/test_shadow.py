@@ -64,6 +64,18 @@ def test_totals_restart_when_either_version_changes():
     assert scores.to_report().totals.records == 3
 
 
+def test_totals_restart_for_another_candidate_of_the_same_version():
+    scores = ShadowScores("w")
+    scores.add(5, 4, ShadowTotals(10, -10.0, -12.0, 9, 2.0), "0123456789abcdef")
+    scores.add(5, 4, ShadowTotals(10, -10.0, -12.0, 8, 1.0), "0123456789abcdef")
+    report = scores.to_report()
+    assert report.totals.records == 20 and report.candidate_digest == "0123456789abcdef"
+    # The version came round again with other content: its records are not this one's.
+    scores.add(5, 4, ShadowTotals(3, -3.0, -3.0, 3), "fedcba9876543210")
+    report = scores.to_report()
+    assert report.totals.records == 3 and report.candidate_digest == "fedcba9876543210"
+
+
 def shadow_event(
     worker: str, records: int, version: int = 5, served: int = 4, clipped: float | None = None
 ) -> Event:

@@ -178,6 +178,24 @@ async def test_a_candidate_withdrawn_while_it_scores_leaves_no_totals_or_series(
     assert records is None  # its series stays forgotten
 
 
+async def test_a_candidates_report_carries_its_digest(classifier):
+    from wire.shadow_report import model_digest
+
+    worker, _, _, _ = make_worker(classifier)
+    candidate = ModelParams(4, PARAMS)
+    worker.shadow.candidate.current = ServingModel(
+        candidate, classifier, classifier.prepare(PARAMS)
+    )
+    worker.path.checkpoint.fetched(0, {TP0: 100})
+    await worker.handle(batch(0, 100))
+    await worker.path.checkpoint.settled(5)
+    report = worker.shadow.scores.to_report()
+    assert report is not None and report.version == 4 and report.totals.records == 100
+    # Bound to the candidate's content: the trainer counts it for this candidate only.
+    assert report.candidate_digest == model_digest(ModelParams.loads(candidate.dumps()))
+    assert report.to_event("gmm").data["candidate_digest"] == report.candidate_digest
+
+
 def test_a_worker_with_an_events_key_signs_its_events(classifier, tmp_path):
     from kafka_common.event_signing import EventVerifier
     from kafka_common.settings import SettingsError

@@ -22,7 +22,7 @@ from trainer.events import ShadowTally
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 from wire.event import Event
-from wire.shadow_report import ShadowReport
+from wire.shadow_report import ShadowReport, model_digest
 
 RECORDS = 5000  # GMM_SHADOW_RECORDS' default
 STREAM = np.random.default_rng(1).normal(0.0, 1.0, RECORDS)  # the stream: N(0, 1)
@@ -76,8 +76,10 @@ def judge(candidate_sd: float, served_sd: float, glitch: float | None):
         halves[1] = np.append(halves[1], glitch)
     for worker, x in zip(("a", "b"), halves, strict=True):
         totals = compare(classification(x, served_sd), classification(x, candidate_sd))
-        report = ShadowReport(2, 1, worker, totals)
-        assert tally.update(Event.loads(report.to_event("gmm").dumps()))
+        # The worker's digest of the candidate it read; the trainer's, of the one it published.
+        report = ShadowReport(2, 1, worker, totals, model_digest(trainer.candidate))
+        digest = trainer.candidate_digest(trainer.candidate)
+        assert tally.update(Event.loads(report.to_event("gmm").dumps()), None, digest)
     plain = tally.totals(2, 1).difference
     done = asyncio.run(trainer.judge_candidate(tally))
     return done, events, publisher, plain

@@ -1,15 +1,27 @@
 """The shadow report (wire.shadow_report): the totals and their differences (plain and clipped),
 the report's round trip through a `shadow` event, an older worker's report without the clipped
-sum, and the refusal of a malformed one."""
+sum or the candidate digest, the refusal of a malformed one, and the candidate digest that binds
+a report to the candidate's content."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import orjson
 import pytest
 from numpy.testing import assert_allclose
 
+from mixture.params import FitMetadata, MixtureParams, ModelParams
 from wire.event import Event, EventError
-from wire.shadow_report import CLIP_NATS, KIND, ShadowReport, ShadowReportError, ShadowTotals
+from wire.shadow_report import (
+    CLIP_NATS,
+    DIGEST_CHARS,
+    KIND,
+    ShadowReport,
+    ShadowReportError,
+    ShadowTotals,
+    model_digest,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -21,9 +33,10 @@ GOOD = {
     "agreements": 90,
     "worker": "w",
     "clipped_difference_sum": 100.0,
+    "candidate_digest": "0123456789abcdef",
 }
-#: What a report from a worker older than the clipped sum lacks (and is still read without).
-OPTIONAL = {"clipped_difference_sum"}
+#: What a report from a worker older than these fields lacks (and is still read without).
+OPTIONAL = {"clipped_difference_sum", "candidate_digest"}
 
 
 def test_totals_add_up_and_compare_the_models():
@@ -119,6 +132,11 @@ def test_integer_sums_are_read_as_floats():
         {"clipped_difference_sum": -CLIP_NATS * 100 - 1.0},
         {"clipped_difference_sum": 1e17},
         {"records": 0, "agreements": 0, "clipped_difference_sum": 1.0},
+        {"candidate_digest": 7},
+        {"candidate_digest": "0123456789ABCDEF"},
+        {"candidate_digest": "0123456789abcde"},
+        {"candidate_digest": "0123456789abcdef0"},
+        {"candidate_digest": "0123456789abcdeg"},
     ],
 )
 def test_a_malformed_report_is_refused_with_a_one_line_message(data):
@@ -140,3 +158,59 @@ def test_only_shadow_events_and_events_with_data_are_reports():
         ShadowReport.from_event(Event.now("drift", "gmm", 5, 0.0, data=GOOD))
     with pytest.raises(ShadowReportError):
         ShadowReport.from_event(Event.now(KIND, "gmm", 5, 0.0))
+
+
+def candidate(
+    fitted_at: str = "2026-11-28T05:00:00+00:00", covariance: str = "diag"
+) -> ModelParams:
+    scale = {
+        "diag": [[1.0, 0.5], [0.25, 2.0]],
+        "tied-diag": [1.0, 0.5],
+        "spherical": [[1.0, 1.0], [0.3, 0.3]],
+        "tied": [[[1.0, 0.0], [0.5, 2.0]]] * 2,
+        "full": [[[1.0, 0.0], [0.5, 2.0]], [[0.3, 0.0], [-0.1, 0.7]]],
+    }[covariance]
+    return ModelParams(
+        3,
+        MixtureParams([0.3, 0.7], [[2.0, 1.0 / 3.0], [9.0, -4.1]], scale),
+        FitMetadata(fitted_at=fitted_at, n_points=1000, extra={"model_name": "gmm", "aic": 1.5}),
+        covariance,
+    )
+
+
+@pytest.mark.parametrize("covariance", ["diag", "tied-diag", "spherical", "tied", "full"])
+def test_the_digest_is_the_same_on_both_sides_of_the_params_record(covariance):
+    # The trainer digests the model it published; a worker, the model it read from the record.
+    model = candidate(covariance=covariance)
+    digest = model_digest(model)
+    assert len(digest) == DIGEST_CHARS and int(digest, 16) >= 0
+    assert model_digest(ModelParams.loads(model.dumps())) == digest
+    assert model_digest(ModelParams.loads(model.dumps().encode())) == digest
+
+
+def test_the_digest_tells_candidates_of_one_version_apart():
+    # The same version number, fitted at another time (a version numbering restarted) or with
+    # other parameters: another candidate, another digest.
+    model = candidate()
+    january = candidate(fitted_at="2025-01-15T09:00:00+00:00")
+    moved = dataclasses.replace(
+        model, mixture=model.mixture._replace(locs=[[2.0, 1.0 / 3.0], [9.0, -4.0]])
+    )
+    digests = {model_digest(m) for m in (model, january, moved, model.with_version(4))}
+    assert len(digests) == 4
+
+
+def test_a_report_carries_the_candidate_digest_last():
+    digest = model_digest(candidate())
+    report = ShadowReport(5, 4, "w", ShadowTotals(100, -100.0, -200.0, 90, 100.0), digest)
+    data = report.to_json()
+    assert list(data)[-1] == "candidate_digest" and data["candidate_digest"] == digest
+    event = report.to_event("gmm")
+    assert ShadowReport.from_event(Event.loads(event.dumps())) == report
+    # Summing slices keeps it.
+    assert report.added(ShadowTotals(1, -1.0, -1.0, 1)).candidate_digest == digest
+    # An older worker's report has none.
+    old = {k: v for k, v in GOOD.items() if k != "candidate_digest"}
+    assert (
+        ShadowReport.from_event(Event.now(KIND, "gmm", 5, 0.0, data=old)).candidate_digest is None
+    )
