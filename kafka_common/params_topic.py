@@ -53,7 +53,7 @@ from kafka_common.signing import Signer, Verifier
 from kafka_common.topics import TopicSpec, assigned_consumer
 from mixture.params import ModelParams, ParamsError
 from wire import params_record
-from wire.params_record import STAGES, NameState, ParamsUpdate, stamped
+from wire.params_record import SIGNATURE_HEADER, STAGES, NameState, ParamsUpdate, stamped
 
 log = logging.getLogger(__name__)
 
@@ -247,12 +247,19 @@ async def _read_to_end(
                 if role == "history":
                     if update is not None and update.model is not None:
                         history.append(update.model)
-                elif update is None or _apply(state, update, name, record.offset, on_reject) == (
-                    "replayed"
-                ):
+                    continue
+                outcome = (
+                    "refused"
+                    if update is None
+                    else _apply(state, update, name, record.offset, on_reject)
+                )
+                if outcome in ("refused", "replayed"):
                     spoiled.add(stage)
-                else:
-                    spoiled.discard(stage)
+                    continue
+                spoiled.discard(stage)
+                # A copy of the current record ("unchanged") is not taken for it: its headers
+                # are whatever the copier chose.
+                if outcome != "unchanged" or stage not in latest:
                     latest[stage] = record
 
     ends = await consumer.end_offsets(tps)  # read_committed: the last stable offsets
@@ -520,11 +527,11 @@ class Publisher:
             async with producer.transaction():
                 for stage in stages:
                     record = tail.latest[stage]
+                    # The key, the value and the signature only: nothing else a copier added.
+                    signature = params_record.signature_of(record.headers)
+                    headers = None if signature is None else [(SIGNATURE_HEADER, signature)]
                     await producer.send(
-                        self.params_topic,
-                        record.value,
-                        key=record.key,
-                        headers=list(record.headers or ()),
+                        self.params_topic, record.value, key=record.key, headers=headers
                     )
             log.warning(
                 "%r: the last record of its %s key(s) was refused (replayed or forged); its "

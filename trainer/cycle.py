@@ -109,9 +109,14 @@ class Trainer:
         )
         self.current, self.candidate = tail.state.newest, tail.state.candidate
         # A replay or forgery is the last record of a key: write the current ones again
-        # before compaction could leave it alone there.
-        if tail.spoiled & tail.latest.keys() and await self.publisher.reassert():
-            self.metrics.params_reasserted.inc()
+        # before compaction could leave it alone there. Best effort: a failure must not stop
+        # the refits (the next cycle tries again).
+        if tail.spoiled & tail.latest.keys():
+            try:
+                if await self.publisher.reassert():
+                    self.metrics.params_reasserted.inc()
+            except Exception as exc:
+                log.warning("could not write %r's current records again: %s", s.model_name, exc)
         if self.current is not None:
             self.metrics.published_version.set(self.current.version)
 

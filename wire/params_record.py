@@ -255,9 +255,10 @@ class NameState:
     or marker copied back onto the topic, signature and all): `apply` says "replayed" and
     nothing changes. A candidate must be newer than every version taken before it; a marker
     withdraws the candidate only if it was written after that candidate was taken (its version
-    is at least the candidate's); a served version must be newer than the newest served. A
-    copy of the current served version or candidate changes nothing either ("unchanged"): the
-    publisher re-asserts them that way (`Publisher.reassert`).
+    is at least the candidate's) and no marker before it is newer; a served version must be
+    newer than the newest served. A copy of the current served version, candidate or marker
+    changes nothing either ("unchanged"): the publisher re-asserts them that way
+    (`Publisher.reassert`).
     """
 
     def __init__(self) -> None:
@@ -265,10 +266,12 @@ class NameState:
         self.newest: ModelParams | None = None
         self.candidate: ModelParams | None = None
         self.highest = 0  # the highest version taken (served, candidate or marker)
+        self.marker = 0  # the newest withdrawal marker's version
 
     def apply(self, update: ParamsUpdate) -> str:
-        """Applies one decoded record: "served", "candidate", "withdrawn", "replayed", or
-        "unchanged" (a marker or tombstone with no candidate to withdraw)."""
+        """Applies one decoded record: "served", "candidate", "withdrawn", "replayed",
+        "marked" (a newer marker with no candidate to withdraw), or "unchanged" (a copy of the
+        current served version, candidate or marker; a tombstone with nothing to withdraw)."""
         model = update.model
         if update.stage == "served":
             assert model is not None
@@ -290,9 +293,16 @@ class NameState:
             return "candidate"
         taken = update.withdrawn_at
         if taken is not None:
-            if self.candidate is not None and taken < self.candidate.version:
+            # Markers are written with the highest version taken, so they only increase.
+            if taken < self.marker or (
+                self.candidate is not None and taken < self.candidate.version
+            ):
                 return "replayed"
+            newer = taken > self.marker
+            self.marker = taken
             self.highest = max(self.highest, taken)
+            if self.candidate is None:
+                return "marked" if newer else "unchanged"
         if self.candidate is None:
             return "unchanged"
         self.candidate = None

@@ -259,16 +259,24 @@ def test_a_refused_record_left_last_on_its_key_does_not_outlive_compaction(
     run(gmm.withdraw_candidate(3))
     assert run(gmm.publish(model((4.0, 7.0)), "trainer", stage="candidate")).version == 4
     params = raw(kafka_bootstrap, topics.params)
-    served_1 = next(r for r in params if r.key == b"gmm")
+    served_1, served_2 = [r for r in params if r.key == b"gmm"]
     marker_3 = next(r for r in params if r.key == b"gmm@candidate" and b"withdrawn" in r.value)
     write(
         kafka_bootstrap,
         topics.params,
-        [(r.key, r.value, list(r.headers)) for r in (served_1, marker_3)],
+        [
+            # a copy of the current version with a header of the copier's (still verifies)
+            (b"gmm", served_2.value, [*served_2.headers, ("pad", b"p" * 1000)]),
+            (served_1.key, served_1.value, list(served_1.headers)),  # an old version, last
+            (marker_3.key, marker_3.value, list(marker_3.headers)),  # an old marker, last
+        ],
     )
     verifier = Verifier.from_files([public])
     assert run(gmm.reassert()) is True
     assert run(gmm.reassert()) is False  # the current records are last again: nothing to do
+    last = {r.key: r for r in raw(kafka_bootstrap, topics.params)}
+    assert last[b"gmm"].value == served_2.value
+    assert list(last[b"gmm"].headers) == list(served_2.headers)  # the signature alone
 
     def compacted() -> bool:
         write(kafka_bootstrap, topics.params, [(b"roll", b"x", [])])  # rolls the segment

@@ -223,6 +223,17 @@ def test_replays_change_nothing():
     assert state.apply(served(0)) == "replayed"
     assert state.newest is not None and state.newest.version == 1 and state.highest == 3
     # a marker with nothing to withdraw only records the highest version taken
-    assert state.apply(marker(5)) == "unchanged" and state.highest == 5
+    assert state.apply(marker(5)) == "marked" and state.highest == 5
+    assert state.apply(marker(5)) == "unchanged"  # a copy of it
+    assert state.apply(marker(4)) == "replayed"  # older than the newest marker
     assert state.apply(candidate(5)) == "replayed"
     assert state.apply(candidate(6)) == "candidate"
+
+
+def test_an_old_marker_replayed_with_no_candidate_pending_is_refused():
+    """Markers only increase: an old one is a replay even with nothing to withdraw, so it can
+    never be taken for the key's current record (and compaction must not keep it)."""
+    state, outcomes = _state(served(1), candidate(2), marker(2), served(3), candidate(4), marker(4))
+    assert outcomes[-1] == "withdrawn" and state.candidate is None
+    assert state.apply(marker(2)) == "replayed"
+    assert state.highest == 4 and state.marker == 4
