@@ -4,6 +4,7 @@ rejected, a drift alarm that brings a refit, and no alarm on a stationary stream
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -37,7 +38,7 @@ def model(locs=(2.0, 9.0)) -> ModelParams:
     )
 
 
-def setup(bootstrap: str, stem: str) -> tuple[Topics, str, Publisher]:
+def setup(bootstrap: str, stem: str, name: str = "gmm") -> tuple[Topics, str, Publisher]:
     topics = Topics(stem)
     events = f"{topics.params}.events"
     kafka = KafkaSettings(bootstrap_servers=bootstrap)
@@ -49,7 +50,7 @@ def setup(bootstrap: str, stem: str) -> tuple[Topics, str, Publisher]:
     ]
     asyncio.run(ensure_topics(kafka, specs))
     settings = TrainerSettings(
-        kafka=kafka, params_topic=topics.params, history_topic=topics.history, model_name="gmm"
+        kafka=kafka, params_topic=topics.params, history_topic=topics.history, model_name=name
     )
     return topics, events, Publisher.from_settings(settings)
 
@@ -92,16 +93,53 @@ def wait_for_event(bootstrap: str, topic: str, kind: str, timeout: float = 60) -
     wait_for(sent, timeout, message=f"a {kind!r} event")
 
 
-def test_a_better_candidate_is_promoted(kafka_bootstrap, start_worker, tmp_path):
-    topics, events, publisher = setup(kafka_bootstrap, "promote")
+def trust_chain(tmp_path) -> tuple[dict[str, str], dict[str, str]]:
+    """The worker's and the trainer's variables for a signed trust chain: the trainer signs
+    models and the worker verifies them; the worker signs events and the trainer verifies."""
+    from kafka_common.signing import keygen
+
+    models_private, models_public, _ = keygen(tmp_path / "models")
+    events_private, events_public, _ = keygen(tmp_path / "events")
+    worker = {
+        "GMM_PARAMS_VERIFY_KEY": str(models_public),
+        "GMM_EVENTS_SIGNING_KEY": str(events_private),
+    }
+    trainer = {
+        "GMM_PARAMS_SIGNING_KEY": str(models_private),
+        "GMM_EVENTS_VERIFY_KEY": str(events_public),
+    }
+    return worker, trainer
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_a_better_candidate_is_promoted(kafka_bootstrap, start_worker, tmp_path, signed):
+    """Also with every signature on (models signed by the trainer, events by the worker): the
+    workers' signed reports, bound to the candidate's digest, promote it."""
+    # A name of its own when signed: a publisher's transactional id is per name.
+    name = "signed" if signed else "gmm"
+    topics, events, publisher = setup(kafka_bootstrap, "promote", name)
+    worker_keys, trainer_keys = trust_chain(tmp_path) if signed else ({}, {})
+    if signed:
+        from kafka_common.signing import Signer
+
+        signer = Signer.from_file(trainer_keys["GMM_PARAMS_SIGNING_KEY"])
+        publisher = dataclasses.replace(publisher, signer=signer)
     asyncio.run(publisher.publish(model((3.0, 8.0)), "cli"))  # v1: off by a unit each
-    worker = start_worker(topics, GMM_EVENTS_TOPIC=events, GMM_SHADOW_REPORT_SECONDS="0.5")
+    worker = start_worker(
+        topics,
+        GMM_EVENTS_TOPIC=events,
+        GMM_SHADOW_REPORT_SECONDS="0.5",
+        GMM_MODEL_NAME=name,
+        **worker_keys,
+    )
     assert worker.wait_ready()["model_version"] == 1
     feeder = Feeder(kafka_bootstrap, topics.input)
     env = trainer_env(
         kafka_bootstrap,
         topics,
         tmp_path / "r",
+        **trainer_keys,
+        GMM_MODEL_NAME=name,
         GMM_EVENTS_TOPIC=events,
         GMM_PROMOTION="shadow",
         GMM_SHADOW_RECORDS="2000",
@@ -126,10 +164,12 @@ def test_a_better_candidate_is_promoted(kafka_bootstrap, start_worker, tmp_path)
     reports = [e for e in everything if e.kind == "shadow" and e.version == 2]
     last = reports[-1].data
     assert last["records"] >= 2000 and last["served_version"] == 1
+    assert len(str(last["candidate_digest"])) == 16  # bound to the candidate it scored
+    assert worker.metric("gmm_params_rejected_total") == 0
     assert last["agreements"] > 0.8 * last["records"]
     assert worker.metric("gmm_shadow_records_total", candidate_version="2") == 0
     served, candidate, _ = asyncio.run(
-        read_state(KafkaSettings(bootstrap_servers=kafka_bootstrap), topics.params, "gmm")
+        read_state(KafkaSettings(bootstrap_servers=kafka_bootstrap), topics.params, name)
     )
     assert candidate is None and served is not None
     assert served.metadata.extra["promoted_from"] == 2
