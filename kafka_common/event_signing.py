@@ -10,8 +10,8 @@ that a listed worker key signed (`trainer.events`):
   learns from the signature which key vouches for a report (its `fingerprint`).
 
 The signed message is `message(key, value)`: a domain tag, the record key (length-prefixed)
-and the record value, so an event signature never passes for a params record's (whose message
-is the model JSON, which cannot start with the tag) nor for another model's record. The
+and the record value (`wire.common.signed_bytes`, as for params records behind their own tag),
+so an event signature never passes for a params record's nor for another model's record. The
 signature (64 raw bytes) travels in the header HEADER; the value is unchanged, so readers that
 do not verify read it as before. Keys are plain Ed25519 keys (`python -m kafka_common.signing
 keygen --out DIR` makes a pair); sign and verify are `kafka_common.signing`'s.
@@ -24,6 +24,7 @@ import os
 from collections.abc import Iterable, Sequence
 
 from kafka_common.signing import Signer, Verifier, fingerprint
+from wire.common import signed_bytes, single_header
 
 #: The Kafka record header that carries an event's signature (64 raw bytes).
 HEADER = "gmm-event-signature"
@@ -32,15 +33,13 @@ DOMAIN = b"gmm-event/1\x00"
 
 
 def message(key: bytes, value: bytes) -> bytes:
-    """The bytes signed for an events record: DOMAIN, the key's length (4 bytes, big-endian),
-    the key, the value. The length makes the split between key and value unambiguous."""
-    return DOMAIN + len(key).to_bytes(4, "big") + key + value
+    """The bytes signed for an events record (`wire.common.signed_bytes` behind DOMAIN)."""
+    return signed_bytes(DOMAIN, key, value)
 
 
 def signature_of(headers: Iterable[tuple[str, bytes]] | None) -> bytes | None:
     """The record's event signature header, or None (unsigned, or more than one)."""
-    found = [v for k, v in headers or () if k == HEADER]
-    return found[0] if len(found) == 1 else None
+    return single_header(headers, HEADER)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,11 +1,26 @@
 """What several record formats share: the input record's coordinates, a cut key's fields, the
-JSON encoder, and the error a decoder raises."""
+JSON encoder, the error a decoder raises, and how a signed record's bytes and signature header
+are laid out (params records and events)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, NamedTuple, TypedDict
 
 import orjson
+
+
+def signed_bytes(domain: bytes, key: bytes, value: bytes) -> bytes:
+    """What a record's signature covers: `domain` (a tag no other signed message starts with),
+    the key's length (4 bytes, big-endian), the key, the value. The length makes the split
+    between key and value unambiguous."""
+    return b"".join((domain, len(key).to_bytes(4, "big"), key, value))
+
+
+def single_header(headers: Iterable[tuple[str, bytes]] | None, name: str) -> bytes | None:
+    """The value of the record's one header `name`; None if it has none, or more than one."""
+    found = [v for k, v in headers or () if k == name]
+    return found[0] if len(found) == 1 else None
 
 
 class WireError(ValueError):

@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
 from mixture.params import ModelParams, ParamsError
+from wire.common import signed_bytes, single_header
 
 #: The record header that carries a signature of the value.
 SIGNATURE_HEADER = "gmm-signature"
@@ -126,10 +127,7 @@ def signed_message(role: str, key: bytes | None, value: bytes) -> bytes:
     each delimited (the key by its length), behind SIGNED_PREFIX."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    key = key or b""
-    return b"".join(
-        (SIGNED_PREFIX, role.encode(), b"\x00", len(key).to_bytes(4, "big"), key, value)
-    )
+    return signed_bytes(SIGNED_PREFIX + role.encode() + b"\x00", key or b"", value)
 
 
 def signature_headers(role: str, key: bytes, value: bytes, signer: Signs) -> Headers:
@@ -143,8 +141,7 @@ def _headers(role: str, key: bytes, value: bytes, signer: Signs | None) -> Heade
 
 def signature_of(headers: Iterable[tuple[str, bytes]] | None) -> bytes | None:
     """The record's signature header, or None (unsigned, or more than one)."""
-    found = [v for k, v in headers or () if k == SIGNATURE_HEADER]
-    return found[0] if len(found) == 1 else None
+    return single_header(headers, SIGNATURE_HEADER)
 
 
 def encode(
