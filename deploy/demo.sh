@@ -86,8 +86,12 @@ GMM_TRAIN_INTERVAL_SECONDS=60 GMM_TRAIN_WINDOW_RECORDS=20000 start_bg trainer $B
 if command -v prometheus >/dev/null 2>&1; then
   echo "== 7. Prometheus on :9090, scraping the worker and the trainer (deploy/prometheus config)"
   $BIN/python - "$RUN/prometheus.yml" "$PORT" <<'PY'
-import sys, yaml
+import os, sys, yaml
 config = yaml.safe_load(open("deploy/prometheus/prometheus.yml"))
+# The alert and recording rules from the repository; no Alertmanager here (Prometheus shows
+# the alerts at /alerts; docker compose runs Alertmanager).
+config["rule_files"] = [os.path.abspath(os.path.join("deploy/prometheus", f)) for f in config["rule_files"]]
+config.pop("alerting", None)
 targets = {"gmm-worker": f"127.0.0.1:{sys.argv[2]}", "gmm-trainer": "127.0.0.1:6067"}
 for job in config["scrape_configs"]:
     job.pop("dns_sd_configs", None)
@@ -96,7 +100,7 @@ yaml.safe_dump(config, open(sys.argv[1], "w"))
 PY
   start_bg prometheus prometheus --config.file="$RUN/prometheus.yml" \
     --storage.tsdb.path="$RUN/prometheus-data" --web.listen-address=127.0.0.1:9090
-  PROM_MSG="  prometheus http://localhost:9090  (try: sum(rate(gmm_records_in_total[1m])))"
+  PROM_MSG="  prometheus http://localhost:9090  (try: sum(rate(gmm_records_in_total[1m])); alerts: /alerts)"
 else
   PROM_MSG="  prometheus not installed here (apt-get install prometheus); docker compose runs it with Grafana"
 fi

@@ -366,6 +366,7 @@ async def follow(
     stop: asyncio.Event | None = None,
     on_candidate: OnCandidate | None = None,
     verifier: Verifier | None = None,
+    on_reject_catching_up: OnReject | None = None,
 ) -> None:
     """Calls on_model for each valid model of `name`: first the newest existing one, then each
     newer one. Versions not above the newest seen are skipped (versions only increase).
@@ -373,11 +374,15 @@ async def follow(
     on_candidate, if given, is called with the name's candidate in shadow whenever it changes
     (None: withdrawn), starting with the current one (or None).
     verifier: if given, only records whose signature verifies are used (others: bad_signature).
+    on_reject_catching_up, if given, hears the refusals of the first read to the end instead
+    of on_reject: records refused before (by this process or another), read again, which an
+    alert on new refusals must not count.
     """
     consumer, tps = await _start_consumer(kafka, topic)
     try:
         # Catch up first, so a worker starts with the newest model rather than replaying.
-        state = (await _read_to_end(consumer, tps, name, on_reject, verifier)).state
+        catching_up = on_reject if on_reject_catching_up is None else on_reject_catching_up
+        state = (await _read_to_end(consumer, tps, name, catching_up, verifier)).state
         if state.newest is not None:
             await on_model(state.newest)
         if on_candidate is not None:

@@ -23,6 +23,18 @@ INFERENCE_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 
 END_TO_END_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Batches in the drift signal's window.
 DRIFT_WINDOW_BATCHES = 50
+#: Every reason a params record is refused for (kafka_common.params_topic, wire.params_record,
+#: mixture.params, model_state). Their series start at 0, so an alert's increase() counts the
+#: first refusal too (a series born at 1 shows no increase).
+PARAMS_REJECT_REASONS = (
+    "not_json",
+    "invalid",
+    "name_mismatch",
+    "stage_mismatch",
+    "bad_signature",
+    "replayed",
+    "compile_failed",
+)
 
 
 def batch_buckets(max_batch: int) -> tuple[float, ...]:
@@ -36,8 +48,17 @@ def batch_buckets(max_batch: int) -> tuple[float, ...]:
 class WorkerMetrics:
     """The service's metrics; `registry` also carries Faust's sensor metrics."""
 
-    def __init__(self, max_batch: int, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, max_batch: int, registry: CollectorRegistry | None = None, model: str = "gmm"
+    ) -> None:
         r = self.registry = registry or CollectorRegistry()
+        self.model_info = Gauge(
+            "gmm_model_info",
+            "1, labelled with the model name this worker serves (alerts join on it)",
+            ["model"],
+            registry=r,
+        )
+        self.model_info.labels(model=model).set(1)
         self.records_in = Counter("gmm_records_in_total", "Input records received", registry=r)
         self.assignments_out = Counter(
             "gmm_assignments_out_total",
@@ -81,10 +102,14 @@ class WorkerMetrics:
         )
         self.params_rejected = Counter(
             "gmm_params_rejected_total",
-            "Params records ignored as invalid, by reason",
-            ["reason"],
+            "Params records ignored as invalid, by reason and phase: catch_up (read again when "
+            "the worker starts or its params reader reconnects) or live (new records)",
+            ["reason", "phase"],
             registry=r,
         )
+        for reason in PARAMS_REJECT_REASONS:
+            for phase in ("catch_up", "live"):
+                self.params_rejected.labels(reason=reason, phase=phase)
         self.recent_log_likelihood = Gauge(
             "gmm_recent_log_likelihood_mean",
             f"Mean log p(x) over the last {DRIFT_WINDOW_BATCHES} batches (drift signal)",

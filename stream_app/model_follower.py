@@ -67,6 +67,7 @@ class ModelFollower:
                     self.name,
                     self.install,
                     on_reject=self._rejected,
+                    on_reject_catching_up=self._rejected_catching_up,
                     on_candidate=self.candidate,
                     verifier=self.verifier,
                 )
@@ -89,4 +90,7 @@ class ModelFollower:
         await self.shadow.propose(model, self.served_version())
 
     def _rejected(self, reason: str, message: str) -> None:
-        self.metrics.params_rejected.labels(reason=reason).inc()
+        self.metrics.params_rejected.labels(reason=reason, phase="live").inc()
+
+    def _rejected_catching_up(self, reason: str, message: str) -> None:
+        self.metrics.params_rejected.labels(reason=reason, phase="catch_up").inc()

@@ -85,7 +85,7 @@ class ModelHolder:
             device_params = await loop.run_in_executor(self.executor, classifier.prepare, m)
         except Exception as exc:  # the model is bad for this worker, not the worker itself
             log.error("rejecting model version %d: it cannot be compiled: %s", model.version, exc)
-            self.metrics.params_rejected.labels(reason="compile_failed").inc()
+            self.metrics.params_rejected.labels(reason="compile_failed", phase="live").inc()
             return False
         self.current = ServingModel(model, classifier, device_params)
         if not self.served:

@@ -261,6 +261,9 @@ class PointSource(ConsumerRebalanceListener):
             for tp in unknown:
                 committed = await consumer.committed(tp)
                 self._committed.setdefault(tp, begins[tp] if committed is None else committed)
+                if committed is not None:  # a partition (re)assigned: its gauge shows it again
+                    gauge = self.metrics.input_committed_offset
+                    gauge.labels(partition=str(tp.partition)).set(self._committed[tp])
         for tp in assigned:
             if tp in self._committed:  # not revoked meanwhile
                 lag = max(0, ends[tp] - self._committed[tp])

@@ -58,7 +58,7 @@ class Worker:
         terminate: Callable[[str], None] = _terminate,
     ) -> None:
         s = self.settings = settings
-        m = self.metrics = metrics or WorkerMetrics(s.max_batch)
+        m = self.metrics = metrics or WorkerMetrics(s.max_batch, model=s.model_name)
         self._terminate = terminate
         self.exit_code = 0
         #: Names this process in its events (the trainer sums the workers' shadow totals).

@@ -35,7 +35,7 @@ EXIT_NOT_PUBLISHED = 3
 
 
 async def _run(settings: TrainerSettings, once: bool) -> int:
-    metrics = TrainerMetrics()
+    metrics = TrainerMetrics(model=settings.model_name)
     if settings.metrics_port and not once:
         start_http_server(settings.metrics_port, registry=metrics.registry)
     trainer = Trainer(settings, metrics)

@@ -9,11 +9,35 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 FIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+#: Every reason a fit is rejected for (mixture.guards, mixture.fit.DataError, trainer.cycle).
+#: Their series start at 0, so an alert's increase() counts the first rejection too (a series
+#: born at 1 shows no increase).
+REJECTION_REASONS = (
+    "too_few_points",
+    "not_finite",
+    "collapsed",
+    "worse_than_current",
+    "left_out_explained",
+    "fit_failed",
+    "unservable",
+    "invalid_data",
+    "zero_variance",
+    "out_of_range",
+    "shadow_timeout",
+    "worse_in_shadow",
+)
 
 
 class TrainerMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, model: str = "gmm") -> None:
         r = self.registry = registry or CollectorRegistry()
+        self.model_info = Gauge(
+            "gmm_model_info",
+            "1, labelled with the model name this trainer fits (alerts join on it)",
+            ["model"],
+            registry=r,
+        )
+        self.model_info.labels(model=model).set(1)
         self.fits = Counter("gmm_trainer_fits_total", "Fits run", registry=r)
         self.fit_seconds = Histogram(
             "gmm_trainer_fit_seconds", "Duration of a fit", buckets=FIT_BUCKETS, registry=r
@@ -33,6 +57,8 @@ class TrainerMetrics:
             ["reason"],
             registry=r,
         )
+        for reason in REJECTION_REASONS:
+            self.rejected.labels(reason=reason)
         self.invalid_records = Counter(
             "gmm_trainer_invalid_records_total",
             "Invalid input records skipped, by reason",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
+import re
 import shutil
 import subprocess
 import time
@@ -12,24 +14,78 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+import pytest
 import yaml
 
 from support.harness import free_port
 from tests.conftest import ROOT
 
 COMPOSE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+RULES_DIR = ROOT / "deploy" / "prometheus" / "rules"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "gmm-stream.json"
 
 
-def local_config(targets: dict[str, list[str]], scrape_interval: str = "1s") -> dict:
-    """The compose configuration, with each job's targets replaced by local addresses."""
+def require(**tools: str | None) -> None:
+    """Skips the test when a tool is missing (name: its path or None), with the package that
+    has it; fails instead where GMM_CI is set (CI installs them all)."""
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        message = f"not installed: {', '.join(missing)} (apt-get install {' '.join(missing)})"
+        if os.environ.get("GMM_CI"):
+            pytest.fail(f"GMM_CI is set: {message}")
+        pytest.skip(message)
+
+
+def local_config(
+    targets: dict[str, list[str]],
+    scrape_interval: str = "1s",
+    rules_dir: pathlib.Path = RULES_DIR,
+    alertmanager: str | None = None,
+) -> dict:
+    """The compose configuration, with each job's targets replaced by local addresses, the
+    rule files read from `rules_dir` and alerts sent to `alertmanager` (host:port; None: none)."""
     config = yaml.safe_load(COMPOSE_CONFIG.read_text())
     config["global"]["scrape_interval"] = scrape_interval
     config["global"]["evaluation_interval"] = scrape_interval
+    config["rule_files"] = [str(rules_dir / pathlib.Path(f).name) for f in config["rule_files"]]
+    if alertmanager is None:
+        config.pop("alerting")
+    else:
+        config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager]}]}]
     for job in config["scrape_configs"]:
         job.pop("dns_sd_configs", None)
         job["static_configs"] = [{"targets": targets[job["job_name"]]}]
     return config
+
+
+_DURATION = re.compile(r"(\d+)([smh])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def _scaled(duration: str, factor: float) -> str:
+    (number, unit) = _DURATION.fullmatch(duration).groups()  # type: ignore[union-attr]
+    return f"{max(1, round(int(number) * _SECONDS[unit] * factor))}s"
+
+
+def compressed_rules(workdir: pathlib.Path, factor: float) -> pathlib.Path:
+    """The rule files with every `for:` and range selector scaled by `factor`: the same
+    expressions and thresholds, on a clock a test can wait for (1/20: `for: 2m` is 6 s, a
+    15-minute increase() window 45 s). Thresholds in values, seconds included, are kept."""
+    out = workdir / "rules"
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(RULES_DIR.glob("*.yml")):
+        doc = yaml.safe_load(path.read_text())
+        for group in doc["groups"]:
+            for rule in group["rules"]:
+                rule["expr"] = re.sub(
+                    r"\[(\d+[smh])\]",
+                    lambda m: f"[{_scaled(m.group(1), factor)}]",
+                    rule["expr"],
+                )
+                if "for" in rule:
+                    rule["for"] = _scaled(rule["for"], factor)
+        (out / path.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
 
 
 class Prometheus:
@@ -97,4 +153,4 @@ class Prometheus:
 def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title, PromQL) for every query of the dashboard."""
     dashboard = json.loads(DASHBOARD.read_text())
-    return [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p["targets"]]
+    return [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]

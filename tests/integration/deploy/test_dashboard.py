@@ -23,12 +23,17 @@ from support.harness import (
     trainer_env,
     wait_for,
 )
-from tests.integration.deploy.prometheus import Prometheus, dashboard_queries, local_config
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("prometheus") is None,
-    reason="prometheus is not installed (apt-get install prometheus)",
+from tests.integration.deploy.prometheus import (
+    Prometheus,
+    dashboard_queries,
+    local_config,
+    require,
 )
+
+
+@pytest.fixture(autouse=True)
+def _tools():
+    require(prometheus=shutil.which("prometheus"))
 
 
 @pytest.fixture(scope="module")

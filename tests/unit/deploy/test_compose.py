@@ -49,6 +49,7 @@ def test_services():
         "worker",
         "producer",
         "prometheus",
+        "alertmanager",
         "grafana",
     }
 
@@ -60,7 +61,9 @@ def test_images_are_pinned(name):
     assert ":" in image and tag and tag != "latest" and re.search(r"\d", tag), image
 
 
-@pytest.mark.parametrize("name", ["kafka", "trainer", "worker", "prometheus", "grafana"])
+@pytest.mark.parametrize(
+    "name", ["kafka", "trainer", "worker", "prometheus", "alertmanager", "grafana"]
+)
 def test_long_running_services_have_healthchecks(name):
     assert SERVICES[name]["healthcheck"]["test"]
 
@@ -73,6 +76,7 @@ def test_services_wait_on_health():
             == "service_completed_successfully"
         )
     assert SERVICES["prometheus"]["depends_on"]["worker"]["condition"] == "service_healthy"
+    assert SERVICES["prometheus"]["depends_on"]["alertmanager"]["condition"] == "service_healthy"
     assert SERVICES["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 
@@ -93,11 +97,12 @@ def test_worker_scales_and_demo_producer_is_a_profile():
     assert SERVICES["producer"]["profiles"] == ["demo"]
     assert SERVICES["prometheus"]["ports"] == [f"{BIND}:9090:9090"]
     assert SERVICES["grafana"]["ports"] == [f"{BIND}:3000:3000"]
+    assert SERVICES["alertmanager"]["ports"] == [f"{BIND}:9093:9093"]
 
 
 def test_host_ports_bind_to_loopback_unless_an_operator_says_otherwise():
     published = {name: s["ports"] for name, s in SERVICES.items() if "ports" in s}
-    assert set(published) == {"kafka", "prometheus", "grafana"}
+    assert set(published) == {"kafka", "prometheus", "alertmanager", "grafana"}
     for name, ports in published.items():
         for port in ports:
             assert str(port).startswith(f"{BIND}:"), f"{name}: {port} is on every interface"
@@ -164,8 +169,9 @@ def test_grafana_provisioning_points_at_the_dashboard():
         (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
     )
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    assert datasource["datasources"][1]["url"] == "http://alertmanager:9093"
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/gmm-stream.json").read_text())
-    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
     assert uids == {datasource["datasources"][0]["uid"]}
 
 
@@ -484,7 +490,7 @@ def test_compose_config_binds_host_ports_to_loopback(compose, tmp_path):
     for args in ([], ["-f", "docker-compose.yml", "-f", SECURE_FILE.name]):
         services = _rendered(compose, args, env)
         ports = [p for s in services.values() for p in s.get("ports", [])]
-        assert len(ports) == 3 and {p["host_ip"] for p in ports} == {"127.0.0.1"}, ports
+        assert len(ports) == 4 and {p["host_ip"] for p in ports} == {"127.0.0.1"}, ports
         assert services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     services = _rendered(compose, [], {**env, "GMM_BIND_ADDRESS": "0.0.0.0"})
     assert {p["host_ip"] for s in services.values() for p in s.get("ports", [])} == {"0.0.0.0"}
@@ -534,3 +540,16 @@ def test_compose_config_rejects_a_missing_secret(compose, args, missing, tmp_pat
     result = _run(compose, [*args, "config", "--quiet"], env)
     assert result.returncode != 0
     assert missing in result.stderr
+
+
+def test_prometheus_loads_the_rules_and_sends_alerts_to_alertmanager():
+    mounts = " ".join(SERVICES["prometheus"]["volumes"])
+    assert "./deploy/prometheus/rules:/etc/prometheus/rules:ro" in mounts
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == ["rules/*.yml"]
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    assert alertmanagers["static_configs"] == [{"targets": ["alertmanager:9093"]}]
+    assert "./deploy/alertmanager:/etc/alertmanager:ro" in " ".join(
+        SERVICES["alertmanager"]["volumes"]
+    )
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in SERVICES["alertmanager"]["command"]

@@ -81,3 +81,23 @@ def test_observe_many_equals_one_observe_per_value():
     np.testing.assert_allclose(sums[0], sums[1], rtol=1e-12)  # summed in another order
     assert [x for x in many if "_sum " not in x] == [x for x in one_by_one if "_sum " not in x]
     assert _exposition([], True) == _exposition([], False)
+
+
+def test_the_model_name_and_every_params_refusal_are_exported_from_the_start():
+    """Alerts join on gmm_model_info and count refusals with increase(), which sees nothing in
+    a series born at 1: every reason and phase starts at 0."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from stream_app.metrics import PARAMS_REJECT_REASONS
+
+    m = WorkerMetrics(64, model="fraud")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(m.registry).decode())
+        for s in family.samples
+    }
+    assert samples[("gmm_model_info", (("model", "fraud"),))] == 1
+    for reason in PARAMS_REJECT_REASONS:
+        for phase in ("catch_up", "live"):
+            key = ("gmm_params_rejected_total", (("phase", phase), ("reason", reason)))
+            assert samples[key] == 0
