@@ -6,15 +6,13 @@ import http.server
 import json
 import pathlib
 import shutil
-import subprocess
 import threading
-import urllib.request
 from typing import Any
 
 import yaml
 
-from support.harness import free_port
 from tests.conftest import ROOT
+from tests.integration.deploy.prometheus import LocalServer
 
 COMPOSE_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 
@@ -75,42 +73,21 @@ def local_config(receiver_url: str) -> dict:
     return config
 
 
-class Alertmanager:
+class Alertmanager(LocalServer):
     def __init__(self, config: dict, workdir: pathlib.Path) -> None:
-        self.port = free_port()
-        path = workdir / "alertmanager.yml"
-        path.write_text(yaml.safe_dump(config))
-        self.log = open(workdir / "alertmanager.log", "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [
+        super().__init__(
+            "alertmanager",
+            config,
+            workdir,
+            lambda path, port: [
                 binary() or "alertmanager",
                 f"--config.file={path}",
                 f"--storage.path={workdir / 'alertmanager-data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.listen-address=127.0.0.1:{port}",
                 "--cluster.listen-address=",  # one instance: no gossip port
             ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
         )
-        self.address = f"127.0.0.1:{self.port}"
-
-    def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.address}/-/ready", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
 
     def active(self, alertname: str) -> list[dict[str, Any]]:
         """The alerts named `alertname` Alertmanager holds as active now (its API v2)."""
-        url = f"http://{self.address}/api/v2/alerts?filter=alertname%3D%22{alertname}%22"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return json.loads(response.read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        return self.get(f"/api/v2/alerts?filter=alertname%3D%22{alertname}%22")

@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -88,23 +89,26 @@ def compressed_rules(workdir: pathlib.Path, factor: float) -> pathlib.Path:
     return out
 
 
-class Prometheus:
-    def __init__(self, config: dict, workdir: pathlib.Path) -> None:
+class LocalServer:
+    """A server of the Prometheus family run by a test: its configuration written to workdir,
+    a free loopback port, its log beside them; both servers answer /-/ready when started."""
+
+    def __init__(
+        self,
+        name: str,
+        config: dict,
+        workdir: pathlib.Path,
+        command: Callable[[pathlib.Path, int], list[str]],
+    ) -> None:
         self.port = free_port()
-        path = workdir / "prometheus.yml"
+        path = workdir / f"{name}.yml"
         path.write_text(yaml.safe_dump(config))
-        self.log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 (closed in stop)
+        self.log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            [
-                shutil.which("prometheus") or "prometheus",
-                f"--config.file={path}",
-                f"--storage.tsdb.path={workdir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            command(path, self.port), stdout=self.log, stderr=subprocess.STDOUT
         )
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.address = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.address}"
 
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
@@ -116,6 +120,29 @@ class Prometheus:
                 return response.status == 200
         except OSError:
             return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+class Prometheus(LocalServer):
+    def __init__(self, config: dict, workdir: pathlib.Path) -> None:
+        super().__init__(
+            "prometheus",
+            config,
+            workdir,
+            lambda path, port: [
+                shutil.which("prometheus") or "prometheus",
+                f"--config.file={path}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+        )
 
     def targets_up(self) -> bool:
         active = self.get("/api/v1/targets")["data"]["activeTargets"]
@@ -140,14 +167,6 @@ class Prometheus:
             if pending:
                 time.sleep(1)
         return pending
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

@@ -76,7 +76,7 @@ def test_services_wait_on_health():
             == "service_completed_successfully"
         )
     assert SERVICES["prometheus"]["depends_on"]["worker"]["condition"] == "service_healthy"
-    assert SERVICES["prometheus"]["depends_on"]["alertmanager"]["condition"] == "service_healthy"
+    assert SERVICES["prometheus"]["depends_on"]["alertmanager"]["condition"] == "service_started"
     assert SERVICES["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 
