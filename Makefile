@@ -25,7 +25,7 @@ TEST_COMPOSE = DOCKER_COMPOSE="$${DOCKER_COMPOSE:-$$([[ -x $(COMPOSE_BIN) ]] && 
 # runs them one by one.
 PYTEST_PAR ?= -n 3 --dist loadscope
 
-.PHONY: help venv kafka-up kafka-down kafka-status test test-quick test-unit test-integration demo demo-down lint typecheck bench bench-summary device-wheels clean compose-tool \
+.PHONY: help venv venv-quix kafka-up kafka-down kafka-status test test-quick test-unit test-integration demo demo-down lint typecheck bench bench-summary device-wheels clean compose-tool \
 	compose-tool-if-go
 
 help:
@@ -35,6 +35,7 @@ help:
 	@echo "make test-unit         unit tests only (no broker)"
 	@echo "make kafka-up|kafka-down|kafka-status"
 	@echo "make lint typecheck bench clean"
+	@echo "make venv-quix         the Quix Streams venv (.venv-quix) bench/stream.py runs its Quix app in"
 	@echo "make compose-tool      build Docker Compose $(COMPOSE_VERSION) (cached) for the compose tests"
 	@echo "make bench-summary     rewrite docs/benchmarks.md's summary from bench/results/*.json"
 	@echo "make device-wheels     wheels the GPU machine lacks, into .whl (for bench/device/run.sh)"
@@ -48,6 +49,18 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 venv: $(VENV)/.installed
+
+# The Quix Streams app of bench/stream.py runs in a venv of its own: quixstreams (the `bench`
+# extra) requires confluent-kafka < 2.13, the dev extra pins 2.16.1.
+QUIX_VENV := .venv-quix
+$(QUIX_VENV)/.installed: pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "setup: $(PY) not found (Python >= 3.11 is required)" >&2; exit 1; }
+	$(PY) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/pip install -q --upgrade pip
+	$(QUIX_VENV)/bin/pip install -q -e '.[bench]'
+	@touch $@
+
+venv-quix: $(QUIX_VENV)/.installed
 
 kafka-up:
 	@bash $(KAFKA) up
@@ -109,7 +122,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-bench: venv kafka-up
+bench: venv venv-quix kafka-up
 	$(BIN)/python -m bench.inference
 	$(BIN)/python -m bench.fit
 	$(BIN)/python -m bench.stream

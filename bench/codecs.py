@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         f"once per codec: one broker on loopback, {PARTITIONS} partitions, "
         f"{payload['machine']['cpus']} CPUs shared by the broker, the load generator and the "
         f"worker. Throughput: drain of {n_drain:,} preloaded records; p99: output append time "
-        f"minus input create time at half the drain rate for {seconds:g} s; bytes: the output "
+        f"minus input append time at half the drain rate for {seconds:g} s; bytes: the output "
         "topic's log segments per output record. Medians of "
         f"{rounds_n} interleaved round(s), range over rounds (worst included) in brackets; "
         "ratios against the uncompressed worker of the same round.\n\n"

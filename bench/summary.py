@@ -246,6 +246,126 @@ def _verdict(median_over: bool, over: int, total: int) -> str:
 
 
 def stream(p: Payload) -> str:
+    """bench/stream.py's results: per partition count (`by_partitions`), or one count (the
+    results files before partition counts and fixed loads)."""
+    if "by_partitions" in p:
+        return _stream_by_partitions(p)
+    return _stream_one_count(p)
+
+
+#: bench/stream.py's baselines by key, as the summary names them.
+STREAM_BASELINES = {"rdkafka": "the rdkafka pipe", "quix": "the Quix app"}
+
+
+def _stream_by_partitions(p: Payload) -> str:
+    sections = p["by_partitions"]
+    counts = [s["partitions"] for s in sections]
+    n_rounds = max((len(s["rounds"]) for s in sections), default=0)
+    loads = [float(x) for x in p.get("loads_records_per_second") or []]
+    how = (
+        f"medians of {n_rounds} interleaved rounds with the range over rounds, worst round "
+        "included, in brackets"
+        if n_rounds > 1
+        else "one round"
+    )
+    fixed = (
+        " and at fixed loads of " + " and ".join(_n(x) for x in loads) + " records/s"
+        if loads
+        else ""
+    )
+    skipped = "".join(f" {x['system']} was skipped: {x['why']}." for x in p.get("skipped") or [])
+
+    def spread(lo: str, hi: str, r: Payload) -> str:
+        """The range over the rounds a system completed, where more than one."""
+        return f" ({_span(lo, hi)})" if r.get("rounds", n_rounds) > 1 else ""
+
+    def versus(r: Payload) -> str:
+        parts = []
+        for key, name in STREAM_BASELINES.items():
+            v = (r.get("throughput_vs") or {}).get(key)
+            if v is None or r.get("key") == key:
+                continue
+            worst = f" (worst {_x(v['worst'])})" if r.get("rounds", n_rounds) > 1 else ""
+            parts.append(f"{_x(v['median'])}x{worst} {name}")
+        return ", ".join(parts)
+
+    def at_loads(r: Payload) -> str:
+        parts = []
+        for load in r.get("loads") or []:
+            rate = _n(float(load["target_records_per_second"]))
+            if "latency_ms" not in load:
+                parts.append(f"saturated at {rate}/s")
+                continue
+            lo, hi = load["p99_ms_range"]
+            note = (
+                f", saturated in {load['saturated_rounds']} round(s)"
+                if load.get("saturated_rounds")
+                else ""
+            )
+            parts.append(
+                f"p99 {_ms(load['latency_ms']['p99'])} ms{spread(_ms(lo), _ms(hi), r)} at "
+                f"{rate}/s{note}"
+            )
+        return "; ".join(parts)
+
+    def one(r: Payload) -> str:
+        if "throughput_records_per_second" not in r:
+            return "failed in every round"
+        lo, hi = r["throughput_range"]
+        p_lo, p_hi = r["p99_ms_range"]
+        text = f"{_n(r['throughput_records_per_second'])} records/s{spread(_n(lo), _n(hi), r)}"
+        vs = versus(r)
+        if vs:
+            text += f", {vs}"
+        text += (
+            f"; p99 {_ms(r['latency_ms']['p99'])} ms{spread(_ms(p_lo), _ms(p_hi), r)} at "
+            f"{_n(r['latency_load_records_per_second'])} records/s"
+        )
+        budget = _budget(r)
+        if budget is not None:
+            runs = [
+                rnd[r["key"]]
+                for rnd in _sections_rounds(sections, r)
+                if r["key"] in rnd and "error" not in rnd[r["key"]]
+            ]
+            over = sum(x["latency_ms"]["p99"] > budget for x in runs)
+            verdict = _verdict(r["latency_ms"]["p99"] > budget, over, len(runs))
+            text += f" (budget {_ms(budget)} ms: {verdict})"
+        extra = at_loads(r)
+        if extra:
+            text += f"; {extra}"
+        if r.get("failed_rounds"):
+            text += f"; failed in {len(r['failed_rounds'])} round(s)"
+        return text
+
+    quick = "a `--quick` run (short, not for comparison): " if p.get("quick") else ""
+    lines = [
+        f"{quick}real broker, input and output topics of {', '.join(map(str, counts))} partitions "
+        "stamped with the broker's append time; throughput is the drain of a backlog of "
+        f"{_n(p['drain_records'])} records, latency (append to append) is measured at half of "
+        f"each system's own drain rate{fixed}, {p['latency_seconds']:g} s each; {how}. Ratios "
+        "are against the same round's hand-written rdkafka pipe and Quix app." + skipped + " "
+        "Full tables in `bench/results/stream.md`."
+    ]
+    names = list(dict.fromkeys(r["system"] for s in sections for r in s["results"]))
+    for name in names:
+        per_count = [
+            (s["partitions"], r) for s in sections for r in s["results"] if r["system"] == name
+        ]
+        body = "; ".join(f"**{count} partitions**: {one(r)}" for count, r in per_count)
+        lines.append(f"  - {name}: {body}.")
+    return "\n".join(lines)
+
+
+def _sections_rounds(sections: Sequence[Payload], r: Payload) -> list[Payload]:
+    """The rounds of the section a summary row belongs to."""
+    for s in sections:
+        if any(x is r for x in s["results"]):
+            return list(s["rounds"])
+    return []
+
+
+def _stream_one_count(p: Payload) -> str:
     results = p["results"]
     rounds = p.get("rounds") or [results]
     n_rounds = len(rounds)

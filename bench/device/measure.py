@@ -8,10 +8,12 @@ Every case runs on each backend JAX has, the GPU first, then the CPU backend of 
 machine (`jax.default_device`), on the same data and keys:
 
 - classifier: the service's jitted infer_discrete classifier (`mixture.classify`) called as the
-  worker calls it (float64 points, residuals per component on the host), the same compiled
-  program alone on the closed form's inputs, and the closed form (`mixture.classify.posterior`,
-  jitted), batches 1k to 1M, for K=2, D=1 (the tutorial's shared scale) and K=16, D=16 full
-  covariance;
+  worker calls it (float64 points, which cross to the device as B x D float64 values, the
+  residuals taken there), the same compiled program alone on those values, and the closed
+  form (`mixture.classify.posterior` on the same residuals, jitted with the same options),
+  batches 1k to 1M, for K=2, D=1 (the tutorial's shared scale) and K=16, D=16 full
+  covariance; and what crosses to the device per batch, bytes and time: the points, against
+  the K x B x D float32 residuals the classifier shipped when it took them on the host;
 - serving: the worker's own slice steps without Kafka (`stream_app.batch`: parse_slice ->
   classify_slice -> encode_slice) on JSON records, in records/s and where the time goes;
 - fit: `fit_map` with the trainer's FitConfig (from its default settings: K=2, D=1, tied-diag,
@@ -49,7 +51,16 @@ import orjson
 
 from bench._common import RESULTS, best_seconds, sample
 from bench.device.report import summary, write
-from mixture.classify import Classifier, Prepared, classifier_for, default_sizes, posterior
+from mixture.classify import (
+    Classifier,
+    Prepared,
+    ServingParams,
+    classifier_for,
+    default_sizes,
+    posterior,
+    residuals_on_device,
+    serving_jit,
+)
 from mixture.fit import FitConfig, fit_map
 from mixture.params import MixtureParams, ModelParams
 from stream_app.batch import classify_slice, encode_slice, parse_slice
@@ -159,40 +170,58 @@ class Deadlines:
 # --- classifier ------------------------------------------------------------------------------
 
 
-@jax.jit
-def closed_form(residuals: Any, params: MixtureParams) -> Any:
-    probs, log_px, _ = posterior(residuals, params)
+def _closed_form(words: Any, params: ServingParams) -> Any:
+    """The closed form on the classifier program's own input: the same residuals (taken on
+    the device from the points' float64 bits), then `posterior` and an argmax."""
+    probs, log_px, _ = posterior(residuals_on_device(words, params.locs), params)
     return jnp.argmax(probs, axis=0), probs, log_px
 
 
-def classifier_case(clf: Classifier, prepared: Prepared, x64: np.ndarray, sizes: Sizes) -> dict:
-    """One batch: the classifier as the worker calls it, its program alone, the closed form."""
+def classifier_case(
+    clf: Classifier, prepared: Prepared, closed_form: Any, x64: np.ndarray, sizes: Sizes
+) -> dict:
+    """One batch: the classifier as the worker calls it, its program alone, the closed form, and
+    what crosses to the device."""
     b = len(x64)
-    xc, _ = clf.residuals(x64, prepared)  # the program's and closed form's input
+    words, _ = clf.device_input(x64)  # what crosses: the points' float64 bits, B x D x 8 bytes
     no_keys = np.zeros((b, 2), np.uint32)  # temperature 0 reads no key
     t0 = time.perf_counter()
     clf(x64, prepared)  # compiles this batch size (b is one of the classifier's sizes)
     first_call = time.perf_counter() - t0
-    jax.block_until_ready(closed_form(xc, prepared.device))
+    jax.block_until_ready(closed_form(words, prepared.device))
     calls: dict[str, Callable[[], Any]] = {
         "infer_discrete": lambda: clf(x64, prepared),
         # The classifier's own compiled program (private: the bench looks inside), same inputs
         # and outputs as the closed form: what infer_discrete costs, host preparation aside.
-        "infer_discrete_program": lambda: jax.device_get(
-            clf._program(xc, prepared.device, no_keys)
-        ),
-        "closed_form": lambda: jax.device_get(closed_form(xc, prepared.device)),
+        # Both read their outputs as the classifier does (`Classifier._fetch`).
+        "infer_discrete_program": lambda: clf._fetch(clf._program(words, prepared.device, no_keys)),
+        "closed_form": lambda: clf._fetch(closed_form(words, prepared.device)),
     }
     reps = 2 if b >= 262144 else 3
     seconds = {
         name: best_seconds(fn, min_total=sizes.min_total_s, min_reps=reps, max_reps=100)
         for name, fn in calls.items()
     }
+    # What crosses to the device, each alone: the points, and the per-component float32
+    # residuals (K x B x D) the classifier shipped when it took them on the host.
+    residuals, _ = clf.residuals(x64, prepared)
+    crossing = {"points": words, "per_component_residuals": residuals}
+    transfer: dict[str, dict[str, float]] = {"bytes": {}, "seconds": {}}
+    for name, array in crossing.items():
+        transfer["bytes"][name] = int(array.nbytes)
+        transfer["seconds"][name] = best_seconds(
+            lambda: jax.block_until_ready(jax.device_put(array)),
+            min_total=sizes.min_total_s,
+            min_reps=reps,
+            max_reps=100,
+        )
+    del residuals, crossing
     return {
         "batch": b,
         "first_call_seconds": first_call,
         "seconds": seconds,
         "points_per_second": {name: b / s for name, s in seconds.items()},
+        "transfer": transfer,
     }
 
 
@@ -205,10 +234,11 @@ def bench_classifier(
             with jax.default_device(device):
                 clf = classifier_for(params, sizes=sizes.batches)
                 prepared = clf.prepare(params)
+                closed_form = serving_jit(_closed_form)  # this backend's options
                 for b in sizes.batches:
                     if clock.skip("classifier", f"classifier {name} on {backend}, batch {b:,}"):
                         continue
-                    row = classifier_case(clf, prepared, data[name][:b], sizes)
+                    row = classifier_case(clf, prepared, closed_form, data[name][:b], sizes)
                     rows.append({"model": name, "backend": backend, **row})
                     pps = row["points_per_second"]
                     print(

@@ -17,6 +17,17 @@ def best_pps(rows: list[dict], model: str, backend: str, batch: int, method: str
     return None
 
 
+def _crossing(row: dict) -> tuple[str, str]:
+    """(bytes, transfer time) of the points and of the per-component residuals, as 'a / b'."""
+    transfer = row.get("transfer")
+    if not transfer:
+        return "-", "-"
+    names = ("points", "per_component_residuals")
+    size = " / ".join(f"{transfer['bytes'][n] / 1e6:,.3g}" for n in names)
+    seconds = " / ".join(f"{1e3 * transfer['seconds'][n]:,.3g}" for n in names)
+    return size, seconds
+
+
 def classifier_md(rows: list[dict]) -> str:
     table = [
         [
@@ -30,19 +41,25 @@ def classifier_md(rows: list[dict]) -> str:
             r["points_per_second"]["infer_discrete_program"]
             / r["points_per_second"]["closed_form"],
             r["first_call_seconds"],
+            *_crossing(r),
         ]
         for r in rows
     ]
     header = ["model", "backend", "batch", "infer_discrete, worker's call (pts/s)"]
     header += ["infer_discrete, program alone (pts/s)", "closed form (pts/s)"]
     header += ["call / closed form", "program / closed form", "first call, compile incl. (s)"]
+    header += ["to device, points / per-component residuals (MB)", "transfer (ms)"]
     md = (
         "## Classifier\n\n"
         "Best of repeated calls, each returning assignments, probabilities and log p(x) to the "
-        'host. "Worker\'s call" is `Classifier.__call__` on float64 points (NaN check, '
-        'centring in float64, cast, then the program); "program alone" is its compiled '
-        "infer_discrete program on the float32 centred points the closed form gets.\n\n"
-        + markdown_table(header, table)
+        'host. "Worker\'s call" is `Classifier.__call__` on float64 points (NaN check, copy '
+        "into the buffer they cross from, then the program, which takes each residual in "
+        'float64 on the device); "program alone" is its compiled infer_discrete program on '
+        "the points as they cross (their float64 bits), and the closed form takes the same "
+        "residuals from the same input. The last two columns: what crosses to the device per "
+        "batch, the points (B x D float64) against the per-component float32 residuals "
+        "(K x B x D) the classifier shipped when it took them on the host, and each one's "
+        "transfer alone (`jax.device_put`).\n\n" + markdown_table(header, table)
     )
     gpu = sorted({r["backend"] for r in rows} - {"cpu"})
     if gpu:
@@ -160,6 +177,13 @@ def summary(payload: dict) -> list[str]:
                 f"{top['batch']:,}; infer_discrete / closed form at batch >= 4,096 at least "
                 f"{call:.2f} (worker's call), {program:.2f} (program alone)"
             )
+            largest = max(mine, key=lambda r: r["batch"])
+            if largest.get("transfer"):
+                size, seconds = _crossing(largest)
+                lines.append(
+                    f"to device on {backend}, {model}, batch {largest['batch']:,}: points / "
+                    f"per-component residuals {size} MB, {seconds} ms"
+                )
         if gpu:
             ratios = [
                 g / c

@@ -61,3 +61,21 @@ def test_importing_the_app_builds_nothing():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1"  # no executor, client or app was started
+
+
+def test_a_quiet_log_level_leaves_debug_records_unbuilt():
+    # Faust's terminal spinner set the root logger to DEBUG at `warn`, so every aiokafka debug
+    # call on the hot path built a record. The worker's Faust worker has no spinner.
+    code = (
+        "import logging, faust, stream_app.app as m;"
+        "app = faust.App('t', autodiscover=False, Worker=m.FaustWorker);"
+        "w = app.conf.Worker(app, loglevel='warn');"
+        "root = logging.getLogger(); root.addHandler(logging.NullHandler());"
+        "w.on_setup_root_logger(root, logging.WARNING);"
+        "print(w.spinner, logging.getLogger('aiokafka.consumer.fetcher').isEnabledFor(10))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "False"]
