@@ -139,13 +139,17 @@ def rdkafka_produce(topic: str, records: list[tuple[bytes, bytes]], parts: int) 
     producer.list_topics(topic, timeout=10)
     with Clock() as clock:
         for i, (key, value) in enumerate(records):
+            deadline = None  # read the clock only when the queue is full
             while True:
                 try:
                     producer.produce(
                         topic, value, key, partition=i % parts, on_delivery=on_delivery
                     )
                     break
-                except BufferError:
+                except BufferError:  # the queue is full: let deliveries drain it, a minute at most
+                    deadline = deadline or time.monotonic() + 60
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("produce: the queue stayed full for 60 s") from None
                     producer.poll(0.005)
             if i % BATCH == 0:
                 producer.poll(0)
@@ -156,7 +160,7 @@ def rdkafka_produce(topic: str, records: list[tuple[bytes, bytes]], parts: int) 
 
 def rdkafka_produce_batch(topic: str, records: list[tuple[bytes, bytes]], parts: int) -> Clock:
     """As `rdkafka_produce`, but one `produce_batch` call per partition and slice."""
-    from confluent_kafka import Producer
+    from confluent_kafka import KafkaError, Producer
 
     producer = Producer(
         {
@@ -177,18 +181,33 @@ def rdkafka_produce_batch(topic: str, records: list[tuple[bytes, bytes]], parts:
         for start in range(0, len(records), BATCH):
             chunk = records[start : start + BATCH]
             for p in range(parts):
-                messages = [{"key": k, "value": v} for k, v in chunk[p::parts]]
+                messages: list[dict[str, Any]] = [
+                    {"key": k, "value": v} for k, v in chunk[p::parts]
+                ]
+                deadline = time.monotonic() + 60
                 while messages:
-                    queued = producer.produce_batch(
-                        topic, messages, partition=p, on_delivery=on_delivery
-                    )
-                    # What did not fit the queue carries an `_error`: send it again.
-                    messages = (
+                    try:
+                        queued = producer.produce_batch(
+                            topic, messages, partition=p, on_delivery=on_delivery
+                        )
+                    except BufferError:
+                        queued = 0
+                        for m in messages:
+                            m["_error"] = KafkaError(KafkaError._QUEUE_FULL)
+                    # What did not fit the queue carries an `_error`: only that is sent again,
+                    # for a minute at most; any other error ends the run.
+                    failed = (
                         [m for m in messages if "_error" in m] if queued < len(messages) else []
                     )
+                    for m in failed:
+                        if m["_error"].code() != KafkaError._QUEUE_FULL:
+                            raise RuntimeError(f"produce_batch: {m['_error']}")
+                    if failed and time.monotonic() > deadline:
+                        raise RuntimeError("produce_batch: the queue stayed full for 60 s")
+                    for m in failed:
+                        del m["_error"]
+                    messages = failed
                     if messages:
-                        for m in messages:
-                            del m["_error"]
                         producer.poll(0.005)
             producer.poll(0)
         producer.flush(60)

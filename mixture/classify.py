@@ -239,6 +239,12 @@ class Classifier:
         self._compilations = 0
         self._lock = threading.Lock()
         platform = _platform()
+        if platform not in ("gpu", *_FLOAT64_PLATFORMS):  # JAX names CUDA and ROCm "gpu"
+            # The residuals are taken in float64 on the device, which only these have.
+            raise ValueError(
+                f"the classifier runs on a CPU or a GPU (CUDA, ROCm); JAX's default backend "
+                f"here is {platform!r}"
+            )
         self._program = serving_jit(self._classify_padded, platform)
         self._program_missing = serving_jit(self._classify_missing, platform)
         #: Outputs are read with np.asarray (`_fetch`): jax.device_get costs about 12 µs more a
@@ -456,7 +462,10 @@ class Classifier:
             x_pad, words = self._buffer(size)
             x_pad[:n] = chunk
             if n < size:
-                x_pad[n:] = 0.0  # padding: its outputs are dropped below
+                # Padding repeats a real row (its outputs are dropped below): a row of zeros
+                # could be so far from every component that its likelihood overflows, and the
+                # batch's MAP must not see a non-finite row that is not the caller's.
+                x_pad[n:] = x_pad[0] if n else 0.0
             if observed is None:
                 outputs = self._program(words, prepared.device, chunk_keys)
             else:

@@ -139,3 +139,26 @@ def test_cpu_programs_compute_log_likelihoods_once_with_no_ynnpack_reductions():
     assert "__ynn" not in text
     assert "conditional(" in text
     assert_allclose(clf(np.array([0.5, 11.0]), prepared).probs.sum(1), 1.0, rtol=1e-6)
+
+
+def test_padding_far_from_every_component_leaves_the_real_rows_alone():
+    """Two components 1e-6 apart at 1e8 with spread 1e-12: a padding row of zeros would be
+    ~1e20 spreads away, where float32 overflows. The one real row pads its batch of 16 and is
+    classified as in a full batch."""
+    params = MixtureParams(np.array([0.5, 0.5]), np.array([[1e8], [1e8 + 1e-6]]), np.array([1e-12]))
+    clf = make_classifier(2, 1, max_batch=16)
+    one = np.array([[1e8 + 1e-7]])
+    got = clf(one, params)
+    full = clf(np.repeat(one, 16, axis=0), params)
+    assert np.isfinite(got.probs).all() and np.isfinite(got.log_likelihood).all()
+    assert got.assignment[0] == full.assignment[0] == 0
+    assert_allclose(got.probs[0], full.probs[0], rtol=1e-6)
+    assert_allclose(got.log_likelihood[0], full.log_likelihood[0], rtol=1e-6)
+
+
+def test_a_backend_without_float64_is_refused_with_its_name(monkeypatch):
+    from mixture import classify
+
+    monkeypatch.setattr(classify, "_platform", lambda: "tpu")
+    with pytest.raises(ValueError, match="default backend here is 'tpu'"):
+        make_classifier(K, D, max_batch=64)
