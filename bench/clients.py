@@ -119,7 +119,9 @@ async def aiokafka_consume(topic: str, n: int) -> Clock:
     return clock
 
 
-def rdkafka_produce(topic: str, records: list[tuple[bytes, bytes]], parts: int) -> Clock:
+def _rdkafka_producer(topic: str) -> tuple[Any, list[int], Callable[[Any, Any], None]]:
+    """An idempotent confluent-kafka producer that knows the topic, the count of records it
+    delivered, and the delivery callback that keeps that count."""
     from confluent_kafka import Producer
 
     producer = Producer(
@@ -137,6 +139,12 @@ def rdkafka_produce(topic: str, records: list[tuple[bytes, bytes]], parts: int) 
             delivered[0] += 1
 
     producer.list_topics(topic, timeout=10)
+    return producer, delivered, on_delivery
+
+
+def rdkafka_produce(topic: str, records: list[tuple[bytes, bytes]], parts: int) -> Clock:
+
+    producer, delivered, on_delivery = _rdkafka_producer(topic)
     with Clock() as clock:
         for i, (key, value) in enumerate(records):
             deadline = None  # read the clock only when the queue is full
@@ -160,23 +168,9 @@ def rdkafka_produce(topic: str, records: list[tuple[bytes, bytes]], parts: int) 
 
 def rdkafka_produce_batch(topic: str, records: list[tuple[bytes, bytes]], parts: int) -> Clock:
     """As `rdkafka_produce`, but one `produce_batch` call per partition and slice."""
-    from confluent_kafka import KafkaError, Producer
+    from confluent_kafka import KafkaError
 
-    producer = Producer(
-        {
-            "bootstrap.servers": BOOTSTRAP,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 1,
-        }
-    )
-    delivered = [0]
-
-    def on_delivery(err: Any, msg: Any) -> None:
-        if err is None:
-            delivered[0] += 1
-
-    producer.list_topics(topic, timeout=10)
+    producer, delivered, on_delivery = _rdkafka_producer(topic)
     with Clock() as clock:
         for start in range(0, len(records), BATCH):
             chunk = records[start : start + BATCH]
@@ -236,7 +230,9 @@ def rdkafka_consume(topic: str, n: int) -> Clock:
             got = len(consumer.consume(BATCH, 1.0))
         with Clock() as clock:
             while got < n:
-                messages = consumer.consume(BATCH, 1.0)
+                # consume() returns when it has BATCH records or at its timeout: a short one,
+                # so that the last, partial batch does not add its wait to the clock.
+                messages = consumer.consume(BATCH, 0.01)
                 for m in messages:
                     m.key(), m.value(), m.offset(), m.partition(), m.timestamp()
                 got += len(messages)

@@ -527,6 +527,11 @@ def clients(p: Payload) -> str:
             f"({med(e, 'consume_cpu_us_per_record'):.2f})"
         )
 
+    def caller_both(e: Payload) -> float:
+        return med(e, "consume_caller_cpu_us_per_record") + med(
+            e, "produce_caller_cpu_us_per_record"
+        )
+
     rounds = max(int(e["rounds"]) for e in p["summary"])
     sentences = [
         f"medians of {rounds} interleaved rounds, {_n(p['records'])} records per run, the "
@@ -536,7 +541,12 @@ def clients(p: Payload) -> str:
     ]
     for count in sorted({int(e["partitions"]) for e in p["summary"]}):
         mine = [e for e in p["summary"] if int(e["partitions"]) == count]
-        sentences.append(f"At {count} partitions, " + "; ".join(one(e) for e in mine))
+        both = ", ".join(f"{e['client']} {caller_both(e):.2f} us" for e in mine)
+        sentences.append(
+            f"At {count} partitions, "
+            + "; ".join(one(e) for e in mine)
+            + f"; consuming and producing a record costs the calling thread {both}"
+        )
     return ". ".join(sentences) + "."
 
 
