@@ -23,7 +23,7 @@ import argparse
 import tempfile
 from typing import Any
 
-from bench.rdkafka_pipe import Classifier
+from bench.rdkafka_pipe import Classifier, pipe_parser
 
 
 def build_app(args: argparse.Namespace) -> Any:
@@ -63,12 +63,7 @@ def build_app(args: argparse.Namespace) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--source", required=True)
-    parser.add_argument("--dest", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--params", required=True, help="the model: a gmm-params JSON file")
+    parser = pipe_parser(__doc__)
     parser.add_argument("--state-dir", help="Quix's state directory (default: a new temp dir)")
     build_app(parser.parse_args()).run()
 

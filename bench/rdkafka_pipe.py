@@ -197,13 +197,19 @@ def pipe(args: argparse.Namespace) -> None:
         consumer.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def pipe_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options every classifying pipe of bench.stream takes (this one and the Quix app)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--source", required=True)
     parser.add_argument("--dest", required=True)
     parser.add_argument("--group", required=True)
     parser.add_argument("--params", required=True, help="the model: a gmm-params JSON file")
+    return parser
+
+
+def main() -> None:
+    parser = pipe_parser(__doc__)
     parser.add_argument("--max-batch", type=int, default=1024)
     parser.add_argument(
         "--max-delay-ms",

@@ -516,6 +516,18 @@ def _spread(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def _latency_over(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Latency quantiles over rounds: the median of each, and the range of the p99."""
+    p99 = [x["latency_ms"]["p99"] for x in runs]
+    return {
+        "latency_ms": {
+            q: float(np.median([x["latency_ms"][q] for x in runs]))
+            for q in ("p50", "p95", "p99", "max")
+        },
+        "p99_ms_range": [float(min(p99)), float(max(p99))],
+    }
+
+
 def summarize_systems(
     rounds: list[dict[str, dict[str, Any]]], chosen: Sequence[System]
 ) -> list[dict[str, Any]]:
@@ -544,14 +556,7 @@ def summarize_systems(
             latency_load_records_per_second=float(
                 np.median([x["latency_load_records_per_second"] for x in runs])
             ),
-            latency_ms={
-                q: float(np.median([x["latency_ms"][q] for x in runs]))
-                for q in ("p50", "p95", "p99", "max")
-            },
-            p99_ms_range=[
-                float(min(x["latency_ms"]["p99"] for x in runs)),
-                float(max(x["latency_ms"]["p99"] for x in runs)),
-            ],
+            **_latency_over(runs),
         )
         versus = {}
         for base in BASELINES:
@@ -577,14 +582,7 @@ def summarize_systems(
                     offered_records_per_second=float(
                         np.median([x["offered_records_per_second"] for x in measured])
                     ),
-                    latency_ms={
-                        q: float(np.median([x["latency_ms"][q] for x in measured]))
-                        for q in ("p50", "p95", "p99", "max")
-                    },
-                    p99_ms_range=[
-                        float(min(x["latency_ms"]["p99"] for x in measured)),
-                        float(max(x["latency_ms"]["p99"] for x in measured)),
-                    ],
+                    **_latency_over(measured),
                 )
             loads.append(load)
         entry["loads"] = loads
