@@ -162,24 +162,22 @@ def _versus(ours: float, sklearn: float, note: str = "") -> str:
     return f"ours {_s(ours)} s, scikit-learn {_s(sklearn)} s ({faster}{note})"
 
 
-def _fit_case(cold: Payload | None, warm: Sequence[Payload]) -> str:
-    """One case: its cold comparison, and its warm refits at the largest size (worst rounds)."""
-    w = max(warm, key=lambda r: r["n_points"])
-    ours = max(r["ours"]["seconds"] for r in w["rounds"])
-    sklearn = max(r["sklearn"]["seconds"] for r in w["rounds"])
-    alone = w.get("warm_start_alone")
-    note = (
-        f"; ours {_s(alone['seconds'])} s with the warm start alone, no random candidates scored"
-        if alone
-        else ""
-    )
-    text = f"{w['case']}: warm refit at {_n(w['n_points'])} points {_versus(ours, sklearn, note)}"
-    if cold is not None:
-        text += (
-            f", cold at {_n(cold['n_points'])} points "
-            f"{_versus(cold['ours']['seconds'], cold['sklearn']['seconds'])}"
-        )
-    return text
+def _fit_case(cold: Sequence[Payload], warm: Sequence[Payload]) -> str:
+    """One case: its cold comparison at each size (gmmx beside it), and its warm refits at each
+    size (worst rounds)."""
+    parts = []
+    for c in sorted(cold, key=lambda r: r["n_points"]):
+        versus = _versus(c["ours"]["seconds"], c["sklearn"]["seconds"])
+        text = f"cold at {_n(c['n_points'])} points {versus}"
+        if "gmmx" in c:
+            text += f", gmmx {_s(c['gmmx']['seconds'])} s"
+        parts.append(text)
+    for w in sorted(warm, key=lambda r: r["n_points"]):
+        ours = max(r["ours"]["seconds"] for r in w["rounds"])
+        sklearn = max(r["sklearn"]["seconds"] for r in w["rounds"])
+        parts.append(f"warm refit at {_n(w['n_points'])} points {_versus(ours, sklearn)}")
+    case = (warm or cold)[0]["case"]
+    return f"{case}: " + ", ".join(parts)
 
 
 def _faithful(f: Payload) -> str:
@@ -209,17 +207,16 @@ def fit(p: Payload) -> str:
         if not all(x["ours"]["converged"] for x in r["rounds"])
     ]
     cases_text = "; ".join(
-        _fit_case(
-            next((r for r in cold if r["case"] == c), None), [r for r in warm if r["case"] == c]
-        )
+        _fit_case([r for r in cold if r["case"] == c], [r for r in warm if r["case"] == c])
         for c in cases
     )
     return (
         "one run each, both fits in the same process: warm = the trainer's refit (compiled, "
         "warm-started) against scikit-learn's `warm_start=True` EM on the same new windows, "
         f"worst of {len(warm[0]['rounds'])} rounds; cold = 10 optimised starts each, ours "
-        f"compiled. {cases_text}. Mean log-likelihood per point, ours minus scikit-learn (same "
-        f"evaluator): {min(diffs):+.1e} to {max(diffs):+.1e}. "
+        f"compiled, gmmx (a minimal JAX EM) as the peer. {cases_text}. Mean log-likelihood "
+        f"per point, ours minus scikit-learn (same evaluator): {min(diffs):+.1e} to "
+        f"{max(diffs):+.1e}. "
         + _faithful(p["old_faithful"])
         + (f" **Step cap reached** (not converged): {', '.join(capped)}." if capped else "")
     )

@@ -16,7 +16,7 @@ from numpyro.diagnostics import summary
 from numpyro.infer import MCMC, NUTS
 
 from mixture.covariance import DEFAULT_REG_COVAR, check_covariance
-from mixture.fit import Standardizer, _fit_covariance, as_points
+from mixture.fit_data import Standardizer, as_points, fit_covariance
 from mixture.model import make_mixture_model
 from mixture.params import Priors, data_priors
 
@@ -46,7 +46,7 @@ def posterior_nuts(
     if len(x) > max_points:
         x = x[np.asarray(jax.random.choice(sub_key, len(x), (max_points,), replace=False))]
     priors = priors if priors is not None else data_priors(x)
-    covariance = _fit_covariance(check_covariance(covariance), x.shape[1])
+    covariance = fit_covariance(check_covariance(covariance), x.shape[1])
     std = Standardizer.of(x, covariance)
     points = jnp.asarray(std.points(x), jnp.float32)
     priors_z = Priors(*(jnp.asarray(v, jnp.float32) for v in std.priors(priors)))

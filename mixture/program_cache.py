@@ -117,9 +117,17 @@ class ProgramCache:
     """Traced programs (jax.export, serialised StableHLO) on disk, keyed by everything that
     shapes them."""
 
-    def __init__(self, directory: str | os.PathLike[str], salt: str = "") -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        salt: str = "",
+        compiler_options: Mapping[str, str] | None = None,
+    ) -> None:
+        """compiler_options: XLA options a loaded program is compiled with (those its builder's
+        jax.jit passes; serialisation keeps the program, not them)."""
         self.directory = Path(directory)
         self.salt = salt
+        self.compiler_options = dict(compiler_options) if compiler_options else None
         self._lock = threading.RLock()
         self._exported: dict[str, jax_export.Exported] = {}  # as a later process reads it
         #: key -> what runs it: the jitted Exported.call, or the built function if unexported.
@@ -329,7 +337,10 @@ class ProgramCache:
 
         self._exported[key] = exported
         self._programs[key] = functools.partial(
-            _call_committed, jax.jit(run if any(weak_out) else exported.call)
+            _call_committed,
+            jax.jit(
+                run if any(weak_out) else exported.call, compiler_options=self.compiler_options
+            ),
         )
         return self._programs[key]
 

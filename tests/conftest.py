@@ -105,5 +105,5 @@ def _no_program_cache_leaks():
     composition root does): turn it off again so that other tests trace their own programs."""
     yield
     fit = sys.modules.get("mixture.fit")
-    if fit is not None and fit._program_cache is not None:
+    if fit is not None and fit.default_programs().cache is not None:
         fit.use_program_cache(None)

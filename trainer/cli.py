@@ -21,7 +21,7 @@ import numpy as np
 from kafka_common.jax_cache import cache_dir_from_env, enable_fit_caches
 from kafka_common.settings import SettingsError
 from mixture.covariance import DEFAULT_REG_COVAR, check_covariance
-from mixture.fit import DataError, FitConfig, to_model_params
+from mixture.fit import INITS, DataError, FitConfig, to_model_params
 from mixture.labels import order_by_location
 from mixture.params import ModelParams
 from mixture.robust import fit_robust
@@ -77,6 +77,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             covariance=covariance,
             reg_covar=args.reg_covar,
             priors=args.priors,
+            init=args.init,
             n_init=args.restarts,
         )
         progress = _progress_printer()
@@ -367,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-component-scale", action="store_true", help="older name of --covariance diag"
     )
     fit.add_argument("--restarts", type=int, default=100, help="random initial candidates")
+    fit.add_argument(
+        "--init",
+        choices=INITS,
+        default="kmeans++",
+        help="how candidates start: 'kmeans++' (seeds refined by k-means) or 'random' (data "
+        "points drawn uniformly, as the tutorial does)",
+    )
     fit.add_argument("--seed", type=int, default=0, help="RNG seed")
     fit.add_argument(
         "--version",

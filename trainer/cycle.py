@@ -29,6 +29,7 @@ from mixture.posterior import posterior_nuts
 from mixture.robust import RobustFit, beyond_cut, fit_robust
 from trainer.events import CandidateDigest, ShadowTally
 from trainer.metrics import TrainerMetrics
+from trainer.peak_memory import PeakRss
 from trainer.report import prune_reports, write_posterior_report, write_report
 from trainer.settings import TrainerSettings
 from trainer.window import Window, read_window
@@ -87,6 +88,8 @@ class Trainer:
         self.candidate_digest = CandidateDigest()
         #: The NUTS run of the last published version, if any (it never delays publication).
         self.posterior_task: asyncio.Task | None = None
+        #: Most resident memory during the last fit (`trainer.peak_memory`), for its report.
+        self.fit_peak_rss_bytes: int | None = None
         self.config = FitConfig(
             n_components=settings.n_components or 1,
             covariance=settings.fit_covariance,
@@ -171,15 +174,16 @@ class Trainer:
         explore = warm is not None and every > 0 and (self.version + 1) % every == 0
         s = self.settings
         try:
-            fitted = await asyncio.to_thread(
-                fit_robust,
-                points,
-                key,
-                self.config,
-                max_components=s.max_components if s.n_components is None else None,
-                warm_start=warm_mixture,
-                explore=explore,
-            )
+            with PeakRss() as peak:
+                fitted = await asyncio.to_thread(
+                    fit_robust,
+                    points,
+                    key,
+                    self.config,
+                    max_components=s.max_components if s.n_components is None else None,
+                    warm_start=warm_mixture,
+                    explore=explore,
+                )
         except DataError as exc:
             return guards.Rejection(exc.reason, str(exc))
         except Exception as exc:  # a numerical failure of this window: the next cycle retries
@@ -190,6 +194,9 @@ class Trainer:
         result = fitted.result
         self.metrics.fits.inc()
         self.metrics.fit_seconds.observe(result.seconds)
+        self.metrics.fit_points_per_second.set(result.points_per_second)
+        self.metrics.fit_peak_rss_bytes.set(peak.bytes)
+        self.fit_peak_rss_bytes = peak.bytes
         self.metrics.final_loss.set(result.final_loss)
         for reason, count in fitted.excluded.items():
             self.metrics.excluded_points.labels(reason=reason).inc(count)
@@ -282,6 +289,7 @@ class Trainer:
             window.points[kept],
             fit_score,
             excluded,
+            self.fit_peak_rss_bytes,
         )
         await asyncio.to_thread(prune_reports, reports, s.reports_keep)
         if s.posterior == "nuts":

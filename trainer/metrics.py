@@ -42,6 +42,16 @@ class TrainerMetrics:
         self.fit_seconds = Histogram(
             "gmm_trainer_fit_seconds", "Duration of a fit", buckets=FIT_BUCKETS, registry=r
         )
+        self.fit_points_per_second = Gauge(
+            "gmm_trainer_fit_points_per_second",
+            "Window points the last fit processed per second of its duration",
+            registry=r,
+        )
+        self.fit_peak_rss_bytes = Gauge(
+            "gmm_trainer_fit_peak_rss_bytes",
+            "Most resident memory the trainer process held during the last fit",
+            registry=r,
+        )
         self.final_loss = Gauge(
             "gmm_trainer_final_loss", "Final loss (negative log joint) of the last fit", registry=r
         )

@@ -33,9 +33,11 @@ def write_report(
     points: np.ndarray,
     fit_score: Score,
     excluded: dict[str, int] | None = None,
+    peak_rss_bytes: int | None = None,
 ) -> pathlib.Path:
     """The report of a published fit of `points` (the points it kept); `excluded`: the window's
-    points it left out, per reason (mixture.robust)."""
+    points it left out, per reason (mixture.robust); `peak_rss_bytes`: the most resident memory
+    the trainer held during the fit (`trainer.peak_memory`)."""
     directory.mkdir(parents=True, exist_ok=True)
 
     fig, ax = plt.subplots(figsize=(10, 3), dpi=100)
@@ -93,6 +95,8 @@ def write_report(
         "fitted_points": len(points),
         "excluded_points": excluded or {},
         "fit_seconds": result.seconds,
+        "fit_points_per_second": result.points_per_second,
+        "fit_peak_rss_bytes": peak_rss_bytes,
     }
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return directory

@@ -86,7 +86,7 @@ def test_fits_the_stream_and_a_worker_picks_it_up(kafka_bootstrap, start_worker,
     worker = start_worker(topics)
     worker.wait_serving()
 
-    outcome, _ = cycle(s)
+    outcome, metrics = cycle(s)
     assert outcome.published is not None and outcome.published.version == 1
     m = outcome.published.mixture
     assert_allclose(m.locs[:, 0], [2.0, 9.0], atol=0.15)  # ordered by location: 0 is the lower mode
@@ -100,6 +100,14 @@ def test_fits_the_stream_and_a_worker_picks_it_up(kafka_bootstrap, start_worker,
             image.verify()
     summary = json.loads((outcome.report / "summary.json").read_text())
     assert summary["window"] == 3000 and {"aic", "bic", "final_loss"} <= set(summary)
+    # Each fit's speed and memory, in its report and as metrics.
+    assert_allclose(
+        summary["fit_points_per_second"], summary["fitted_points"] / summary["fit_seconds"]
+    )
+    assert summary["fit_peak_rss_bytes"] > 50 * 2**20  # JAX alone holds more than this
+    sample = metrics.registry.get_sample_value
+    assert sample("gmm_trainer_fit_points_per_second") == summary["fit_points_per_second"]
+    assert sample("gmm_trainer_fit_peak_rss_bytes") == summary["fit_peak_rss_bytes"]
 
 
 def test_slow_drift_keeps_the_labels(kafka_bootstrap, tmp_path):

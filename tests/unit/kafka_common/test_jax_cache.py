@@ -200,10 +200,10 @@ def test_fit_caches_keep_traced_programs_beside_the_compiled_ones(tmp_path):
 
     try:
         assert jax_cache.enable_fit_caches(str(tmp_path), {}) == str(tmp_path)
-        assert fit._program_cache is not None
-        assert fit._program_cache.directory == tmp_path / "programs"
+        assert fit.default_programs().cache is not None
+        assert fit.default_programs().cache.directory == tmp_path / "programs"
         assert jax_cache.enable_fit_caches("off", {}) is None
-        assert fit._program_cache is None
+        assert fit.default_programs().cache is None
     finally:
         fit.use_program_cache(None)
 
@@ -264,7 +264,7 @@ def test_fit_caches_are_both_off_in_a_directory_others_can_write(tmp_path):
     try:
         assert jax_cache.enable_fit_caches(str(tmp_path), {}) is None
         assert jax.config.jax_enable_compilation_cache is False
-        assert fit._program_cache is None
+        assert fit.default_programs().cache is None
         assert not (tmp_path / "programs").exists()
     finally:
         fit.use_program_cache(None)

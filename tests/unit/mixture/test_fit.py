@@ -19,8 +19,8 @@ from mixture.evaluate import log_likelihood
 from mixture.fit import (
     DataError,
     FitConfig,
+    FitPrograms,
     Standardizer,
-    _program,
     as_points,
     fit_map,
 )
@@ -28,7 +28,7 @@ from mixture.model import make_mixture_model
 from mixture.params import MixtureParams, seed_priors
 
 SEED_DATA = [0.0, 1.0, 10.0, 11.0, 12.0]
-SEED = FitConfig(priors="seed")
+SEED = FitConfig(priors="seed", init="random")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_vectorized_candidate_losses_equal_the_tutorials_elbo():
     """Vmapped standardised initial losses equal TraceEnum_ELBO on raw data, one by one."""
     x = as_points(SEED_DATA)
     std = Standardizer(x.mean(0), x.std(0))
-    prog = _program(dataclasses.replace(SEED, reg_covar=0.0), 1)
+    prog = FitPrograms().program(dataclasses.replace(SEED, reg_covar=0.0), 1)
     priors = seed_priors(1)
     candidates = {
         "weights": jnp.full((3, 2), 0.5),
@@ -147,10 +147,18 @@ def test_warm_start_is_a_candidate(seed_fit):
     assert_allclose(again.params.locs, seed_fit.params.locs, atol=2e-3)
 
 
-def test_step_cap_stops_an_unconverged_fit():
-    config = FitConfig(priors="seed", max_steps=50, min_steps=50)
+@pytest.mark.parametrize(
+    "config",
+    [
+        FitConfig(priors="seed", cold_em=False, max_steps=50, min_steps=50),  # Adam's cap
+        FitConfig(priors="seed", em_max_steps=4, cold_em_chunk_steps=2, warm_tol=0.0),
+    ],
+    ids=["adam", "em"],
+)
+def test_step_cap_stops_an_unconverged_fit(config):
     fit = fit_map(SEED_DATA, jax.random.PRNGKey(0), config)
-    assert fit.n_steps == 50
+    assert fit.n_steps == (50 if not config.cold_em else 4)
+    assert fit.losses.shape == (fit.n_steps,)
     assert not fit.converged
 
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.unit
 CONFIG = FitConfig(n_components=2, covariance="full", n_init=8, n_best=2)
 
 # Fits a cold model and refits it warm (EM steps) on new points, then prints what it got, how
-# many fit programs it prepared, and whether it built the model (_program) to trace them.
+# many fit programs it prepared, and whether it built the model (FitPrograms.program) to trace them.
 SCRIPT = """
 import json, sys
 import jax, numpy as np
@@ -40,7 +40,7 @@ print(json.dumps({
     "steps": [cold.n_steps, warm.n_steps],
     "warm_alone": len(warm.candidate_losses) == 1,
     "compilations": fit.fit_compilations(),
-    "built": fit._program.cache_info().currsize,
+    "built": len(fit.default_programs()._built),
     "numpyro": "numpyro" in sys.modules,
 }))
 """
@@ -103,7 +103,7 @@ def test_unwritable_directory_warns_and_fits_without_the_cache(tmp_path, caplog)
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     use_program_cache(blocker / "programs")
-    assert fit._program_cache is None  # nothing exported that no process could read
+    assert fit.default_programs().cache is None  # nothing exported that no process could read
     assert "traced programs not stored" in caplog.text
     x = np.random.default_rng(5).normal(size=(300, 2)) + np.repeat([[0, 0], [6, 6]], 150, axis=0)
     assert np.isfinite(fit_map(x, jax.random.PRNGKey(0), CONFIG).final_loss)
@@ -114,7 +114,7 @@ def test_other_codes_programs_are_pruned(tmp_path):
     """Files of other code (another salt) unused for a day are deleted at start-up; this
     code's files stay."""
     use_program_cache(tmp_path)
-    ours = fit._program_cache
+    ours = fit.default_programs().cache
     assert ours is not None
     mine = ours.path("fit.winner.x", "0" * 64)
     other = tmp_path / "0123456789ab-fit.winner.x-00000000000000000000000000000000.jaxexport"

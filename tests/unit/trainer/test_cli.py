@@ -21,7 +21,17 @@ def seed_params(tmp_path_factory):
     out = d / "params.json"
     assert (
         trainer_main(
-            ["fit", "--data", str(d / "seed.jsonl"), "--priors", "seed", "--out", str(out)]
+            [
+                "fit",
+                "--data",
+                str(d / "seed.jsonl"),
+                "--priors",
+                "seed",
+                "--init",
+                "random",
+                "--out",
+                str(out),
+            ]
         )
         == 0
     )

@@ -36,7 +36,7 @@ def test_every_rejection_reason_in_the_code_is_pre_initialised():
         said |= set(re.findall(r'Rejection\(\s*"(\w+)"', (ROOT / name).read_text()))
     for path in sorted((ROOT / "mixture").glob("*.py")):
         said |= {_last_argument(call) for call in _calls(path.read_text(), "DataError(")}
-    said |= set(re.findall(r'reason: str = "(\w+)"', (ROOT / "mixture/fit.py").read_text()))
+    said |= set(re.findall(r'reason: str = "(\w+)"', (ROOT / "mixture/fit_data.py").read_text()))
     said.discard(None)
     assert len(said) >= 8
     assert said <= set(REJECTION_REASONS), said - set(REJECTION_REASONS)

@@ -1,0 +1,277 @@
+"""Data preparation for the MAP fit: validation, standardisation, padding and masks.
+
+The fit runs in standardised coordinates (each dimension centred and scaled by the data's own
+mean and standard deviation), with the priors mapped along. This is an exact change of variables:
+the MAP point maps back unchanged and the loss differs by a constant log-Jacobian, which is added
+back so that reported losses are in the data's units. It makes one step size suit data at 10^4
+as well as data at 0-12. `prepare_window` turns a window into what the fit's programs take
+(`FitWindow`); windows are padded (and masked) to a few sizes so they reuse a few programs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixture.covariance import is_cholesky
+from mixture.fit_config import FitConfig
+from mixture.params import MixtureParams, Priors, column_stats, data_priors, seed_priors
+from mixture.points import MAX_ABS
+
+#: Fit programs take windows padded (and masked) up to one of these sizes: 2^j and 3 * 2^(j-1),
+#: at least MIN_PADDED, so windows of any size reuse a few programs (at most a third wasted).
+MIN_PADDED = 256
+
+#: The fit's programs sum the loss over blocks of points (see `point_block`): at most
+#: POINT_BLOCK points, and at most BLOCK_VALUES values of the candidates x block x K x D
+#: intermediates, so that a block's work stays in cache.
+POINT_BLOCK = 8192
+BLOCK_VALUES = 2**21
+MIN_BLOCK = 256
+
+
+def point_block(size: int, width: int = 1) -> int:
+    """The block a padded window of `size` points is summed in, for `width` values per point
+    (candidates x K x D): the largest power of two dividing `size` within the limits above
+    (padded sizes are 2^j or 3 * 2^(j-1), so blocks are never much smaller than the limit
+    once the window is bigger)."""
+    limit = max(MIN_BLOCK, min(POINT_BLOCK, BLOCK_VALUES // max(width, 1)))
+    return min(size & -size, 1 << (limit.bit_length() - 1))
+
+
+def padded_size(n: int) -> int:
+    """The padded window size for n points (see MIN_PADDED)."""
+    size = MIN_PADDED
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
+class DataError(ValueError):
+    """Data that cannot be fit; the message says why in one line, `reason` as a short code."""
+
+    def __init__(self, message: str, reason: str = "invalid_data") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Standardizer(NamedTuple):
+    """x = mean + std * z, per dimension (one common std for spherical covariances, which a
+    per-dimension rescaling would make non-spherical)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def of(
+        cls, x: np.ndarray, covariance: str, stats: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> Standardizer:
+        """From the data's observed values (NaN: missing); stats: their column_stats if known."""
+        mean, std = column_stats(x) if stats is None else stats
+        if covariance == "spherical":
+            std = np.full_like(std, np.exp(np.log(std).mean()))
+        return cls(mean, std)
+
+    def points(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std
+
+    def priors(self, p: Priors) -> Priors:
+        return Priors(
+            p.concentration,
+            (p.loc_center - self.mean) / self.std,
+            p.loc_scale / self.std,
+            p.scale_log_mean - np.log(self.std),
+            p.scale_log_sd,
+            p.lkj_concentration,
+        )
+
+    def params_to_data(self, m: MixtureParams) -> MixtureParams:
+        scale = np.asarray(m.scale, np.float64)
+        # diag(std) @ L is still lower triangular and the Cholesky factor of the data covariance.
+        scale = self.std[:, None] * scale if scale.ndim == 3 else self.std * scale
+        return MixtureParams(
+            np.asarray(m.weights, np.float64),
+            self.mean + self.std * np.asarray(m.locs, np.float64),
+            scale,
+        )
+
+    def params_from_data(self, m: MixtureParams) -> MixtureParams:
+        scale = np.asarray(m.scale, np.float64)
+        scale = scale / self.std[:, None] if scale.ndim == 3 else scale / self.std
+        return MixtureParams(
+            np.asarray(m.weights), (np.asarray(m.locs) - self.mean) / self.std, scale
+        )
+
+    def loss_offset(
+        self, n_points: int, n_components: int, covariance: str, observed: Any = None
+    ) -> float:
+        """log|Jacobian| of z -> x for every density in the joint (observations, locs, scales);
+        correlations are scale-free. observed: per dimension, how many values were observed
+        (default: all n_points)."""
+        log_std = float(np.log(self.std).sum())
+        if observed is not None:
+            obs_term = float((np.asarray(observed) * np.log(self.std)).sum())
+            return obs_term + n_components * log_std + self._per_scale(n_components, covariance)
+        return (n_points + n_components) * log_std + self._per_scale(n_components, covariance)
+
+    def _per_scale(self, n_components: int, covariance: str) -> float:
+        log_std = float(np.log(self.std).sum())
+        per_scale = {
+            "tied-diag": log_std,
+            "diag": n_components * log_std,
+            "spherical": n_components * log_std / len(self.std),
+            "tied": log_std,
+            "full": n_components * log_std,
+        }[covariance]
+        return per_scale
+
+
+def as_points(data: Any, n_components: int | None = None) -> np.ndarray:
+    """Validates data for fitting and returns it as a float64 (N, D) array."""
+    return validated_points(data, n_components)[0]
+
+
+def validated_points(
+    data: Any, n_components: int | None = None
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """`as_points`, and the points' column_stats (which the check for spread computes)."""
+    try:
+        x = np.asarray(data, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError("data must be numbers: a list of points or an (N, D) array") from None
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise DataError(f"data must be (N,) or (N, D); got shape {x.shape}")
+    # One pass settles the common case (every value finite and in range); a NaN, an infinity or
+    # a value out of range makes the maximum fail the test, and the checks below say which.
+    if x.size and not (x.max() <= MAX_ABS and x.min() >= -MAX_ABS):  # no whole-data temporary
+        _check_values(x)
+    if n_components is not None and x.shape[0] < n_components:
+        raise DataError(
+            f"{x.shape[0]} point(s) cannot fit {n_components} components", "too_few_points"
+        )
+    stats = column_stats(x) if x.shape[0] >= 2 else (np.zeros(x.shape[1]), np.zeros(x.shape[1]))
+    std = stats[1]
+    if x.shape[0] < 2 or not np.all(std > 0):
+        dims = np.flatnonzero(~(std > 0)).tolist() if x.shape[0] >= 2 else "all"
+        raise DataError(
+            f"data has zero variance (dimension(s) {dims}): nothing to separate", "zero_variance"
+        )
+    return x, stats
+
+
+def _check_values(x: np.ndarray) -> None:
+    """Infinite and out-of-range values are errors; NaN (missing) is not, unless a point or a
+    dimension has no observed value at all."""
+    if np.any(np.isinf(x)):
+        bad = int(np.isinf(x).any(axis=1).sum())
+        raise DataError(f"data has {bad} point(s) with infinite coordinates", "not_finite")
+    if np.any(np.abs(x) > MAX_ABS):  # NaN (missing) compares False
+        bad = int((np.abs(x) > MAX_ABS).any(axis=1).sum())
+        raise DataError(
+            f"data has {bad} point(s) with a coordinate beyond +-{MAX_ABS:g}", "out_of_range"
+        )
+    # NaN is a missing coordinate (null on the wire); a point needs at least one observed.
+    missing = np.isnan(x)
+    if missing.any() and (x.shape[1] == 1 or missing.all(axis=1).any()):
+        bad = int(missing.all(axis=1).sum())
+        raise DataError(f"data has {bad} point(s) with no observed value", "not_finite")
+    unobserved = missing.all(axis=0)
+    if unobserved.any():
+        empty = np.flatnonzero(unobserved).tolist()
+        raise DataError(f"data has no observed value in dimension(s) {empty}", "zero_variance")
+
+
+def fit_covariance(covariance: str, dim: int) -> str:
+    """In one dimension a full covariance is a scale: tied/full fit as tied-diag/diag."""
+    if dim == 1 and is_cholesky(covariance):
+        return {"tied": "tied-diag", "full": "diag"}[covariance]
+    return covariance
+
+
+class FitWindow(NamedTuple):
+    """A window as the fit's programs take it (`prepare_window`)."""
+
+    x: np.ndarray  # (N, D) float64, data units: the points fitted
+    covariance: str  # the type fitted (`fit_covariance`)
+    std: Standardizer
+    priors: Priors  # data units
+    priors_z: Priors  # standardised, float32 arrays
+    points: Any  # (padded_size(N), D) float32, standardised; missing and padding values 0
+    mask: Any  # (padded,) rows that count, or (padded, D) coordinates observed (diagonal types)
+    n_observed: np.ndarray  # (D,) float32: how many points observe each coordinate
+    offset: float  # the log-Jacobian that takes standardised losses to data units
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.x.shape[1])
+
+    def sample(self, key: Any, size: int) -> tuple[Any, Any, int]:
+        """(points, mask, n) of `size` points drawn with replacement, padded as windows are,
+        or the whole window when it has at most `size` points."""
+        if self.n <= size:
+            return self.points, self.mask, self.n
+        pick = jax.random.randint(key, (size,), 0, self.n)
+        padded = padded_size(size)
+        points = jnp.zeros((padded, self.dim), jnp.float32).at[:size].set(self.points[pick])
+        mask = jnp.zeros((padded, *self.mask.shape[1:]), bool).at[:size].set(self.mask[pick])
+        return points, mask, size
+
+
+def prepare_window(data: Any, config: FitConfig, priors: Priors | None = None) -> FitWindow:
+    """Validates `data` ((N,) or (N, D); NaN: missing) for a fit of `config` and standardises,
+    pads and masks it. Full and tied covariances fit the complete points only (see the README).
+    priors: explicit priors (data units); by default config.priors chooses the seed's or
+    data-relative ones. Raises DataError with a one-line reason."""
+    x, stats = validated_points(data, config.n_components)
+    covariance = fit_covariance(config.covariance, x.shape[1])
+    if is_cholesky(covariance):
+        incomplete = np.isnan(x).any(axis=1)
+        if incomplete.any():
+            x = x[~incomplete]
+        needed = (x.shape[1] + 1) * config.n_components
+        if len(x) < needed:
+            raise DataError(
+                f"{len(x)} complete point(s): a {config.covariance} fit of K="
+                f"{config.n_components} in D={x.shape[1]} needs at least {needed}",
+                "too_few_points",
+            )
+        if incomplete.any():  # what is left must still vary
+            x, stats = validated_points(x, config.n_components)
+    n, dim = x.shape
+    if priors is None:
+        priors = seed_priors(dim) if config.priors == "seed" else data_priors(x, stats)
+    std = Standardizer.of(x, covariance, stats)
+    size = padded_size(n)
+    padded = np.zeros((size, dim), np.float32)
+    rows = 1 << 15  # a block at a time: whole-window temporaries cost more than the arithmetic
+    for i in range(0, n, rows):
+        padded[i : min(i + rows, n)] = std.points(x[i : i + rows])
+    observed = ~np.isnan(padded[:n])
+    if not observed.all():
+        padded[:n][~observed] = 0.0
+    if is_cholesky(covariance):
+        mask = np.arange(size) < n
+    else:  # per coordinate: a missing one does not count (padding rows: none counts)
+        mask = np.zeros((size, dim), bool)
+        mask[:n] = observed
+    counts = observed.sum(axis=0)
+    return FitWindow(
+        x=x,
+        covariance=covariance,
+        std=std,
+        priors=priors,
+        priors_z=Priors(*(jnp.asarray(v, dtype=jnp.float32) for v in std.priors(priors))),
+        points=jnp.asarray(padded),
+        mask=jnp.asarray(mask),
+        n_observed=counts.astype(np.float32),
+        offset=std.loss_offset(n, config.n_components, covariance, counts),
+    )
