@@ -175,7 +175,8 @@ def fit_map(
     init_key, svi_key = jax.random.split(key)
     warm, use_warm = _warm_sites(window, config, warm_start)
     score_at, score_mask, score_n = window.points, window.mask, n
-    sample_size = config.refit_score_points if use_warm else config.score_points
+    # A refit that explores looks for a better optimum: it ranks on the full sample.
+    sample_size = config.refit_score_points if use_warm and not explore else config.score_points
     if n > sample_size:
         pick_key, init_key = jax.random.split(init_key)
         score_at, score_mask, score_n = window.sample(pick_key, sample_size)

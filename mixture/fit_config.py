@@ -28,10 +28,11 @@ class FitConfig:
     #: Covariance floor, relative to each column's variance.
     reg_covar: float = DEFAULT_REG_COVAR
     priors: PriorsChoice = "data"
-    #: How each candidate's locations are drawn from the data: "kmeans++" (scikit-learn's
-    #: k-means++ seeding: each next location drawn with probability proportional to the squared
-    #: distance to the nearest one drawn so far, so starts rarely put two components on one
-    #: cluster, the saddles slow EM runs crawl away from) or "random" (uniformly, the tutorial's).
+    #: How each candidate's locations are drawn from the data: "kmeans++" (k-means++ seeding,
+    #: the plain form of scikit-learn's greedy one: each next location drawn with probability
+    #: proportional to the squared distance to the nearest one drawn so far, then moved by
+    #: kmeans_steps of Lloyd's k-means, so starts rarely put two components on one cluster,
+    #: the saddles slow EM runs crawl away from) or "random" (uniformly, the tutorial's).
     init: InitChoice = "kmeans++"
     #: Random initial candidates, all scored in one vmapped ELBO pass.
     n_init: int = 100
@@ -104,6 +105,11 @@ class FitConfig:
         ):
             raise ValueError(
                 "n_components, n_init, n_best, score_points and refit_score_points must be >= 1"
+            )
+        if not (self.em_prune_steps > 0 and self.prune_chunks > 0):
+            raise ValueError(
+                "em_prune_steps and prune_chunks must be > 0, got "
+                f"{self.em_prune_steps} and {self.prune_chunks}"
             )
         if self.kmeans_steps < 0:
             raise ValueError(f"kmeans_steps must be >= 0, got {self.kmeans_steps}")

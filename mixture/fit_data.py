@@ -35,10 +35,12 @@ MIN_BLOCK = 256
 
 def point_block(size: int, width: int = 1) -> int:
     """The block a padded window of `size` points is summed in, for `width` values per point
-    (candidates x K x D): the largest power of two dividing `size` within the limits above
-    (padded sizes are 2^j or 3 * 2^(j-1), so blocks are never much smaller than the limit
-    once the window is bigger)."""
+    (candidates x K x D): the whole window when it is within the limits above (one block: the
+    smallest program), else the largest power of two dividing `size` within them (padded sizes
+    are 2^j or 3 * 2^(j-1), so a block is at least a third of the limit)."""
     limit = max(MIN_BLOCK, min(POINT_BLOCK, BLOCK_VALUES // max(width, 1)))
+    if size <= limit:
+        return size
     return min(size & -size, 1 << (limit.bit_length() - 1))
 
 

@@ -62,7 +62,8 @@ MAX_BUILT = 32
 
 @functools.cache
 def compiler_options() -> dict[str, str] | None:
-    """XLA options for the fit's programs. On CPU, XLA's YNNPACK library fusions are turned off:
+    """XLA options for the fit's programs (first called when a program is built or loaded: it
+    starts JAX's backend). On CPU, XLA's YNNPACK library fusions are turned off:
     they ran the fit's reductions over the points (the gradient's sums) several times slower
     than XLA's own loops (measured: a D=1 cold step 16 ms -> 5 ms, D=8 full 79 -> 66 ms, at
     131,072 points and 10 candidates; bench/results/fit.md). Other backends, and a jaxlib
@@ -80,8 +81,9 @@ def compiler_options() -> dict[str, str] | None:
 class FitPrograms:
     """The fit's programs of every configuration a process uses, built once each.
 
-    Owned by whoever fits (the trainer's composition root, a CLI, `mixture.fit`'s default) and
-    passed to `fit_map`: it counts the programs traced or loaded (`compilations`) and, after
+    One per process by default (`mixture.fit.default_programs()`, which the trainer and the CLIs
+    use); `fit_map(programs=...)` takes another (tests build fresh ones). It counts the programs
+    traced or loaded (`compilations`) and, after
     `use_cache(directory)`, keeps traced programs on disk so that a new process loads them
     instead of tracing NumPyro's model again (most of a small fit's time from a new process).
     """
@@ -99,7 +101,7 @@ class FitPrograms:
         if directory is None:
             self.cache = None
             return
-        cache = ProgramCache(directory, source_salt(*PROGRAM_SOURCES), compiler_options())
+        cache = ProgramCache(directory, source_salt(*PROGRAM_SOURCES), compiler_options)
         cache.prune()  # earlier code's programs are never loaded again
         self.cache = cache if cache.persistent else None
 
@@ -476,7 +478,9 @@ def kmeans_plus_plus(key: Any, points: Any, n_valid: Any, n_components: int) -> 
         weights = jnp.where(d2.sum() > 0, d2, valid.astype(d2.dtype))
         cumulative = jnp.cumsum(weights)
         u = jax.random.uniform(sub, dtype=cumulative.dtype) * cumulative[-1]
-        pick = jnp.minimum(jnp.searchsorted(cumulative, u, side="right"), n_valid - 1)
+        # How many cumulative weights are <= u: the index searchsorted(side="right") gives,
+        # as one comparison (a binary search compiles to a loop of its own).
+        pick = jnp.minimum(jnp.sum(cumulative <= u), n_valid - 1)
         loc = points[pick]
         return locs.at[j].set(loc), jnp.minimum(d2, nearest(loc)), key
 

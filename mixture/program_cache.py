@@ -121,13 +121,14 @@ class ProgramCache:
         self,
         directory: str | os.PathLike[str],
         salt: str = "",
-        compiler_options: Mapping[str, str] | None = None,
+        compiler_options: Callable[[], Mapping[str, str] | None] | None = None,
     ) -> None:
-        """compiler_options: XLA options a loaded program is compiled with (those its builder's
-        jax.jit passes; serialisation keeps the program, not them)."""
+        """compiler_options: returns the XLA options a loaded program is compiled with (those
+        its builder's jax.jit passes; serialisation keeps the program, not them). Called when a
+        program is first loaded, not here: working out options may start JAX's backend."""
         self.directory = Path(directory)
         self.salt = salt
-        self.compiler_options = dict(compiler_options) if compiler_options else None
+        self._compiler_options = compiler_options
         self._lock = threading.RLock()
         self._exported: dict[str, jax_export.Exported] = {}  # as a later process reads it
         #: key -> what runs it: the jitted Exported.call, or the built function if unexported.
@@ -321,6 +322,10 @@ class ProgramCache:
                 self._write(self.path(name, key), payload, meta)
             return program
 
+    def _options(self) -> dict[str, Any] | None:
+        options = self._compiler_options() if self._compiler_options else None
+        return dict(options) if options else None
+
     def _use(self, key: str, exported: jax_export.Exported, weak_out: list[bool]) -> Any:
         """The program to run an Exported: its call, weak types restored, jitted (Exported.call
         alone binds its primitive anew on every call, ~1 ms; jitted, it is one dispatch)."""
@@ -339,7 +344,8 @@ class ProgramCache:
         self._programs[key] = functools.partial(
             _call_committed,
             jax.jit(
-                run if any(weak_out) else exported.call, compiler_options=self.compiler_options
+                run if any(weak_out) else exported.call,
+                compiler_options=self._options(),
             ),
         )
         return self._programs[key]

@@ -367,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--per-component-scale", action="store_true", help="older name of --covariance diag"
     )
-    fit.add_argument("--restarts", type=int, default=100, help="random initial candidates")
+    fit.add_argument(
+        "--restarts", type=int, default=100, help="initial candidates scored (see --init)"
+    )
     fit.add_argument(
         "--init",
         choices=INITS,

@@ -89,7 +89,7 @@ class Trainer:
         #: The NUTS run of the last published version, if any (it never delays publication).
         self.posterior_task: asyncio.Task | None = None
         #: Most resident memory during the last fit (`trainer.peak_memory`), for its report.
-        self.fit_peak_rss_bytes: int | None = None
+        self.fit_peak_rss: PeakRss | None = None
         self.config = FitConfig(
             n_components=settings.n_components or 1,
             covariance=settings.fit_covariance,
@@ -194,9 +194,10 @@ class Trainer:
         result = fitted.result
         self.metrics.fits.inc()
         self.metrics.fit_seconds.observe(result.seconds)
-        self.metrics.fit_points_per_second.set(result.points_per_second)
+        # The window's points over every round's seconds (a robust fit refits what it keeps).
+        self.metrics.fit_points_per_second.set(len(points) / max(result.seconds, 1e-9))
         self.metrics.fit_peak_rss_bytes.set(peak.bytes)
-        self.fit_peak_rss_bytes = peak.bytes
+        self.fit_peak_rss = peak
         self.metrics.final_loss.set(result.final_loss)
         for reason, count in fitted.excluded.items():
             self.metrics.excluded_points.labels(reason=reason).inc(count)
@@ -289,7 +290,8 @@ class Trainer:
             window.points[kept],
             fit_score,
             excluded,
-            self.fit_peak_rss_bytes,
+            self.fit_peak_rss.bytes if self.fit_peak_rss else None,
+            self.fit_peak_rss.exact if self.fit_peak_rss else None,
         )
         await asyncio.to_thread(prune_reports, reports, s.reports_keep)
         if s.posterior == "nuts":

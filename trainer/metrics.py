@@ -44,12 +44,13 @@ class TrainerMetrics:
         )
         self.fit_points_per_second = Gauge(
             "gmm_trainer_fit_points_per_second",
-            "Window points the last fit processed per second of its duration",
+            "Window points per second of the last fit (every robust round counted in its seconds)",
             registry=r,
         )
         self.fit_peak_rss_bytes = Gauge(
             "gmm_trainer_fit_peak_rss_bytes",
-            "Most resident memory the trainer process held during the last fit",
+            "Most resident memory the trainer process held during the last fit (the whole "
+            "process: a posterior run on another thread counts too)",
             registry=r,
         )
         self.final_loss = Gauge(

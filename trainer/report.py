@@ -34,10 +34,12 @@ def write_report(
     fit_score: Score,
     excluded: dict[str, int] | None = None,
     peak_rss_bytes: int | None = None,
+    peak_rss_exact: bool | None = None,
 ) -> pathlib.Path:
     """The report of a published fit of `points` (the points it kept); `excluded`: the window's
     points it left out, per reason (mixture.robust); `peak_rss_bytes`: the most resident memory
-    the trainer held during the fit (`trainer.peak_memory`)."""
+    the trainer held during the fit, `peak_rss_exact` whether that is the fit's alone
+    (`trainer.peak_memory`)."""
     directory.mkdir(parents=True, exist_ok=True)
 
     fig, ax = plt.subplots(figsize=(10, 3), dpi=100)
@@ -95,8 +97,10 @@ def write_report(
         "fitted_points": len(points),
         "excluded_points": excluded or {},
         "fit_seconds": result.seconds,
-        "fit_points_per_second": result.points_per_second,
+        "fit_points_per_second": (len(points) + sum((excluded or {}).values()))
+        / max(result.seconds, 1e-9),
         "fit_peak_rss_bytes": peak_rss_bytes,
+        "fit_peak_rss_exact": peak_rss_exact,
     }
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return directory

@@ -112,7 +112,11 @@ class TrainerSettings:
     interval_seconds: float = env_field(
         "GMM_TRAIN_INTERVAL_SECONDS", 300.0, "Seconds between the starts of two refits"
     )
-    restarts: int = env_field("GMM_TRAIN_RESTARTS", 100, "Random initial candidates per fit")
+    restarts: int = env_field(
+        "GMM_TRAIN_RESTARTS",
+        100,
+        "Initial candidates per fit (k-means++ seeds; a cold fit refines them by k-means)",
+    )
     explore_every: int = env_field(
         "GMM_TRAIN_EXPLORE_EVERY",
         10,

@@ -585,8 +585,8 @@ def svi() -> SVI:
         handlers.block(handlers.seed(gmm, jax.random.PRNGKey(0)), hide=["assignment"])
     )
     result = SVI(gmm, guide, optax.chain(counting(), optax.adam(0.1)), loss=TraceEnum_ELBO())
-    # The guide's set-up traced abstractly, as in mixture.fit._setup_prototype: run eagerly it
-    # compiles hundreds of small operations (seconds); traced, it would leak tracers.
+    # The guide's set-up traced abstractly, as in mixture.fit_programs._setup_prototype: run
+    # eagerly it compiles hundreds of small operations (seconds); traced, it would leak tracers.
     jax.eval_shape(lambda: result.init(jax.random.PRNGKey(0), DATA, seed_priors(1)))
     guide._init_locs = {
         "weights": jnp.full(K, 1 / K),

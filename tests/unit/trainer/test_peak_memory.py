@@ -48,3 +48,14 @@ def test_work_on_another_thread_counts():
         t.start()
         t.join()
     assert peak.bytes >= 250 * MIB
+
+
+def test_an_overlapping_measurement_does_not_reset_the_first():
+    """A second measurement inside the first neither resets the high-water mark (which would
+    hide the first's peak so far) nor claims to be exact."""
+    with PeakRss() as outer:
+        _hold(300)
+        with PeakRss() as inner:
+            pass
+    assert not inner.exact
+    assert outer.bytes >= 250 * MIB
