@@ -244,24 +244,13 @@ def build_program(config: FitConfig, dim: int, count: Callable[[], None]) -> Pro
         """The loss of each of a batch of site values, summed over blocks of points (all the
         candidates' intermediates for a whole window at once would go through memory)."""
         count = jax.tree.leaves(values)[0].shape[0]
-        size = point_block(points.shape[0], count * k * dim)
-        blocks = points.shape[0] // size
 
         def of_block(pts: Any, msk: Any) -> Any:
             return jax.vmap(lambda v: loss_of(v, pts, priors, msk))(values)
 
-        if blocks == 1:
-            return of_block(points, mask)
-        # An all-masked block's loss is the priors' terms alone: counted once, not per block.
-        start = -(blocks - 1) * of_block(points[:size], jnp.zeros_like(mask[:size]))
-
-        def add_block(total: Any, block: Any) -> Any:
-            return total + of_block(*block), None
-
-        def by_block(v: Any) -> Any:
-            return v.reshape(blocks, size, *v.shape[1:])
-
-        return jax.lax.scan(add_block, start, (by_block(points), by_block(mask)))[0]
+        return sum_over_blocks(
+            of_block, points, mask, point_block(points.shape[0], count * k * dim)
+        )
 
     @jit
     def candidates(
@@ -337,24 +326,13 @@ def build_program(config: FitConfig, dim: int, count: Callable[[], None]) -> Pro
         A block's intermediates (candidates x block x K) stay in cache, where the whole
         window's went through memory on every step."""
         params = svi.optim.get_params(state.optim_state)
-        size = point_block(points.shape[0])
-        blocks = points.shape[0] // size
         value_and_grad = jax.value_and_grad(point_loss)
-        if blocks == 1:
-            loss, grads = value_and_grad(params, points, priors, mask)
-        else:
-            # An all-masked block's loss is the priors' terms alone.
-            empty = value_and_grad(params, points[:size], priors, jnp.zeros_like(mask[:size]))
-            start = jax.tree.map(lambda v: -(blocks - 1) * v, empty)
-
-            def add_block(total: Any, block: Any) -> Any:
-                pts, msk = block
-                return jax.tree.map(jnp.add, total, value_and_grad(params, pts, priors, msk)), None
-
-            def by_block(v: Any) -> Any:
-                return v.reshape(blocks, size, *v.shape[1:])
-
-            (loss, grads), _ = jax.lax.scan(add_block, start, (by_block(points), by_block(mask)))
+        loss, grads = sum_over_blocks(
+            lambda pts, msk: value_and_grad(params, pts, priors, msk),
+            points,
+            mask,
+            point_block(points.shape[0]),
+        )
         optim_state = svi.optim.update(grads, state.optim_state, value=loss)
         return state._replace(optim_state=optim_state), loss
 
@@ -434,6 +412,26 @@ def initial_candidates(
         "locs": locs,
         **FORMS[covariance].initial_scale(c, k, d, points_z.dtype),
     }
+
+
+def sum_over_blocks(of_block: Callable[[Any, Any], Any], points: Any, mask: Any, size: int) -> Any:
+    """of_block(points, mask) summed over consecutive blocks of `size` rows (lax.scan), for a
+    loss (or its value and gradient) that is a sum over points plus the priors' terms: an
+    all-masked block's result is the priors' terms alone, so it is taken off once per extra
+    block and they count once, as over the whole window."""
+    blocks = points.shape[0] // size
+    if blocks == 1:
+        return of_block(points, mask)
+    empty = of_block(points[:size], jnp.zeros_like(mask[:size]))
+    start = jax.tree.map(lambda v: -(blocks - 1) * v, empty)
+
+    def add_block(total: Any, block: Any) -> Any:
+        return jax.tree.map(jnp.add, total, of_block(*block)), None
+
+    def by_block(v: Any) -> Any:
+        return v.reshape(blocks, size, *v.shape[1:])
+
+    return jax.lax.scan(add_block, start, (by_block(points), by_block(mask)))[0]
 
 
 def lloyd(locs: Any, points: Any, valid: Any, steps: int) -> Any:
