@@ -125,6 +125,7 @@ typecheck: venv
 bench: venv venv-quix kafka-up
 	$(BIN)/python -m bench.inference
 	$(BIN)/python -m bench.fit
+	$(BIN)/python -m bench.window
 	$(BIN)/python -m bench.stream
 	$(BIN)/python -m bench.codecs
 	$(BIN)/python -m bench.scaleout

@@ -684,10 +684,39 @@ def codecs(p: Payload) -> str:
     )
 
 
+def window(p: Payload) -> str:
+    def gib(x: float) -> str:
+        return f"{x / 2**30:.2f} GiB"
+
+    parts = []
+    for r in p["rows"]:
+        read, fit = r["read"], r["read_fit"]
+        base = r.get("per_record")
+        versus = (
+            f" ({_x(read['records_per_second'] / base['records_per_second'])}x the per-record "
+            f"reader's {_n(base['records_per_second'])}, peak {gib(base['read_peak_rss_bytes'])})"
+            if base
+            else ""
+        )
+        parts.append(
+            f"{_n(r['n'])} records: read at {_n(read['records_per_second'])} records/s{versus}, "
+            f"peak {gib(read['read_peak_rss_bytes'])}; then a cold fit in {_s(fit['fit_seconds'])} "
+            f"s ({_n(fit['points_per_second'])} points/s), the process's peak "
+            f"{gib(fit['fit_peak_rss_bytes'])}, log-likelihood {fit['loglik']:.4f}/point (the same "
+            f"points fitted as one array in memory: {r['one_array']['loglik']:.4f})"
+        )
+    return (
+        f"one round, D=8 points on {p['partitions']} partitions, each figure a process of its "
+        f"own (peak RSS: VmHWM, the whole process), cold fits K=4 full of {p['restarts']} "
+        "starts: " + "; ".join(parts) + "."
+    )
+
+
 # (results file stem, title, command, renderer), in the summary's order.
 BENCHMARKS: list[tuple[str, str, str, Callable[[Payload], str]]] = [
     ("inference", "Classifier", "python -m bench.inference", inference),
     ("fit", "Fit", "python -m bench.fit", fit),
+    ("window", "Trainer windows", "python -m bench.window", window),
     ("stream", "Stream", "python -m bench.stream", stream),
     ("codecs", "Output compression", "python -m bench.codecs", codecs),
     ("scaleout", "Scale-out", "python -m bench.scaleout", scaleout),

@@ -35,7 +35,7 @@ from mixture.fit_data import (
     point_block,
     prepare_window,
 )
-from mixture.fit_programs import FitPrograms
+from mixture.fit_programs import FitPrograms, point_mesh
 from mixture.params import FitMetadata, MixtureParams, ModelParams, Priors
 from mixture.sites import serving_to_sites, sites_to_serving
 
@@ -61,6 +61,7 @@ __all__ = [
     "point_block",
     "prepare_window",
     "to_model_params",
+    "use_fit_devices",
     "use_program_cache",
     "warm_step",
 ]
@@ -87,6 +88,15 @@ def use_program_cache(directory: Any) -> None:
     """Keeps the default FitPrograms' traced programs under `directory` (None: off); see
     `FitPrograms.use_cache`. Composition roots call it at start-up, beside JAX's cache."""
     default_programs().use_cache(directory)
+
+
+def use_fit_devices(count: int = 0) -> int:
+    """Shards the default FitPrograms' windows over the first `count` local devices (0: all;
+    1: none, one device); returns how many are used."""
+    devices = jax.local_devices()
+    devices = devices[: count or len(devices)]
+    default_programs().use_mesh(point_mesh(devices) if len(devices) > 1 else None)
+    return len(devices)
 
 
 class FitResult(NamedTuple):
@@ -166,7 +176,7 @@ def fit_map(
     """
     t0 = time.perf_counter()
     programs = programs or default_programs()
-    window = prepare_window(data, config, priors)
+    window = prepare_window(data, config, priors, programs.mesh)
     n, dim, k = window.n, window.dim, config.n_components
 
     def run(name: str, *args: Any, **static: Any) -> Any:
@@ -174,12 +184,10 @@ def fit_map(
 
     init_key, svi_key = jax.random.split(key)
     warm, use_warm = _warm_sites(window, config, warm_start)
-    score_at, score_mask, score_n = window.points, window.mask, n
     # A refit that explores looks for a better optimum: it ranks on the full sample.
     sample_size = config.refit_score_points if use_warm and not explore else config.score_points
-    if n > sample_size:
-        pick_key, init_key = jax.random.split(init_key)
-        score_at, score_mask, score_n = window.sample(pick_key, sample_size)
+    pick_key, init_key = jax.random.split(init_key) if n > sample_size else (None, init_key)
+    score_at, score_mask, score_n = window.sample(pick_key, sample_size)
     # Ranks the starts; for a bigger window these losses are on the scoring sample only.
     values, losses0 = run(
         "candidates",

@@ -166,9 +166,9 @@ def validated_points(
     return x, stats
 
 
-def _check_values(x: np.ndarray) -> None:
-    """Infinite and out-of-range values are errors; NaN (missing) is not, unless a point or a
-    dimension has no observed value at all."""
+def _check_values(x: np.ndarray, columns: bool = True) -> None:
+    """Infinite and out-of-range values are errors; NaN (missing) is not, unless a point or
+    (with `columns`) a dimension has no observed value at all."""
     if np.any(np.isinf(x)):
         bad = int(np.isinf(x).any(axis=1).sum())
         raise DataError(f"data has {bad} point(s) with infinite coordinates", "not_finite")
@@ -183,9 +183,40 @@ def _check_values(x: np.ndarray) -> None:
         bad = int(missing.all(axis=1).sum())
         raise DataError(f"data has {bad} point(s) with no observed value", "not_finite")
     unobserved = missing.all(axis=0)
-    if unobserved.any():
+    if columns and unobserved.any():
         empty = np.flatnonzero(unobserved).tolist()
         raise DataError(f"data has no observed value in dimension(s) {empty}", "zero_variance")
+
+
+def padded_points(
+    x: np.ndarray, std: Standardizer, size: int, covariance: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x standardised into `size` rows of float32 (missing values and padding rows 0), the
+    mask of what counts (rows for full and tied covariances, else coordinates: a missing one
+    does not count) and, per dimension, how many values are observed."""
+    n, dim = x.shape
+    padded = np.zeros((size, dim), np.float32)
+    rows = 1 << 15  # a block at a time: whole-window temporaries cost more than the arithmetic
+    for i in range(0, n, rows):
+        padded[i : min(i + rows, n)] = std.points(x[i : i + rows])
+    observed = ~np.isnan(padded[:n])
+    if not observed.all():
+        padded[:n][~observed] = 0.0
+    if is_cholesky(covariance):
+        mask = np.arange(size) < n
+    else:
+        mask = np.zeros((size, dim), bool)
+        mask[:n] = observed
+    return padded, mask, observed.sum(axis=0)
+
+
+def _on_devices(array: np.ndarray, mesh: Any) -> Any:
+    """The array on the default device, or split by rows over the mesh's devices."""
+    if mesh is None:
+        return jnp.asarray(array)
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return jax.device_put(array, NamedSharding(mesh, PartitionSpec(mesh.axis_names[0])))
 
 
 def fit_covariance(covariance: str, dim: int) -> str:
@@ -207,10 +238,16 @@ class FitWindow(NamedTuple):
     mask: Any  # (padded,) rows that count, or (padded, D) coordinates observed (diagonal types)
     n_observed: np.ndarray  # (D,) float32: how many points observe each coordinate
     offset: float  # the log-Jacobian that takes standardised losses to data units
+    #: Points fitted, every process's (None: x's); across processes (`mixture.fit_hosts`),
+    #: x is this process's part and these describe the parts.
+    n_points: int | None = None
+    local_sizes: tuple[int, ...] | None = None  # each process's points
+    local_points: np.ndarray | None = None  # this process's points, standardised (float32)
+    local_mask: np.ndarray | None = None  # and their mask
 
     @property
     def n(self) -> int:
-        return int(self.x.shape[0])
+        return int(self.x.shape[0]) if self.n_points is None else self.n_points
 
     @property
     def dim(self) -> int:
@@ -218,7 +255,12 @@ class FitWindow(NamedTuple):
 
     def sample(self, key: Any, size: int) -> tuple[Any, Any, int]:
         """(points, mask, n) of `size` points drawn with replacement, padded as windows are,
-        or the whole window when it has at most `size` points."""
+        or the whole window when it has at most `size` points; across processes, the same
+        sample on every process (`mixture.fit_hosts.scoring_sample`)."""
+        if self.local_sizes is not None:
+            from mixture.fit_hosts import scoring_sample
+
+            return scoring_sample(self, key, size)
         if self.n <= size:
             return self.points, self.mask, self.n
         pick = jax.random.randint(key, (size,), 0, self.n)
@@ -228,11 +270,19 @@ class FitWindow(NamedTuple):
         return points, mask, size
 
 
-def prepare_window(data: Any, config: FitConfig, priors: Priors | None = None) -> FitWindow:
+def prepare_window(
+    data: Any, config: FitConfig, priors: Priors | None = None, mesh: Any = None
+) -> FitWindow:
     """Validates `data` ((N,) or (N, D); NaN: missing) for a fit of `config` and standardises,
     pads and masks it. Full and tied covariances fit the complete points only (see the README).
     priors: explicit priors (data units); by default config.priors chooses the seed's or
-    data-relative ones. Raises DataError with a one-line reason."""
+    data-relative ones. mesh: devices to shard the points over; a mesh over several processes
+    takes this process's part of the window (`mixture.fit_hosts`). Raises DataError with a
+    one-line reason."""
+    from mixture.fit_hosts import prepare_across_processes, spans_processes
+
+    if spans_processes(mesh):
+        return prepare_across_processes(data, config, priors, mesh)
     x, stats = validated_points(data, config.n_components)
     covariance = fit_covariance(config.covariance, x.shape[1])
     if is_cholesky(covariance):
@@ -252,28 +302,17 @@ def prepare_window(data: Any, config: FitConfig, priors: Priors | None = None) -
     if priors is None:
         priors = seed_priors(dim) if config.priors == "seed" else data_priors(x, stats)
     std = Standardizer.of(x, covariance, stats)
-    size = padded_size(n)
-    padded = np.zeros((size, dim), np.float32)
-    rows = 1 << 15  # a block at a time: whole-window temporaries cost more than the arithmetic
-    for i in range(0, n, rows):
-        padded[i : min(i + rows, n)] = std.points(x[i : i + rows])
-    observed = ~np.isnan(padded[:n])
-    if not observed.all():
-        padded[:n][~observed] = 0.0
-    if is_cholesky(covariance):
-        mask = np.arange(size) < n
-    else:  # per coordinate: a missing one does not count (padding rows: none counts)
-        mask = np.zeros((size, dim), bool)
-        mask[:n] = observed
-    counts = observed.sum(axis=0)
+    shards = 1 if mesh is None else mesh.size
+    size = padded_size(n) if shards == 1 else shards * padded_size(-(-n // shards))
+    padded, mask, counts = padded_points(x, std, size, covariance)
     return FitWindow(
         x=x,
         covariance=covariance,
         std=std,
         priors=priors,
         priors_z=Priors(*(jnp.asarray(v, dtype=jnp.float32) for v in std.priors(priors))),
-        points=jnp.asarray(padded),
-        mask=jnp.asarray(mask),
+        points=_on_devices(padded, mesh),
+        mask=_on_devices(mask, mesh),
         n_observed=counts.astype(np.float32),
         offset=std.loss_offset(n, config.n_components, covariance, counts),
     )

@@ -29,13 +29,14 @@ import numpy as np
 
 from mixture.covariance_forms import FORMS
 from mixture.fit_config import FitConfig
-from mixture.fit_data import fit_covariance, point_block
+from mixture.fit_data import MIN_BLOCK, fit_covariance, point_block
 from mixture.params import Priors, seed_priors
 from mixture.program_cache import ProgramCache, source_salt
 from mixture.sites import global_sites
 
 if TYPE_CHECKING:
     import optax
+    from jax.sharding import Mesh
     from numpyro.infer import SVI
     from numpyro.infer.autoguide import AutoDelta
 
@@ -48,6 +49,7 @@ PROGRAM_SOURCES = (
     "mixture.fit_programs",
     "mixture.fit_config",
     "mixture.fit_data",
+    "mixture.fit_hosts",
     "mixture.model",
     "mixture.sites",
     "mixture.precondition",
@@ -55,6 +57,9 @@ PROGRAM_SOURCES = (
     "mixture.covariance",
     "mixture.covariance_forms",
 )
+
+#: The mesh axis the window's points are sharded along (FitPrograms(mesh=...)).
+POINTS_AXIS = "points"
 
 #: Programs of at most this many configurations are kept built in a process.
 MAX_BUILT = 32
@@ -88,11 +93,25 @@ class FitPrograms:
     instead of tracing NumPyro's model again (most of a small fit's time from a new process).
     """
 
-    def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, cache_dir: str | os.PathLike[str] | None = None, mesh: Mesh | None = None
+    ) -> None:
+        """mesh: devices (`point_mesh`) over which the window's points are sharded, each
+        step's sums taken on every device at once and added up; None: one device."""
         self.compilations = 0
         self.cache: ProgramCache | None = None
         self._built: OrderedDict[tuple[FitConfig, int], Program] = OrderedDict()
+        self.mesh: Mesh | None = None
+        self.use_mesh(mesh)
         self.use_cache(cache_dir)
+
+    def use_mesh(self, mesh: Mesh | None) -> None:
+        """Shards later fits over `mesh` (None, or a mesh of one device: no sharding); the
+        programs built for another mesh are let go."""
+        mesh = mesh if mesh is not None and mesh.size > 1 else None
+        if mesh != self.mesh:
+            self._built.clear()
+        self.mesh = mesh
 
     def use_cache(self, directory: str | os.PathLike[str] | None) -> None:
         """Keeps traced programs under `directory` (None: each process traces its own). An
@@ -110,7 +129,7 @@ class FitPrograms:
         key = (config, dim)
         program = self._built.get(key)
         if program is None:
-            program = self._built[key] = build_program(config, dim, self._count)
+            program = self._built[key] = build_program(config, dim, self._count, self.mesh)
             while len(self._built) > MAX_BUILT:
                 self._built.popitem(last=False)
         self._built.move_to_end(key)
@@ -120,7 +139,7 @@ class FitPrograms:
         """Runs the program `name` of (config, dim) on args, through the program cache when one
         is in use (then the programs are built only if this one is not on disk)."""
         cache = self.cache
-        if cache is None:
+        if cache is None or self.mesh is not None:  # sharded programs are traced in-process
             return getattr(self.program(config, dim), name)(*args, **static)
         digest = hashlib.sha256(f"{config!r}|{dim}".encode()).hexdigest()[:16]
         label = f"fit.{name}.{digest}"
@@ -205,10 +224,12 @@ def _optimizer(config: FitConfig, covariance: str) -> optax.GradientTransformati
     return optax.GradientTransformation(init, update)
 
 
-def build_program(config: FitConfig, dim: int, count: Callable[[], None]) -> Program:
+def build_program(
+    config: FitConfig, dim: int, count: Callable[[], None], mesh: Mesh | None = None
+) -> Program:
     """The jitted pieces of a fit for one static configuration and dimension (each compiled
     once per padded window size and number of candidates optimised); `count` is called once
-    per program traced (inside the trace)."""
+    per program traced (inside the trace). mesh: the devices the points are sharded over."""
     from numpyro import handlers
     from numpyro.infer import SVI, TraceEnum_ELBO
     from numpyro.infer.autoguide import AutoDelta
@@ -245,12 +266,11 @@ def build_program(config: FitConfig, dim: int, count: Callable[[], None]) -> Pro
         candidates' intermediates for a whole window at once would go through memory)."""
         count = jax.tree.leaves(values)[0].shape[0]
 
-        def of_block(pts: Any, msk: Any) -> Any:
+        def of_block(shared: Any, pts: Any, msk: Any) -> Any:
+            values, priors = shared
             return jax.vmap(lambda v: loss_of(v, pts, priors, msk))(values)
 
-        return sum_over_blocks(
-            of_block, points, mask, point_block(points.shape[0], count * k * dim)
-        )
+        return sum_over_points(of_block, (values, priors), points, mask, mesh, count * k * dim)
 
     @jit
     def candidates(
@@ -306,8 +326,14 @@ def build_program(config: FitConfig, dim: int, count: Callable[[], None]) -> Pro
         starts = jax.tree.map(lambda v: v[chosen], values)
         keys = jax.random.split(key, chosen.shape[0])
 
+        # The state depends on the data only through shapes the globals do not have: a first
+        # slice of points traces the model (the whole window made SVI's init hold every
+        # point's terms at once: 1.6 GB at 1M points of D=8).
+        rows = min(points.shape[0], MIN_BLOCK)
+        head, head_mask = points[:rows], mask[:rows]
+
         def one(key: Any, start: Any) -> Any:
-            state = svi.init(key, points, priors, mask, init_params=guide_values(start))
+            state = svi.init(key, head, priors, head_mask, init_params=guide_values(start))
             i, (params, opt) = state.optim_state
             opt = opt._replace(lr0=lr0, em=em, n_points=n_points, n_observed=n_observed)
             return state._replace(optim_state=(i, (params, opt)))
@@ -327,11 +353,12 @@ def build_program(config: FitConfig, dim: int, count: Callable[[], None]) -> Pro
         window's went through memory on every step."""
         params = svi.optim.get_params(state.optim_state)
         value_and_grad = jax.value_and_grad(point_loss)
-        loss, grads = sum_over_blocks(
-            lambda pts, msk: value_and_grad(params, pts, priors, msk),
+        loss, grads = sum_over_points(
+            lambda shared, pts, msk: value_and_grad(*shared, pts, priors, msk),
+            (params,),
             points,
             mask,
-            point_block(points.shape[0]),
+            mesh,
         )
         optim_state = svi.optim.update(grads, state.optim_state, value=loss)
         return state._replace(optim_state=optim_state), loss
@@ -412,6 +439,54 @@ def initial_candidates(
         "locs": locs,
         **FORMS[covariance].initial_scale(c, k, d, points_z.dtype),
     }
+
+
+def point_mesh(devices: Any = None) -> Mesh:
+    """A one-axis mesh (POINTS_AXIS) over `devices` (default: every device of every process,
+    `jax.devices()`), for FitPrograms(mesh=...)."""
+    from jax.sharding import Mesh
+
+    return Mesh(np.asarray(jax.devices() if devices is None else list(devices)), (POINTS_AXIS,))
+
+
+def sum_over_points(
+    of_block: Callable[[Any, Any, Any], Any],
+    shared: Any,
+    points: Any,
+    mask: Any,
+    mesh: Mesh | None,
+    width: int = 1,
+) -> Any:
+    """of_block(shared, points, mask) summed over every point (see sum_over_blocks; `width`:
+    values per point, which sizes the blocks); `shared` holds the values every block uses (the
+    parameters), passed explicitly. Over a mesh, each device sums its shard of the points in
+    blocks and the shards' sums are added up (psum): each counted the priors' terms once, so
+    all but one count are taken off again."""
+
+    def local(shared: Any, pts: Any, msk: Any) -> Any:
+        return sum_over_blocks(
+            lambda p, m: of_block(shared, p, m), pts, msk, point_block(pts.shape[0], width)
+        )
+
+    if mesh is None or points.shape[0] % mesh.size:  # e.g. a replicated scoring sample
+        return local(shared, points, mask)
+    from jax.sharding import PartitionSpec
+
+    def on_shard(shared: Any, pts: Any, msk: Any) -> Any:
+        return jax.lax.psum(local(shared, pts, msk), POINTS_AXIS)
+
+    # check_vma off: the gradient of a replicated input (the parameters) is then taken per
+    # shard, as these sums need, instead of summed over the devices by JAX on its own.
+    by_shard = PartitionSpec(POINTS_AXIS)
+    total = jax.shard_map(
+        on_shard,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), by_shard, by_shard),
+        out_specs=PartitionSpec(),
+        check_vma=False,
+    )(shared, points, mask)
+    empty = of_block(shared, points[:1], jnp.zeros_like(mask[:1]))
+    return jax.tree.map(lambda t, e: t - (mesh.size - 1) * e, total, empty)
 
 
 def sum_over_blocks(of_block: Callable[[Any, Any], Any], points: Any, mask: Any, size: int) -> Any:

@@ -20,12 +20,23 @@ import pytest
 # where CPython 3.11's ast.parse can fail spuriously ("AST constructor recursion depth
 # mismatch", python/cpython#106905) after a run that passed.
 
+# The suite's time is mostly XLA compiling programs that then run once on a few hundred points:
+# LLVM's optimisations of that code cost ~30 % of each compilation and save nothing here. Set
+# before JAX starts, for the test processes and every process they start (CLIs, workers,
+# trainers); the benchmarks, which time the code, compile as users do. Results agree to rounding.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KAFKA_SCRIPT = ROOT / "deploy" / "kafka" / "kafka.sh"
 
 #: A directory shared by the run's processes (pytest-xdist's workers inherit the variable from
 #: the main process, which makes the directory and removes it at the end).
 SHARED_DIR_ENV = "GMM_TESTS_SHARED_DIR"
+#: Set (to anything): tests compile without the run's shared JAX compilation cache.
+NO_SHARED_CACHE_ENV = "GMM_TESTS_NO_SHARED_JAX_CACHE"
 #: In the shared directory: the port of a broker the run started (kafka_bootstrap), to stop.
 STARTED_BROKER = "kafka-started-by-tests"
 
@@ -97,6 +108,20 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return path if _shares_fixtures(path) else nodeid
 
     return SharedFixtureScheduling(config, log)
+
+
+@pytest.fixture(autouse=True)
+def _shared_compilation_cache():
+    """Every test process compiles through one JAX compilation cache, new for the run (in the
+    shared directory): a program another test (or another process) compiled is loaded, not
+    compiled again. Set before each test, since a test or an in-process CLI may change it."""
+    if os.environ.get(NO_SHARED_CACHE_ENV) or SHARED_DIR_ENV not in os.environ:
+        yield
+        return
+    from kafka_common.jax_cache import enable_compilation_cache
+
+    enable_compilation_cache(str(shared_tmp() / "jax-cache"))
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,7 @@ from kafka_common.access import Need, check_access
 from kafka_common.jax_cache import enable_fit_caches
 from kafka_common.params_topic import OpenTransaction, PublishConflict, history_spec, params_spec
 from kafka_common.topics import TopicSpec, ensure_topics
+from mixture.fit import use_fit_devices
 from trainer.cycle import CycleOutcome, Trainer
 from trainer.events import RefusalLog, ShadowTally, follow_events
 from trainer.metrics import TrainerMetrics
@@ -279,4 +280,5 @@ def run(settings: TrainerSettings, once: bool) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     enable_fit_caches(settings.jax_cache_dir)  # before anything is compiled
+    use_fit_devices(settings.fit_devices)
     return asyncio.run(_run(settings, once))

@@ -160,6 +160,12 @@ class TrainerSettings:
         "Larger input records are left out of the window (counted as oversized)",
     )
     jax_cache_dir: str = jax_cache_dir_field()
+    fit_devices: int = env_field(
+        "GMM_TRAIN_DEVICES",
+        0,
+        "Local JAX devices a fit shards the window's points over, each step's sums taken on "
+        "all at once (0: every one; 1: one; a CPU host has one unless XLA_FLAGS forces more)",
+    )
     params_signing_key: str = env_field(
         "GMM_PARAMS_SIGNING_KEY",
         "",
@@ -221,6 +227,8 @@ class TrainerSettings:
             )
         if self.history_topic == self.params_topic:
             raise SettingsError("GMM_HISTORY_TOPIC must differ from GMM_PARAMS_TOPIC")
+        if self.fit_devices < 0:
+            raise SettingsError(f"GMM_TRAIN_DEVICES must be >= 0, got {self.fit_devices}")
         if self.reports_keep < 1:
             raise SettingsError(f"GMM_REPORTS_KEEP must be >= 1, got {self.reports_keep}")
         if self.first_model_retry_seconds <= 0:
