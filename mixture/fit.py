@@ -35,6 +35,7 @@ from mixture.fit_data import (
     point_block,
     prepare_window,
 )
+from mixture.fit_hosts import prepare_across_processes, scoring_sample, spans_processes
 from mixture.fit_programs import FitPrograms, point_mesh
 from mixture.params import FitMetadata, MixtureParams, ModelParams, Priors
 from mixture.sites import serving_to_sites, sites_to_serving
@@ -176,7 +177,12 @@ def fit_map(
     """
     t0 = time.perf_counter()
     programs = programs or default_programs()
-    window = prepare_window(data, config, priors, programs.mesh)
+    # A mesh over several processes: `data` is this process's part of the window.
+    across = spans_processes(programs.mesh)
+    if across:
+        window = prepare_across_processes(data, config, priors, programs.mesh)
+    else:
+        window = prepare_window(data, config, priors, programs.mesh)
     n, dim, k = window.n, window.dim, config.n_components
 
     def run(name: str, *args: Any, **static: Any) -> Any:
@@ -187,7 +193,10 @@ def fit_map(
     # A refit that explores looks for a better optimum: it ranks on the full sample.
     sample_size = config.refit_score_points if use_warm and not explore else config.score_points
     pick_key, init_key = jax.random.split(init_key) if n > sample_size else (None, init_key)
-    score_at, score_mask, score_n = window.sample(pick_key, sample_size)
+    if across:  # the same sample on every process
+        score_at, score_mask, score_n = scoring_sample(window, pick_key, sample_size)
+    else:
+        score_at, score_mask, score_n = window.sample(pick_key, sample_size)
     # Ranks the starts; for a bigger window these losses are on the scoring sample only.
     values, losses0 = run(
         "candidates",

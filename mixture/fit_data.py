@@ -255,12 +255,8 @@ class FitWindow(NamedTuple):
 
     def sample(self, key: Any, size: int) -> tuple[Any, Any, int]:
         """(points, mask, n) of `size` points drawn with replacement, padded as windows are,
-        or the whole window when it has at most `size` points; across processes, the same
-        sample on every process (`mixture.fit_hosts.scoring_sample`)."""
-        if self.local_sizes is not None:
-            from mixture.fit_hosts import scoring_sample
-
-            return scoring_sample(self, key, size)
+        or the whole window when it has at most `size` points. (A window across processes
+        takes `mixture.fit_hosts.scoring_sample` instead.)"""
         if self.n <= size:
             return self.points, self.mask, self.n
         pick = jax.random.randint(key, (size,), 0, self.n)
@@ -276,13 +272,9 @@ def prepare_window(
     """Validates `data` ((N,) or (N, D); NaN: missing) for a fit of `config` and standardises,
     pads and masks it. Full and tied covariances fit the complete points only (see the README).
     priors: explicit priors (data units); by default config.priors chooses the seed's or
-    data-relative ones. mesh: devices to shard the points over; a mesh over several processes
-    takes this process's part of the window (`mixture.fit_hosts`). Raises DataError with a
+    data-relative ones. mesh: devices of this process to shard the points over (a mesh over
+    several processes: `mixture.fit_hosts.prepare_across_processes`). Raises DataError with a
     one-line reason."""
-    from mixture.fit_hosts import prepare_across_processes, spans_processes
-
-    if spans_processes(mesh):
-        return prepare_across_processes(data, config, priors, mesh)
     x, stats = validated_points(data, config.n_components)
     covariance = fit_covariance(config.covariance, x.shape[1])
     if is_cholesky(covariance):

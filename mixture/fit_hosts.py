@@ -19,11 +19,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixture.covariance import is_cholesky
+from mixture.fit_data import (
+    DataError,
+    FitWindow,
+    Standardizer,
+    _check_values,
+    fit_covariance,
+    padded_points,
+    padded_size,
+)
 from mixture.params import Priors, data_priors, seed_priors
 
 if TYPE_CHECKING:
     from mixture.fit_config import FitConfig
-    from mixture.fit_data import FitWindow
 
 
 def spans_processes(mesh: Any) -> bool:
@@ -42,8 +50,6 @@ def gathered(value: Any) -> np.ndarray:
 
 def _agree(error: Exception | None) -> None:
     """Raises on every process when any process's part failed (its own error where it has one)."""
-    from mixture.fit_data import DataError
-
     failed = gathered(np.array([error is not None]))
     if failed.any():
         if error is not None:
@@ -77,16 +83,6 @@ def prepare_across_processes(
 ) -> FitWindow:
     """`prepare_window` for a mesh over several processes: `data` is this process's part (it
     may be empty). Every process must have the same number of devices in the mesh."""
-    from mixture.fit_data import (
-        DataError,
-        FitWindow,
-        Standardizer,
-        _check_values,
-        fit_covariance,
-        padded_points,
-        padded_size,
-    )
-
     error: Exception | None = None
     x = np.zeros((0, 1))
     try:
@@ -154,8 +150,6 @@ def scoring_sample(window: FitWindow, key: Any, size: int) -> tuple[Any, Any, in
     replicated array. Up to `size` points: every point, in process order (as the one-array
     window holds them); more: `size` drawn with replacement, each process drawing its share
     (in proportion to its points) from its own."""
-    from mixture.fit_data import padded_size
-
     assert window.local_sizes is not None  # a window of prepare_across_processes
     assert window.local_points is not None and window.local_mask is not None
     local_points, local_mask = window.local_points, window.local_mask
