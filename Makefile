@@ -24,6 +24,12 @@ TEST_COMPOSE = DOCKER_COMPOSE="$${DOCKER_COMPOSE:-$$([[ -x $(COMPOSE_BIN) ]] && 
 # process is free (tests/conftest.py's scheduler for --dist loadscope). `make test PYTEST_PAR=`
 # runs them one by one.
 PYTEST_PAR ?= -n 3 --dist loadscope
+# Most of the suite's CPU time is XLA compiling the tests' programs: the test targets keep them
+# in a JAX compilation cache outside the clone, from run to run (as ccache keeps objects), keyed
+# by program, compile options and JAX version. `make test TEST_JAX_CACHE=` gives each run a new
+# one (every program compiled again: the cold time).
+TEST_JAX_CACHE ?= $(HOME)/.cache/gmm-ci/jax-tests
+TEST_ENV = $(TEST_COMPOSE) GMM_TESTS_JAX_CACHE_DIR="$(TEST_JAX_CACHE)"
 
 .PHONY: help venv venv-quix kafka-up kafka-down kafka-status test test-quick test-unit test-integration demo demo-down lint typecheck bench bench-summary device-wheels clean compose-tool \
 	compose-tool-if-go
@@ -72,13 +78,16 @@ kafka-status:
 	@bash $(KAFKA) status
 
 test: venv kafka-up compose-tool-if-go
-	$(TEST_COMPOSE) $(BIN)/pytest tests $(PYTEST_PAR)
+	$(if $(TEST_JAX_CACHE),@mkdir -p -m 700 $(TEST_JAX_CACHE))
+	$(TEST_ENV) $(BIN)/pytest tests $(PYTEST_PAR) --durations=30
 
 test-quick: venv kafka-up compose-tool-if-go
-	$(TEST_COMPOSE) $(BIN)/pytest tests -m "not slow" $(PYTEST_PAR)
+	$(if $(TEST_JAX_CACHE),@mkdir -p -m 700 $(TEST_JAX_CACHE))
+	$(TEST_ENV) $(BIN)/pytest tests -m "not slow" $(PYTEST_PAR)
 
 test-unit: venv compose-tool-if-go
-	$(TEST_COMPOSE) $(BIN)/pytest tests/unit $(PYTEST_PAR)
+	$(if $(TEST_JAX_CACHE),@mkdir -p -m 700 $(TEST_JAX_CACHE))
+	$(TEST_ENV) $(BIN)/pytest tests/unit $(PYTEST_PAR)
 
 test-integration: venv kafka-up
 	$(BIN)/pytest tests/integration $(PYTEST_PAR)

@@ -63,6 +63,7 @@ __all__ = [
     "prepare_window",
     "to_model_params",
     "use_fit_devices",
+    "use_fit_processes",
     "use_program_cache",
     "warm_step",
 ]
@@ -98,6 +99,14 @@ def use_fit_devices(count: int = 0) -> int:
     devices = devices[: count or len(devices)]
     default_programs().use_mesh(point_mesh(devices) if len(devices) > 1 else None)
     return len(devices)
+
+
+def use_fit_processes() -> int:
+    """Shards the default FitPrograms' windows over every device of every process (after
+    `fit_hosts.join_processes`): `fit_map` and `fit_robust` then take this process's part of
+    the window and fit the union. Returns the devices used."""
+    default_programs().use_mesh(point_mesh())
+    return len(jax.devices())
 
 
 class FitResult(NamedTuple):

@@ -29,6 +29,7 @@ from mixture.fit_data import (
     padded_size,
 )
 from mixture.params import Priors, data_priors, seed_priors
+from mixture.process_group import AllProcesses
 
 if TYPE_CHECKING:
     from mixture.fit_config import FitConfig
@@ -42,13 +43,20 @@ def spans_processes(mesh: Any) -> bool:
 
 
 def gathered(value: Any) -> np.ndarray:
-    """Every process's value (same shape on each), stacked in process order."""
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(np.asarray(value)))
+    """Every process's value (same shape on each), stacked in process order, bit for bit."""
+    return AllProcesses().gather(np.asarray(value))
 
 
-def _agree(error: Exception | None) -> None:
+def join_processes(coordinator: str, num_processes: int, process_id: int) -> None:
+    """Joins JAX's multi-controller runtime as process `process_id` of `num_processes`, whose
+    coordinator (process 0) listens at `coordinator` (host:port); collectives between CPUs go
+    over gloo. Call before any JAX computation; every process waits here for all the others
+    (jax.distributed's timeout: 5 minutes)."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def agree(error: Exception | None) -> None:
     """Raises on every process when any process's part failed (its own error where it has one)."""
     failed = gathered(np.array([error is not None]))
     if failed.any():
@@ -78,11 +86,11 @@ def _combined_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return total, grand, np.sqrt(spread / np.maximum(total, 1))
 
 
-def prepare_across_processes(
-    data: Any, config: FitConfig, priors: Priors | None, mesh: Any
-) -> FitWindow:
-    """`prepare_window` for a mesh over several processes: `data` is this process's part (it
-    may be empty). Every process must have the same number of devices in the mesh."""
+def local_part(data: Any) -> np.ndarray:
+    """This process's part of a window as a float64 (N, D) array (N may be 0), checked as
+    `as_points` checks a window except for what only the union can say (too few points, a
+    column without spread): a DataError on every process when any part is not valid, and when
+    the parts differ in dimension."""
     error: Exception | None = None
     x = np.zeros((0, 1))
     try:
@@ -93,10 +101,19 @@ def prepare_across_processes(
         _check_values(x, columns=False)  # a column's values may all lie in other parts
     except (TypeError, ValueError) as exc:
         error = exc if isinstance(exc, DataError) else DataError("data must be numbers")
-    _agree(error)
+    agree(error)
     dims = gathered(np.array([x.shape[1]]))
     if len(set(dims.ravel().tolist())) != 1:
         raise DataError(f"the processes' points differ in dimension: {dims.ravel().tolist()}")
+    return x
+
+
+def prepare_across_processes(
+    data: Any, config: FitConfig, priors: Priors | None, mesh: Any
+) -> FitWindow:
+    """`prepare_window` for a mesh over several processes: `data` is this process's part (it
+    may be empty). Every process must have the same number of devices in the mesh."""
+    x = local_part(data)
     covariance = fit_covariance(config.covariance, x.shape[1])
     if is_cholesky(covariance):
         x = x[~np.isnan(x).any(axis=1)]

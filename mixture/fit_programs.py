@@ -50,6 +50,7 @@ PROGRAM_SOURCES = (
     "mixture.fit_config",
     "mixture.fit_data",
     "mixture.fit_hosts",
+    "mixture.process_group",
     "mixture.model",
     "mixture.sites",
     "mixture.precondition",

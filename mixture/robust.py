@@ -55,8 +55,18 @@ import numpy as np
 from scipy.special import chdtr, chdtri
 
 from mixture.evaluate import component_log_pdf
-from mixture.fit import DataError, FitConfig, FitResult, as_points, fit_map
+from mixture.fit import (
+    DataError,
+    FitConfig,
+    FitPrograms,
+    FitResult,
+    as_points,
+    default_programs,
+    fit_map,
+)
+from mixture.fit_hosts import local_part, spans_processes
 from mixture.params import MixtureParams
+from mixture.process_group import ONE_PROCESS, AllProcesses, PointGroup, quantile_rank
 from mixture.select import fit_auto
 
 #: The fence's quantiles (and the largest share of glitches on one side it is immune to).
@@ -93,13 +103,18 @@ IMPLAUSIBLE = "implausible"
 REASONS = (BEYOND_FENCE, IMPLAUSIBLE)
 
 
-def fence(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The fence's (lower, upper) bound per coordinate ((D,) each; +-inf where it has none)."""
+def fence(points: np.ndarray, group: PointGroup = ONE_PROCESS) -> tuple[np.ndarray, np.ndarray]:
+    """The fence's (lower, upper) bound per coordinate ((D,) each; +-inf where it has none),
+    from the observed values of every process in `group`."""
     x = np.asarray(points, np.float64)
     # Quantiles at data points on the inner side (no interpolation towards a glitch: in a
     # window of 10 points, the 95 % quantile interpolated half way to a glitch at 1e9).
-    lo = np.nanquantile(x, FENCE_QUANTILE, axis=0, method="higher")
-    hi = np.nanquantile(x, 1.0 - FENCE_QUANTILE, axis=0, method="lower")
+    columns = [c[~np.isnan(c)] for c in x.T]
+    counts = group.total(np.array([len(c) for c in columns], np.int64))
+    lo_ranks = [quantile_rank(int(n), FENCE_QUANTILE, "higher") for n in counts]
+    hi_ranks = [quantile_rank(int(n), 1.0 - FENCE_QUANTILE, "lower") for n in counts]
+    bounds = group.kth_smallest(columns + columns, lo_ranks + hi_ranks)
+    lo, hi = bounds[: len(columns)], bounds[len(columns) :]
     span = hi - lo
     none = ~(span > 0)  # the middle 90 % is one value: its span says nothing of scale
     lower = np.where(none, -np.inf, lo - FENCE_SPANS * span)
@@ -107,10 +122,10 @@ def fence(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lower, upper
 
 
-def inside_fence(points: np.ndarray) -> np.ndarray:
+def inside_fence(points: np.ndarray, group: PointGroup = ONE_PROCESS) -> np.ndarray:
     """(N,) True for each point whose observed coordinates all lie inside the fence."""
     x = np.asarray(points, np.float64)
-    lower, upper = fence(x)
+    lower, upper = fence(x, group)
     with np.errstate(invalid="ignore"):
         outside = (x < lower) | (x > upper)  # NaN (missing) compares False
     return np.asarray(~outside.any(axis=1))
@@ -152,54 +167,80 @@ def beyond_cut(points: np.ndarray, params: MixtureParams) -> np.ndarray:
         return np.asarray(nearest > chdtri(df, TRIM_P_VALUE))
 
 
-def implausible(points: np.ndarray, params: MixtureParams, forced_share: float = 0.0) -> np.ndarray:
+def implausible(
+    points: np.ndarray,
+    params: MixtureParams,
+    forced_share: float = 0.0,
+    group: PointGroup = ONE_PROCESS,
+) -> np.ndarray:
     """(N,) True for each point the trim leaves out: beyond the cut, at most MAX_TRIM_SHARE of
     the points (the farthest), and, with forced_share, the farthest forced_share of them
     whatever their distance, measured to components of at least EXPLAINING_WEIGHT (a glitch
     can take a component of its own, at distance 0). Nothing when no point has a distance (no
-    usable component)."""
+    usable component). Shares and ranks are over every process in `group`."""
     x = np.asarray(points, np.float64)
-    nearest = nearest_distance_sq(x, params)
-    if not np.isfinite(nearest).any():
+    d2 = _distances(x, params, group)
+    with np.errstate(invalid="ignore"):
+        nearest = np.fmin.reduce(d2, axis=1)
+    if not group.total(int(np.isfinite(nearest).any())):
         return np.zeros(len(x), bool)
-    far = beyond_cut(x, params)
-    cap = max(1, int(MAX_TRIM_SHARE * len(x)))
-    if far.sum() > cap:
-        far = np.zeros(len(x), bool)
-        far[_farthest_first(nearest)[:cap]] = True
-    forced = int(forced_share * len(x))
+    df = (~np.isnan(x)).sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        far = np.asarray(nearest > chdtri(df, TRIM_P_VALUE))
+    n = int(group.total(len(x)))
+    cap = max(1, int(MAX_TRIM_SHARE * n))
+    if group.total(int(far.sum())) > cap:
+        far = group.largest(nearest, cap)
+    forced = int(forced_share * n)
     if forced:
         heavy = np.asarray(params.weights) >= EXPLAINING_WEIGHT
         if heavy.any() and not heavy.all():
             with np.errstate(invalid="ignore"):
-                nearest = np.fmin.reduce(mahalanobis_sq(x, params)[:, heavy], axis=1)
-        far[_farthest_first(nearest)[:forced]] = True
+                nearest = np.fmin.reduce(d2[:, heavy], axis=1)
+        far |= group.largest(nearest, forced)
     return far
 
 
-def _farthest_first(distance: np.ndarray) -> np.ndarray:
-    return np.argsort(-np.nan_to_num(distance, nan=-np.inf), kind="stable")
+def _distances(x: np.ndarray, params: MixtureParams, group: PointGroup) -> np.ndarray:
+    """mahalanobis_sq, or LinAlgError on every process of the group when any cannot take it
+    (a covariance that a process's pattern of missing coordinates makes singular)."""
+    d2, failed = np.zeros((0, 0)), False
+    try:
+        d2 = mahalanobis_sq(x, params)
+    except np.linalg.LinAlgError:
+        failed = True
+    if not group.all(not failed):
+        raise np.linalg.LinAlgError("a component's covariance takes no distance")
+    return d2
 
 
-def suspect(points: np.ndarray, params: MixtureParams) -> bool:
+def suspect(points: np.ndarray, params: MixtureParams, group: PointGroup = ONE_PROCESS) -> bool:
     """Whether a fit may hide glitches from the cut: a component lighter than
     EXPLAINING_WEIGHT (a glitch's own), or one whose covariance its points do not fill (the
     median chi-square probability of their distances below INFLATED_MEDIAN: glitches have
-    stretched it). Clean Gaussian components sit at 0.5."""
+    stretched it). Clean Gaussian components sit at 0.5. Over every process in `group`."""
     if np.min(params.weights) < EXPLAINING_WEIGHT:
         return True
     x = np.asarray(points, np.float64)
-    d2 = mahalanobis_sq(x, params)
-    if not np.isfinite(d2).any():
+    d2 = _distances(x, params, group)
+    if not group.total(int(np.isfinite(d2).any())):
         return False
     with np.errstate(invalid="ignore"):
         nearest = np.nanargmin(np.where(np.isnan(d2), np.inf, d2), axis=1)
         level = chdtr((~np.isnan(x)).sum(axis=1), d2[np.arange(len(x)), nearest])
-    for k in range(params.n_components):
-        mine = level[nearest == k]
-        if len(mine) >= INFLATION_MIN_POINTS and np.nanmedian(mine) < INFLATED_MEDIAN:
-            return True
-    return False
+    k = params.n_components
+    mine = [level[nearest == c] for c in range(k)]
+    sizes = group.total(np.array([len(m) for m in mine], np.int64))
+    observed = [m[~np.isnan(m)] for m in mine]
+    counts = group.total(np.array([len(m) for m in observed], np.int64))
+    # The median: the middle value, or the mean of the two middle ones (numpy's nanmedian).
+    middle = group.kth_smallest(
+        observed + observed, [(n - 1) // 2 for n in counts] + [n // 2 for n in counts]
+    )
+    medians = (middle[:k] + middle[k:]) / 2.0
+    with np.errstate(invalid="ignore"):
+        stretched = (sizes >= INFLATION_MIN_POINTS) & (medians < INFLATED_MEDIAN)
+    return bool(stretched.any())
 
 
 class RobustFit(NamedTuple):
@@ -222,7 +263,11 @@ FitFn = Callable[[np.ndarray, MixtureParams | None], FitResult]
 
 
 def robust_fit(
-    data: np.ndarray, fit: FitFn, refit: FitFn | None = None, n_components: int | None = None
+    data: np.ndarray,
+    fit: FitFn,
+    refit: FitFn | None = None,
+    n_components: int | None = None,
+    group: PointGroup = ONE_PROCESS,
 ) -> RobustFit:
     """Fits the points inside the fence, then trims and refits (see the module's docstring).
 
@@ -230,6 +275,9 @@ def robust_fit(
     refit: the later rounds' fits, each from the previous fit's parameters (default: fit).
         A caller that chose K in the first fit (BIC) passes a fixed-K fit here.
     n_components: when known, checked first (too few points for it is a DataError).
+    group: the processes that hold the window between them (`data` is this one's part; the
+        fits then run across them, `mixture.fit_hosts`); the rules rank the union of the parts
+        and every process takes the same decisions. `kept` is over this process's points.
     Raises DataError when the data cannot be fit or the fence leaves too little to fit.
 
     The rounds: fit the points inside the fence; leave out any beyond the cut (and, if the fit
@@ -237,42 +285,43 @@ def robust_fit(
     beyond the last fit's cut are not those of a fit already made, fit those that are not. The
     result is the fit of the last set of points chosen, which for clean data is the first.
     """
-    x = as_points(data, n_components)
-    fenced = inside_fence(x)
+    x = local_part(data) if group.spans_processes else as_points(data, n_components)
+    fenced = inside_fence(x, group)
     refit = refit or fit
-    result = fit(_subset(x, fenced), None)
+    result = fit(_subset(x, fenced, group), None)
     fitted: list[tuple[np.ndarray, FitResult]] = [(fenced, result)]
     latest = result
     seconds = result.seconds
     try:
-        forced = FORCED_TRIM_SHARE if suspect(x[fenced], result.params) else 0.0
+        forced = FORCED_TRIM_SHARE if suspect(x[fenced], result.params, group) else 0.0
     except np.linalg.LinAlgError:  # no distance to take: the trim below stops at once too
         forced = 0.0
     kept = fenced
     while len(fitted) < TRIM_ROUNDS:
         wanted = fenced.copy()
         try:
-            wanted[fenced] = ~implausible(x[fenced], latest.params, forced)
+            wanted[fenced] = ~implausible(x[fenced], latest.params, forced, group)
         except np.linalg.LinAlgError:  # a covariance no distance can be taken with
             break
         forced = 0.0
-        done = next((r for rows, r in fitted if np.array_equal(rows, wanted)), None)
+        done = next((r for rows, r in fitted if group.all(np.array_equal(rows, wanted))), None)
         if done is not None:
             kept, result = wanted, done
             break
         try:
-            latest = refit(_subset(x, wanted), latest.params)
+            latest = refit(_subset(x, wanted, group), latest.params)
         except DataError:  # what is left cannot be fit (too few, no spread): keep the last fit
             break
         seconds += latest.seconds
         fitted.append((wanted, latest))
         kept, result = wanted, latest
-    excluded = {BEYOND_FENCE: int((~fenced).sum()), IMPLAUSIBLE: int((fenced & ~kept).sum())}
+    left_out = group.total(np.array([(~fenced).sum(), (fenced & ~kept).sum()], np.int64))
+    excluded = {BEYOND_FENCE: int(left_out[0]), IMPLAUSIBLE: int(left_out[1])}
     return RobustFit(result._replace(seconds=seconds), kept, excluded, len(fitted))
 
 
-def _subset(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    if not rows.any():
+def _subset(x: np.ndarray, rows: np.ndarray, group: PointGroup) -> np.ndarray:
+    if not group.total(int(rows.any())):
         raise DataError("every point lies beyond the fence", "too_few_points")
     return x[rows]
 
@@ -286,18 +335,32 @@ def fit_robust(
     warm_start: MixtureParams | None = None,
     explore: bool = False,
     progress: Callable[[int, float], None] | None = None,
+    programs: FitPrograms | None = None,
 ) -> RobustFit:
     """`robust_fit` with the project's fits: `fit_map` (or `fit_auto`, choosing K by BIC up to
     max_components, when that is given) first, from warm_start as those take it; then refits of
     the chosen K from the previous round's parameters, each with its own key (fold_in(key,
-    round)). Arguments as for fit_map; the result's bics are fit_auto's."""
+    round)). Arguments as for fit_map; the result's bics are fit_auto's.
+
+    When the programs' mesh spans processes (`mixture.fit_hosts`), `data` is this process's
+    part of the window and every process gets the same fit (K must then be given)."""
+    programs = programs or default_programs()
+    group: PointGroup = AllProcesses() if spans_processes(programs.mesh) else ONE_PROCESS
+    if group.spans_processes and max_components is not None:
+        raise DataError("K is chosen by BIC in one process only: give K to fit across processes")
     bics: dict[int, float] | None = None
 
     def first(points: np.ndarray, _: MixtureParams | None) -> FitResult:
         nonlocal bics
         if max_components is None:
             return fit_map(
-                points, key, config, warm_start=warm_start, explore=explore, progress=progress
+                points,
+                key,
+                config,
+                warm_start=warm_start,
+                explore=explore,
+                progress=progress,
+                programs=programs,
             )
         shown = None if progress is None else (lambda _k, step, loss: progress(step, loss))
         selection = fit_auto(
@@ -328,7 +391,9 @@ def fit_robust(
             cfg,
             warm_start=previous,
             explore=light,
+            programs=programs,
         )
 
-    fitted = robust_fit(data, first, again, config.n_components if max_components is None else None)
+    known = config.n_components if max_components is None else None
+    fitted = robust_fit(data, first, again, known, group)
     return fitted._replace(bics=bics)

@@ -37,6 +37,10 @@ KAFKA_SCRIPT = ROOT / "deploy" / "kafka" / "kafka.sh"
 SHARED_DIR_ENV = "GMM_TESTS_SHARED_DIR"
 #: Set (to anything): tests compile without the run's shared JAX compilation cache.
 NO_SHARED_CACHE_ENV = "GMM_TESTS_NO_SHARED_JAX_CACHE"
+#: A JAX compilation cache kept from run to run (`make test` sets one under ~/.cache/gmm-ci);
+#: unset, each run has a new one. Entries are keyed by the program, its compile options and
+#: JAX's version: a stale entry is never loaded, only left unused.
+PERSISTENT_CACHE_ENV = "GMM_TESTS_JAX_CACHE_DIR"
 #: In the shared directory: the port of a broker the run started (kafka_bootstrap), to stop.
 STARTED_BROKER = "kafka-started-by-tests"
 
@@ -113,14 +117,16 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 @pytest.fixture(autouse=True)
 def _shared_compilation_cache():
     """Every test process compiles through one JAX compilation cache, new for the run (in the
-    shared directory): a program another test (or another process) compiled is loaded, not
-    compiled again. Set before each test, since a test or an in-process CLI may change it."""
+    shared directory) or kept from run to run (PERSISTENT_CACHE_ENV): a program another test
+    (or another process, or an earlier run) compiled is loaded, not compiled again. Set before
+    each test, since a test or an in-process CLI may change it."""
     if os.environ.get(NO_SHARED_CACHE_ENV) or SHARED_DIR_ENV not in os.environ:
         yield
         return
     from kafka_common.jax_cache import enable_compilation_cache
 
-    enable_compilation_cache(str(shared_tmp() / "jax-cache"))
+    kept = os.environ.get(PERSISTENT_CACHE_ENV)
+    enable_compilation_cache(kept or str(shared_tmp() / "jax-cache"))
     yield
 
 

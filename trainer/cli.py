@@ -21,7 +21,8 @@ import numpy as np
 from kafka_common.jax_cache import cache_dir_from_env, enable_fit_caches
 from kafka_common.settings import SettingsError
 from mixture.covariance import DEFAULT_REG_COVAR, check_covariance
-from mixture.fit import INITS, DataError, FitConfig, to_model_params
+from mixture.fit import INITS, DataError, FitConfig, to_model_params, use_fit_processes
+from mixture.fit_hosts import agree, gathered, join_processes
 from mixture.labels import order_by_location
 from mixture.params import ModelParams
 from mixture.robust import fit_robust
@@ -64,14 +65,32 @@ def cmd_fit(args: argparse.Namespace) -> int:
         return _fail(f"--version must be >= 0, got {args.version}")
     if not 0 <= args.seed < 2**63:
         return _fail(f"--seed must be in [0, 2**63), got {args.seed}")
+    if args.processes < 1:
+        return _fail(f"--processes must be >= 1, got {args.processes}")
+    across = args.processes > 1
+    if across:
+        if not 0 <= args.process_id < args.processes:
+            return _fail(f"--process-id must be in [0, {args.processes}), got {args.process_id}")
+        if not args.coordinator:
+            return _fail("--processes > 1 needs --coordinator HOST:PORT (process 0's address)")
+        if auto:
+            return _fail("--components auto runs in one process: give K with --processes")
+        if args.publish and args.process_id != 0:
+            return _fail("--publish is process 0's: the others fit with it")
     covariance = args.covariance
     if args.per_component_scale:
         if covariance not in ("tied-diag", "diag"):
             return _fail("--per-component-scale is the older name of --covariance diag")
         covariance = "diag"
     bics: dict[int, float] = {}
+    n_points = 0
     try:
-        points = load_points(args.data, columns)
+        if across:
+            points = _part_across_processes(args, columns)
+            n_points = int(gathered(np.array([len(points)])).sum())
+        else:
+            points = load_points(args.data, columns)
+            n_points = len(points)
         config = FitConfig(
             n_components=k or 1,
             covariance=covariance,
@@ -102,7 +121,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"excluded_points": fitted.excluded}
     if bics:
         extra["bic_by_components"] = {str(k): v for k, v in bics.items()}
-    model = to_model_params(result, args.version, len(points), fitted_at, **extra)
+    model = to_model_params(result, args.version, n_points, fitted_at, **extra)
+    if across and args.process_id != 0:  # process 0 writes (and publishes) the one model
+        print(
+            f"process {args.process_id} of {args.processes}: {len(points)} of {n_points} "
+            f"points; process 0 writes the model",
+            file=sys.stderr,
+        )
+        return 0
     if args.publish:
         from kafka_common.params_topic import OpenTransaction
 
@@ -126,15 +152,33 @@ def cmd_fit(args: argparse.Namespace) -> int:
         chosen = "  <- lowest" if k == p.n_components else ""
         print(f"K={k}: BIC {bic:.2f}{chosen}", file=out)
     print(
-        f"fit: K={p.n_components} D={p.dim} covariance {model.covariance} n={len(points)} "
+        f"fit: K={p.n_components} D={p.dim} covariance {model.covariance} n={n_points} "
         f"loss {result.final_loss:.4f} (best init {result.init_loss:.4f}) "
         f"steps {result.n_steps}{'' if result.converged else ' (step cap)'} "
         f"in {result.seconds:.2f}s -> {'stdout' if args.out == '-' else args.out}",
         file=out,
     )
     print(component_table(model), file=out, end="")
-    print(_excluded_line(fitted.excluded, len(points)), file=out)
+    print(_excluded_line(fitted.excluded, n_points), file=out)
     return 0
+
+
+def _part_across_processes(args: argparse.Namespace, columns: list[str] | None) -> np.ndarray:
+    """Joins the other processes (`--coordinator`) and loads this one's part (`--data`); a
+    part that cannot be loaded fails every process (none waits for it in a collective)."""
+    try:
+        join_processes(args.coordinator, args.processes, args.process_id)
+    except Exception as exc:  # jax.distributed's errors have no common type
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"cannot join the processes at {args.coordinator}: {reason}") from None
+    use_fit_processes()
+    points, error = np.zeros((0, 1)), None
+    try:
+        points = load_points(args.data, columns)
+    except DataError as exc:
+        error = exc
+    agree(error)
+    return points
 
 
 def _excluded_line(excluded: dict[str, int], n: int) -> str:
@@ -385,6 +429,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="model version to write (0: a params file serves until the topic has a version)",
     )
     fit.add_argument("--out", default="params.json", help="output path, or - for stdout")
+    fit.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="fit one window held in parts by this many processes (hosts), each started with "
+        "its own part as --data (default %(default)s); process 0 writes --out",
+    )
+    fit.add_argument(
+        "--process-id", type=int, default=0, help="this process's place, 0..--processes - 1"
+    )
+    fit.add_argument(
+        "--coordinator",
+        help="host:port where process 0 coordinates the processes (jax.distributed)",
+    )
     fit.add_argument(
         "--publish",
         action="store_true",
