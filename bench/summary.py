@@ -688,27 +688,37 @@ def window(p: Payload) -> str:
     def gib(x: float) -> str:
         return f"{x / 2**30:.2f} GiB"
 
+    def rates(rounds: list[dict[str, Any]]) -> tuple[float, float]:
+        values = sorted(r["records_per_second"] for r in rounds)
+        return float(statistics.median(values)), values[0]
+
     parts = []
     for r in p["rows"]:
-        read, fit = r["read"], r["read_fit"]
-        base = r.get("per_record")
+        reads, fit = r["reads"], r["read_fit"]
+        mid, worst = rates(reads["read"])
+        r_mid, r_worst = rates(reads["readers"])
+        base = reads.get("per_record")
         versus = (
-            f" ({_x(read['records_per_second'] / base['records_per_second'])}x the per-record "
-            f"reader's {_n(base['records_per_second'])}, peak {gib(base['read_peak_rss_bytes'])})"
+            f"; the per-record reader before chunks {_n(rates(base)[0])}, peak "
+            f"{gib(max(b['read_peak_rss_bytes'] for b in base))}"
             if base
             else ""
         )
         parts.append(
-            f"{_n(r['n'])} records: read at {_n(read['records_per_second'])} records/s{versus}, "
-            f"peak {gib(read['read_peak_rss_bytes'])}; then a cold fit in {_s(fit['fit_seconds'])} "
-            f"s ({_n(fit['points_per_second'])} points/s), the process's peak "
+            f"{_n(r['n'])} records: read at {_n(mid)} records/s (worst {_n(worst)}), peak "
+            f"{gib(max(x['read_peak_rss_bytes'] for x in reads['read']))}; with "
+            f"{p['readers']} reader processes {_n(r_mid)} (worst {_n(r_worst)}, "
+            f"{_x(r_mid / mid)}x){versus}; then a cold fit in {_s(fit['fit_seconds'])} s "
+            f"({_n(fit['points_per_second'])} points/s), the process's peak "
             f"{gib(fit['fit_peak_rss_bytes'])}, log-likelihood {fit['loglik']:.4f}/point (the same "
             f"points fitted as one array in memory: {r['one_array']['loglik']:.4f})"
         )
     return (
-        f"one round, D=8 points on {p['partitions']} partitions, each figure a process of its "
-        f"own (peak RSS: VmHWM, the whole process), cold fits K=4 full of {p['restarts']} "
-        "starts: " + "; ".join(parts) + "."
+        f"D=8 points on {p['partitions']} partitions, each figure a process of its own (peak "
+        f"RSS: VmHWM, the whole process), reads {p['read_rounds']} interleaved rounds (median, "
+        f"worst), cold fits K=4 full of {p['restarts']} starts (one round): "
+        + "; ".join(parts)
+        + "."
     )
 
 

@@ -6,9 +6,13 @@ Then, each in a new process, so that its peak RSS (VmHWM: the kernel's exact hig
 of the process's memory) is its own:
   - `read`: `trainer.window.read_window` (chunks of records decoded in a thread into arrays):
     seconds, records/s, peak RSS;
+  - `readers`: the same read by READERS reader processes (`GMM_TRAIN_READERS`,
+    `trainer.window_readers`), each some of the partitions; peak RSS of the trainer's process
+    and of the largest reader;
   - `per-record read` (N <= 1M; a baseline in the same run): what the reader did before it read
     in chunks: each record decoded by `decode_point` on the event loop and kept as a small array
     with its timestamp, all merged and sorted at the end;
+  Reads run READ_ROUNDS rounds, interleaved (read, readers, per-record, read, ...);
   - `read + fit`: the window read, then the trainer's cold fit (K=4 full, 10 starts as in
     bench.fit): fit seconds, points/s, peak RSS of the whole process up to the fit's end (the
     log-likelihood is computed after, in blocks), mean log-likelihood;
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -41,13 +46,18 @@ QUICK_SIZES = (100_000,)
 #: Sizes up to this also run the per-record baseline (it holds ~0.3 KB a record).
 BASELINE_MAX = 1_000_000
 RESTARTS = 10
+#: Reader processes of the `readers` read (GMM_TRAIN_READERS).
+READERS = 2
+#: Rounds of each read (this VM's read rates move by up to 2x from run to run): every round's
+#: rate is kept, the table shows the median and the worst.
+READ_ROUNDS = 3
 
 # Each measurement is a process of its own: its VmHWM is its peak alone.
 CHILD = r"""
 import asyncio, json, sys, time
 import numpy as np
-what, topic, n, bootstrap, restarts = sys.argv[1:6]
-n, restarts = int(n), int(restarts)
+what, topic, n, bootstrap, restarts, readers = sys.argv[1:7]
+n, restarts, readers = int(n), int(restarts), int(readers)
 out = {}
 
 def peak():
@@ -56,6 +66,11 @@ def peak():
         for line in status:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
+
+def readers_peak():
+    # The largest peak of any reader process this one waited for (kB on Linux).
+    import resource
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
 def loglik(x, params):
     # In blocks: the whole window's per-component densities at once would be the peak.
@@ -88,10 +103,13 @@ else:
         points = asyncio.run(per_record_window(kafka, topic, n))
     else:
         from trainer.window import read_window
-        points = asyncio.run(read_window(kafka, topic, n, dim=8, deadline_s=3600)).points
+        r = readers if what == "readers" else 1
+        points = asyncio.run(read_window(kafka, topic, n, dim=8, deadline_s=3600, readers=r)).points
     seconds = time.perf_counter() - t
     out.update(read_seconds=seconds, records_per_second=n / seconds, points=len(points),
                read_peak_rss_bytes=peak())
+    if what == "readers":
+        out.update(readers=readers, readers_peak_rss_bytes=readers_peak())
     if what == "read_fit":
         fit(points)
 out["peak_rss_bytes"] = peak()
@@ -183,7 +201,7 @@ def produce(n: int) -> str:
 
 def run(what: str, topic: str, n: int) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, what, topic, str(n), BOOTSTRAP, str(RESTARTS)],
+        [sys.executable, "-c", CHILD, what, topic, str(n), BOOTSTRAP, str(RESTARTS), str(READERS)],
         capture_output=True,
         text=True,
         check=False,
@@ -200,18 +218,31 @@ def delete(topic: str) -> None:
     admin.delete_topics([topic])[topic].result()
 
 
+def _rates(rounds: list[dict[str, Any]]) -> tuple[float, float]:
+    """(median, worst) records/s over a read's rounds."""
+    rates = sorted(r["records_per_second"] for r in rounds)
+    return float(statistics.median(rates)), rates[0]
+
+
 def markdown(payload: dict[str, Any]) -> str:
     rows = []
     for r in payload["rows"]:
-        read, base, fit, one = r["read"], r.get("per_record"), r["read_fit"], r["one_array"]
+        reads, fit, one = r["reads"], r["read_fit"], r["one_array"]
+        read, readers, base = reads["read"], reads["readers"], reads.get("per_record")
+        mid, worst = _rates(read)
+        r_mid, r_worst = _rates(readers)
+        b_mid = _rates(base)[0] if base else None
         rows.append(
             [
                 f"{r['n']:,}",
-                read["records_per_second"],
-                base["records_per_second"] if base else "-",
-                read["records_per_second"] / base["records_per_second"] if base else "-",
-                read["read_peak_rss_bytes"] / 2**30,
-                base["read_peak_rss_bytes"] / 2**30 if base else "-",
+                f"{mid:,.0f} ({worst:,.0f})",
+                f"{r_mid:,.0f} ({r_worst:,.0f})",
+                r_mid / mid,
+                f"{b_mid:,.0f}" if b_mid else "-",
+                max(x["read_peak_rss_bytes"] for x in read) / 2**30,
+                f"{max(x['read_peak_rss_bytes'] for x in readers) / 2**30:.2f} + "
+                f"{max(x['readers_peak_rss_bytes'] for x in readers) / 2**30:.2f}",
+                max(x["read_peak_rss_bytes"] for x in base) / 2**30 if base else "-",
                 fit["fit_seconds"],
                 fit["points_per_second"],
                 fit["fit_peak_rss_bytes"] / 2**30,
@@ -223,10 +254,12 @@ def markdown(payload: dict[str, Any]) -> str:
     table = markdown_table(
         [
             "records (D=8)",
-            "read rec/s",
-            "per-record read rec/s",
-            "ratio",
+            "read rec/s, median (worst)",
+            f"{payload['readers']} readers rec/s, median (worst)",
+            "readers / read",
+            "per-record read rec/s (median)",
             "read peak RSS (GiB)",
+            "readers: trainer + largest reader peak RSS (GiB)",
             "per-record peak RSS (GiB)",
             "fit s",
             "fit points/s",
@@ -241,10 +274,12 @@ def markdown(payload: dict[str, Any]) -> str:
         "# Windows past memory\n\n"
         f"`python -m bench.window` on {payload['machine']['cpus']} CPUs: N points of bench.fit's "
         f"D=8, K=4 mixture on a topic of {PARTITIONS} partitions (lz4), read by the trainer's "
-        "reader, then a cold K=4 full fit of "
+        f"reader alone and with {payload['readers']} reader processes "
+        f"(`GMM_TRAIN_READERS={payload['readers']}`), then a cold K=4 full fit of "
         f"{RESTARTS} starts. Every figure is a process of its own; peak RSS is its VmHWM "
         "(the whole process: Python, JAX and the data). The per-record read is the reader "
-        "before chunks, in the same run. One round each.\n\n" + table
+        f"before chunks, in the same run. Reads: {payload['read_rounds']} interleaved rounds "
+        "each (median and worst); the fits: one round.\n\n" + table
     )
 
 
@@ -265,15 +300,28 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"n": n, "produce_seconds": time.perf_counter() - t}
         print(f"{n:,}: produced in {row['produce_seconds']:.1f} s", flush=True)
         try:
-            for what in ("read", "per_record", "read_fit", "one_array"):
-                if what == "per_record" and n > BASELINE_MAX:
-                    continue
+            reads: dict[str, list[dict[str, Any]]] = {"read": [], "readers": []}
+            if n <= BASELINE_MAX:
+                reads["per_record"] = []
+            for _ in range(READ_ROUNDS):
+                for what, rounds in reads.items():
+                    rounds.append(run(what, topic, n))
+                    print(f"{n:,} {what}: {rounds[-1]}", flush=True)
+            row["reads"] = reads
+            for what in ("read_fit", "one_array"):
                 row[what] = run(what, topic, n)
                 print(f"{n:,} {what}: {row[what]}", flush=True)
         finally:
             delete(topic)
         rows.append(row)
-    payload = {"machine": machine(), "partitions": PARTITIONS, "restarts": RESTARTS, "rows": rows}
+    payload = {
+        "machine": machine(),
+        "partitions": PARTITIONS,
+        "restarts": RESTARTS,
+        "readers": READERS,
+        "read_rounds": READ_ROUNDS,
+        "rows": rows,
+    }
     print(write_results("window", payload, markdown(payload)))
     return 0
 

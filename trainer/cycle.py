@@ -156,7 +156,13 @@ class Trainer:
         s = self.settings
         dim = self.current.mixture.dim if self.current else None
         window = await read_window(
-            s.kafka, s.input_topic, s.window_records, s.window_seconds, dim, s.max_record_bytes
+            s.kafka,
+            s.input_topic,
+            s.window_records,
+            s.window_seconds,
+            dim,
+            s.max_record_bytes,
+            readers=s.window_readers,
         )
         for reason, count in window.invalid.items():
             self.metrics.invalid_records.labels(reason=reason).inc(count)

@@ -109,6 +109,13 @@ class TrainerSettings:
     window_seconds: float = env_field(
         "GMM_TRAIN_WINDOW_SECONDS", 0.0, "...and only those of the last T seconds (0: no limit)"
     )
+    window_readers: int = env_field(
+        "GMM_TRAIN_READERS",
+        1,
+        "Processes that read and decode the window's partitions between them (1: the trainer "
+        "alone). One process is held to one CPU by the GIL whatever the Kafka client; more pay "
+        "where CPUs are free for them (bench/results/window.md)",
+    )
     interval_seconds: float = env_field(
         "GMM_TRAIN_INTERVAL_SECONDS", 300.0, "Seconds between the starts of two refits"
     )
@@ -227,6 +234,8 @@ class TrainerSettings:
             )
         if self.history_topic == self.params_topic:
             raise SettingsError("GMM_HISTORY_TOPIC must differ from GMM_PARAMS_TOPIC")
+        if self.window_readers < 1:
+            raise SettingsError(f"GMM_TRAIN_READERS must be >= 1, got {self.window_readers}")
         if self.fit_devices < 0:
             raise SettingsError(f"GMM_TRAIN_DEVICES must be >= 0, got {self.fit_devices}")
         if self.reports_keep < 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from confluent_kafka import Producer
 from numpy.testing import assert_array_equal
 
@@ -19,9 +20,13 @@ KEEP = CHUNK + 3_000
 T0 = 1_700_000_000_000  # ms
 
 
-def test_the_newest_records_of_every_partition_over_several_chunks(kafka_bootstrap, new_topic):
+@pytest.mark.parametrize("readers", [1, 2])
+def test_the_newest_records_of_every_partition_over_several_chunks(
+    kafka_bootstrap, new_topic, readers
+):
     """Timestamps are shuffled over the partitions: the window is the KEEP newest records of
-    all, oldest first, glitches counted (not kept) among them."""
+    all, oldest first, glitches counted (not kept) among them; read by this process alone or
+    by reader processes (trainer.window_readers: 2 readers for 3 partitions)."""
     topic = new_topic("window-chunks", partitions=PARTITIONS)
     rng = np.random.default_rng(0)
     stamps = T0 + rng.permutation(RECORDS)  # distinct: one newest set
@@ -34,7 +39,8 @@ def test_the_newest_records_of_every_partition_over_several_chunks(kafka_bootstr
             producer.poll(0)
     assert producer.flush(30) == 0
 
-    window = run(read_window(KafkaSettings(bootstrap_servers=kafka_bootstrap), topic, KEEP))
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    window = run(read_window(kafka, topic, KEEP, readers=readers))
 
     newest = np.sort(stamps)[-KEEP:]
     bad = {int(stamps[i]) for i in glitch}
@@ -43,3 +49,46 @@ def test_the_newest_records_of_every_partition_over_several_chunks(kafka_bootstr
     assert window.invalid == {"not_numeric": KEEP - len(expected)}
     assert_array_equal(window.points[:, 0], expected)  # oldest first
     assert_array_equal(window.points[:, 1], 0.5)
+
+
+def test_readers_that_cannot_reach_the_broker_fail_the_read_and_are_gone(
+    kafka_bootstrap, new_topic
+):
+    """The offsets come from the caller's broker; the readers are given one that refuses
+    them (a closed port): the read fails with the reader's reason, no reader is left."""
+    import socket
+
+    from trainer.window import WindowBuilder
+    from trainer.window_readers import ReaderError, read_in_processes
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    builder = WindowBuilder(20, 1, 65536)
+    with pytest.raises(ReaderError, match=r"window reader .*KafkaConnectionError"):
+        run(
+            read_in_processes(
+                KafkaSettings(bootstrap_servers=closed),
+                new_topic("window-readers-refused", partitions=2),
+                {0: (0, 10), 1: (0, 10)},
+                builder,
+                2,
+            )
+        )
+    assert not _readers_of_this_process()
+
+
+def _readers_of_this_process() -> list[int]:
+    import os
+    import pathlib
+
+    found = []
+    for proc in pathlib.Path("/proc").glob("[0-9]*"):
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if parent == os.getpid() and b"trainer.window_readers" in command:
+            found.append(int(proc.name))
+    return found

@@ -32,6 +32,7 @@ def test_defaults_and_shared_variables():
         ({"GMM_TRAIN_EXPLORE_EVERY": "-1"}, "GMM_TRAIN_EXPLORE_EVERY must be >= 0"),
         ({"GMM_TRAIN_RESTARTS": "0"}, "GMM_TRAIN_RESTARTS must be >= 1"),
         ({"GMM_TRAIN_DEVICES": "-1"}, "GMM_TRAIN_DEVICES must be >= 0"),
+        ({"GMM_TRAIN_READERS": "0"}, "GMM_TRAIN_READERS must be >= 1"),
     ],
 )
 def test_bad_settings(env, message):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from trainer.window import WindowBuilder, _valid_points
+from trainer.window_builder import WindowBuilder, _valid_points
 
 
 def records(*xs: object) -> list[tuple[int, bytes | None]]:
@@ -93,7 +93,7 @@ def test_undecodable_stand_ins_are_counted_as_such():
 def test_points_over_many_blocks_come_back_whole(monkeypatch):
     """Blocks of 3 rows, chunks of 4 records, timestamps out of order: every point once, in
     timestamp order."""
-    from trainer import window as window_module
+    from trainer import window_builder as window_module
 
     monkeypatch.setattr(window_module, "BLOCK_BYTES", 8 * 2 * 3)
     stamps = np.array([5, 1, 9, 3, 7, 0, 8, 2, 6, 4])
