@@ -12,6 +12,7 @@ others waiting in a collective.
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -49,11 +50,25 @@ def gathered(value: Any) -> np.ndarray:
 
 def join_processes(coordinator: str, num_processes: int, process_id: int) -> None:
     """Joins JAX's multi-controller runtime as process `process_id` of `num_processes`, whose
-    coordinator (process 0) listens at `coordinator` (host:port); collectives between CPUs go
-    over gloo. Call before any JAX computation; every process waits here for all the others
-    (jax.distributed's timeout: 5 minutes)."""
+    coordinator (process 0) listens at `coordinator` (host:port: on that address only, not on
+    every interface); collectives between CPUs go over gloo. Neither authenticates its peers:
+    run the processes on a network only they can reach. Call before any JAX computation;
+    every process waits here for all the others (jax.distributed's timeout: 5 minutes)."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(
+        coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        coordinator_bind_address=coordinator if process_id == 0 else None,
+    )
+
+
+def same_everywhere(description: str, value: bytes) -> None:
+    """Raises DataError on every process unless every process gave the same value (e.g. a
+    digest of its options): inputs meant to be identical are never checked by JAX itself."""
+    digest = np.frombuffer(hashlib.sha256(value).digest(), np.uint32)
+    if not (gathered(digest) == digest).all():
+        raise DataError(f"the processes differ in {description}")
 
 
 def agree(error: Exception | None) -> None:
@@ -99,8 +114,8 @@ def local_part(data: Any) -> np.ndarray:
         if x.ndim != 2 or x.shape[1] < 1:
             raise DataError(f"data must be (N,) or (N, D); got shape {x.shape}")
         _check_values(x, columns=False)  # a column's values may all lie in other parts
-    except (TypeError, ValueError) as exc:
-        error = exc if isinstance(exc, DataError) else DataError("data must be numbers")
+    except Exception as exc:  # any failure here fails every process, none left waiting
+        error = exc if isinstance(exc, DataError) else DataError(f"data must be numbers ({exc})")
     agree(error)
     dims = gathered(np.array([x.shape[1]]))
     if len(set(dims.ravel().tolist())) != 1:

@@ -22,7 +22,7 @@ from kafka_common.jax_cache import cache_dir_from_env, enable_fit_caches
 from kafka_common.settings import SettingsError
 from mixture.covariance import DEFAULT_REG_COVAR, check_covariance
 from mixture.fit import INITS, DataError, FitConfig, to_model_params, use_fit_processes
-from mixture.fit_hosts import agree, gathered, join_processes
+from mixture.fit_hosts import agree, gathered, join_processes, same_everywhere
 from mixture.labels import order_by_location
 from mixture.params import ModelParams
 from mixture.robust import fit_robust
@@ -177,8 +177,34 @@ def _part_across_processes(args: argparse.Namespace, columns: list[str] | None) 
         points = load_points(args.data, columns)
     except DataError as exc:
         error = exc
+    except Exception as exc:  # any failure fails every process, none left waiting
+        error = DataError(f"cannot read {args.data}: {type(exc).__name__}: {exc}")
     agree(error)
+    same_everywhere("fit options or data columns (give every process the same)", _digest(args))
     return points
+
+
+def _digest(args: argparse.Namespace) -> bytes:
+    """What must be the same in every process: the fit's options, and the CSV header's
+    columns (parts with the same columns in another order would be mixed up)."""
+    options = {
+        name: getattr(args, name)
+        for name in (
+            "components", "covariance", "reg_covar", "priors", "per_component_scale",
+            "restarts", "init", "seed", "version", "columns", "processes",
+        )
+    }  # fmt: skip
+    options["header"] = _csv_header(args.data)
+    return json.dumps(options, sort_keys=True).encode()
+
+
+def _csv_header(path: str) -> str | None:
+    """A CSV file's header line (None for JSON lines, which have no columns)."""
+    with open(path, encoding="utf-8-sig") as lines:
+        for line in lines:
+            if line.strip():
+                return None if line.lstrip()[:1] in ("{", "[") else line.strip()
+    return None
 
 
 def _excluded_line(excluded: dict[str, int], n: int) -> str:

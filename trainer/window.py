@@ -14,6 +14,7 @@ time in a thread, off the event loop, and the window keeps only arrays
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from aiokafka import AIOKafkaConsumer
@@ -21,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from kafka_common.settings import KafkaSettings
 from kafka_common.topics import topic_partitions
 from trainer.window_builder import Window, WindowBuilder
-from trainer.window_readers import CHUNK, read_in_processes, read_ranges
+from trainer.window_readers import CHUNK, Readers, read_ranges
 
 __all__ = ["CHUNK", "Window", "WindowBuilder", "read_window"]
 
@@ -45,20 +46,22 @@ async def read_window(
     readers: processes that read and decode the partitions between them (at most one a
     partition; `trainer.window_readers`); 1: this process alone.
     """
-    consumer = AIOKafkaConsumer(**kafka.consumer_options(), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    await asyncio.sleep(0)  # aiokafka#647: let the no-group task start before any stop
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        # Reader processes start first: their start-up overlaps the offsets' queries.
+        pool = await stack.enter_async_context(Readers(kafka, readers)) if readers > 1 else None
+        consumer = AIOKafkaConsumer(
+            **kafka.consumer_options(), group_id=None, enable_auto_commit=False
+        )
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+        await asyncio.sleep(0)  # aiokafka#647: let the no-group task start before any stop
         async with asyncio.timeout(deadline_s):
             ranges = await _ranges(consumer, topic, max_records, max_age_s)
             builder = WindowBuilder(sum(b - a for a, b in ranges.values()), dim, max_record_bytes)
-            if readers > 1 and len(ranges) > 1:
-                await consumer.stop()  # the readers have their own
-                await read_in_processes(kafka, topic, ranges, builder, readers, deadline_s)
+            if pool is not None and len(ranges) > 1:
+                await pool.read(topic, ranges, builder, deadline_s)
             else:
                 await read_ranges(consumer, topic, ranges, builder)
-    finally:
-        await consumer.stop()
     return builder.window(max_records)
 
 

@@ -15,10 +15,11 @@ The stream is framed binary on the reader's stdout, never pickle: an 8-byte litt
 length, a JSON header ({"kind": "points", "dim": D, "rows": n} | {"kind": "invalid", "rows":
 n} | {"kind": "done"} | {"kind": "error", "error": ..., "message": ...}), then n int64
 timestamps and n x D float64 coordinates (or n int8 reason codes). The request (topic and
-ranges) is JSON on stdin; the Kafka settings reach a reader through its environment, as they
-reached the trainer. A reader that fails, or whose stream breaks, fails the read with its
-reason (a timeout as TimeoutError: the cycle is retried); readers still running when the read
-ends, however it ends, are killed.
+ranges) is one line of JSON on stdin, which then stays open: a reader whose stdin ends (its
+caller gone, whatever killed it) exits at once. The Kafka settings reach a reader through its
+environment, as they reached the trainer. A reader that fails, or whose stream breaks, fails
+the read with its reason (a timeout as TimeoutError: the cycle is retried); readers still
+running when the read ends, however it ends, are killed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import os
 import struct
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -116,20 +118,62 @@ async def read_in_processes(
 ) -> None:
     """Reads the partitions' ranges into `builder` with `readers` processes (see the module).
     Each reader gives up after deadline_s of its own (one whose caller died stops there)."""
-    env = {**os.environ, **kafka_environ(kafka)}
-    procs: list[asyncio.subprocess.Process] = []
-    lock = asyncio.Lock()  # one builder, filled from several streams
-    try:
-        for share in split(ranges, readers):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "trainer.window_readers",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env=env,
-            )
-            procs.append(proc)
+    async with Readers(kafka, readers) as pool:
+        await pool.read(topic, ranges, builder, deadline_s)
+
+
+class Readers:
+    """Reader processes, started on entering (their start-up, imports and all, overlaps what
+    the caller does before it knows the ranges) and gone on leaving, however it leaves."""
+
+    def __init__(self, kafka: KafkaSettings, count: int) -> None:
+        self.kafka = kafka
+        self.count = count
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def __aenter__(self) -> Readers:
+        env = {**os.environ, **kafka_environ(self.kafka)}
+        try:
+            for _ in range(self.count):
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-P",  # the installed package, never a `trainer/` in the working directory
+                    "-m",
+                    "trainer.window_readers",
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    env=env,
+                )
+                self.procs.append(proc)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+            if proc.stdin is not None:
+                proc.stdin.close()
+
+    async def read(
+        self,
+        topic: str,
+        ranges: dict[int, tuple[int, int]],
+        builder: WindowBuilder,
+        deadline_s: float = 300.0,
+    ) -> None:
+        """Reads the ranges into `builder`, dealt to the readers (those left without a
+        partition are let go). Call once."""
+        shares = split(ranges, len(self.procs))
+        working = self.procs[: len(shares)]
+        for proc in self.procs[len(shares) :]:
+            assert proc.stdin is not None
+            proc.stdin.close()  # no request: it exits
+        for proc, share in zip(working, shares, strict=True):
             request = {
                 "topic": topic,
                 "ranges": {str(p): list(span) for p, span in share.items()},
@@ -138,10 +182,12 @@ async def read_in_processes(
                 "deadline_s": deadline_s,
             }
             assert proc.stdin is not None
-            proc.stdin.write(json.dumps(request).encode())
+            proc.stdin.write(json.dumps(request).encode() + b"\n")  # held open until it exits
             await proc.stdin.drain()
-            proc.stdin.close()
-        tasks = [asyncio.ensure_future(_receive(proc, builder, lock)) for proc in procs]
+        lock = asyncio.Lock()  # one builder, filled from several streams
+        tasks = [asyncio.ensure_future(_receive(proc, builder, lock)) for proc in working]
+        if not tasks:
+            return
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:  # cancelled (the deadline), or one reader failed: the others stop here
@@ -151,12 +197,6 @@ async def read_in_processes(
         for task in tasks:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
 
 
 async def _receive(
@@ -189,6 +229,8 @@ async def read_frames(
         if frame is None:  # done
             return
         dim, rows = frame
+        if rows > builder.capacity - builder.n_records:  # before any of it is buffered
+            raise ReaderError(f"{name} sent {rows} rows, more than the window was sized for")
         times = np.frombuffer(await stream.readexactly(8 * rows), np.int64)
         if dim:
             data = await stream.readexactly(8 * rows * dim)
@@ -256,27 +298,49 @@ async def _read(request: dict[str, Any]) -> WindowBuilder:
         sum(b - a for a, b in ranges.values()), request["dim"], int(request["max_record_bytes"])
     )
     consumer = AIOKafkaConsumer(**kafka.consumer_options(), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    await asyncio.sleep(0)  # aiokafka#647
     try:
         async with asyncio.timeout(float(request["deadline_s"])):
+            await consumer.start()
+            await asyncio.sleep(0)  # aiokafka#647
             await read_ranges(consumer, request["topic"], ranges, builder)
     finally:
         await consumer.stop()
     return builder
 
 
+def _exit_when_orphaned(fd: int) -> None:
+    """Exits the process when stdin ends: the caller closed it or is gone. (The raw fd: a
+    daemon thread blocked in the buffered stdin would abort the interpreter's shutdown.)"""
+    while os.read(fd, 1 << 16):
+        pass
+    os._exit(3)
+
+
+def _write_all(stdout: BinaryIO, data: bytes | memoryview) -> None:
+    view = memoryview(data).cast("B")
+    while view:  # an unbuffered stdout (PYTHONUNBUFFERED) may take part of it
+        written = stdout.write(view)
+        view = view[written if written is not None else len(view) :]
+
+
 def main(stdin: BinaryIO, stdout: BinaryIO) -> int:
-    """A reader: the request on stdin, the frames on stdout; 1 after an error frame."""
+    """A reader: the request as one line on stdin, the frames on stdout; 1 after an error
+    frame; gone at once (exit 3) when stdin ends."""
     try:
-        builder = asyncio.run(_read(json.loads(stdin.read())))
+        line = stdin.readline()
+        if not line:  # let go before any request
+            return 0
+        request = json.loads(line)
+        threading.Thread(target=_exit_when_orphaned, args=(stdin.fileno(),), daemon=True).start()
+        builder = asyncio.run(_read(request))
     except Exception as exc:  # every failure goes back to the caller as a frame
         message = str(exc)[:2000]  # a header stays under MAX_HEADER
-        stdout.write(_encoded({"kind": "error", "error": type(exc).__name__, "message": message}))
+        header = {"kind": "error", "error": type(exc).__name__, "message": message}
+        _write_all(stdout, _encoded(header))
         stdout.flush()
         return 1
     for chunk in frames(builder):
-        stdout.write(chunk)
+        _write_all(stdout, chunk)
     stdout.flush()
     return 0
 

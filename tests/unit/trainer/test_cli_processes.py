@@ -111,6 +111,25 @@ def test_a_part_that_cannot_be_read_fails_every_process(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_processes_given_different_columns_or_options_all_fail(tmp_path):
+    """Parts whose CSV columns are in another order (or options that differ) would be mixed
+    up: every process refuses, before any fit."""
+    x = _window()[:100]
+    a = _csv(tmp_path / "a.csv", x[:50])
+    b = tmp_path / "b.csv"
+    b.write_text("waiting,eruptions\n" + "".join(f"{float(w)!r},{float(e)!r}\n" for e, w in x[50:]))
+    port = str(_free_port())
+    common = [*FIT, "--processes", "2", "--coordinator", f"127.0.0.1:{port}"]
+    procs = [
+        _run(["--data", str(a), *common, "--process-id", "0", "--out", str(tmp_path / "o")]),
+        _run(["--data", str(b), *common, "--process-id", "1"]),
+    ]
+    for rc, _, err in _finish(procs):
+        assert rc == 2
+        assert "the processes differ in fit options or data columns" in err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

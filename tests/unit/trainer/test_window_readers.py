@@ -99,10 +99,49 @@ def _frame(header: object, payload: bytes = b"") -> bytes:
             asyncio.IncompleteReadError,
             None,
         ),
-        (_frame({"kind": "points", "dim": 1, "rows": 11}, b"\0" * 176), ValueError, "sized for"),
+        (_frame({"kind": "points", "dim": 1, "rows": 11}), ReaderError, "sized for"),
+        (_frame({"kind": "points", "dim": 2, "rows": 10**12}), ReaderError, "sized for"),
         (b"", asyncio.IncompleteReadError, None),
     ],
 )
 def test_a_broken_stream_fails_with_its_reason(data, error, message):
     with pytest.raises(error, match=message):
         _receive(data)
+
+
+def test_a_reader_whose_caller_is_gone_exits_at_once(tmp_path):
+    """A reader stuck on a broker that never answers (a socket that accepts nothing) exits as
+    soon as its stdin ends, as when the trainer that started it is killed."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{silent.getsockname()[1]}"}
+        request = {"topic": "t", "ranges": {"0": [0, 5]}, "dim": 2, "max_record_bytes": 65536}
+        reader = subprocess.Popen(
+            [sys.executable, "-P", "-m", "trainer.window_readers"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert reader.stdin is not None
+            reader.stdin.write(json.dumps({**request, "deadline_s": 600}).encode() + b"\n")
+            reader.stdin.flush()
+            time.sleep(1.0)  # let it block on the broker (the assertion below is on its exit)
+            assert reader.poll() is None  # still waiting for the broker
+            reader.stdin.close()
+            assert reader.wait(timeout=20) == 3
+        finally:
+            if reader.poll() is None:
+                reader.kill()
+                reader.wait()
