@@ -161,7 +161,10 @@ def beyond_cut(points: np.ndarray, params: MixtureParams) -> np.ndarray:
     chi-square quantile at 1 - TRIM_P_VALUE for its observed coordinates); uncapped. A point
     with no distance at all (no usable component) is not beyond it."""
     x = np.asarray(points, np.float64)
-    nearest = nearest_distance_sq(x, params)
+    return _past_cut(x, nearest_distance_sq(x, params))
+
+
+def _past_cut(x: np.ndarray, nearest: np.ndarray) -> np.ndarray:
     df = (~np.isnan(x)).sum(axis=1)
     with np.errstate(invalid="ignore"):
         return np.asarray(nearest > chdtri(df, TRIM_P_VALUE))
@@ -184,9 +187,7 @@ def implausible(
         nearest = np.fmin.reduce(d2, axis=1)
     if not group.total(int(np.isfinite(nearest).any())):
         return np.zeros(len(x), bool)
-    df = (~np.isnan(x)).sum(axis=1)
-    with np.errstate(invalid="ignore"):
-        far = np.asarray(nearest > chdtri(df, TRIM_P_VALUE))
+    far = _past_cut(x, nearest)
     n = int(group.total(len(x)))
     cap = max(1, int(MAX_TRIM_SHARE * n))
     if group.total(int(far.sum())) > cap:

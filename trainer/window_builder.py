@@ -62,9 +62,12 @@ class WindowBuilder:
         records (the capacity bounds them)."""
         self._count(len(times))
         if len(times):
-            if dim not in self._blocks:
-                self._blocks[dim] = _Blocks(dim, self.capacity)
-            self._blocks[dim].append(times, coords)
+            self._append(dim, times, coords)
+
+    def _append(self, dim: int, times: np.ndarray, coords: np.ndarray) -> None:
+        if dim not in self._blocks:
+            self._blocks[dim] = _Blocks(dim, self.capacity)
+        self._blocks[dim].append(times, coords)
 
     def add_invalid(self, times: np.ndarray, codes: np.ndarray) -> None:
         """Adds invalid records (another builder's `parts`): their timestamps and reason codes."""
@@ -101,9 +104,7 @@ class WindowBuilder:
         self._count(len(values))
         decoded = decode_coordinates(values, self.dim, self.max_record_bytes)
         for d, (index, coords) in decoded.points.items():
-            if d not in self._blocks:
-                self._blocks[d] = _Blocks(d, self.capacity)
-            self._blocks[d].append(times[index], coords)
+            self._append(d, times[index], coords)
         invalid = dict(decoded.invalid)
         invalid.update((i, "undecodable") for i in undecodable)
         if invalid:
