@@ -253,6 +253,39 @@ class FitWindow(NamedTuple):
     def dim(self) -> int:
         return int(self.x.shape[1])
 
+    @classmethod
+    def of(
+        cls,
+        x: np.ndarray,
+        config: FitConfig,
+        covariance: str,
+        std: Standardizer,
+        stats: tuple[np.ndarray, np.ndarray],
+        priors: Priors | None,
+        n: int,
+        counts: np.ndarray,
+        padded: tuple[Any, Any],
+        **parts: Any,
+    ) -> FitWindow:
+        """A window from its points, their standardiser and column stats (mean, standard
+        deviation): the priors (config.priors' when none are given) in both units, the observed
+        counts and the loss offset derived from them; `padded`: (points, mask) as the programs
+        take them; `parts`: the fields of a window across processes."""
+        if priors is None:
+            priors = seed_priors(x.shape[1]) if config.priors == "seed" else data_priors(x, stats)
+        return cls(
+            x=x,
+            covariance=covariance,
+            std=std,
+            priors=priors,
+            priors_z=Priors(*(jnp.asarray(v, dtype=jnp.float32) for v in std.priors(priors))),
+            points=padded[0],
+            mask=padded[1],
+            n_observed=np.asarray(counts, np.float32),
+            offset=std.loss_offset(n, config.n_components, covariance, counts),
+            **parts,
+        )
+
     def sample(self, key: Any, size: int) -> tuple[Any, Any, int]:
         """(points, mask, n) of `size` points drawn with replacement, padded as windows are,
         or the whole window when it has at most `size` points. (A window across processes
@@ -290,21 +323,10 @@ def prepare_window(
             )
         if incomplete.any():  # what is left must still vary
             x, stats = validated_points(x, config.n_components)
-    n, dim = x.shape
-    if priors is None:
-        priors = seed_priors(dim) if config.priors == "seed" else data_priors(x, stats)
+    n = len(x)
     std = Standardizer.of(x, covariance, stats)
     shards = 1 if mesh is None else mesh.size
     size = padded_size(n) if shards == 1 else shards * padded_size(-(-n // shards))
     padded, mask, counts = padded_points(x, std, size, covariance)
-    return FitWindow(
-        x=x,
-        covariance=covariance,
-        std=std,
-        priors=priors,
-        priors_z=Priors(*(jnp.asarray(v, dtype=jnp.float32) for v in std.priors(priors))),
-        points=_on_devices(padded, mesh),
-        mask=_on_devices(mask, mesh),
-        n_observed=counts.astype(np.float32),
-        offset=std.loss_offset(n, config.n_components, covariance, counts),
-    )
+    placed = (_on_devices(padded, mesh), _on_devices(mask, mesh))
+    return FitWindow.of(x, config, covariance, std, stats, priors, n, counts, placed)

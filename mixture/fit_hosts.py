@@ -29,7 +29,7 @@ from mixture.fit_data import (
     padded_points,
     padded_size,
 )
-from mixture.params import Priors, data_priors, seed_priors
+from mixture.params import Priors
 from mixture.process_group import AllProcesses
 
 if TYPE_CHECKING:
@@ -146,23 +146,21 @@ def prepare_across_processes(
     if not np.all(std > 0):
         dims_ = np.flatnonzero(~(std > 0)).tolist()
         raise DataError(f"data has zero variance (dimension(s) {dims_})", "zero_variance")
-    dim = x.shape[1]
-    if priors is None:
-        priors = seed_priors(dim) if config.priors == "seed" else data_priors(x, (mean, std))
     scaler = Standardizer.of(x, covariance, (mean, std))
     local = len(mesh.local_devices)
     shard = padded_size(-(-int(sizes.max()) // local))
     padded, mask, _ = padded_points(x, scaler, local * shard, covariance)
-    return FitWindow(
-        x=x,
-        covariance=covariance,
-        std=scaler,
-        priors=priors,
-        priors_z=Priors(*(jnp.asarray(v, dtype=jnp.float32) for v in scaler.priors(priors))),
-        points=_global(padded, mesh),
-        mask=_global(mask, mesh),
-        n_observed=counts.astype(np.float32),
-        offset=scaler.loss_offset(n, config.n_components, covariance, counts),
+    placed = (_global(padded, mesh), _global(mask, mesh))
+    return FitWindow.of(
+        x,
+        config,
+        covariance,
+        scaler,
+        (mean, std),
+        priors,
+        n,
+        counts,
+        placed,
         n_points=n,
         local_sizes=tuple(int(s) for s in sizes),
         local_points=padded[: len(x)],
