@@ -1,6 +1,7 @@
 """`gmm-trainer`: offline fits from files (`fit`, optionally `--publish`ed), the trainer job
-(`run`, or `run --once` for one cycle), and the lifecycle of a model name (`models` lists its
-versions, `rollback --to V` serves an earlier one again). Settings for Kafka come from the
+(`run`, or `run --once` for one cycle), publishing a params file made anywhere (`publish`), and
+the lifecycle of a model name (`models` lists its versions, `rollback --to V` serves an earlier
+one again). Settings for Kafka come from the
 environment."""
 
 from __future__ import annotations
@@ -316,8 +317,13 @@ def _settings(name: str | None = None) -> TrainerSettings:
     return settings
 
 
-def _with_kafka(args: argparse.Namespace, action: Callable[[TrainerSettings], Any]) -> int:
-    """Runs action(settings) against Kafka; a refusal or an outage is a one-line error."""
+def _with_kafka(
+    args: argparse.Namespace,
+    action: Callable[[TrainerSettings], Any],
+    errors: tuple[type[Exception], ...] = (),
+) -> int:
+    """Runs action(settings) against Kafka; a refusal or an outage (or one of `errors`) is a
+    one-line error."""
     try:
         settings = _settings(args.name)
     except SettingsError as exc:
@@ -333,6 +339,8 @@ def _with_kafka(args: argparse.Namespace, action: Callable[[TrainerSettings], An
     try:
         return int(asyncio.run(go()))
     except (NoSuchVersion, PublishConflict, OpenTransaction, SettingsError) as exc:
+        return _fail(str(exc))
+    except errors as exc:
         return _fail(str(exc))
     except _kafka_errors() as exc:
         return _fail(describe_kafka_error(exc, settings.kafka.bootstrap_servers))
@@ -367,6 +375,61 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         return 0
 
     return _with_kafka(args, roll)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Publishes a params file as the next version, through the trainer's guards (exit 3 when
+    one refuses it)."""
+    from kafka_common.params_topic import StaleState
+    from mixture.params import ParamsError
+    from trainer.publish_file import publish_params
+
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    try:
+        model = ModelParams.loads(pathlib.Path(args.params).read_bytes())
+        points = load_points(args.data, columns)
+    except OSError as exc:
+        return _fail(f"cannot read {args.params}: {exc.strerror}")
+    except ParamsError as exc:
+        return _fail(f"{args.params} is not a params record a worker serves: {exc}")
+    except DataError as exc:
+        return _fail(str(exc))
+    outcome: list[Any] = []
+
+    async def go(settings: TrainerSettings) -> int:
+        try:
+            outcome.append(await publish_params(settings, model, points))
+        except StaleState as exc:
+            raise PublishRace(
+                f"another version was published while this one was judged ({exc}): run again"
+            ) from None
+        return 0
+
+    code = _with_kafka(args, go, (PublishRace,))
+    if code or not outcome:
+        return code
+    done = outcome[0]
+    against = f"version {done.compared_with}" if done.compared_with else "no served model"
+    if done.rejection is not None:
+        print(
+            f"{PROG}: refused ({done.rejection.reason}): {done.rejection.detail} "
+            f"[judged on {len(points)} points against {against}]",
+            file=sys.stderr,
+        )
+        return 3
+    if args.out:  # the record as published: its version, its labels aligned with the served
+        pathlib.Path(args.out).write_text(done.model.dumps() + "\n")
+    print(
+        f"published {done.model.metadata.extra.get('model_name')!r} version "
+        f"{done.model.version} as {done.stage} (judged on {len(points)} points against "
+        f"{against})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+class PublishRace(RuntimeError):
+    """The served model changed between the guards and the publication."""
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -499,6 +562,24 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", type=int, required=True, help="the version to roll back to")
     rollback.add_argument("--name", help=name_help)
     rollback.set_defaults(func=cmd_rollback)
+    publish = sub.add_parser(
+        "publish",
+        help="publish a params file made anywhere as the next version, through the trainer's "
+        "guards (judged on --data; exit 3 when one refuses it)",
+    )
+    publish.add_argument("--params", required=True, help="a gmm-params/2 (or /1) JSON file")
+    publish.add_argument(
+        "--data",
+        required=True,
+        help="points to judge it on (CSV with a header, or JSON lines with an 'x' field): "
+        "the guards compare it with the served model there",
+    )
+    publish.add_argument("--columns", help="comma-separated CSV columns to use (default: all)")
+    publish.add_argument("--name", help=name_help)
+    publish.add_argument(
+        "--out", help="also write the record as published (version, aligned labels) here"
+    )
+    publish.set_defaults(func=cmd_publish)
     return parser
 
 
