@@ -9,7 +9,8 @@
 # notebook (the `# %%` cells are Jupytext's percent format). It needs `pip install .[notebook]`
 # (scikit-learn and confluent-kafka) and a running service (`make demo`); Kafka's address and
 # the topics come from the same environment variables as the worker's. Without a CSV it writes
-# one of three clusters in 2-D.
+# one like the demo's stream (`gmm-produce --locs 0,10 --weights 0.4,0.6`: 1-D points); a CSV's
+# columns must be the stream's coordinates, in their order.
 
 # %%
 from __future__ import annotations
@@ -41,11 +42,9 @@ if len(sys.argv) > 1:
     csv = pathlib.Path(sys.argv[1])
 else:
     rng = np.random.default_rng(7)
-    centres = np.array([[0.0, 0.0], [6.0, 1.0], [2.0, 7.0]])
-    demo = np.concatenate([rng.normal(c, [1.0, 0.7], (700, 2)) for c in centres])
-    demo = demo[rng.permutation(len(demo))]
+    demo = np.where(rng.random(3000) < 0.4, rng.normal(0, 1, 3000), rng.normal(10, 1, 3000))
     csv = WORK / "points.csv"
-    np.savetxt(csv, demo, delimiter=",", header="a,b", comments="")
+    np.savetxt(csv, demo[:, None], delimiter=",", header="x", comments="")
 x = np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)
 fit_part, new_points = x[: len(x) * 9 // 10], x[len(x) * 9 // 10 :]
 print(f"{len(x)} points in D={x.shape[1]} from {csv}")
@@ -82,9 +81,16 @@ published = subprocess.run(
 print(published.stderr.strip())
 if published.returncode != 0:
     sys.exit(published.returncode)
+if not as_published.exists():  # the served version already has these parameters
+    sys.exit(0)
 # As published: the file's parameters, versioned, their labels aligned with the served model's.
 record = MapGaussianMixture.from_params(as_published)
-version = json.loads(as_published.read_text())["version"]
+published_json = json.loads(as_published.read_text())
+version = published_json["version"]
+if published_json["metadata"].get("stage") == "candidate":
+    print("published as a candidate (GMM_PROMOTION=shadow): the trainer promotes it once workers")
+    print("have scored it in shadow (`gmm-trainer models` shows it)")
+    sys.exit(0)
 
 # %% Watch the worker: read the assignments topic from its end, send the held-out points.
 consumer = Consumer(
@@ -137,17 +143,21 @@ while time.monotonic() < deadline:
         break
 ids = send(new_points, "nb")
 outputs = read(ids, time.monotonic() + 120)
+consumer.close()
 assert len(outputs) == len(ids), f"{len(outputs)} of {len(ids)} assignments arrived"
-served_versions = {out["model_version"] for out in outputs.values()}
+# Assignments by our version are compared with predict(); a trainer job may already have
+# published a refit of it (a later version: its own labels are aligned with ours).
+ours_rows = np.array([outputs[rid]["model_version"] == version for rid in ids])
 worker_labels = np.array([outputs[rid]["assignment"] for rid in ids])
 # The worker computes in float32: a point within float32 of a tie may go either way.
 proba = np.sort(record.predict_proba(new_points), axis=1)
-clear = proba[:, -1] - proba[:, -2] > 1e-4
+clear = (proba[:, -1] - proba[:, -2] > 1e-4) & ours_rows
 same = worker_labels[clear] == record.predict(new_points)[clear]
+later = sorted({outputs[rid]["model_version"] for rid in ids} - {version})
 print(
-    f"the worker served {MODEL_NAME!r} version(s) {sorted(served_versions)}: "
-    f"{int(same.sum())} of {int(clear.sum())} assignments equal predict() "
-    f"({int((~clear).sum())} within float32 of a tie)"
+    f"the worker served {MODEL_NAME!r} version {version} to {int(ours_rows.sum())} of {len(ids)} "
+    f"new points: {int(same.sum())} of {int(clear.sum())} assignments equal predict() "
+    f"({int((ours_rows & ~clear).sum())} within float32 of a tie)"
+    + (f"; later versions {later} took the rest" if later else "")
 )
-consumer.close()
-sys.exit(0 if served_versions == {version} and same.all() else 1)
+sys.exit(0 if ours_rows.any() and same.all() else 1)

@@ -192,6 +192,7 @@ class MapGaussianMixture(DensityMixin, BaseEstimator):
             n_init=int(self.n_init),
             n_best=int(self.n_init),
             warm_tol=float(self.tol),
+            refit_tol=float(self.tol),
             tol=float(self.tol),
             em_max_steps=int(self.max_iter),
             max_steps=int(self.max_iter),
@@ -309,13 +310,17 @@ class MapGaussianMixture(DensityMixin, BaseEstimator):
 
     @classmethod
     def from_params(cls, model: ModelParams | str | bytes | os.PathLike[str]) -> MapGaussianMixture:
-        """A fitted estimator serving a params record: a `ModelParams`, its JSON text, or the
-        path of a file holding it (validated: `mixture.params.ParamsError` says why not)."""
-        if isinstance(model, os.PathLike):
-            with open(model, encoding="utf-8") as f:
+        """A fitted estimator serving a params record: a `ModelParams`, its JSON text (a string
+        that starts with "{"), or the path of a file holding it (validated as a worker validates
+        it: `mixture.params.ParamsError` says why not)."""
+        is_text = isinstance(model, bytes) or (
+            isinstance(model, str) and model.lstrip().startswith("{")
+        )
+        if not is_text and not isinstance(model, ModelParams):
+            with open(model, "rb") as f:
                 model = f.read()
         if not isinstance(model, ModelParams):
-            model = ModelParams.loads(model)
+            model = ModelParams.loads(model)  # type: ignore[arg-type]
         covariance = str(model.covariance)
         return cls._of(model.mixture, covariance)
 
@@ -326,6 +331,7 @@ class MapGaussianMixture(DensityMixin, BaseEstimator):
         est = cls._of(params, covariance)
         est.converged_ = bool(getattr(gm, "converged_", True))
         est.n_iter_ = int(getattr(gm, "n_iter_", 0))
+        est.lower_bound_ = float(getattr(gm, "lower_bound_", -np.inf))
         return est
 
     def to_gaussian_mixture(self, **kwargs: Any) -> Any:
@@ -336,7 +342,8 @@ class MapGaussianMixture(DensityMixin, BaseEstimator):
 
     @classmethod
     def _of(cls, params: MixtureParams, covariance: str) -> MapGaussianMixture:
-        ModelParams(0, params, covariance=covariance)  # validates: servable or ParamsError
+        # Validated as a worker validates what it reads: through the record's JSON.
+        ModelParams.loads(ModelParams(0, params, covariance=covariance).dumps())
         est = cls(params.n_components, covariance_type=covariance)
         est._set_params_arrays(params, covariance)
         est.n_features_in_ = params.dim

@@ -333,7 +333,8 @@ def _optimise(
             # not draw level at that rate: it no longer holds the fit.
             last = chunk_losses[:, -1]
             ok = np.isfinite(last)
-            settled = np.abs(last - chunk_losses[:, -2]) <= config.warm_tol * n
+            tol = config.refit_tol if how.warm else config.warm_tol
+            settled = np.abs(last - chunk_losses[:, -2]) <= tol * n
             gain = np.maximum(chunk_losses[:, 0] - last, 0.0) / (how.chunk - 1)
             behind = last - np.min(np.where(ok, last, np.inf)) > config.em_prune_steps * gain
             if np.all(settled | ~ok | behind):

@@ -195,25 +195,45 @@ def padded_points(
     mask of what counts (rows for full and tied covariances, else coordinates: a missing one
     does not count) and, per dimension, how many values are observed."""
     n, dim = x.shape
-    padded = np.zeros((size, dim), np.float32)
+    padded = aligned_zeros((size, dim), np.float32)
     rows = 1 << 15  # a block at a time: whole-window temporaries cost more than the arithmetic
     for i in range(0, n, rows):
         padded[i : min(i + rows, n)] = std.points(x[i : i + rows])
-    observed = ~np.isnan(padded[:n])
-    if not observed.all():
+    flat = padded[:n].reshape(-1)
+    # One BLAS pass settles the common case: a NaN (missing) makes the sum of squares NaN.
+    # (An overflow to infinity only takes the exact path below.)
+    complete = bool(np.isfinite(np.dot(flat, flat)))
+    observed = None if complete else ~np.isnan(padded[:n])
+    if observed is not None:
         padded[:n][~observed] = 0.0
     if is_cholesky(covariance):
         mask = np.arange(size) < n
     else:
         mask = np.zeros((size, dim), bool)
-        mask[:n] = observed
-    return padded, mask, observed.sum(axis=0)
+        mask[:n] = True if observed is None else observed
+    counts = np.full(dim, n) if observed is None else observed.sum(axis=0)
+    return padded, mask, counts
+
+
+#: Alignment that lets a CPU device use a host array in place (`_on_devices`).
+ALIGN = 64
+
+
+def aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """np.zeros(shape, dtype) starting on an ALIGN-byte boundary: a CPU device then takes it
+    without a copy (a copy of a 1M x 8 window cost 20-30 ms of a 0.4 s refit)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.zeros(nbytes + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def _on_devices(array: np.ndarray, mesh: Any) -> Any:
     """The array on the default device, or split by rows over the mesh's devices."""
     if mesh is None:
-        return jnp.asarray(array)
+        # The array is the window's own and never written again: the device may alias it.
+        return jax.device_put(array, may_alias=True)
     from jax.sharding import NamedSharding, PartitionSpec
 
     return jax.device_put(array, NamedSharding(mesh, PartitionSpec(mesh.axis_names[0])))

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
@@ -321,6 +322,7 @@ def _with_kafka(
     args: argparse.Namespace,
     action: Callable[[TrainerSettings], Any],
     errors: tuple[type[Exception], ...] = (),
+    timeout: float | None = 60,
 ) -> int:
     """Runs action(settings) against Kafka; a refusal or an outage (or one of `errors`) is a
     one-line error."""
@@ -334,7 +336,7 @@ def _with_kafka(
 
     async def go() -> Any:
         await check_connection(settings.kafka)
-        return await asyncio.wait_for(action(settings), 60)
+        return await asyncio.wait_for(action(settings), timeout)
 
     try:
         return int(asyncio.run(go()))
@@ -387,45 +389,71 @@ def cmd_publish(args: argparse.Namespace) -> int:
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     try:
         model = ModelParams.loads(pathlib.Path(args.params).read_bytes())
-        points = load_points(args.data, columns)
+        data = (args.data, load_points(args.data, columns)) if args.data else None
     except OSError as exc:
         return _fail(f"cannot read {args.params}: {exc.strerror}")
     except ParamsError as exc:
         return _fail(f"{args.params} is not a params record a worker serves: {exc}")
     except DataError as exc:
         return _fail(str(exc))
+    if args.out and not _writable(args.out):  # found out before, not after, publishing
+        return _fail(f"cannot write --out {args.out}")
     outcome: list[Any] = []
 
     async def go(settings: TrainerSettings) -> int:
         try:
-            outcome.append(await publish_params(settings, model, points))
+            outcome.append(await publish_params(settings, model, data))
         except StaleState as exc:
             raise PublishRace(
-                f"another version was published while this one was judged ({exc}): run again"
+                f"the served version changed while this model was judged ({exc}): run again"
             ) from None
+        except DataError as exc:
+            raise PublishRace(f"{args.data}: {exc}") from None
         return 0
 
-    code = _with_kafka(args, go, (PublishRace,))
+    code = _with_kafka(args, go, (PublishRace, TimeoutError), timeout=None)
     if code or not outcome:
         return code
     done = outcome[0]
     against = f"version {done.compared_with}" if done.compared_with else "no served model"
+    on = " and ".join(f"{len(j.points)} points of the {j.source}" for j in done.judged)
     if done.rejection is not None:
         print(
             f"{PROG}: refused ({done.rejection.reason}): {done.rejection.detail} "
-            f"[judged on {len(points)} points against {against}]",
+            f"[judged against {against}]",
             file=sys.stderr,
         )
         return 3
-    if args.out:  # the record as published: its version, its labels aligned with the served
-        pathlib.Path(args.out).write_text(done.model.dumps() + "\n")
-    print(
-        f"published {done.model.metadata.extra.get('model_name')!r} version "
-        f"{done.model.version} as {done.stage} (judged on {len(points)} points against "
-        f"{against})",
-        file=sys.stderr,
+    if done.stage == "unchanged":
+        print(
+            f"version {done.model.version} already serves these parameters: nothing published",
+            file=sys.stderr,
+        )
+        return 0
+    replaced = (
+        f"; it replaces candidate {done.replaced_candidate}"
+        if done.replaced_candidate is not None
+        else ""
     )
+    line = (
+        f"published {done.model.metadata.extra.get('model_name')!r} version "
+        f"{done.model.version} as {done.stage} (judged on {on} against {against}){replaced}"
+    )
+    if args.out:  # the record as published: its version, its labels aligned with the served
+        try:
+            pathlib.Path(args.out).write_text(done.model.dumps() + "\n")
+        except OSError as exc:
+            return _fail(f"{line}; could not write --out {args.out}: {exc.strerror}")
+    print(line, file=sys.stderr)
     return 0
+
+
+def _writable(path: str) -> bool:
+    """Whether `path` can be written (an existing file, or a new one in a writable folder)."""
+    p = pathlib.Path(path)
+    if p.exists():
+        return p.is_file() and os.access(p, os.W_OK)
+    return p.parent.is_dir() and os.access(p.parent, os.W_OK)
 
 
 class PublishRace(RuntimeError):
@@ -565,14 +593,13 @@ def build_parser() -> argparse.ArgumentParser:
     publish = sub.add_parser(
         "publish",
         help="publish a params file made anywhere as the next version, through the trainer's "
-        "guards (judged on --data; exit 3 when one refuses it)",
+        "guards (judged on the input window and --data; exit 3 when one refuses it)",
     )
     publish.add_argument("--params", required=True, help="a gmm-params/2 (or /1) JSON file")
     publish.add_argument(
         "--data",
-        required=True,
-        help="points to judge it on (CSV with a header, or JSON lines with an 'x' field): "
-        "the guards compare it with the served model there",
+        help="points to judge it on besides the input topic's recent window (CSV with a "
+        "header, or JSON lines with an 'x' field; needed while the window is too small)",
     )
     publish.add_argument("--columns", help="comma-separated CSV columns to use (default: all)")
     publish.add_argument("--name", help=name_help)

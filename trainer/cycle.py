@@ -230,19 +230,26 @@ class Trainer:
             return rejection
         # Scored once: aligning labels permutes components and leaves the score unchanged.
         fit_score = score(kept, params, result.covariance)
-        if warm is not None:
+        # Judged against the served model whenever the window is its dimension, warm start or
+        # not: a model of another K or covariance type (a new GMM_COMPONENTS, or one published
+        # from a file) is not replaced unjudged.
+        current = self.current
+        reference = warm or (current if current and current.mixture.dim == params.dim else None)
+        if reference is not None:
             left_out = points[~fitted.kept]
-            explained = int((~beyond_cut(left_out, warm.mixture)).sum()) if len(left_out) else 0
+            explained = (
+                int((~beyond_cut(left_out, reference.mixture)).sum()) if len(left_out) else 0
+            )
             rejection = guards.check_keeps_explained(explained, len(points)) or (
                 guards.check_not_worse(
                     log_likelihood(points, params),
-                    log_likelihood(points, warm.mixture),
+                    log_likelihood(points, reference.mixture),
                     s.max_loss_regression,
                 )
             )
             if rejection is not None:
                 return rejection
-            params = align_components(params, warm.mixture)
+            params = align_components(params, reference.mixture)
         else:
             params = order_by_location(params)
         return Fitted(
@@ -272,7 +279,14 @@ class Trainer:
         # In shadow mode a refit is a candidate until workers have scored it (a first model
         # has nothing to be compared with: it serves at once).
         stage = "candidate" if s.promotion == "shadow" and self.current is not None else "served"
-        model = await self.publisher.publish(model, "trainer", stage=stage)
+        # Compare-and-set against what the fit was judged with: a version published meanwhile
+        # (`gmm-trainer publish`, a rollback) is not overtaken; the next cycle refits from it.
+        expect = (self.version, self.candidate.version if self.candidate else None)
+        try:
+            model = await self.publisher.publish(model, "trainer", stage=stage, expect=expect)
+        except params_topic.StaleState as exc:
+            rejection = guards.Rejection("superseded", f"not published: {exc}")
+            return self._rejected(rejection, window, result.seconds)
         if stage == "served":
             self.current = model
             self.metrics.published_version.set(model.version)
@@ -457,14 +471,20 @@ class Trainer:
             log.exception("the NUTS posterior failed")
 
 
+#: How far in the future a model's fitted_at may lie (another host's clock) and still be timed.
+CLOCK_SKEW_SECONDS = 300.0
+
+
 def _age_seconds(model: ModelParams) -> float:
-    """Seconds since the model was fitted; infinite if that is unknown or not a time (such a
-    candidate cannot be timed, so it times out at once rather than never)."""
+    """Seconds since the model was fitted; infinite if that is unknown, not a time or in the
+    future beyond clock skew (such a candidate cannot be timed, so it times out at once rather
+    than never)."""
     fitted = model.metadata.fitted_at
     try:
         at = dt.datetime.fromisoformat(fitted)  # type: ignore[arg-type]
         if at.tzinfo is None:
             at = at.replace(tzinfo=dt.UTC)
-        return (dt.datetime.now(dt.UTC) - at).total_seconds()
+        age = (dt.datetime.now(dt.UTC) - at).total_seconds()
+        return age if age > -CLOCK_SKEW_SECONDS else float("inf")
     except (TypeError, ValueError, OverflowError):
         return float("inf")

@@ -25,6 +25,7 @@ REJECTION_REASONS = (
     "out_of_range",
     "shadow_timeout",
     "worse_in_shadow",
+    "superseded",
 )
 
 
