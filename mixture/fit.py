@@ -314,13 +314,17 @@ def _optimise(
     norm_chunks: list[dict[str, np.ndarray]] = []
     converged, steps, prev = False, 0, None
     while steps < how.max_steps:
+        # A warm refit's first chunk tells the first step's change only; one step more tells
+        # the second's, which from a warm start has nearly always settled (scikit-learn's EM
+        # stops after as many steps). Later chunks are whole again.
+        length = 1 if how.em and how.warm and steps == how.chunk else how.chunk
         states, (chunk_losses, chunk_norms) = run(
-            "run_chunk", states, window.points, window.priors_z, window.mask, length=how.chunk
+            "run_chunk", states, window.points, window.priors_z, window.mask, length=length
         )
         chunk_losses = np.asarray(chunk_losses, dtype=np.float64)  # (candidates, steps)
         loss_chunks.append(chunk_losses)
         norm_chunks.append({name: np.asarray(v) for name, v in chunk_norms.items()})
-        steps += how.chunk
+        steps += length
         mean = chunk_losses.mean(axis=1)
         if progress is not None:
             progress(steps, float(np.min(chunk_losses[:, -1])) + window.offset)
@@ -328,14 +332,15 @@ def _optimise(
         if not finite.any():
             break
         if how.em:
-            # EM steps settle within a chunk: compare its last two steps' losses. A candidate
+            # EM steps settle within a chunk: compare the last two steps' losses. A candidate
             # whose distance to the best exceeds em_prune_steps of its last steps' gains would
             # not draw level at that rate: it no longer holds the fit.
-            last = chunk_losses[:, -1]
+            recent = np.concatenate(loss_chunks[-2:], axis=1)[:, -how.chunk :]
+            last = recent[:, -1]
             ok = np.isfinite(last)
             tol = config.refit_tol if how.warm else config.warm_tol
-            settled = np.abs(last - chunk_losses[:, -2]) <= tol * n
-            gain = np.maximum(chunk_losses[:, 0] - last, 0.0) / (how.chunk - 1)
+            settled = np.abs(last - recent[:, -2]) <= tol * n
+            gain = np.maximum(recent[:, 0] - last, 0.0) / (recent.shape[1] - 1)
             behind = last - np.min(np.where(ok, last, np.inf)) > config.em_prune_steps * gain
             if np.all(settled | ~ok | behind):
                 converged = True

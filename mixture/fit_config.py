@@ -82,15 +82,16 @@ class FitConfig:
     warm_min_steps: int = 10
     warm_tol: float = 1e-5
     #: A refit whose warm start wins takes EM-preconditioned steps (mixture.precondition)
-    #: instead of Adam's: a few passes instead of 20-30. Checked every em_chunk_steps (>= 2),
-    #: stopping when the last step changed the loss by less than refit_tol nats per point, or
-    #: after em_max_steps.
+    #: instead of Adam's: a few passes instead of 20-30. Checked after em_chunk_steps (>= 2),
+    #: then after one step more, then every em_chunk_steps, stopping when the last step changed
+    #: the loss by less than refit_tol nats per point, or after em_max_steps.
     warm_em: bool = True
     em_chunk_steps: int = 2
     em_max_steps: int = 200
     #: Such a refit stops once a step changed the loss by less than refit_tol nats per point:
     #: scikit-learn's rule for EM (its tol, 1e-3 per point between iterations), measured the
-    #: same way (after two steps, the first one's change). From a warm start EM's later steps
+    #: same way (after two steps, the first one's change; after three, the second's: as many
+    #: passes as scikit-learn's EM takes to stop). From a warm start EM's later steps
     #: gain far less than that (measured at D=8, 100k and 1M points: step 2 gained 1e-6 to 3e-7
     #: nats per point): the refit ends within about 1e-6 of the optimum it converges to.
     refit_tol: float = 1e-3

@@ -61,3 +61,16 @@ def test_a_refit_that_drops_a_real_cluster_the_current_model_explains_is_rejecte
     fitted, checked = fit_and_check(t, x, served)
     assert fitted.excluded["beyond_fence"] == far
     assert isinstance(checked, Rejection) and checked.reason == "left_out_explained"
+
+
+def test_a_served_model_of_another_k_is_not_replaced_unjudged():
+    """The served model has K=3 (published from a file, or GMM_COMPONENTS changed): the
+    refit of K=2 cannot warm-start from it, and is judged against it all the same."""
+    rng = np.random.default_rng(2)
+    x = np.r_[rng.normal(0.0, 1.0, 500), rng.normal(20.0, 1.0, 500), rng.normal(40.0, 1.0, 500)]
+    t = trainer(GMM_COMPONENTS="2")
+    t.current = current([0.0, 20.0, 40.0], [1 / 3, 1 / 3, 1 / 3], [1.0, 1.0, 1.0])
+    assert t._warm_start() is None
+    _, checked = fit_and_check(t, x[:, None], None)
+    assert isinstance(checked, Rejection), checked
+    assert checked.reason in ("worse_than_current", "left_out_explained")
