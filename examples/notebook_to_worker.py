@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
+from kafka_common.jax_cache import cache_dir_from_env, enable_fit_caches
 from mixture.estimator import MapGaussianMixture
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -36,6 +37,9 @@ INPUT_TOPIC = os.environ.get("GMM_INPUT_TOPIC", "gmm.points")
 OUTPUT_TOPIC = os.environ.get("GMM_OUTPUT_TOPIC", "gmm.assignments")
 MODEL_NAME = os.environ.get("GMM_MODEL_NAME", "gmm")
 WORK = pathlib.Path(tempfile.mkdtemp(prefix="gmm-notebook-"))
+# The service's compilation caches (GMM_JAX_CACHE_DIR, as the trainer's): the next run of the
+# notebook neither traces nor compiles the fits again.
+enable_fit_caches(cache_dir_from_env())
 
 # %% The data: a CSV with a header (or a demo one).
 if len(sys.argv) > 1:
