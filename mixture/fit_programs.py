@@ -59,6 +59,29 @@ PROGRAM_SOURCES = (
     "mixture.covariance_forms",
 )
 
+#: The FitConfig fields the programs are built from (`build_program` reads no others; a test
+#: checks): configurations that differ only in the driver's fields (tolerances, step caps, how
+#: many candidates are optimised, how many points rank them) share their programs.
+PROGRAM_FIELDS = (
+    "n_components",
+    "covariance",
+    "reg_covar",
+    "init",
+    "n_init",
+    "kmeans_steps",
+    "learning_rate",
+    "b1",
+    "b2",
+    "lr_half_life_steps",
+)
+
+
+def program_config(config: FitConfig) -> FitConfig:
+    """The configuration the programs of `config` are built and cached under: its
+    PROGRAM_FIELDS, every other field at its default."""
+    return FitConfig(**{name: getattr(config, name) for name in PROGRAM_FIELDS})
+
+
 #: The mesh axis the window's points are sharded along (FitPrograms(mesh=...)).
 POINTS_AXIS = "points"
 
@@ -127,6 +150,7 @@ class FitPrograms:
 
     def program(self, config: FitConfig, dim: int) -> Program:
         """The programs of one configuration and dimension, built on first use."""
+        config = program_config(config)
         key = (config, dim)
         program = self._built.get(key)
         if program is None:
@@ -142,6 +166,7 @@ class FitPrograms:
         cache = self.cache
         if cache is None or self.mesh is not None:  # sharded programs are traced in-process
             return getattr(self.program(config, dim), name)(*args, **static)
+        config = program_config(config)
         digest = hashlib.sha256(f"{config!r}|{dim}".encode()).hexdigest()[:16]
         label = f"fit.{name}.{digest}"
         fresh = cache.key(label, args, static) not in cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import pathlib
@@ -30,6 +31,19 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     ).strip()
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def parse_source(source: str, filename: str = "<unknown>") -> ast.AST:
+    """ast.parse, once more on CPython 3.11's spurious "AST constructor recursion depth
+    mismatch" (python/cpython#106905: the converter's depth counter is shared by the
+    interpreter's threads, and a thread an earlier test left running can upset it; a second
+    parse is unaffected)."""
+    try:
+        return ast.parse(source, filename)
+    except SystemError:
+        return ast.parse(source, filename)
+
+
 KAFKA_SCRIPT = ROOT / "deploy" / "kafka" / "kafka.sh"
 
 #: A directory shared by the run's processes (pytest-xdist's workers inherit the variable from

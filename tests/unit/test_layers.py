@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, parse_source
 
 PACKAGES = ("mixture", "wire", "kafka_common", "stream_app", "trainer", "producer")
 #: What each package may import of the project, besides itself.
@@ -49,7 +49,7 @@ def _module(path: Path) -> str:
 def _imports(path: Path) -> set[str]:
     """Every module `path` imports, at any depth of its code (absolute names)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(parse_source(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

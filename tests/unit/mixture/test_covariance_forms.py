@@ -17,6 +17,7 @@ from mixture.covariance import COVARIANCES, covariance_matrices, serving_scale
 from mixture.covariance_forms import FORMS, CovarianceForm, EmCounts, form_of_scale
 from mixture.params import MixtureParams
 from mixture.sites import global_sites, serving_to_sites
+from tests.conftest import parse_source
 
 K, D, B = 3, 4, 6
 
@@ -139,7 +140,7 @@ def test_em_step_updates_exactly_the_scale_sites(covariance):
 def _mixture_imports(module: str) -> set[str]:
     path = Path(fit.__file__).parent / f"{module.removeprefix('mixture.')}.py"
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parse_source(path.read_text())):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mixture."):
             found.add(node.module or "")
     return found

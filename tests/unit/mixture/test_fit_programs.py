@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -126,3 +127,33 @@ def test_other_codes_programs_are_pruned(tmp_path):
     os.utime(other, (day_ago, day_ago))
     use_program_cache(tmp_path)
     assert mine.exists() and recent.exists() and not other.exists()
+
+
+def test_configurations_that_differ_in_the_drivers_fields_share_their_programs():
+    """Tolerances, step caps and the candidates optimised steer the Python driver only: the
+    programs are built from PROGRAM_FIELDS (every `config.<field>` that fit_programs reads),
+    so such configurations compile nothing new."""
+    import ast
+    import dataclasses
+
+    from mixture import fit_programs
+    from tests.conftest import parse_source
+
+    tree = parse_source(pathlib.Path(fit_programs.__file__).read_text())
+    read = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "config"
+    }
+    assert read <= set(fit_programs.PROGRAM_FIELDS) | {"__class__"}, read
+    x = np.random.default_rng(3).normal(size=(300, 2))
+    config = FitConfig(2, "diag", n_init=6, n_best=2)
+    first = fit_map(x, jax.random.PRNGKey(0), config)
+    before = fit_compilations()
+    loose = dataclasses.replace(config, tol=1e-3, warm_tol=1e-4, refit_tol=1e-2, em_max_steps=150)
+    again = fit_map(x, jax.random.PRNGKey(0), loose)
+    assert fit_compilations() == before
+    assert again.n_points == first.n_points
+    assert fit_programs.program_config(loose) == fit_programs.program_config(config)
