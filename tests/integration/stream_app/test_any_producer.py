@@ -44,8 +44,11 @@ def librdkafka_produce(
     bootstrap: str, topic: str, items: list[tuple[bytes, bytes]], codec: str
 ) -> None:
     """Writes items to partition 0 with librdkafka, in record batches compressed with codec."""
+    # A long linger: every item is queued before the first send (flush sends at once), so they
+    # go as one batch. With 100 ms a loaded machine split them into batches of one record each,
+    # which librdkafka sends uncompressed (compressed they would be larger).
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "compression.type": codec, "linger.ms": 100}
+        {"bootstrap.servers": bootstrap, "compression.type": codec, "linger.ms": 5000}
     )
     for key, value in items:
         producer.produce(topic, value=value, key=key, partition=0)
