@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from mixture.covariance import COVARIANCES, check_covariance
+from mixture.covariance import COVARIANCES, check_covariance, cholesky_factors
 from mixture.evaluate import component_log_pdf, n_free_parameters
 from mixture.fit import FitConfig, FitResult, fit_map, to_model_params
 from mixture.labels import order_by_location
@@ -285,7 +285,7 @@ class MapGaussianMixture(DensityMixin, BaseEstimator):
             raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
         rng = check_random_state(self.random_state)
         counts = rng.multinomial(n_samples, self.params_.weights / self.params_.weights.sum())
-        chol = _cholesky_factors(self.params_)
+        chol = cholesky_factors(self.params_.scale, self.params_.n_components)
         parts, labels = [], []
         for k, count in enumerate(counts):
             z = rng.standard_normal((count, self.params_.dim))
@@ -351,15 +351,6 @@ class MapGaussianMixture(DensityMixin, BaseEstimator):
         est.n_iter_ = 0
         est.lower_bound_ = -np.inf
         return est
-
-
-def _cholesky_factors(params: MixtureParams) -> np.ndarray:
-    """(K, D, D) lower factors of each component's covariance, from any serving layout."""
-    scale = np.asarray(params.scale, np.float64)
-    k, d = params.n_components, params.dim
-    if scale.ndim == 3:
-        return scale
-    return np.eye(d) * np.broadcast_to(scale, (k, d))[:, None, :]
 
 
 def _is_int(value: Any, low: int) -> bool:
