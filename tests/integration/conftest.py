@@ -114,9 +114,20 @@ async def admin(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
     await client.close()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+    """Keeps each phase's report on the test item, so fixtures can tell whether it failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
 @pytest.fixture
-def start_worker(kafka_bootstrap, tmp_path):
-    """Factory: start_worker(topics, **env) -> a running gmm-worker; all are stopped afterwards."""
+def start_worker(kafka_bootstrap, tmp_path, request):
+    """Factory: start_worker(topics, **env) -> a running gmm-worker; all are stopped afterwards.
+
+    When the test failed, each worker's log tail is printed, so CI's report shows what the
+    worker was doing (the log files themselves stay on the machine that ran the test)."""
     from support.harness import Worker
 
     workers: list = []
@@ -129,3 +140,7 @@ def start_worker(kafka_bootstrap, tmp_path):
     yield start
     for worker in workers:
         worker.stop()
+    call = getattr(request.node, "report_call", None)
+    if call is not None and call.failed:
+        for worker in workers:
+            print(f"--- {worker.log_path.name} (last 80 lines) ---\n{worker.log_tail(80)}")
