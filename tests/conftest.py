@@ -68,6 +68,22 @@ def shared_tmp() -> pathlib.Path:
     return pathlib.Path(os.environ[SHARED_DIR_ENV])
 
 
+def jax_subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a test's own Python subprocess that compiles JAX programs: the run's
+    compilation cache (the one `_shared_compilation_cache` gives this process; JAX reads these
+    variables itself), every program cached, plus `extra`. Such a subprocess otherwise compiles
+    everything anew in every run: a minute of CPU for a multi-device fit."""
+    env = dict(os.environ)
+    if not os.environ.get(NO_SHARED_CACHE_ENV) and SHARED_DIR_ENV in os.environ:
+        env["JAX_COMPILATION_CACHE_DIR"] = os.environ.get(PERSISTENT_CACHE_ENV) or str(
+            shared_tmp() / "jax-cache"
+        )
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    env.update(extra)
+    return env
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not _is_xdist_worker(config):
         os.environ[SHARED_DIR_ENV] = tempfile.mkdtemp(prefix="gmm-tests-")

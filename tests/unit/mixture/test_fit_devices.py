@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 from numpy.testing import assert_allclose
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, jax_subprocess_env
 
 SCRIPT = r"""
 import json, sys
@@ -38,7 +37,7 @@ print(json.dumps(out))
 
 
 def test_a_fit_sharded_over_two_devices_is_the_one_device_fit():
-    env = dict(os.environ)
+    env = jax_subprocess_env()
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     ).strip()

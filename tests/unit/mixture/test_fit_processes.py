@@ -11,7 +11,7 @@ import sys
 import numpy as np
 from numpy.testing import assert_allclose
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, jax_subprocess_env
 
 SCRIPT = r"""
 import json, sys
@@ -58,6 +58,7 @@ def test_a_fit_over_two_processes_is_the_one_process_fit():
         subprocess.Popen(
             [sys.executable, "-c", SCRIPT, port, str(me)],
             cwd=ROOT,
+            env=jax_subprocess_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

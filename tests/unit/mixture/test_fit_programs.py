@@ -16,7 +16,7 @@ from numpy.testing import assert_allclose
 
 from mixture import fit
 from mixture.fit import FitConfig, fit_compilations, fit_map, use_program_cache
-from tests.conftest import ROOT
+from tests.conftest import ROOT, jax_subprocess_env
 
 pytestmark = pytest.mark.unit
 
@@ -57,6 +57,7 @@ def _run(directory: str) -> dict:
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, directory],
         cwd=ROOT,
+        env=jax_subprocess_env(),
         capture_output=True,
         text=True,
         timeout=240,
