@@ -227,7 +227,8 @@ def test_a_refused_record_left_last_on_its_key_does_not_outlive_compaction(
     """Compaction keeps a key's last record only. A replayed old version (or old marker) left
     last on its key would, once compacted, be all a reader starting afresh sees; the trainer
     re-asserts the current records every cycle (`Publisher.reassert`), so compaction keeps
-    those. Here the topic compacts at once (no compaction lag), to show it end to end."""
+    those. Here the topic compacts as soon as its records are 20 s old (a lag long enough for
+    the test to read them all first, on a loaded machine too), to show it end to end."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     topics = Topics("compact")
@@ -237,7 +238,7 @@ def test_a_refused_record_left_last_on_its_key_does_not_outlive_compaction(
         "segment.ms": "100",
         "min.cleanable.dirty.ratio": "0.001",
         "delete.retention.ms": "0",
-        "min.compaction.lag.ms": "0",
+        "min.compaction.lag.ms": "20000",
     }
 
     async def create() -> None:
@@ -283,7 +284,7 @@ def test_a_refused_record_left_last_on_its_key_does_not_outlive_compaction(
         keys = [r.key for r in raw(kafka_bootstrap, topics.params)]
         return keys.count(b"gmm") == 1 and keys.count(b"gmm@candidate") == 1
 
-    wait_for(compacted, 120, interval=1.0, message="the params topic compacted")
+    wait_for(compacted, 150, interval=1.0, message="the params topic compacted")
     served, candidate, highest = run(read_state(kafka, topics.params, "gmm", verifier))
     assert (served.version, candidate.version, highest) == (2, 4, 4)
     assert run(gmm.publish(model(), "trainer")).version == 5
