@@ -68,11 +68,11 @@ def shared_tmp() -> pathlib.Path:
     return pathlib.Path(os.environ[SHARED_DIR_ENV])
 
 
-def jax_subprocess_env(**extra: str) -> dict[str, str]:
+def jax_subprocess_env() -> dict[str, str]:
     """The environment for a test's own Python subprocess that compiles JAX programs: the run's
     compilation cache (the one `_shared_compilation_cache` gives this process; JAX reads these
-    variables itself), every program cached, plus `extra`. Such a subprocess otherwise compiles
-    everything anew in every run: a minute of CPU for a multi-device fit."""
+    variables itself), every program cached. Such a subprocess otherwise compiles everything
+    anew in every run: a minute of CPU for a multi-device fit."""
     env = dict(os.environ)
     if not os.environ.get(NO_SHARED_CACHE_ENV) and SHARED_DIR_ENV in os.environ:
         env["JAX_COMPILATION_CACHE_DIR"] = os.environ.get(PERSISTENT_CACHE_ENV) or str(
@@ -80,7 +80,6 @@ def jax_subprocess_env(**extra: str) -> dict[str, str]:
         )
         env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
         env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-    env.update(extra)
     return env
 
 
