@@ -24,10 +24,11 @@ TEST_COMPOSE = DOCKER_COMPOSE="$${DOCKER_COMPOSE:-$$([[ -x $(COMPOSE_BIN) ]] && 
 # process is free (tests/conftest.py's scheduler for --dist loadscope). `make test PYTEST_PAR=`
 # runs them one by one.
 PYTEST_PAR ?= -n 3 --dist loadscope
-# Most of the suite's CPU time is XLA compiling the tests' programs: the test targets keep them
-# in a JAX compilation cache outside the clone, from run to run (as ccache keeps objects), keyed
-# by program, compile options and JAX version. `make test TEST_JAX_CACHE=` gives each run a new
-# one (every program compiled again: the cold time).
+# Most of the suite's CPU time is XLA compiling the tests' programs and NumPyro tracing the fits':
+# the test targets keep both in a JAX compilation cache outside the clone, from run to run (as
+# ccache keeps objects), the traced fit programs in its programs/ (as the trainer keeps them),
+# keyed by program, compile options, code and JAX version. `make test TEST_JAX_CACHE=` gives
+# each run a new one (every program traced and compiled again: the cold time).
 TEST_JAX_CACHE ?= $(HOME)/.cache/gmm-ci/jax-tests
 TEST_ENV = $(TEST_COMPOSE) GMM_TESTS_JAX_CACHE_DIR="$(TEST_JAX_CACHE)"
 

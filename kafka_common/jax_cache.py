@@ -48,6 +48,9 @@ _THRESHOLDS = (
     "jax_persistent_cache_min_compile_time_secs",
     "jax_persistent_cache_min_entry_size_bytes",
 )
+#: JAX's file names for an entry's compiled program and its last access time (`lru_cache`).
+_CACHE_SUFFIX = "-cache"
+_ATIME_SUFFIX = "-atime"
 #: Directories already warned about: a second call (the trainer CLI, then its job) stays quiet.
 _warned: set[str] = set()
 
@@ -128,10 +131,40 @@ def enable_compilation_cache(
         # Every program is cached (auto K, padded window sizes): bounded, least recently used
         # entries go first.
         jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
+    if getattr(jax.config, "jax_compilation_cache_max_size") != -1:  # noqa: B009 (untyped)
+        repaired = repair_access_times(path)
+        if repaired:
+            log.info("JAX compilation cache %s: %d entries given an access time", path, repaired)
     for name in _THRESHOLDS:
         if name.upper() not in environ:
             jax.config.update(name, 0)
     return path
+
+
+def repair_access_times(path: str) -> int:
+    """Gives each entry of the cache at `path` that has no access-time file one (the oldest
+    time: evicted first), and returns how many. A process whose JAX cache is unbounded (JAX's
+    default, e.g. one pointed at the directory by JAX_COMPILATION_CACHE_DIR alone) writes
+    entries without it; a bounded process's eviction scan then fails on the first such entry
+    (FileNotFoundError), so each of its writes failed and nothing new was cached again."""
+    try:
+        names = set(os.listdir(path))
+    except OSError:
+        return 0
+    repaired = 0
+    for name in names:
+        key = name.removesuffix(_CACHE_SUFFIX)
+        if key == name or key + _ATIME_SUFFIX in names:
+            continue
+        try:
+            with open(os.path.join(path, key + _ATIME_SUFFIX), "xb") as f:
+                f.write((0).to_bytes(8, "little"))
+            repaired += 1
+        except FileExistsError:  # written meanwhile by the entry's own writer
+            continue
+        except OSError:  # unwritable: JAX's own write will say so
+            break
+    return repaired
 
 
 def enable_fit_caches(

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import pathlib
+import random
 import re
 import signal
 import socket
@@ -35,10 +36,32 @@ SEED_MODEL = ModelParams(
 )
 
 
+#: The kernel's range of ephemeral ports (Linux's default where it cannot be read).
+try:
+    EPHEMERAL = tuple(
+        int(v) for v in pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    )
+except (OSError, ValueError):
+    EPHEMERAL = (32768, 60999)
+#: Where servers started by tests listen: below the ephemeral range when it leaves room.
+SERVER_PORTS = (20000, EPHEMERAL[0]) if EPHEMERAL[0] > 21000 else (1024, EPHEMERAL[0])
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, for a server a test starts. Not from the ephemeral range
+    (where binding port 0 draws): any outgoing connection of the run (thousands, from every
+    test process) may take such a port between this check and the server's own bind, and a
+    broker that lost its port that way failed a whole test file's set-up."""
+    rng = random.Random()  # pytest-xdist's processes must not draw the same sequence
+    for _ in range(1000):
+        port = rng.randrange(*SERVER_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {SERVER_PORTS}")
 
 
 def wait_for(
@@ -358,9 +381,10 @@ class Broker:
 
 
 def free_port_pair() -> int:
+    """Two free consecutive ports (a broker's client and controller listeners)."""
     for _ in range(100):
         port = free_port()
-        if port >= 65000:
+        if port + 1 >= SERVER_PORTS[1]:
             continue
         with socket.socket() as s:
             try:

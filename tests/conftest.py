@@ -73,11 +73,16 @@ def jax_subprocess_env() -> dict[str, str]:
     compilation cache (the one `_shared_compilation_cache` gives this process; JAX reads these
     variables itself), every program cached. Such a subprocess otherwise compiles everything
     anew in every run: a minute of CPU for a multi-device fit."""
+    from kafka_common.jax_cache import MAX_CACHE_BYTES
+
     env = dict(os.environ)
     if not os.environ.get(NO_SHARED_CACHE_ENV) and SHARED_DIR_ENV in os.environ:
         env["JAX_COMPILATION_CACHE_DIR"] = os.environ.get(PERSISTENT_CACHE_ENV) or str(
             shared_tmp() / "jax-cache"
         )
+        # Bounded as the test processes' cache is: an unbounded process (JAX's default) writes
+        # entries without the access times the bounded ones' eviction reads.
+        env.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(MAX_CACHE_BYTES))
         env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
         env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     return env
@@ -143,27 +148,43 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return SharedFixtureScheduling(config, log)
 
 
+#: This test process's cache of traced fit programs, once made (`_run_program_cache`).
+_program_cache: list[Any] = []
+
+
+def _run_program_cache(directory: str) -> None:
+    """Puts the run's cache of traced fit programs (`programs/` under the JAX cache, where
+    `kafka_common.jax_cache.enable_fit_caches` keeps the service's) back on the default
+    FitPrograms: one object per process, so that programs loaded stay loaded from test to test."""
+    from mixture import fit
+
+    programs = fit.default_programs()
+    if not _program_cache:
+        fit.use_program_cache(os.path.join(directory, "programs"))
+        _program_cache.append(programs.cache)  # None when the directory is unusable
+    programs.cache = _program_cache[0]
+
+
 @pytest.fixture(autouse=True)
 def _shared_compilation_cache():
     """Every test process compiles through one JAX compilation cache, new for the run (in the
     shared directory) or kept from run to run (PERSISTENT_CACHE_ENV): a program another test
-    (or another process, or an earlier run) compiled is loaded, not compiled again. Set before
-    each test, since a test or an in-process CLI may change it."""
+    (or another process, or an earlier run) compiled is loaded, not compiled again. Its
+    `programs/` holds the fits' traced programs (`mixture.program_cache`, as the trainer keeps
+    them): NumPyro's tracing, most of a small fit's CPU, then runs once per program, not once
+    per test process and run. Both are set before each test, and the program cache again after
+    it: a test or an in-process CLI may change either (a test's own program cache, or none,
+    does not leak into the next test)."""
     if os.environ.get(NO_SHARED_CACHE_ENV) or SHARED_DIR_ENV not in os.environ:
         yield
+        fit = sys.modules.get("mixture.fit")
+        if fit is not None and fit.default_programs().cache is not None:
+            fit.use_program_cache(None)  # an in-process CLI's: each test traces its own
         return
     from kafka_common.jax_cache import enable_compilation_cache
 
-    kept = os.environ.get(PERSISTENT_CACHE_ENV)
-    enable_compilation_cache(kept or str(shared_tmp() / "jax-cache"))
+    directory = os.environ.get(PERSISTENT_CACHE_ENV) or str(shared_tmp() / "jax-cache")
+    enable_compilation_cache(directory)
+    _run_program_cache(directory)
     yield
-
-
-@pytest.fixture(autouse=True)
-def _no_program_cache_leaks():
-    """An in-process CLI call turns the fit's program cache on for the whole process (as a
-    composition root does): turn it off again so that other tests trace their own programs."""
-    yield
-    fit = sys.modules.get("mixture.fit")
-    if fit is not None and fit.default_programs().cache is not None:
-        fit.use_program_cache(None)
+    _run_program_cache(directory)

@@ -195,6 +195,61 @@ def test_a_second_process_loads_what_the_first_compiled(tmp_path):
     assert second["sum"] == first["sum"]
 
 
+_COMPILE = textwrap.dedent(
+    """
+    import sys
+
+    import jax
+    import jax.numpy as jnp
+
+    from kafka_common.jax_cache import enable_compilation_cache
+
+    if sys.argv[1] == "ours":
+        enable_compilation_cache(sys.argv[2])
+    jax.jit(lambda x: jnp.tanh(x) * float(sys.argv[3]))(jnp.arange(4.0)).block_until_ready()
+    """
+)
+
+
+def test_entries_an_unbounded_jax_process_wrote_do_not_stop_later_writes(tmp_path):
+    """A plain JAX process pointed at the directory (JAX_COMPILATION_CACHE_DIR; unbounded, JAX's
+    default) writes entries without access times; ours (bounded) still caches what it compiles."""
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+
+    def compile_in_a_process(who: str, constant: str, **extra: str) -> None:
+        subprocess.run(
+            [sys.executable, "-c", _COMPILE, who, str(cache), constant],
+            cwd=ROOT,
+            env={**env, **extra, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"},
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def entries(suffix: str) -> set[str]:
+        return {p.name.removesuffix(suffix) for p in cache.glob(f"*{suffix}")}
+
+    compile_in_a_process("jax", "2.0", JAX_COMPILATION_CACHE_DIR=str(cache))
+    unbounded = entries("-cache")
+    assert unbounded and not entries("-atime")  # the premise: JAX's unbounded entries
+    compile_in_a_process("ours", "3.0")
+    assert len(entries("-cache")) > len(unbounded), "our process's program was not cached"
+    assert entries("-atime") == entries("-cache")
+
+
+def test_repair_gives_each_entry_without_an_access_time_the_oldest(tmp_path):
+    (tmp_path / "a-cache").write_bytes(b"x")
+    (tmp_path / "b-cache").write_bytes(b"y")
+    (tmp_path / "b-atime").write_bytes((7).to_bytes(8, "little"))
+    assert jax_cache.repair_access_times(str(tmp_path)) == 1
+    assert (tmp_path / "a-atime").read_bytes() == (0).to_bytes(8, "little")
+    assert (tmp_path / "b-atime").read_bytes() == (7).to_bytes(8, "little")
+    assert jax_cache.repair_access_times(str(tmp_path)) == 0
+    assert jax_cache.repair_access_times(str(tmp_path / "missing")) == 0
+
+
 def test_fit_caches_keep_traced_programs_beside_the_compiled_ones(tmp_path):
     from mixture import fit
 

@@ -4,13 +4,13 @@ the CPU), each holding half of the window, gives the one-process fit."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
 import numpy as np
 from numpy.testing import assert_allclose
 
+from support.harness import free_port
 from tests.conftest import ROOT, jax_subprocess_env
 
 SCRIPT = r"""
@@ -46,14 +46,8 @@ print(json.dumps(out))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_fit_over_two_processes_is_the_one_process_fit():
-    port = str(_free_port())
+    port = str(free_port())
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", SCRIPT, port, str(me)],

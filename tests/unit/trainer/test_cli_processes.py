@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -14,16 +13,11 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+from support.harness import free_port
 from tests.conftest import ROOT
 from trainer.cli import main as trainer_main
 
 FIT = ["-k", "2", "--covariance", "full", "--restarts", "6"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _csv(path: pathlib.Path, rows: np.ndarray) -> pathlib.Path:
@@ -70,7 +64,7 @@ def test_two_trainer_processes_fit_the_one_process_model(tmp_path):
     x = _window()
     whole = _csv(tmp_path / "whole.csv", x)
     parts = [_csv(tmp_path / "a.csv", x[:90]), _csv(tmp_path / "b.csv", x[90:])]
-    port = str(_free_port())
+    port = str(free_port())
     across = ["--processes", "2", "--coordinator", f"127.0.0.1:{port}"]
     outs = [tmp_path / f"two-{i}.json" for i in (0, 1)]
     procs = [
@@ -98,7 +92,7 @@ def test_two_trainer_processes_fit_the_one_process_model(tmp_path):
 
 def test_a_part_that_cannot_be_read_fails_every_process(tmp_path):
     ok = _csv(tmp_path / "a.csv", _window()[:100])
-    port = str(_free_port())
+    port = str(free_port())
     common = [*FIT, "--processes", "2", "--coordinator", f"127.0.0.1:{port}"]
     procs = [
         _run(["--data", str(ok), *common, "--process-id", "0", "--out", str(tmp_path / "o")]),
@@ -118,7 +112,7 @@ def test_processes_given_different_columns_or_options_all_fail(tmp_path):
     a = _csv(tmp_path / "a.csv", x[:50])
     b = tmp_path / "b.csv"
     b.write_text("waiting,eruptions\n" + "".join(f"{float(w)!r},{float(e)!r}\n" for e, w in x[50:]))
-    port = str(_free_port())
+    port = str(free_port())
     common = [*FIT, "--processes", "2", "--coordinator", f"127.0.0.1:{port}"]
     procs = [
         _run(["--data", str(a), *common, "--process-id", "0", "--out", str(tmp_path / "o")]),
