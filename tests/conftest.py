@@ -148,21 +148,16 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return SharedFixtureScheduling(config, log)
 
 
-#: This test process's cache of traced fit programs, once made (`_run_program_cache`).
-_program_cache: list[Any] = []
-
-
-def _run_program_cache(directory: str) -> None:
-    """Puts the run's cache of traced fit programs (`programs/` under the JAX cache, where
-    `kafka_common.jax_cache.enable_fit_caches` keeps the service's) back on the default
-    FitPrograms: one object per process, so that programs loaded stay loaded from test to test."""
+@functools.cache
+def _run_program_cache(directory: str) -> Any:
+    """This test process's cache of the run's traced fit programs (`programs/` under the JAX
+    cache, where `kafka_common.jax_cache.enable_fit_caches` keeps the service's); None when the
+    directory is unusable. One object per process: programs loaded stay loaded from test to
+    test."""
     from mixture import fit
 
-    programs = fit.default_programs()
-    if not _program_cache:
-        fit.use_program_cache(os.path.join(directory, "programs"))
-        _program_cache.append(programs.cache)  # None when the directory is unusable
-    programs.cache = _program_cache[0]
+    fit.use_program_cache(os.path.join(directory, "programs"))
+    return fit.default_programs().cache
 
 
 @pytest.fixture(autouse=True)
@@ -182,9 +177,10 @@ def _shared_compilation_cache():
             fit.use_program_cache(None)  # an in-process CLI's: each test traces its own
         return
     from kafka_common.jax_cache import enable_compilation_cache
+    from mixture.fit import default_programs
 
     directory = os.environ.get(PERSISTENT_CACHE_ENV) or str(shared_tmp() / "jax-cache")
     enable_compilation_cache(directory)
-    _run_program_cache(directory)
+    default_programs().cache = _run_program_cache(directory)
     yield
-    _run_program_cache(directory)
+    default_programs().cache = _run_program_cache(directory)
