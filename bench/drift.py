@@ -367,13 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     drops = {d: drop_per_record(d) for d in SHIFTS}
     seconds = time.perf_counter() - t0
 
-    import river
-
     payload = {
         "machine": {
             "python": platform.python_version(),
             "numpy": np.__version__,
-            "river": river.__version__,
             "cpus": os.cpu_count(),
         },
         "seconds": seconds,

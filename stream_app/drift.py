@@ -3,9 +3,9 @@
 A served model that no longer fits the data shows as a drop in the mean log-likelihood of the
 records it scores. `DriftDetector` is fed each delivered slice of a micro-batch as its records'
 log p(x), one value per record, and raises one `DriftAlarm` per drop. It is pure (numpy and
-River; no Kafka, no metrics, no environment): the worker's drift watch (`drift_watch.py`) feeds
-it, resets it when a new model version is installed, and turns an alarm into a metric and an
-event.
+`page_hinkley.py`; no Kafka, no metrics, no environment): the worker's drift watch
+(`drift_watch.py`) feeds it, resets it when a new model version is installed, and turns an
+alarm into a metric and an event.
 
 How it works:
 
@@ -34,8 +34,9 @@ How it works:
    below half the threshold ("in control") refines mu and sigma: a warm-up that happened to
    underestimate sigma by 10-15 % otherwise raised most of the false alarms measured.
 4. **Test.** Each block becomes z = (m - mu) sqrt(n) / sigma, about N(0, 1) while the model
-   fits as it did at the baseline, and is fed to River's `PageHinkley` in mode "down" (the
-   warm-up blocks first, so that its running mean starts from the baseline). Page-Hinkley
+   fits as it did at the baseline, and is fed to Page-Hinkley's test for a drop
+   (`page_hinkley.py`: River's `PageHinkley` in mode "down", written out), the warm-up
+   blocks first, so that its running mean starts from the baseline. Page-Hinkley
    accumulates (z - running mean + delta) and alarms when that sum falls more than
    `threshold` below its maximum. `threshold` and `delta` are therefore in standard deviations
    of a block mean; with `alpha` = 1 (no forgetting) this is the one-sided CUSUM with
@@ -96,7 +97,8 @@ import math
 
 import numpy as np
 from numpy.typing import ArrayLike
-from river.drift import PageHinkley
+
+from stream_app.page_hinkley import PageHinkleyDown
 
 #: Defaults (bench/results/drift.md says what they give).
 DEFAULT_THRESHOLD = 16.0
@@ -218,7 +220,7 @@ class DriftDetector:
         self._pending_records = 0
 
     def _rearm(self) -> None:
-        self._ph: PageHinkley | None = None
+        self._ph: PageHinkleyDown | None = None
         self._clip: tuple[float, float] | None = None
         # The warm-up's records (each slice's finite values) and its completed blocks' sizes.
         self._warmup_values: list[np.ndarray] = []
@@ -277,7 +279,7 @@ class DriftDetector:
     @property
     def statistic(self) -> float:
         """The current Page-Hinkley statistic (0 while warming up); an alarm at > threshold."""
-        return 0.0 if self._ph is None else _decrease_statistic(self._ph)
+        return 0.0 if self._ph is None else self._ph.statistic
 
     def update(self, log_px: ArrayLike) -> DriftAlarm | None:
         """Adds one slice's per-record log p(x) (1-D); returns an alarm if this slice completed
@@ -308,7 +310,7 @@ class DriftDetector:
             if len(self._warmup_sizes) >= self.warmup_blocks:
                 return self._end_warmup()
             return None
-        in_control = _decrease_statistic(self._ph) < self.threshold / 2
+        in_control = self._ph.statistic < self.threshold / 2
         self._ph.update(self._standardise(block_mean, n))
         if self._ph.drift_detected:
             return self._alarm(block_mean)
@@ -334,12 +336,8 @@ class DriftDetector:
         warmup = list(zip(means, sizes.tolist(), strict=True))
         for m, n in warmup:
             self._learn(m, n)
-        self._ph = PageHinkley(
-            min_instances=1,
-            delta=self.delta,
-            threshold=self.threshold,
-            alpha=self.alpha,
-            mode="down",
+        self._ph = PageHinkleyDown(
+            min_instances=1, delta=self.delta, threshold=self.threshold, alpha=self.alpha
         )
         # The warm-up blocks give Page-Hinkley's running mean its baseline. A drop inside the
         # warm-up can already cross the threshold; it is reported like any other.
@@ -354,7 +352,7 @@ class DriftDetector:
         assert self._ph is not None and baseline is not None and sd is not None
         self.alarms += 1
         alarm = DriftAlarm(
-            statistic=_decrease_statistic(self._ph),
+            statistic=self._ph.statistic,
             threshold=self.threshold,
             baseline=baseline,
             current=block_mean,
@@ -364,12 +362,3 @@ class DriftDetector:
         )
         self._rearm()  # warm up again at the new level, with a new range: one alarm per drop
         return alarm
-
-
-def _decrease_statistic(ph: PageHinkley) -> float:
-    """Page-Hinkley's "down" statistic (max of the cumulative sum minus its current value).
-
-    River exposes only `drift_detected`; the sums are private attributes of the pinned
-    version (river==0.26.1, tests/unit/stream_app/test_drift.py checks them).
-    """
-    return float(ph._max_decrease - ph._sum_decrease)
