@@ -9,21 +9,35 @@ with the NUTS posterior also posterior.json (summary, divergences) and trace.png
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import shutil
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
-from scipy import stats
 
 from mixture.evaluate import Score
 from mixture.fit import FitResult
 from mixture.labels import component_sds
 from mixture.params import ModelParams
 from mixture.posterior import Posterior
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, imported on the first report (pyplot and its
+    backend cost a trainer's start-up about half a second before it has anything to plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _normal_pdf(x: np.ndarray, loc: float, scale: float) -> np.ndarray:
+    # scipy.stats.norm.pdf, without importing scipy.stats (most of a second).
+    z = (x - loc) / scale
+    return np.exp(-0.5 * z * z) / (scale * math.sqrt(2 * math.pi))
 
 
 def write_report(
@@ -41,6 +55,7 @@ def write_report(
     the trainer held during the fit, `peak_rss_exact` whether that is the fit's alone
     (`trainer.peak_memory`)."""
     directory.mkdir(parents=True, exist_ok=True)
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(10, 3), dpi=100)
     ax.plot(result.losses)
@@ -69,7 +84,7 @@ def write_report(
     ax.hist(x, bins=80, density=True, color="0.85", label=f"window ({len(x):,} points)")
     total = np.zeros_like(grid)
     for k in range(m.n_components):
-        density = m.weights[k] * stats.norm.pdf(grid, m.locs[k, 0], scales[k])
+        density = m.weights[k] * _normal_pdf(grid, m.locs[k, 0], scales[k])
         total += density
         ax.plot(grid, density, label=f"component {k}")
     ax.plot(grid, total, "k--", label="mixture")
@@ -123,6 +138,7 @@ def write_posterior_report(directory: pathlib.Path, posterior: Posterior) -> pat
         + "\n"
     )
     locs = posterior.samples["locs"][:, :, 0]
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
     for k in range(locs.shape[1]):
         ax.plot(locs[:, k], label=f"component {k}")
