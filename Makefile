@@ -143,6 +143,7 @@ bench: venv venv-quix kafka-up
 	$(BIN)/python -m bench.soak
 	$(BIN)/python -m bench.drift
 	$(BIN)/python -m bench.contamination
+	$(BIN)/python -m bench.startup
 	$(MAKE) bench-summary
 
 # docs/benchmarks.md's summary is rendered from bench/results/*.json (a unit test checks it).

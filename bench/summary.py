@@ -495,6 +495,31 @@ def soak(p: Payload) -> str:
     )
 
 
+def startup(p: Payload) -> str:
+    r = p["results"]
+
+    def entry(name: str, label: str) -> str:
+        e = r[name]
+        text = f"{label} {_s(e['median'])} s (worst {_s(e['worst'])})"
+        if name != "jax" and "vs_jax_median" in e:
+            text += f", {_x(e['vs_jax_median'])}x `import jax`"
+        return text
+
+    parts = [
+        entry("jax", "`import jax`"),
+        entry("worker", "the worker's modules"),
+        entry("trainer", "`trainer.main`"),
+        entry("trainer CLI", "`trainer.cli`"),
+    ]
+    if "worker to /ready" in r:
+        parts.append(entry("worker to /ready", "a new worker from its start to /ready"))
+    return (
+        f"{p['rounds']} interleaved rounds, each figure a new process, median (worst round): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
 def kafka_roundtrip(p: Payload) -> str:
     return (
         f"one run, aiokafka against the local broker, {_n(p['records'])} records: "
@@ -732,6 +757,7 @@ BENCHMARKS: list[tuple[str, str, str, Callable[[Payload], str]]] = [
     ("scaleout", "Scale-out", "python -m bench.scaleout", scaleout),
     ("memory", "Memory", "python -m bench.memory", memory),
     ("soak", "Soak", "python -m bench.soak", soak),
+    ("startup", "Start-up", "python -m bench.startup", startup),
     ("kafka_roundtrip", "Kafka", "python -m bench.kafka_roundtrip", kafka_roundtrip),
     ("clients", "Kafka clients", "python -m bench.clients", clients),
     ("drift", "Drift alarms", "python -m bench.drift", drift),
