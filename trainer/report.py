@@ -12,6 +12,7 @@ import json
 import math
 import pathlib
 import shutil
+import threading
 from typing import Any
 
 import numpy as np
@@ -22,16 +23,21 @@ from mixture.labels import component_sds
 from mixture.params import ModelParams
 from mixture.posterior import Posterior
 
+#: Matplotlib is not thread-safe (its mathtext parser, which log-scale tick labels use, failed
+#: when two reports were drawn at once: tests/unit/trainer/test_report.py); the trainer draws
+#: on worker threads (a fit's report, a posterior's), one figure at a time.
+_DRAWING = threading.Lock()
 
-def _pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend, imported on the first report (pyplot and its
-    backend cost a trainer's start-up about half a second before it has anything to plot)."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _figure(width: float, height: float) -> tuple[Any, Any]:
+    """A new figure and its axes, through matplotlib's object API rather than pyplot (no
+    global figure registry to leak into), imported on the first report: with pyplot it cost a
+    trainer's start-up about half a second before it had anything to plot. Draw under
+    _DRAWING."""
+    from matplotlib.figure import Figure
 
-    return plt
+    fig = Figure(figsize=(width, height), dpi=100)
+    return fig, fig.subplots()
 
 
 def _normal_pdf(x: np.ndarray, loc: float, scale: float) -> np.ndarray:
@@ -55,48 +61,8 @@ def write_report(
     the trainer held during the fit, `peak_rss_exact` whether that is the fit's alone
     (`trainer.peak_memory`)."""
     directory.mkdir(parents=True, exist_ok=True)
-    plt = _pyplot()
-
-    fig, ax = plt.subplots(figsize=(10, 3), dpi=100)
-    ax.plot(result.losses)
-    ax.set(
-        xlabel="step", ylabel="loss", yscale="log", title=f"Convergence of SVI (v{model.version})"
-    )
-    fig.tight_layout()
-    fig.savefig(directory / "loss.png")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
-    for name, norms in result.grad_norms.items():
-        ax.plot(np.maximum(norms, 1e-12), label=name)
-    ax.set(xlabel="step", ylabel="gradient norm", yscale="log", title="Gradient norms during SVI")
-    ax.legend(loc="best")
-    fig.tight_layout()
-    fig.savefig(directory / "grad_norms.png")
-    plt.close(fig)
-
-    m = model.mixture
-    x = points[:, 0]
-    x = x[~np.isnan(x)]  # missing coordinates
-    scales = component_sds(m)[:, 0]  # the marginal along x[0], any covariance type
-    grid = np.linspace(x.min() - 3 * scales.max(), x.max() + 3 * scales.max(), 400)
-    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
-    ax.hist(x, bins=80, density=True, color="0.85", label=f"window ({len(x):,} points)")
-    total = np.zeros_like(grid)
-    for k in range(m.n_components):
-        density = m.weights[k] * _normal_pdf(grid, m.locs[k, 0], scales[k])
-        total += density
-        ax.plot(grid, density, label=f"component {k}")
-    ax.plot(grid, total, "k--", label="mixture")
-    ax.set(
-        xlabel="x" if m.dim == 1 else "x[0]",
-        ylabel="probability density",
-        title=f"Mixture density, version {model.version}",
-    )
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(directory / "density.png")
-    plt.close(fig)
+    with _DRAWING:
+        _draw_fit(directory, model, result, points)
 
     summary = {
         "parameters": model.to_json(),
@@ -137,20 +103,8 @@ def write_posterior_report(directory: pathlib.Path, posterior: Posterior) -> pat
         )
         + "\n"
     )
-    locs = posterior.samples["locs"][:, :, 0]
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
-    for k in range(locs.shape[1]):
-        ax.plot(locs[:, k], label=f"component {k}")
-    ax.set(
-        xlabel="NUTS step",
-        ylabel="loc" if posterior.samples["locs"].shape[2] == 1 else "loc[0]",
-        title="Trace of the locations during NUTS",
-    )
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(directory / "trace.png")
-    plt.close(fig)
+    with _DRAWING:
+        _draw_trace(directory, posterior)
     return directory
 
 
@@ -164,3 +118,62 @@ def prune_reports(directory: pathlib.Path, keep: int) -> list[pathlib.Path]:
     for p in old:
         shutil.rmtree(p, ignore_errors=True)
     return old
+
+
+def _draw_fit(
+    directory: pathlib.Path, model: ModelParams, result: FitResult, points: np.ndarray
+) -> None:
+    """loss.png, grad_norms.png and density.png."""
+    fig, ax = _figure(10, 3)
+    ax.plot(result.losses)
+    ax.set(
+        xlabel="step", ylabel="loss", yscale="log", title=f"Convergence of SVI (v{model.version})"
+    )
+    fig.tight_layout()
+    fig.savefig(directory / "loss.png")
+
+    fig, ax = _figure(10, 4)
+    for name, norms in result.grad_norms.items():
+        ax.plot(np.maximum(norms, 1e-12), label=name)
+    ax.set(xlabel="step", ylabel="gradient norm", yscale="log", title="Gradient norms during SVI")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(directory / "grad_norms.png")
+
+    m = model.mixture
+    x = points[:, 0]
+    x = x[~np.isnan(x)]  # missing coordinates
+    scales = component_sds(m)[:, 0]  # the marginal along x[0], any covariance type
+    grid = np.linspace(x.min() - 3 * scales.max(), x.max() + 3 * scales.max(), 400)
+    fig, ax = _figure(10, 4)
+    ax.hist(x, bins=80, density=True, color="0.85", label=f"window ({len(x):,} points)")
+    total = np.zeros_like(grid)
+    for k in range(m.n_components):
+        density = m.weights[k] * _normal_pdf(grid, m.locs[k, 0], scales[k])
+        total += density
+        ax.plot(grid, density, label=f"component {k}")
+    ax.plot(grid, total, "k--", label="mixture")
+    ax.set(
+        xlabel="x" if m.dim == 1 else "x[0]",
+        ylabel="probability density",
+        title=f"Mixture density, version {model.version}",
+    )
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(directory / "density.png")
+
+
+def _draw_trace(directory: pathlib.Path, posterior: Posterior) -> None:
+    """trace.png: the locations per NUTS step."""
+    locs = posterior.samples["locs"][:, :, 0]
+    fig, ax = _figure(8, 3)
+    for k in range(locs.shape[1]):
+        ax.plot(locs[:, k], label=f"component {k}")
+    ax.set(
+        xlabel="NUTS step",
+        ylabel="loc" if posterior.samples["locs"].shape[2] == 1 else "loc[0]",
+        title="Trace of the locations during NUTS",
+    )
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(directory / "trace.png")

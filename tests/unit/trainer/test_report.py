@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -27,9 +28,8 @@ def test_the_density_is_the_normal_pdf():
         assert_allclose(_normal_pdf(x, loc, scale), stats.norm.pdf(x, loc, scale), rtol=1e-12)
 
 
-def test_a_report_has_its_pictures_and_summary(tmp_path):
+def _fit(points: np.ndarray) -> tuple[FitResult, MixtureParams]:
     params = MixtureParams(np.array([0.4, 0.6]), np.array([[-1.0], [2.0]]), np.array([0.7]))
-    points = np.random.default_rng(0).normal(size=(500, 1))
     result = FitResult(
         params=params,
         priors=seed_priors(1),
@@ -39,20 +39,45 @@ def test_a_report_has_its_pictures_and_summary(tmp_path):
         n_steps=3,
         converged=True,
         seconds=0.5,
-        n_points=500,
+        n_points=len(points),
     )
-    model = to_model_params(result, 7, 500, "2026-12-04T00:00:00Z")
-    out = write_report(tmp_path / "v7", model, result, points, score(points, params), {"nan": 3})
-    assert {p.name for p in out.iterdir()} == {
-        "loss.png",
-        "grad_norms.png",
-        "density.png",
-        "summary.json",
-    }
+    return result, params
+
+
+def _report(directory, points: np.ndarray, version: int):
+    result, params = _fit(points)
+    model = to_model_params(result, version, len(points), "2026-12-04T00:00:00Z")
+    return write_report(directory, model, result, points, score(points, params), {"nan": 3})
+
+
+PICTURES = {"loss.png", "grad_norms.png", "density.png"}
+
+
+def _pictures_ok(out) -> bool:
+    return all((out / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for name in PICTURES)
+
+
+def test_a_report_has_its_pictures_and_summary(tmp_path):
+    points = np.random.default_rng(0).normal(size=(500, 1))
+    out = _report(tmp_path / "v7", points, 7)
+    assert {p.name for p in out.iterdir()} == {*PICTURES, "summary.json"}
+    assert _pictures_ok(out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["window"] == 503 and summary["fitted_points"] == 500
     assert summary["excluded_points"] == {"nan": 3}
     assert summary["final_loss"] == 790.0
+
+
+def test_reports_drawn_on_two_threads_at_once_both_come_out(tmp_path):
+    """The trainer draws reports on worker threads (a fit's, a posterior's): no figure state
+    is shared between them."""
+    points = np.random.default_rng(1).normal(size=(2000, 1))
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda v: _report(tmp_path / f"v{v}", points, v), range(1, 9)))
+    assert all(_pictures_ok(out) for out in outs)
+    assert [
+        json.loads((o / "summary.json").read_text())["parameters"]["version"] for o in outs
+    ] == list(range(1, 9))
 
 
 def test_the_trainer_imports_neither_pyplot_nor_scipy_stats():
