@@ -69,8 +69,8 @@ def test_a_report_has_its_pictures_and_summary(tmp_path):
 
 
 def test_reports_drawn_on_two_threads_at_once_both_come_out(tmp_path):
-    """The trainer draws reports on worker threads (a fit's, a posterior's): no figure state
-    is shared between them."""
+    """The trainer draws reports on worker threads (a fit's, a posterior's); matplotlib is not
+    thread-safe (without the report's lock this failed in its mathtext parser)."""
     points = np.random.default_rng(1).normal(size=(2000, 1))
     with ThreadPoolExecutor(2) as pool:
         outs = list(pool.map(lambda v: _report(tmp_path / f"v{v}", points, v), range(1, 9)))
