@@ -68,6 +68,16 @@ def shared_tmp() -> pathlib.Path:
     return pathlib.Path(os.environ[SHARED_DIR_ENV])
 
 
+def imported_by(statement: str, modules: set[str]) -> list[str]:
+    """Which of `modules` a new interpreter has imported after running `statement` (what a
+    process's start-up pays for), sorted."""
+    code = f"import sys; {statement}; print(' '.join(sorted({modules!r} & set(sys.modules))))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()
+
+
 def jax_subprocess_env() -> dict[str, str]:
     """The environment for a test's own Python subprocess that compiles JAX programs: the run's
     compilation cache (the one `_shared_compilation_cache` gives this process; JAX reads these

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from bench import summary
-from tests.conftest import ROOT
+from tests.conftest import ROOT, imported_by
 
 FIX = "run `python -m bench.summary --write` (or `make bench-summary`); commit docs/benchmarks.md"
 
@@ -91,11 +89,7 @@ def test_markers_must_be_there(tmp_path):
 
 
 def test_no_heavy_imports():
-    code = "import sys, bench.summary; print(sorted({'jax', 'numpy'} & set(sys.modules)))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"
+    assert imported_by("import bench.summary", {"jax", "numpy"}) == []
 
 
 def _run(system: str, rate: float, p99: float, saturated_at: float | None = None) -> dict:

@@ -3,15 +3,12 @@ worker no longer imports (it imports scikit-learn and SciPy)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from river.drift import PageHinkley
 
 from stream_app.page_hinkley import PageHinkleyDown
-from tests.conftest import ROOT
+from tests.conftest import imported_by
 
 pytestmark = pytest.mark.unit
 
@@ -62,11 +59,5 @@ def test_the_worker_imports_neither_river_nor_scikit_learn():
     """The worker's modules as `gmm-worker` imports them: River's drift package imports
     scikit-learn (about a second of every worker start) and is needed only as this test's
     reference."""
-    code = (
-        "import sys, stream_app.main, stream_app.app, stream_app.agents, stream_app.worker; "
-        "print(sorted({'river', 'sklearn', 'pandas'} & set(sys.modules)))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"
+    worker = "import stream_app.main, stream_app.app, stream_app.agents, stream_app.worker"
+    assert imported_by(worker, {"river", "sklearn", "pandas"}) == []
