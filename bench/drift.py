@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     md = (
         "# Drift alarms (simulated)\n\n"
-        "`stream_app.drift.DriftDetector` (River's Page-Hinkley, mode down, alpha 1, on block "
+        "`stream_app.drift.DriftDetector` (Page-Hinkley, mode down, alpha 1, on block "
         f"means of >= {DEFAULT_BLOCK_RECORDS} records standardised by a warm-up, refined while "
         "in control, every record's log p(x) clipped into the warm-up's range [Q(q) - m (Q(0.5) "
         "- Q(q)), Q(1 - q) + m (Q(1 - q) - Q(0.5))], Q its records' quantiles, "

@@ -66,6 +66,22 @@ def test_a_report_has_its_pictures_and_summary(tmp_path):
     assert summary["final_loss"] == 790.0
 
 
+def test_every_figure_is_drawn_under_the_lock(tmp_path, monkeypatch):
+    from trainer import report
+
+    drawn = []
+
+    def figure(width, height):
+        assert report._DRAWING.locked()
+        drawn.append((width, height))
+        return unlocked_figure(width, height)
+
+    unlocked_figure = report._figure
+    monkeypatch.setattr(report, "_figure", figure)
+    _report(tmp_path / "v1", np.random.default_rng(2).normal(size=(300, 1)), 1)
+    assert len(drawn) == 3
+
+
 def test_reports_drawn_on_two_threads_at_once_both_come_out(tmp_path):
     """The trainer draws reports on worker threads (a fit's, a posterior's); matplotlib is not
     thread-safe (without the report's lock this failed in its mathtext parser)."""
