@@ -713,8 +713,10 @@ def window(p: Payload) -> str:
     def gib(x: float) -> str:
         return f"{x / 2**30:.2f} GiB"
 
-    def rates(rounds: list[dict[str, Any]]) -> tuple[float, float]:
-        values = sorted(r["records_per_second"] for r in rounds)
+    def rates(
+        rounds: list[dict[str, Any]], field: str = "records_per_second"
+    ) -> tuple[float, float]:
+        values = sorted(r[field] for r in rounds)
         return float(statistics.median(values)), values[0]
 
     parts = []
@@ -722,6 +724,7 @@ def window(p: Payload) -> str:
         reads, fit = r["reads"], r["read_fit"]
         mid, worst = rates(reads["read"])
         r_mid, r_worst = rates(reads["readers"])
+        f_mid, f_worst = rates(reads["readers"], "first_records_per_second")
         base = reads.get("per_record")
         versus = (
             f"; the per-record reader before chunks {_n(rates(base)[0])}, peak "
@@ -732,8 +735,10 @@ def window(p: Payload) -> str:
         parts.append(
             f"{_n(r['n'])} records: read at {_n(mid)} records/s (worst {_n(worst)}), peak "
             f"{gib(max(x['read_peak_rss_bytes'] for x in reads['read']))}; with "
-            f"{p['readers']} reader processes {_n(r_mid)} (worst {_n(r_worst)}, "
-            f"{_x(r_mid / mid)}x){versus}; then a cold fit in {_s(fit['fit_seconds'])} s "
+            f"{p['readers']} reader processes waiting (every cycle after the first) "
+            f"{_n(r_mid)} (worst {_n(r_worst)}, {_x(r_mid / mid)}x), started by the read (the "
+            f"first cycle) {_n(f_mid)} (worst {_n(f_worst)}){versus}; then a cold fit in "
+            f"{_s(fit['fit_seconds'])} s "
             f"({_n(fit['points_per_second'])} points/s), the process's peak "
             f"{gib(fit['fit_peak_rss_bytes'])}, log-likelihood {fit['loglik']:.4f}/point (the same "
             f"points fitted as one array in memory: {r['one_array']['loglik']:.4f})"

@@ -7,8 +7,12 @@ of the process's memory) is its own:
   - `read`: `trainer.window.read_window` (chunks of records decoded in a thread into arrays):
     seconds, records/s, peak RSS;
   - `readers`: the same read by READERS reader processes (`GMM_TRAIN_READERS`,
-    `trainer.window_readers`), each some of the partitions; peak RSS of the trainer's process
-    and of the largest reader;
+    `trainer.window_readers`), each some of the partitions, as the trainer's run loop reads:
+    a first read that starts its readers, then (`trainer.reader_pool`: the next read's readers
+    started after a cycle, untimed) a read that finds them waiting, the rate of every later
+    cycle; peak RSS of the trainer's process and of the largest reader (of the first read:
+    a reader started later, from a process that holds a window, would count that process's
+    memory in its own peak);
   - `per-record read` (N <= 1M; a baseline in the same run): what the reader did before it read
     in chunks: each record decoded by `decode_point` on the event loop and kept as a small array
     with its timestamp, all merged and sorted at the end;
@@ -95,21 +99,48 @@ if what == "one_array":
     x = np.concatenate(list(points(n)))  # the points the topic holds, in the same order
     fit(x)
 else:
+    # Imported before any clock starts: a trainer imports them once, not at every read.
+    import aiokafka, mixture.points, kafka_common.topics
     from kafka_common.settings import KafkaSettings
+    from bench.window import per_record_window
+    from trainer.reader_pool import ReaderPool
+    from trainer.window import read_window
     kafka = KafkaSettings(bootstrap_servers=bootstrap)
+
+    async def read_with_readers():
+        # The trainer's run loop: its first read starts the readers; after each cycle it
+        # starts the next read's (ReaderPool.refill), so every later read finds them waiting.
+        pool = ReaderPool(kafka, readers)
+        try:
+            t = time.perf_counter()
+            first = await read_window(kafka, topic, n, dim=8, deadline_s=3600, pool=pool)
+            out["first_read_seconds"] = time.perf_counter() - t
+            out["first_records_per_second"] = n / out["first_read_seconds"]
+            # The readers' peak is taken from these: the next ones start from this process
+            # when it holds a window, and a child's peak (ru_maxrss) counts its parent's
+            # resident memory at the moment it was started (vfork, then exec).
+            out["readers_peak_rss_bytes"] = readers_peak()
+            del first  # as a cycle lets its window go before the next
+            await pool.refill()
+            t = time.perf_counter()
+            window = await read_window(kafka, topic, n, dim=8, deadline_s=3600, pool=pool)
+            return window.points, time.perf_counter() - t
+        finally:
+            await pool.close()
+
     t = time.perf_counter()
     if what == "per_record":
-        from bench.window import per_record_window
         points = asyncio.run(per_record_window(kafka, topic, n))
+        seconds = time.perf_counter() - t
+    elif what == "readers":
+        points, seconds = asyncio.run(read_with_readers())
     else:
-        from trainer.window import read_window
-        r = readers if what == "readers" else 1
-        points = asyncio.run(read_window(kafka, topic, n, dim=8, deadline_s=3600, readers=r)).points
-    seconds = time.perf_counter() - t
+        points = asyncio.run(read_window(kafka, topic, n, dim=8, deadline_s=3600)).points
+        seconds = time.perf_counter() - t
     out.update(read_seconds=seconds, records_per_second=n / seconds, points=len(points),
                read_peak_rss_bytes=peak())
     if what == "readers":
-        out.update(readers=readers, readers_peak_rss_bytes=readers_peak())
+        out.update(readers=readers)
     if what == "read_fit":
         fit(points)
 out["peak_rss_bytes"] = peak()
@@ -218,9 +249,9 @@ def delete(topic: str) -> None:
     admin.delete_topics([topic])[topic].result()
 
 
-def _rates(rounds: list[dict[str, Any]]) -> tuple[float, float]:
+def _rates(rounds: list[dict[str, Any]], field: str = "records_per_second") -> tuple[float, float]:
     """(median, worst) records/s over a read's rounds."""
-    rates = sorted(r["records_per_second"] for r in rounds)
+    rates = sorted(r[field] for r in rounds)
     return float(statistics.median(rates)), rates[0]
 
 
@@ -231,12 +262,14 @@ def markdown(payload: dict[str, Any]) -> str:
         read, readers, base = reads["read"], reads["readers"], reads.get("per_record")
         mid, worst = _rates(read)
         r_mid, r_worst = _rates(readers)
+        f_mid, f_worst = _rates(readers, "first_records_per_second")
         b_mid = _rates(base)[0] if base else None
         rows.append(
             [
                 f"{r['n']:,}",
                 f"{mid:,.0f} ({worst:,.0f})",
                 f"{r_mid:,.0f} ({r_worst:,.0f})",
+                f"{f_mid:,.0f} ({f_worst:,.0f})",
                 r_mid / mid,
                 f"{b_mid:,.0f}" if b_mid else "-",
                 max(x["read_peak_rss_bytes"] for x in read) / 2**30,
@@ -255,8 +288,9 @@ def markdown(payload: dict[str, Any]) -> str:
         [
             "records (D=8)",
             "read rec/s, median (worst)",
-            f"{payload['readers']} readers rec/s, median (worst)",
-            "readers / read",
+            f"{payload['readers']} readers waiting (later cycles) rec/s, median (worst)",
+            f"{payload['readers']} readers started by the read (first cycle) rec/s, median (worst)",
+            "readers waiting / read",
             "per-record read rec/s (median)",
             "read peak RSS (GiB)",
             "readers: trainer + largest reader peak RSS (GiB)",
@@ -276,7 +310,11 @@ def markdown(payload: dict[str, Any]) -> str:
         f"D=8, K=4 mixture on a topic of {PARTITIONS} partitions (lz4), read by the trainer's "
         f"reader alone and with {payload['readers']} reader processes "
         f"(`GMM_TRAIN_READERS={payload['readers']}`), then a cold K=4 full fit of "
-        f"{RESTARTS} starts. Every figure is a process of its own; peak RSS is its VmHWM "
+        f"{RESTARTS} starts. With readers, each round reads twice as the trainer's run loop "
+        "does: the first read starts its reader processes; after it the next read's are "
+        "started (`ReaderPool.refill`, untimed, as after a cycle) and the second read finds "
+        "them waiting, as every cycle after the first does. Clocks start after the imports (a "
+        "trainer imports once). Every figure is a process of its own; peak RSS is its VmHWM "
         "(the whole process: Python, JAX and the data). The per-record read is the reader "
         f"before chunks, in the same run. Reads: {payload['read_rounds']} interleaved rounds "
         "each (median and worst); the fits: one round.\n\n" + table

@@ -115,11 +115,17 @@ async def assigned_consumer(
 async def topic_partitions(
     consumer: AIOKafkaConsumer, topic: str, wait_s: float = 5.0
 ) -> list[TopicPartition]:
-    """The topic's partitions, refreshing metadata until they are known; [] if it has none."""
-    for _ in range(max(1, int(wait_s / 0.1))):
+    """The topic's partitions, refreshing metadata until they are known; [] if it has none.
+
+    Looked up again as soon as a refresh returns (a topic that exists is known after the
+    first); the pause is only between refreshes that did not tell (a topic being created)."""
+    for attempt in range(max(1, int(wait_s / 0.1))):
+        if attempt:
+            await asyncio.sleep(0.1)
         parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic)
         if parts:
             return [TopicPartition(topic, p) for p in sorted(parts)]
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.1)
     return []

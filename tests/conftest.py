@@ -78,6 +78,22 @@ def imported_by(statement: str, modules: set[str]) -> list[str]:
     return out.stdout.split()
 
 
+def window_readers_of(parent: int | None = None) -> list[int]:
+    """The pids of the window readers (`trainer.window_readers`) still running that `parent`
+    (this process by default) started; one reaped or a zombie is gone."""
+    parent_pid = os.getpid() if parent is None else parent
+    found = []
+    for proc in pathlib.Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if ppid == parent_pid and b"trainer.window_readers" in command:
+            found.append(int(proc.name))
+    return found
+
+
 def jax_subprocess_env() -> dict[str, str]:
     """The environment for a test's own Python subprocess that compiles JAX programs: the run's
     compilation cache (the one `_shared_compilation_cache` gives this process; JAX reads these

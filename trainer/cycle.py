@@ -30,6 +30,7 @@ from mixture.robust import RobustFit, beyond_cut, fit_robust
 from trainer.events import CandidateDigest, ShadowTally
 from trainer.metrics import TrainerMetrics
 from trainer.peak_memory import PeakRss
+from trainer.reader_pool import ReaderPool
 from trainer.report import prune_reports, write_posterior_report, write_report
 from trainer.settings import TrainerSettings
 from trainer.window import Window, read_window
@@ -77,9 +78,17 @@ class Fitted(NamedTuple):
 class Trainer:
     """Refits and publishes one model name; holds the newest version of that name."""
 
-    def __init__(self, settings: TrainerSettings, metrics: TrainerMetrics) -> None:
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        metrics: TrainerMetrics,
+        readers: ReaderPool | None = None,
+    ) -> None:
+        """readers: window readers started ahead of each read (GMM_TRAIN_READERS > 1; the run
+        loop refills it after each cycle); None: each read starts its own."""
         self.settings = settings
         self.metrics = metrics
+        self.readers = readers
         self.current: ModelParams | None = None
         #: The name's candidate in shadow (GMM_PROMOTION=shadow), until promoted or rejected.
         self.candidate: ModelParams | None = None
@@ -163,6 +172,7 @@ class Trainer:
             dim,
             s.max_record_bytes,
             readers=s.window_readers,
+            pool=self.readers,
         )
         for reason, count in window.invalid.items():
             self.metrics.invalid_records.labels(reason=reason).inc(count)

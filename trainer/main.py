@@ -27,6 +27,7 @@ from mixture.fit import use_fit_devices
 from trainer.cycle import CycleOutcome, Trainer
 from trainer.events import RefusalLog, ShadowTally, follow_events
 from trainer.metrics import TrainerMetrics
+from trainer.reader_pool import ReaderPool
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger("trainer")
@@ -39,7 +40,9 @@ async def _run(settings: TrainerSettings, once: bool) -> int:
     metrics = TrainerMetrics(model=settings.model_name)
     if settings.metrics_port and not once:
         start_http_server(settings.metrics_port, registry=metrics.registry)
-    trainer = Trainer(settings, metrics)
+    # The run loop keeps the window's reader processes started between cycles.
+    pool = ReaderPool(settings.kafka, settings.window_readers)
+    trainer = Trainer(settings, metrics, pool if settings.window_readers > 1 and not once else None)
     specs = [params_spec(settings.params_topic), history_spec(settings.history_topic)]
     if settings.events_topic:
         specs.append(TopicSpec(settings.events_topic, 1))
@@ -65,6 +68,7 @@ async def _run(settings: TrainerSettings, once: bool) -> int:
     finally:
         if watcher is not None:
             watcher.cancel()
+        await pool.close()
     return 0
 
 
@@ -96,6 +100,8 @@ async def _cycles(
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, settings.interval_seconds)
             continue
+        if trainer.readers is not None:  # the next cycle's readers start now, off its read
+            await trainer.readers.refill()
         why = await wait_for_next(settings, trainer, result, started, drift, tally)
         log.info("next cycle: %s", why)
 

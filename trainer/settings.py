@@ -114,7 +114,8 @@ class TrainerSettings:
         1,
         "Processes that read and decode the window's partitions between them (1: the trainer "
         "alone). One process is held to one CPU by the GIL whatever the Kafka client; more pay "
-        "where CPUs are free for them (bench/results/window.md)",
+        "where CPUs are free for them (bench/results/window.md). The run loop keeps the next "
+        "cycle's readers started between cycles (about 40 MB each while they wait)",
     )
     interval_seconds: float = env_field(
         "GMM_TRAIN_INTERVAL_SECONDS", 300.0, "Seconds between the starts of two refits"

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 
 from kafka_common.settings import KafkaSettings
 from kafka_common.topics import topic_partitions
+from trainer.reader_pool import ReaderPool
 from trainer.window_builder import Window, WindowBuilder
 from trainer.window_readers import CHUNK, Readers, read_ranges
 
@@ -36,6 +37,7 @@ async def read_window(
     max_record_bytes: int = 65536,
     deadline_s: float = 300.0,
     readers: int = 1,
+    pool: ReaderPool | None = None,
 ) -> Window:
     """Reads and validates the window.
 
@@ -45,10 +47,14 @@ async def read_window(
     `wrong_dim`. Reading takes at most deadline_s (TimeoutError: the cycle is retried).
     readers: processes that read and decode the partitions between them (at most one a
     partition; `trainer.window_readers`); 1: this process alone.
+    pool: readers started ahead (`trainer.reader_pool`), used instead of `readers` new ones.
     """
     async with contextlib.AsyncExitStack() as stack:
         # Reader processes start first: their start-up overlaps the offsets' queries.
-        pool = await stack.enter_async_context(Readers(kafka, readers)) if readers > 1 else None
+        started = await pool.take() if pool is not None else Readers(kafka, readers)
+        processes = None
+        if started.count > 1 or started.procs:
+            processes = await stack.enter_async_context(started)
         consumer = AIOKafkaConsumer(
             **kafka.consumer_options(), group_id=None, enable_auto_commit=False
         )
@@ -58,8 +64,8 @@ async def read_window(
         async with asyncio.timeout(deadline_s):
             ranges = await _ranges(consumer, topic, max_records, max_age_s)
             builder = WindowBuilder(sum(b - a for a, b in ranges.values()), dim, max_record_bytes)
-            if pool is not None and len(ranges) > 1:
-                await pool.read(topic, ranges, builder, deadline_s)
+            if processes is not None and len(ranges) > 1:
+                await processes.read(topic, ranges, builder, deadline_s)
             else:
                 await read_ranges(consumer, topic, ranges, builder)
     return builder.window(max_records)

@@ -206,7 +206,10 @@ class _Blocks:
             _, coords = self.blocks.pop()
             where = place[at : at + n]
             mine = where >= 0
-            points[where[mine]] = coords[:n][mine]
+            if mine.all():  # the common case: no masked copy of the block first
+                points[where] = coords[:n]
+            else:
+                points[where[mine]] = coords[:n][mine]
             at += n
             del coords  # the block's map goes back to the system here
         return points

@@ -14,9 +14,11 @@ decoded itself.
 The stream is framed binary on the reader's stdout, never pickle: an 8-byte little-endian
 length, a JSON header ({"kind": "points", "dim": D, "rows": n} | {"kind": "invalid", "rows":
 n} | {"kind": "done"} | {"kind": "error", "error": ..., "message": ...}), then n int64
-timestamps and n x D float64 coordinates (or n int8 reason codes). The request (topic and
-ranges) is one line of JSON on stdin, which then stays open: a reader whose stdin ends (its
-caller gone, whatever killed it) exits at once. The Kafka settings reach a reader through its
+timestamps and n x D float64 coordinates (or n int8 reason codes). A reader says
+{"kind": "ready"} first, once its imports are done (a `trainer.reader_pool` keeps readers
+started that far between reads). The request (topic and ranges) is one line of JSON on stdin,
+which then stays open: a reader whose stdin ends (its caller gone, whatever killed it) exits at
+once. The Kafka settings reach a reader through its
 environment, as they reached the trainer. A reader that fails, or whose stream breaks, fails
 the read with its reason (a timeout as TimeoutError: the cycle is retried); readers still
 running when the read ends, however it ends, are killed.
@@ -124,14 +126,46 @@ async def read_in_processes(
 
 class Readers:
     """Reader processes, started on entering (their start-up, imports and all, overlaps what
-    the caller does before it knows the ranges) and gone on leaving, however it leaves."""
+    the caller does before it knows the ranges; `start` may start them earlier) and gone on
+    leaving, however it leaves."""
 
     def __init__(self, kafka: KafkaSettings, count: int) -> None:
         self.kafka = kafka
         self.count = count
         self.procs: list[asyncio.subprocess.Process] = []
+        self._ready: set[int] = set()  # readers whose `ready` frame was read (their pids)
 
     async def __aenter__(self) -> Readers:
+        if not self.procs:
+            await self.start()
+        return self
+
+    def alive(self) -> bool:
+        """Whether every reader is started and still running (none died waiting)."""
+        return bool(self.procs) and all(proc.returncode is None for proc in self.procs)
+
+    async def ready(self) -> None:
+        """Waits until every reader has finished starting (its `ready` frame); raises
+        ReaderError for one that failed to start."""
+        await asyncio.gather(*(self._await_ready(proc) for proc in self.procs))
+
+    async def _await_ready(self, proc: asyncio.subprocess.Process) -> None:
+        if proc.pid in self._ready:
+            return
+        assert proc.stdout is not None
+        name = f"window reader {proc.pid}"
+        try:
+            length = _length(await proc.stdout.readexactly(_LENGTH.size), name)
+            header = await proc.stdout.readexactly(length)
+        except asyncio.IncompleteReadError:
+            code = await proc.wait()
+            raise ReaderError(f"{name} stopped as it started (exit {code})") from None
+        if header != _READY:
+            raise ReaderError(f"{name} sent {header[:200]!r} before it was ready")
+        self._ready.add(proc.pid)
+
+    async def start(self) -> None:
+        """Starts the reader processes (entering does, if this was not called)."""
         env = {**os.environ, **kafka_environ(self.kafka)}
         try:
             for _ in range(self.count):
@@ -148,7 +182,6 @@ class Readers:
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
-        return self
 
     async def __aexit__(self, *_: object) -> None:
         for proc in self.procs:
@@ -185,7 +218,7 @@ class Readers:
             proc.stdin.write(json.dumps(request).encode() + b"\n")  # held open until it exits
             await proc.stdin.drain()
         lock = asyncio.Lock()  # one builder, filled from several streams
-        tasks = [asyncio.ensure_future(_receive(proc, builder, lock)) for proc in working]
+        tasks = [asyncio.ensure_future(self._receive(proc, builder, lock)) for proc in working]
         if not tasks:
             return
         try:
@@ -198,19 +231,19 @@ class Readers:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
 
-
-async def _receive(
-    proc: asyncio.subprocess.Process, builder: WindowBuilder, lock: asyncio.Lock
-) -> None:
-    assert proc.stdout is not None
-    name = f"window reader {proc.pid}"
-    try:
-        await read_frames(proc.stdout, builder, lock, name)
-    except asyncio.IncompleteReadError:
-        code = await proc.wait()
-        raise ReaderError(f"{name} stopped mid-stream (exit {code})") from None
-    if await proc.wait() != 0:
-        raise ReaderError(f"{name} exited {proc.returncode} after its stream")
+    async def _receive(
+        self, proc: asyncio.subprocess.Process, builder: WindowBuilder, lock: asyncio.Lock
+    ) -> None:
+        await self._await_ready(proc)
+        assert proc.stdout is not None
+        name = f"window reader {proc.pid}"
+        try:
+            await read_frames(proc.stdout, builder, lock, name)
+        except asyncio.IncompleteReadError:
+            code = await proc.wait()
+            raise ReaderError(f"{name} stopped mid-stream (exit {code})") from None
+        if await proc.wait() != 0:
+            raise ReaderError(f"{name} exited {proc.returncode} after its stream")
 
 
 async def read_frames(
@@ -291,6 +324,10 @@ def _encoded(header: dict[str, Any]) -> bytes:
     return _LENGTH.pack(len(raw)) + raw
 
 
+#: A reader's first frame: started, waiting for its request.
+_READY = json.dumps({"kind": "ready"}).encode()
+
+
 async def _read(request: dict[str, Any]) -> WindowBuilder:
     kafka = load(KafkaSettings, os.environ)
     ranges = {int(p): (int(a), int(b)) for p, (a, b) in request["ranges"].items()}
@@ -324,9 +361,11 @@ def _write_all(stdout: BinaryIO, data: bytes | memoryview) -> None:
 
 
 def main(stdin: BinaryIO, stdout: BinaryIO) -> int:
-    """A reader: the request as one line on stdin, the frames on stdout; 1 after an error
-    frame; gone at once (exit 3) when stdin ends."""
+    """A reader: `ready` on stdout, then the request as one line on stdin, the frames on
+    stdout; 1 after an error frame; gone at once (exit 3) when stdin ends."""
     try:
+        _write_all(stdout, _LENGTH.pack(len(_READY)) + _READY)
+        stdout.flush()
         line = stdin.readline()
         if not line:  # let go before any request
             return 0

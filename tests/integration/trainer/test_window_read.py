@@ -12,7 +12,9 @@ from numpy.testing import assert_array_equal
 
 from kafka_common.settings import KafkaSettings
 from support.harness import run
-from trainer.window import CHUNK, read_window
+from tests.conftest import window_readers_of
+from trainer.reader_pool import ReaderPool
+from trainer.window import CHUNK, Window, read_window
 
 PARTITIONS = 3
 RECORDS = 2 * CHUNK + 5_000
@@ -20,13 +22,14 @@ KEEP = CHUNK + 3_000
 T0 = 1_700_000_000_000  # ms
 
 
-@pytest.mark.parametrize("readers", [1, 2])
+@pytest.mark.parametrize("readers", [1, 2, "pool"])
 def test_the_newest_records_of_every_partition_over_several_chunks(
     kafka_bootstrap, new_topic, readers
 ):
     """Timestamps are shuffled over the partitions: the window is the KEEP newest records of
     all, oldest first, glitches counted (not kept) among them; read by this process alone or
-    by reader processes (trainer.window_readers: 2 readers for 3 partitions)."""
+    by reader processes (trainer.window_readers: 2 readers for 3 partitions), or by readers
+    kept waiting between reads (trainer.reader_pool), read after read."""
     topic = new_topic("window-chunks", partitions=PARTITIONS)
     rng = np.random.default_rng(0)
     stamps = T0 + rng.permutation(RECORDS)  # distinct: one newest set
@@ -40,15 +43,34 @@ def test_the_newest_records_of_every_partition_over_several_chunks(
     assert producer.flush(30) == 0
 
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    window = run(read_window(kafka, topic, KEEP, readers=readers))
+    if readers == "pool":  # the run loop's: readers started after a read serve the next
+        windows = run(_read_twice_with_a_pool(kafka, topic))
+        assert not window_readers_of()
+    else:
+        windows = [run(read_window(kafka, topic, KEEP, readers=readers))]
 
     newest = np.sort(stamps)[-KEEP:]
     bad = {int(stamps[i]) for i in glitch}
     expected = [t - T0 for t in newest.tolist() if t not in bad]
-    assert window.n_records == KEEP
-    assert window.invalid == {"not_numeric": KEEP - len(expected)}
-    assert_array_equal(window.points[:, 0], expected)  # oldest first
-    assert_array_equal(window.points[:, 1], 0.5)
+    for window in windows:
+        assert window.n_records == KEEP
+        assert window.invalid == {"not_numeric": KEEP - len(expected)}
+        assert_array_equal(window.points[:, 0], expected)  # oldest first
+        assert_array_equal(window.points[:, 1], 0.5)
+
+
+async def _read_twice_with_a_pool(kafka: KafkaSettings, topic: str) -> list[Window]:
+    """A first read that starts its readers, a refill, a read that takes the waiting ones."""
+    pool = ReaderPool(kafka, 2)
+    try:
+        first = await read_window(kafka, topic, KEEP, pool=pool)
+        assert await pool.refill()
+        waiting = set(window_readers_of())
+        second = await read_window(kafka, topic, KEEP, pool=pool)
+        assert len(waiting) == 2 and not waiting & set(window_readers_of())
+        return [first, second]
+    finally:
+        await pool.close()
 
 
 def test_readers_that_cannot_reach_the_broker_fail_the_read_and_are_gone(
@@ -75,20 +97,4 @@ def test_readers_that_cannot_reach_the_broker_fail_the_read_and_are_gone(
                 2,
             )
         )
-    assert not _readers_of_this_process()
-
-
-def _readers_of_this_process() -> list[int]:
-    import os
-    import pathlib
-
-    found = []
-    for proc in pathlib.Path("/proc").glob("[0-9]*"):
-        try:
-            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (proc / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile
-        if parent == os.getpid() and b"trainer.window_readers" in command:
-            found.append(int(proc.name))
-    return found
+    assert not window_readers_of()
