@@ -230,8 +230,9 @@ def aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
-def _on_devices(array: np.ndarray, mesh: Any) -> Any:
-    """The array on the default device, or split by rows over the mesh's devices."""
+def _on_devices(array: Any, mesh: Any) -> Any:
+    """The array (or a tuple of arrays, in one transfer) on the default device, or split by
+    rows over the mesh's devices."""
     if mesh is None:
         # The array is the window's own and never written again: the device may alias it.
         return jax.device_put(array, may_alias=True)
@@ -299,7 +300,10 @@ class FitWindow(NamedTuple):
             covariance=covariance,
             std=std,
             priors=priors,
-            priors_z=Priors(*(jnp.asarray(v, dtype=jnp.float32) for v in std.priors(priors))),
+            # One transfer for the five (each jnp.asarray was a dispatch of its own).
+            priors_z=jax.device_put(
+                Priors(*(np.asarray(v, np.float32) for v in std.priors(priors)))
+            ),
             points=padded[0],
             mask=padded[1],
             n_observed=np.asarray(counts, np.float32),
@@ -357,5 +361,5 @@ def prepare_window(
     shards = 1 if mesh is None else mesh.size
     size = padded_size(n) if shards == 1 else shards * padded_size(-(-n // shards))
     padded, mask, counts = padded_points(x, std, size, covariance)
-    placed = (_on_devices(padded, mesh), _on_devices(mask, mesh))
+    placed = _on_devices((padded, mask), mesh)
     return FitWindow.of(x, config, covariance, std, stats, priors, n, counts, placed)
