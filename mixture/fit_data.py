@@ -300,7 +300,7 @@ class FitWindow(NamedTuple):
             covariance=covariance,
             std=std,
             priors=priors,
-            # One transfer for the five (each jnp.asarray was a dispatch of its own).
+            # One transfer for them all (each jnp.asarray was a dispatch of its own).
             priors_z=jax.device_put(
                 Priors(*(np.asarray(v, np.float32) for v in std.priors(priors)))
             ),

@@ -85,11 +85,12 @@ def window_readers_of(parent: int | None = None) -> list[int]:
     found = []
     for proc in pathlib.Path("/proc").glob("[0-9]*"):
         try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            state, ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            mine = state != "Z" and int(ppid) == parent_pid
             command = (proc / "cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile
-        if ppid == parent_pid and b"trainer.window_readers" in command:
+        if mine and b"trainer.window_readers" in command:
             found.append(int(proc.name))
     return found
 

@@ -41,8 +41,12 @@ async def _run(settings: TrainerSettings, once: bool) -> int:
     if settings.metrics_port and not once:
         start_http_server(settings.metrics_port, registry=metrics.registry)
     # The run loop keeps the window's reader processes started between cycles.
-    pool = ReaderPool(settings.kafka, settings.window_readers)
-    trainer = Trainer(settings, metrics, pool if settings.window_readers > 1 and not once else None)
+    pool = (
+        ReaderPool(settings.kafka, settings.window_readers)
+        if settings.window_readers > 1 and not once
+        else None
+    )
+    trainer = Trainer(settings, metrics, pool)
     specs = [params_spec(settings.params_topic), history_spec(settings.history_topic)]
     if settings.events_topic:
         specs.append(TopicSpec(settings.events_topic, 1))
@@ -68,7 +72,8 @@ async def _run(settings: TrainerSettings, once: bool) -> int:
     finally:
         if watcher is not None:
             watcher.cancel()
-        await pool.close()
+        if pool is not None:
+            await pool.close()
     return 0
 
 

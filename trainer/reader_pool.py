@@ -32,43 +32,60 @@ class ReaderPool:
     (`take`)."""
 
     def __init__(self, kafka: KafkaSettings, count: int) -> None:
+        if count < 2:
+            raise ValueError(f"a pool of window readers needs 2 or more, not {count}")
         self.kafka = kafka
         self.count = count
+        #: Reads that found their readers waiting (the others started their own).
+        self.taken = 0
         self._standby: Readers | None = None
+        self._lock = asyncio.Lock()  # one refill, take or close at a time
 
     async def take(self) -> Readers:
         """The waiting readers, or new ones (not yet started) if none wait or one died; the
         caller enters them (`async with`), which stops them however the read ends."""
-        readers, self._standby = self._standby, None
-        if readers is not None and readers.alive():
-            return readers
-        if readers is not None:
-            log.warning("a standby window reader died; the read starts its own")
-            await readers.__aexit__(None, None, None)
-        return Readers(self.kafka, self.count)
+        async with self._lock:
+            readers, self._standby = self._standby, None
+            if readers is not None and readers.alive():
+                self.taken += 1
+                log.info("the read takes %d waiting window readers", len(readers.procs))
+                return readers
+            if readers is not None:
+                log.warning("a standby window reader died; the read starts its own")
+                await readers.__aexit__(None, None, None)
+            return Readers(self.kafka, self.count)
 
     async def refill(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
         """Starts readers for the next read, unless some wait already, and waits until they are
-        ready. False (logged) if they could not start: the next read then starts its own."""
-        if self._standby is not None and self._standby.alive():
+        ready. False (logged) if they could not start: the next read then starts its own.
+        Never raises but for a cancellation: the pool only saves time."""
+        async with self._lock:
+            if self._standby is not None and self._standby.alive():
+                return True
+            await self._close()
+            readers = Readers(self.kafka, self.count)
+            try:
+                await readers.start()
+                await asyncio.wait_for(readers.ready(), timeout_s)
+            except Exception as exc:
+                expected = isinstance(exc, ReaderError | TimeoutError | OSError)
+                log.warning(
+                    "could not start standby window readers: %s", exc, exc_info=not expected
+                )
+                await readers.__aexit__(None, None, None)
+                return False
+            except BaseException:
+                await readers.__aexit__(None, None, None)
+                raise
+            self._standby = readers
             return True
-        await self.close()
-        readers = Readers(self.kafka, self.count)
-        try:
-            await readers.start()
-            await asyncio.wait_for(readers.ready(), timeout_s)
-        except (ReaderError, TimeoutError, OSError) as exc:
-            log.warning("could not start standby window readers: %s", exc)
-            await readers.__aexit__(None, None, None)
-            return False
-        except BaseException:
-            await readers.__aexit__(None, None, None)
-            raise
-        self._standby = readers
-        return True
 
     async def close(self) -> None:
         """Stops the waiting readers, if any."""
+        async with self._lock:
+            await self._close()
+
+    async def _close(self) -> None:
         readers, self._standby = self._standby, None
         if readers is not None:
             with contextlib.suppress(ProcessLookupError):

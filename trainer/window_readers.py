@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import struct
 import sys
 import threading
@@ -184,13 +185,18 @@ class Readers:
             raise
 
     async def __aexit__(self, *_: object) -> None:
-        for proc in self.procs:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-            if proc.stdin is not None:
-                proc.stdin.close()
+        # Every reader is killed before any is waited for, and the waits are shielded: a
+        # cancellation here leaves no reader running.
+        try:
+            for proc in self.procs:
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+            await asyncio.shield(asyncio.gather(*(proc.wait() for proc in self.procs)))
+        finally:
+            for proc in self.procs:
+                if proc.stdin is not None:
+                    proc.stdin.close()
 
     async def read(
         self,
@@ -363,6 +369,9 @@ def _write_all(stdout: BinaryIO, data: bytes | memoryview) -> None:
 def main(stdin: BinaryIO, stdout: BinaryIO) -> int:
     """A reader: `ready` on stdout, then the request as one line on stdin, the frames on
     stdout; 1 after an error frame; gone at once (exit 3) when stdin ends."""
+    # Ctrl-C in a terminal signals the trainer's whole process group: the trainer decides,
+    # and its readers go when their stdin ends or they are killed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _write_all(stdout, _LENGTH.pack(len(_READY)) + _READY)
         stdout.flush()

@@ -47,6 +47,12 @@ def test_each_cycle_takes_the_readers_started_after_the_last(kafka_bootstrap, tm
         wait_for(new_standby_set, 180, message="readers waiting after three cycles")
         for earlier in seen[:-1]:
             assert not any(_running(pid) for pid in earlier)
+        # And the cycles' reads took them (a read that started its own would not say so).
+        wait_for(
+            lambda: log.read_text().count("the read takes 2 waiting window readers") >= 2,
+            60,
+            message="two reads that took waiting readers",
+        )
     finally:
         trainer.stop()
     # The trainer stopped by SIGTERM: its waiting readers' stdin ended, and they exited.

@@ -64,9 +64,11 @@ async def _read_twice_with_a_pool(kafka: KafkaSettings, topic: str) -> list[Wind
     pool = ReaderPool(kafka, 2)
     try:
         first = await read_window(kafka, topic, KEEP, pool=pool)
+        assert pool.taken == 0  # none waited: the first read started its own
         assert await pool.refill()
         waiting = set(window_readers_of())
         second = await read_window(kafka, topic, KEEP, pool=pool)
+        assert pool.taken == 1  # the second took the waiting ones, which are gone with it
         assert len(waiting) == 2 and not waiting & set(window_readers_of())
         return [first, second]
     finally:

@@ -43,7 +43,7 @@ def test_a_read_takes_the_waiting_readers_and_the_next_refill_starts_others():
             await pool.refill()
             waiting = set(window_readers_of())
             taken = await pool.take()
-            assert taken.alive()
+            assert taken.alive() and pool.taken == 1
             async with taken:  # as read_window enters them: they are stopped on leaving
                 used = {proc.pid for proc in taken.procs}
             await pool.refill()
@@ -94,3 +94,24 @@ def test_readers_that_cannot_start_leave_the_pool_empty(monkeypatch, caplog):
         ok, taken = asyncio.run(go())
     assert not ok and taken.procs == []
     assert "could not start standby window readers: no processes left" in caplog.text
+
+
+def test_concurrent_refills_start_one_set_of_readers():
+    async def go() -> tuple[list[bool], list[int], list[int]]:
+        pool = ReaderPool(KAFKA, 2)
+        try:
+            results = await asyncio.gather(pool.refill(), pool.refill(), pool.refill())
+            running = window_readers_of()
+        finally:
+            await pool.close()
+        return results, running, window_readers_of()
+
+    results, running, after = asyncio.run(go())
+    assert results == [True, True, True]
+    assert len(running) == 2  # not 6: the later refills found the first one's readers
+    assert after == []
+
+
+def test_a_pool_is_of_two_readers_or_more():
+    with pytest.raises(ValueError, match="2 or more, not 1"):
+        ReaderPool(KAFKA, 1)
