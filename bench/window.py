@@ -4,8 +4,8 @@ For each window size N (1M and 10M records by default), N points of bench.fit's 
 are produced (confluent-kafka, lz4, 4 partitions) to a topic of their own on the local broker.
 Then, each in a new process, so that its peak RSS (VmHWM: the kernel's exact high-water mark
 of the process's memory) is its own:
-  - `read`: `trainer.window.read_window` (chunks of records decoded in a thread into arrays):
-    seconds, records/s, peak RSS;
+  - `read`: `trainer.window.read_window` (chunks of records decoded in a thread into arrays),
+    twice (the trainer's first cycle, then every later one): seconds, records/s, peak RSS;
   - `readers`: the same read by READERS reader processes (`GMM_TRAIN_READERS`,
     `trainer.window_readers`), each some of the partitions, as the trainer's run loop reads:
     a first read that starts its readers, then (`trainer.reader_pool`: the next read's readers
@@ -121,7 +121,8 @@ else:
             # resident memory at the moment it was started (vfork, then exec).
             out["readers_peak_rss_bytes"] = readers_peak()
             del first  # as a cycle lets its window go before the next
-            await pool.refill()
+            if not await pool.refill():
+                raise RuntimeError("the standby readers did not start")
             t = time.perf_counter()
             window = await read_window(kafka, topic, n, dim=8, deadline_s=3600, pool=pool)
             return window.points, time.perf_counter() - t
@@ -134,7 +135,16 @@ else:
         seconds = time.perf_counter() - t
     elif what == "readers":
         points, seconds = asyncio.run(read_with_readers())
-    else:
+    elif what == "read":
+        # Like the readers: the first read of the process, then the read of every later cycle.
+        first = asyncio.run(read_window(kafka, topic, n, dim=8, deadline_s=3600))
+        out["first_read_seconds"] = time.perf_counter() - t
+        out["first_records_per_second"] = n / out["first_read_seconds"]
+        del first
+        t = time.perf_counter()
+        points = asyncio.run(read_window(kafka, topic, n, dim=8, deadline_s=3600)).points
+        seconds = time.perf_counter() - t
+    else:  # read_fit: one read, then the fit
         points = asyncio.run(read_window(kafka, topic, n, dim=8, deadline_s=3600)).points
         seconds = time.perf_counter() - t
     out.update(read_seconds=seconds, records_per_second=n / seconds, points=len(points),
@@ -263,11 +273,13 @@ def markdown(payload: dict[str, Any]) -> str:
         mid, worst = _rates(read)
         r_mid, r_worst = _rates(readers)
         f_mid, f_worst = _rates(readers, "first_records_per_second")
+        first_mid, first_worst = _rates(read, "first_records_per_second")
         b_mid = _rates(base)[0] if base else None
         rows.append(
             [
                 f"{r['n']:,}",
                 f"{mid:,.0f} ({worst:,.0f})",
+                f"{first_mid:,.0f} ({first_worst:,.0f})",
                 f"{r_mid:,.0f} ({r_worst:,.0f})",
                 f"{f_mid:,.0f} ({f_worst:,.0f})",
                 r_mid / mid,
@@ -287,10 +299,11 @@ def markdown(payload: dict[str, Any]) -> str:
     table = markdown_table(
         [
             "records (D=8)",
-            "read rec/s, median (worst)",
-            f"{payload['readers']} readers waiting (later cycles) rec/s, median (worst)",
-            f"{payload['readers']} readers started by the read (first cycle) rec/s, median (worst)",
-            "readers waiting / read",
+            "one process, later cycles: rec/s, median (worst)",
+            "one process, first cycle",
+            f"{payload['readers']} readers waiting (later cycles)",
+            f"{payload['readers']} readers started by the read (first cycle)",
+            "readers / one process (later cycles)",
             "per-record read rec/s (median)",
             "read peak RSS (GiB)",
             "readers: trainer + largest reader peak RSS (GiB)",
@@ -310,11 +323,13 @@ def markdown(payload: dict[str, Any]) -> str:
         f"D=8, K=4 mixture on a topic of {PARTITIONS} partitions (lz4), read by the trainer's "
         f"reader alone and with {payload['readers']} reader processes "
         f"(`GMM_TRAIN_READERS={payload['readers']}`), then a cold K=4 full fit of "
-        f"{RESTARTS} starts. With readers, each round reads twice as the trainer's run loop "
-        "does: the first read starts its reader processes; after it the next read's are "
-        "started (`ReaderPool.refill`, untimed, as after a cycle) and the second read finds "
-        "them waiting, as every cycle after the first does. Clocks start after the imports (a "
-        "trainer imports once). Every figure is a process of its own; peak RSS is its VmHWM "
+        f"{RESTARTS} starts. Each read round is a process that reads twice, as the trainer's "
+        "run loop does: its first cycle, then every later one (with readers, the first read "
+        "starts its reader processes; after it the next read's are started, untimed, as after "
+        "a cycle, `ReaderPool.refill`, and the second read finds them waiting). Clocks start "
+        "after the imports (a trainer imports once). Peak RSS of the readers: the first read's "
+        "(a reader started from a process that holds a window counts that process's memory in "
+        "its own peak). Every figure is a process of its own; peak RSS is its VmHWM "
         "(the whole process: Python, JAX and the data). The per-record read is the reader "
         f"before chunks, in the same run. Reads: {payload['read_rounds']} interleaved rounds "
         "each (median and worst); the fits: one round.\n\n" + table
