@@ -44,6 +44,7 @@ import numpy as np
 from sklearn.mixture import GaussianMixture
 
 from bench._common import RESULTS, machine, markdown_table, sample, write_results
+from bench.summary import sklearn_worst
 from kafka_common.jax_cache import enable_compilation_cache
 from mixture.evaluate import log_likelihood
 from mixture.fit import FitConfig, fit_compilations, fit_map
@@ -455,14 +456,6 @@ def _warm_section(rows: list[dict[str, Any]]) -> str:
         "diagnostic, not the trainer's config: the same refit with `n_init=1` (no random "
         "candidates scored), on one more window.\n\n" + markdown_table(header, table)
     )
-
-
-def sklearn_worst(rounds: list[dict[str, Any]]) -> float:
-    """scikit-learn's slowest round, in the faster of its settings (defaults, one thread)."""
-    worst = max(p["sklearn"]["seconds"] for p in rounds)
-    if all("sklearn_one_thread" in p for p in rounds):
-        worst = min(worst, max(p["sklearn_one_thread"]["seconds"] for p in rounds))
-    return worst
 
 
 def _worst_ratio(rounds: list[dict[str, Any]]) -> float:

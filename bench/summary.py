@@ -162,8 +162,9 @@ def _versus(ours: float, sklearn: float, note: str = "") -> str:
     return f"ours {_s(ours)} s, scikit-learn {_s(sklearn)} s ({faster}{note})"
 
 
-def _sklearn_worst(rounds: Sequence[Payload]) -> float:
-    """scikit-learn's slowest warm round, in the faster of its settings (bench.fit)."""
+def sklearn_worst(rounds: Sequence[Payload]) -> float:
+    """scikit-learn's slowest warm round, in the faster of its settings (defaults, or one
+    thread): the baseline of bench.fit's warm ratios, here and in its own tables."""
     worst = max(r["sklearn"]["seconds"] for r in rounds)
     if all("sklearn_one_thread" in r for r in rounds):
         worst = min(worst, max(r["sklearn_one_thread"]["seconds"] for r in rounds))
@@ -185,7 +186,7 @@ def _fit_case(cold: Sequence[Payload], warm: Sequence[Payload]) -> str:
         parts.append(text)
     for w in sorted(warm, key=lambda r: r["n_points"]):
         ours = max(r["ours"]["seconds"] for r in w["rounds"])
-        sklearn = _sklearn_worst(w["rounds"])
+        sklearn = sklearn_worst(w["rounds"])
         parts.append(f"warm refit at {_n(w['n_points'])} points {_versus(ours, sklearn)}")
     case = (warm or cold)[0]["case"]
     return f"{case}: " + ", ".join(parts)
