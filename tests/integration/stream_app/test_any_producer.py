@@ -124,9 +124,19 @@ def test_only_committed_records_are_classified_and_fitted(kafka_bootstrap, start
     create_worker_topics(kafka_bootstrap, topics, partitions=1)
     producer = transactional_abort_then_commit(kafka_bootstrap, topics.input)
 
-    # The trainer's window holds exactly the committed 50.
-    window = run(read_window(KafkaSettings(bootstrap_servers=kafka_bootstrap), topics.input, 1000))
-    assert window.n_records == 50 and window.points.shape == (50, 1)
+    # The trainer's window holds exactly the committed 50: once the commit's marker is on the
+    # partition (the coordinator writes it after commit_transaction returns), and never an
+    # aborted record before or after.
+    windows = []
+
+    def committed_readable() -> bool:
+        kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+        windows.append(run(read_window(kafka, topics.input, 1000)))
+        assert windows[-1].n_records in (0, 50), windows[-1]
+        return windows[-1].n_records == 50
+
+    wait_for(committed_readable, 30, message="the committed transaction in the window")
+    assert windows[-1].points.shape == (50, 1)
 
     publish_model(kafka_bootstrap, topics.params, SEED_MODEL)
     worker = start_worker(topics, GMM_INPUT_PARTITIONS="1")
