@@ -22,6 +22,12 @@ that was fenced in between fails its commit, reads again and retries (a bounded 
 times). Two publishers of one name at once therefore never write the same version, and every
 reader reads committed records only.
 
+A commit can fail and still have gone through, or not: Kafka 4.0 answers a commit that races
+another publisher's fencing with UNKNOWN_SERVER_ERROR, and a commit fenced after it was logged
+completes anyway. Every publication carries a random id (`metadata.publication`); a retry
+first looks for it on the history topic, and writes nothing again if an earlier try's commit
+went through. So a retry never publishes one model twice.
+
 Names share the params topic, and a read_committed reader sees nothing past the first
 transaction still open, whatever its name. A publisher's transactions are short (a few
 records) and time out after PUBLISH_TRANSACTION_TIMEOUT_MS, after which the broker aborts
@@ -42,11 +48,19 @@ import dataclasses
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, ProducerFenced
+from aiokafka.errors import (
+    IllegalOperation,
+    InvalidProducerEpoch,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFenced,
+    UnknownError,
+)
 
 from kafka_common.settings import KafkaSettings, SettingsError
 from kafka_common.signing import Signer, Verifier
@@ -112,7 +126,9 @@ def history_spec(topic: str) -> TopicSpec:
 
 
 class PublishConflict(RuntimeError):
-    """Another publisher of the same name kept winning: nothing of ours was committed."""
+    """Every attempt was fenced by another publisher of the same name, or ended in an error
+    after which its outcome was not known; each later attempt looked, and found nothing of the
+    earlier ones committed."""
 
 
 def fenced_backoff(attempt: int, attempt_seconds: float, rng: random.Random) -> float:
@@ -303,13 +319,14 @@ async def read_all(
     on_reject: OnReject | None = None,
     verifier: Verifier | None = None,
     role: str = "history",
+    settle_s: float = 0.0,
 ) -> list[ModelParams]:
     """Every valid model of `name` on `topic`, in topic order: on the history topic (role
     "history") every version published; on the params topic the served versions not yet
-    compacted away."""
+    compacted away. settle_s: see `_read_to_end`."""
     consumer, tps = await _start_consumer(kafka, topic)
     try:
-        tail = await _read_to_end(consumer, tps, name, on_reject, verifier, role)
+        tail = await _read_to_end(consumer, tps, name, on_reject, verifier, role, settle_s)
     finally:
         await consumer.stop()
     return tail.history if role == "history" else tail.state.served
@@ -484,7 +501,16 @@ class Publisher:
         """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        model = stamped(model, self.name, published_by, stage=stage, **extra)
+        # Names this call's record: a retry after a commit whose outcome was not known finds
+        # by it whether that commit went through, and then writes nothing again.
+        publication = uuid.uuid4().hex
+        model = stamped(
+            model, self.name, published_by, stage=stage, publication=publication, **extra
+        )
+
+        async def look() -> tuple[ModelParams] | None:
+            done = await self._published(publication)
+            return None if done is None else (done,)
 
         async def attempt(producer: AIOKafkaProducer) -> ModelParams:
             served, candidate, highest = await read_state(
@@ -509,7 +535,7 @@ class Publisher:
                     await self._send_withdrawal(producer, versioned.version)
             return versioned
 
-        return await self._exclusively("publishing", attempt)
+        return await self._exclusively("publishing", attempt, look)
 
     async def reassert(self) -> bool:
         """Writes the name's current records again (the newest served version, the candidate
@@ -522,6 +548,7 @@ class Publisher:
         if not tail.spoiled & tail.latest.keys():
             return False
 
+        # Needs no look: a retry reads the tail again, and writes only what is still spoiled.
         async def attempt(producer: AIOKafkaProducer) -> bool:
             tail = await read_tail(
                 self.kafka, self.params_topic, self.name, self.verifier, SETTLE_SECONDS
@@ -552,6 +579,14 @@ class Publisher:
         """Withdraws candidate `version` (workers stop scoring it); StaleState if it is not the
         candidate any more."""
 
+        async def look() -> tuple[None] | None:
+            # Gone: an earlier attempt's withdrawal went through (or another publisher's did);
+            # either way it is out of shadow.
+            _, candidate, _ = await read_state(
+                self.kafka, self.params_topic, self.name, self.verifier, SETTLE_SECONDS
+            )
+            return (None,) if candidate is None else None
+
         async def attempt(producer: AIOKafkaProducer) -> None:
             _, candidate, highest = await read_state(
                 self.kafka, self.params_topic, self.name, self.verifier, SETTLE_SECONDS
@@ -561,7 +596,22 @@ class Publisher:
             async with producer.transaction():
                 await self._send_withdrawal(producer, highest)
 
-        await self._exclusively("withdrawing the candidate of", attempt)
+        await self._exclusively("withdrawing the candidate of", attempt, look)
+
+    async def _published(self, publication: str) -> ModelParams | None:
+        """The version this publisher wrote under `publication` (its record's id), if any: read
+        on the history topic, which keeps every version (the params topic compacts), once
+        every transaction open now has ended."""
+        history = await read_all(
+            self.kafka,
+            self.history_topic,
+            self.name,
+            verifier=self.verifier,
+            settle_s=SETTLE_SECONDS,
+        )
+        return next(
+            (m for m in history if m.metadata.extra.get("publication") == publication), None
+        )
 
     async def _send_withdrawal(self, producer: AIOKafkaProducer, version: int) -> None:
         """Writes the withdrawal marker (with `version`, the highest taken) on the candidate key,
@@ -570,19 +620,31 @@ class Publisher:
         await producer.send(self.params_topic, record.value, key=record.key, headers=record.headers)
 
     async def _exclusively(
-        self, what: str, attempt: Callable[[AIOKafkaProducer], Awaitable[_T]]
+        self,
+        what: str,
+        attempt: Callable[[AIOKafkaProducer], Awaitable[_T]],
+        look: Callable[[], Awaitable[tuple[_T] | None]] | None = None,
     ) -> _T:
         """Runs `attempt` with a started transactional producer of the name, and again after
-        each fenced try (nothing of a fenced try is committed), at most self.attempts times
-        in all, waiting fenced_backoff between tries; PublishConflict when every try was
-        fenced. Any other error ends it at once."""
+        each try that was fenced or ended in an error after which what it committed is not
+        known (`outcome_unknown`), at most self.attempts times in all, waiting fenced_backoff
+        between tries; PublishConflict when every try failed so. Any other error ends it at
+        once.
+
+        A failed try may still have committed: a commit the broker answered with an
+        unexpected error, or one fenced after it was logged. So before each try after the
+        first, and once more after the last one failed so, `look()` says whether what the
+        earlier tries were to write is there (`(result,)`) or not (None); if it is, nothing is
+        written again. Starting a producer of the name ends every earlier try's transaction,
+        one way or the other, so the look comes after that. With no `look`, `attempt` must be
+        idempotent."""
         if self.signer is None and self.verify_keys is not None:
             raise UnsignedPublisher(
                 f"{what} {self.name!r} needs GMM_PARAMS_SIGNING_KEY: with GMM_PARAMS_VERIFY_KEY "
                 "set and no signing key, the publisher would not see its own versions"
             )
         rng = random.Random()
-        for number in range(1, self.attempts + 1):
+        for number in range(1, self.attempts + 2):
             began = time.monotonic()
             producer = AIOKafkaProducer(
                 **self.kafka.producer_options(),
@@ -595,17 +657,27 @@ class Publisher:
             # name and waits for its open transaction to be committed or aborted.
             await producer.start()
             try:
+                if number > 1 and look is not None:
+                    done = await look()
+                    if done is not None:
+                        log.warning("%s %r: an earlier attempt had committed", what, self.name)
+                        return done[0]
+                if number > self.attempts:
+                    break
                 return await attempt(producer)
             # A publisher fenced while in its transaction gets ProducerFenced, or, from aiokafka,
-            # IllegalOperation on its next send (its transaction was ended under it). Either
-            # way nothing of the attempt is committed, so it is safe to retry.
-            except (ProducerFenced, InvalidProducerEpoch, IllegalOperation) as exc:
+            # IllegalOperation on its next send (its transaction was ended under it).
+            except (ProducerFenced, InvalidProducerEpoch, IllegalOperation, KafkaError) as exc:
+                fenced = isinstance(exc, (ProducerFenced, InvalidProducerEpoch, IllegalOperation))
+                if not fenced and not outcome_unknown(exc):
+                    raise
                 wait = fenced_backoff(number, time.monotonic() - began, rng)
                 log.warning(
-                    "%s %r: fenced by another publisher (%s); attempt %d of %d%s",
+                    "%s %r: %s (%s); attempt %d of %d%s",
                     what,
                     self.name,
-                    type(exc).__name__,
+                    "fenced by another publisher" if fenced else "outcome not known",
+                    _describe(exc),
                     number,
                     self.attempts,
                     f", next in {wait:.2f} s" if number < self.attempts else "",
@@ -614,6 +686,36 @@ class Publisher:
                 await producer.stop()
             if number < self.attempts:
                 await asyncio.sleep(wait)
+            elif look is None:
+                break
         raise PublishConflict(
-            f"{self.attempts} attempts at {what} {self.name!r} were fenced by other publishers"
+            f"{self.attempts} attempts at {what} {self.name!r} were fenced by other publishers "
+            "or ended with their outcome not known"
         )
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """Whether a transaction that raised `exc` may or may not have committed, so that trying
+    again (after looking) is right: the broker's UNKNOWN_SERVER_ERROR (which Kafka 4.0 gives a
+    commit that races another publisher's fencing), a request timeout, or an error Kafka calls
+    retriable, found anywhere in the chain of causes (aiokafka wraps its sender's errors in a
+    plain KafkaError). A refusal (authorization, a record too large, an invalid request) is
+    not: it ends the publication."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (UnknownError, KafkaTimeoutError)):
+            return True
+        if isinstance(seen, KafkaError) and seen.retriable:
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception and the causes it wraps, by class name: 'KafkaError <- UnknownError'."""
+    names: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None:
+        names.append(type(seen).__name__)
+        seen = seen.__cause__
+    return " <- ".join(names)

@@ -1,6 +1,7 @@
 """Decoding params-topic records: whatever a record holds, the reader skips it or loads it, and
 never raises (one poisoned record would stop every reader of the topic at the same offset).
-And the publisher's retry after fencing: bounded, backing off, only after a fenced try."""
+And the publisher's retry: bounded, backing off, only after a fenced try or one whose outcome
+is not known, and never writing again what an earlier try committed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
-from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
+from aiokafka.errors import (
+    IllegalOperation,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotCoordinatorError,
+    ProducerFenced,
+    TopicAuthorizationFailedError,
+    UnknownError,
+)
 from numpy.testing import assert_allclose
 
 from kafka_common import params_topic
@@ -23,6 +33,7 @@ from kafka_common.params_topic import (
     StaleState,
     _update,
     fenced_backoff,
+    outcome_unknown,
 )
 from kafka_common.settings import KafkaSettings
 from kafka_common.signing import keygen
@@ -202,3 +213,112 @@ def test_a_publisher_that_verifies_but_does_not_sign_refuses_to_publish(fake_kaf
         asyncio.run(publisher._exclusively("publishing", lambda producer: asyncio.sleep(0)))
     assert isinstance(info.value, SettingsError)
     assert _FakeProducer.log == []  # no producer was even started
+
+
+def _sender_error(cause: Exception) -> KafkaError:
+    """What aiokafka raises from a commit whose request failed: its sender's error, wrapping
+    the broker's."""
+    try:
+        raise KafkaError("Unexpected error during batch delivery") from cause
+    except KafkaError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("error", "unknown"),
+    [
+        (_sender_error(UnknownError()), True),  # Kafka 4.0: a commit racing a fencing
+        (UnknownError(), True),
+        (KafkaTimeoutError(), True),
+        (_sender_error(NotCoordinatorError()), True),  # retriable
+        (KafkaError(), False),
+        (_sender_error(TopicAuthorizationFailedError()), False),
+        (MessageSizeTooLargeError(), False),
+        (ValueError(), False),
+    ],
+    ids=[
+        "wrapped-unknown",
+        "unknown",
+        "timeout",
+        "retriable",
+        "plain",
+        "refused",
+        "too-large",
+        "not-kafka",
+    ],
+)
+def test_which_errors_leave_the_outcome_unknown(error, unknown):
+    assert outcome_unknown(error) is unknown
+
+
+def test_after_an_unknown_outcome_the_retry_looks_first_and_writes_nothing_again(fake_kafka):
+    """The failed commit had gone through: the look finds it, and no second try is made."""
+    tries, looks = [], []
+
+    async def attempt(producer):
+        tries.append(producer)
+        raise _sender_error(UnknownError())
+
+    async def look():
+        looks.append(len(tries))
+        return ("version 1",)
+
+    assert asyncio.run(_publisher()._exclusively("publishing", attempt, look)) == "version 1"
+    assert len(tries) == 1 and looks == [1]
+    assert _FakeProducer.log == ["start", "stop"] * 2  # the look runs on a started producer
+    assert len(fake_kafka) == 1
+
+
+def test_after_an_unknown_outcome_that_did_not_commit_the_retry_writes(fake_kafka):
+    outcomes = [_sender_error(UnknownError()), ProducerFenced(), "done"]
+    looks = []
+
+    async def attempt(producer):
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def look():
+        looks.append(len(outcomes))
+        return None
+
+    assert asyncio.run(_publisher()._exclusively("publishing", attempt, look)) == "done"
+    assert looks == [2, 1]  # before each retry, none before the first try
+    assert _FakeProducer.log == ["start", "stop"] * 3
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_the_last_tries_outcome_is_looked_at_too(fake_kafka, committed):
+    """Every try failed so: one more look, after a producer start has ended the last try's
+    transaction; only if nothing was committed is it a PublishConflict."""
+    seen = []
+
+    async def attempt(producer):
+        raise _sender_error(UnknownError())
+
+    async def look():
+        seen.append(True)
+        return ("committed",) if committed and len(seen) == 3 else None
+
+    publisher = _publisher(3)
+    if committed:
+        assert asyncio.run(publisher._exclusively("publishing", attempt, look)) == "committed"
+    else:
+        with pytest.raises(PublishConflict, match="3 attempts"):
+            asyncio.run(publisher._exclusively("publishing", attempt, look))
+    assert len(seen) == 3  # before the second and third tries, and after the third
+    assert _FakeProducer.log == ["start", "stop"] * 4
+    assert len(fake_kafka) == 2  # no wait before the last look
+
+
+def test_a_refusal_ends_at_once_without_a_look(fake_kafka):
+    async def attempt(producer):
+        raise _sender_error(TopicAuthorizationFailedError())
+
+    async def look():
+        raise AssertionError("no look after a refusal")
+
+    with pytest.raises(KafkaError):
+        asyncio.run(_publisher()._exclusively("publishing", attempt, look))
+    assert _FakeProducer.log == ["start", "stop"]
