@@ -22,9 +22,14 @@ from mixture.fit_config import FitConfig
 from mixture.params import MixtureParams, Priors, column_stats, data_priors, seed_priors
 from mixture.points import MAX_ABS
 
-#: Fit programs take windows padded (and masked) up to one of these sizes: 2^j and 3 * 2^(j-1),
-#: at least MIN_PADDED, so windows of any size reuse a few programs (at most a third wasted).
+#: Fit programs take windows padded (and masked) up to one of a few sizes, so windows of any size
+#: reuse a few programs: 2^j and 3 * 2^(j-1) from MIN_PADDED up to FINE_PADDED (at most a third
+#: wasted, where a fit costs little and a compilation much), eight sizes an octave above it
+#: (m * 2^j, m = 9..16: under an eighth wasted, where the fit's time is the window's). The
+#: trainer's default window of 100,000 points pads to 106,496, not 131,072; 10,000,000 to
+#: 10,485,760, not 12,582,912.
 MIN_PADDED = 256
+FINE_PADDED = 2**16
 
 #: The fit's programs sum the loss over blocks of points (see `point_block`): at most
 #: POINT_BLOCK points, and at most BLOCK_VALUES values of the candidates x block x K x D
@@ -38,7 +43,8 @@ def point_block(size: int, width: int = 1) -> int:
     """The block a padded window of `size` points is summed in, for `width` values per point
     (candidates x K x D): the whole window when it is within the limits above (one block: the
     smallest program), else the largest power of two dividing `size` within them (padded sizes
-    are 2^j or 3 * 2^(j-1), so a block is at least a third of the limit)."""
+    are 2^j or 3 * 2^(j-1) up to FINE_PADDED, multiples of 2^13 above it, so a block is at
+    least a third of the limit)."""
     limit = max(MIN_BLOCK, min(POINT_BLOCK, BLOCK_VALUES // max(width, 1)))
     if size <= limit:
         return size
@@ -46,11 +52,14 @@ def point_block(size: int, width: int = 1) -> int:
 
 
 def padded_size(n: int) -> int:
-    """The padded window size for n points (see MIN_PADDED)."""
+    """The padded window size for n points (see MIN_PADDED and FINE_PADDED)."""
     size = MIN_PADDED
-    while size < n:
+    while size < n and size < FINE_PADDED:
         size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
-    return size
+    if size >= n:
+        return size
+    step = 1 << ((n - 1).bit_length() - 4)  # 2^(j-3) for 2^j < n <= 2^(j+1)
+    return -(-n // step) * step
 
 
 class DataError(ValueError):

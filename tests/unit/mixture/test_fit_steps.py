@@ -79,11 +79,11 @@ def test_losses_summed_over_blocks_equal_the_whole_windows(monkeypatch, covarian
 
 
 def test_point_blocks_divide_every_padded_size():
-    for n in (1, 300, 5_000, 100_000, 1_000_000, 10_000_000):
+    for n in (1, 300, 5_000, 65_537, 100_000, 1_000_000, 2**20 + 1, 10_000_000):
         size = fit_data.padded_size(n)
         block = point_block(size)
         assert size % block == 0 and block <= fit_data.POINT_BLOCK
-        assert 3 * block >= min(size, fit_data.POINT_BLOCK)  # sizes are 2^j or 3 * 2^(j-1)
+        assert 3 * block >= min(size, fit_data.POINT_BLOCK)  # see padded_size
     # Many values per point (candidates x K x D): smaller blocks, never under MIN_BLOCK.
     assert point_block(2**20, 100 * 4 * 8) == 512
     assert point_block(2**20, 10**9) == fit_data.MIN_BLOCK

@@ -47,9 +47,13 @@ def test_one_component_fits():
 
 def test_padded_sizes_are_few_and_tight():
     sizes = {padded_size(n) for n in range(1, 200_001)}
-    assert len(sizes) <= 22
-    for n in (1, 255, 256, 257, 1000, 99_999, 1_000_000):
+    assert len(sizes) <= 30
+    for n in (1, 255, 256, 257, 1000, 65_536):
         assert n <= padded_size(n) <= max(256, n * 3 // 2 + 1)
+    # Above 2^16, where the fit's time is the window's: under an eighth wasted.
+    for n in (65_537, 73_729, 99_999, 100_000, 1_000_000, 2**20 + 1, 10_000_000):
+        assert n <= padded_size(n) < n * 9 / 8
+    assert padded_size(100_000) == 106_496  # the trainer's default window
 
 
 def test_windows_of_varying_size_do_not_recompile():
