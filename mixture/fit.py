@@ -14,6 +14,7 @@ chunks the driver stops a candidate that has settled or is hopelessly behind the
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -68,6 +69,8 @@ __all__ = [
     "warm_step",
 ]
 
+_log = logging.getLogger(__name__)
+
 _default: FitPrograms | None = None
 
 
@@ -94,9 +97,23 @@ def use_program_cache(directory: Any) -> None:
 
 def use_fit_devices(count: int = 0) -> int:
     """Shards the default FitPrograms' windows over the first `count` local devices (0: all;
-    1: none, one device); returns how many are used."""
+    1: none, one device); returns how many are used.
+
+    CPU devices are never sharded over: the host devices XLA_FLAGS forces share one intra-op
+    thread pool, and jaxlib's batched LAPACK kernels (the full and tied covariance steps'
+    solve, eigh and Cholesky) wait on that pool for their own tasks: with two devices in them
+    at once on a 2-CPU host every thread waited and the fit never returned (D=8, K=4, full,
+    4 or 10 candidates; found in a stack dump, both pool threads in LuDecomposition's
+    ParallelBatchMap). Processes (`use_fit_processes`) use several CPUs instead."""
     devices = jax.local_devices()
     devices = devices[: count or len(devices)]
+    if len(devices) > 1 and devices[0].platform == "cpu":
+        _log.warning(
+            "fitting on one of %d CPU devices: forced host devices share one thread pool, and "
+            "XLA's batched LAPACK kernels can deadlock on it; run several processes instead",
+            len(devices),
+        )
+        devices = devices[:1]
     default_programs().use_mesh(point_mesh(devices) if len(devices) > 1 else None)
     return len(devices)
 

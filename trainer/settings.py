@@ -172,7 +172,9 @@ class TrainerSettings:
         "GMM_TRAIN_DEVICES",
         0,
         "Local JAX devices a fit shards the window's points over, each step's sums taken on "
-        "all at once (0: every one; 1: one; a CPU host has one unless XLA_FLAGS forces more)",
+        "all at once (0: every one; 1: one). CPU devices are never sharded over (forced host "
+        "devices share one thread pool, on which XLA's batched LAPACK kernels can deadlock): a "
+        "CPU host fits on one device, and uses more CPUs through processes",
     )
     params_signing_key: str = env_field(
         "GMM_PARAMS_SIGNING_KEY",

@@ -1,4 +1,6 @@
-"""A fit sharded over several devices gives the one-device fit (2 forced host devices)."""
+"""A fit sharded over several devices gives the one-device fit (2 forced host devices); the
+trainer's own choice never shards over CPU devices (XLA's batched LAPACK kernels can deadlock
+on their shared thread pool)."""
 
 from __future__ import annotations
 
@@ -58,6 +60,33 @@ def test_a_fit_sharded_over_two_devices_is_the_one_device_fit():
         assert_allclose(np.asarray(two["locs"]), np.asarray(one["locs"]), rtol=1e-5, atol=1e-5)
 
 
+DEVICES_SCRIPT = r"""
+import jax
+from mixture.fit import default_programs, use_fit_devices
+
+assert len(jax.devices()) == 2, jax.devices()
+print(use_fit_devices(0), use_fit_devices(2), default_programs().mesh is None)
+"""
+
+
+def test_the_trainer_never_shards_over_cpu_devices():
+    env = jax_subprocess_env()
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    ).strip()
+    done = subprocess.run(
+        [sys.executable, "-c", DEVICES_SCRIPT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.split() == ["1", "1", "True"]
+    assert "fitting on one of 2 CPU devices" in done.stderr
+
+
 def test_one_device_or_a_mesh_of_one_shards_nothing():
     import jax
 
@@ -66,8 +95,9 @@ def test_one_device_or_a_mesh_of_one_shards_nothing():
 
     assert FitPrograms(mesh=point_mesh(jax.devices()[:1])).mesh is None
     try:
-        assert use_fit_devices(0) == len(jax.local_devices())
-        assert (default_programs().mesh is None) == (len(jax.local_devices()) == 1)
+        cpu = jax.local_devices()[0].platform == "cpu"
+        assert use_fit_devices(0) == (1 if cpu else len(jax.local_devices()))
+        assert (default_programs().mesh is None) == (cpu or len(jax.local_devices()) == 1)
     finally:
         use_fit_devices(1)
     assert default_programs().mesh is None
