@@ -38,13 +38,14 @@ print(json.dumps(out))
 """
 
 
-def test_a_fit_sharded_over_two_devices_is_the_one_device_fit():
+def _on_two_devices(script: str) -> subprocess.CompletedProcess:
+    """Runs `script` in a new Python process with two forced host devices."""
     env = jax_subprocess_env()
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     ).strip()
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
+    return subprocess.run(
+        [sys.executable, "-c", script],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -52,6 +53,10 @@ def test_a_fit_sharded_over_two_devices_is_the_one_device_fit():
         timeout=300,
         check=True,
     )
+
+
+def test_a_fit_sharded_over_two_devices_is_the_one_device_fit():
+    done = _on_two_devices(SCRIPT)
     out = json.loads(done.stdout.strip().splitlines()[-1])
     for covariance, fits in out.items():
         one, two = fits["one"], fits["two"]
@@ -70,19 +75,7 @@ print(use_fit_devices(0), use_fit_devices(2), default_programs().mesh is None)
 
 
 def test_the_trainer_never_shards_over_cpu_devices():
-    env = jax_subprocess_env()
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-    ).strip()
-    done = subprocess.run(
-        [sys.executable, "-c", DEVICES_SCRIPT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    done = _on_two_devices(DEVICES_SCRIPT)
     assert done.stdout.split() == ["1", "1", "True"]
     assert "fitting on one of 2 CPU devices" in done.stderr
 
