@@ -26,7 +26,8 @@ A commit can fail and still have gone through, or not: Kafka 4.0 answers a commi
 another publisher's fencing with UNKNOWN_SERVER_ERROR, and a commit fenced after it was logged
 completes anyway. Every publication carries a random id (`metadata.publication`); a retry
 first looks for it on the history topic, and writes nothing again if an earlier try's commit
-went through. So a retry never publishes one model twice.
+went through. So a retry never publishes one model twice. A transaction commits only once
+every record in it was delivered (aiokafka would commit without a batch the broker refused).
 
 Names share the params topic, and a read_committed reader sees nothing past the first
 transaction still open, whatever its name. A publisher's transactions are short (a few
@@ -44,12 +45,13 @@ marker is refused and counted (`replayed`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -126,9 +128,9 @@ def history_spec(topic: str) -> TopicSpec:
 
 
 class PublishConflict(RuntimeError):
-    """Every attempt was fenced by another publisher of the same name, or ended in an error
-    after which its outcome was not known; each later attempt looked, and found nothing of the
-    earlier ones committed."""
+    """Every attempt was fenced by another publisher of the same name, or failed in its commit
+    with its outcome not known; a look after the last found nothing of them committed (but see
+    OutcomeUnknown, a subclass, for when the look could not tell)."""
 
 
 def fenced_backoff(attempt: int, attempt_seconds: float, rng: random.Random) -> float:
@@ -512,7 +514,7 @@ class Publisher:
             done = await self._published(publication)
             return None if done is None else (done,)
 
-        async def attempt(producer: AIOKafkaProducer) -> ModelParams:
+        async def attempt(producer: _Producer) -> ModelParams:
             served, candidate, highest = await read_state(
                 self.kafka, self.params_topic, self.name, self.verifier, SETTLE_SECONDS
             )
@@ -549,7 +551,7 @@ class Publisher:
             return False
 
         # Needs no look: a retry reads the tail again, and writes only what is still spoiled.
-        async def attempt(producer: AIOKafkaProducer) -> bool:
+        async def attempt(producer: _Producer) -> bool:
             tail = await read_tail(
                 self.kafka, self.params_topic, self.name, self.verifier, SETTLE_SECONDS
             )
@@ -580,14 +582,14 @@ class Publisher:
         candidate any more."""
 
         async def look() -> tuple[None] | None:
-            # Gone: an earlier attempt's withdrawal went through (or another publisher's did);
-            # either way it is out of shadow.
+            # Out of shadow: an earlier attempt's withdrawal went through, or another
+            # publisher's withdrawal or promotion did; either way it is no longer scored.
             _, candidate, _ = await read_state(
                 self.kafka, self.params_topic, self.name, self.verifier, SETTLE_SECONDS
             )
-            return (None,) if candidate is None else None
+            return (None,) if candidate is None or candidate.version != version else None
 
-        async def attempt(producer: AIOKafkaProducer) -> None:
+        async def attempt(producer: _Producer) -> None:
             _, candidate, highest = await read_state(
                 self.kafka, self.params_topic, self.name, self.verifier, SETTLE_SECONDS
             )
@@ -613,7 +615,7 @@ class Publisher:
             (m for m in history if m.metadata.extra.get("publication") == publication), None
         )
 
-    async def _send_withdrawal(self, producer: AIOKafkaProducer, version: int) -> None:
+    async def _send_withdrawal(self, producer: _Producer, version: int) -> None:
         """Writes the withdrawal marker (with `version`, the highest taken) on the candidate key,
         inside the caller's transaction."""
         record = params_record.encode_withdrawal(self.name, version, self.signer)
@@ -622,28 +624,30 @@ class Publisher:
     async def _exclusively(
         self,
         what: str,
-        attempt: Callable[[AIOKafkaProducer], Awaitable[_T]],
+        attempt: Callable[[_Producer], Awaitable[_T]],
         look: Callable[[], Awaitable[tuple[_T] | None]] | None = None,
     ) -> _T:
         """Runs `attempt` with a started transactional producer of the name, and again after
-        each try that was fenced or ended in an error after which what it committed is not
-        known (`outcome_unknown`), at most self.attempts times in all, waiting fenced_backoff
-        between tries; PublishConflict when every try failed so. Any other error ends it at
-        once.
+        each try that was fenced, or whose commit failed with its outcome not known
+        (`outcome_unknown`), at most self.attempts times in all, waiting fenced_backoff between
+        tries; PublishConflict when every try failed so and nothing was committed. Any other
+        error ends it at once.
 
-        A failed try may still have committed: a commit the broker answered with an
-        unexpected error, or one fenced after it was logged. So before each try after the
-        first, and once more after the last one failed so, `look()` says whether what the
-        earlier tries were to write is there (`(result,)`) or not (None); if it is, nothing is
+        A try that reached its commit and failed may still have committed: a commit the broker
+        answered with an unexpected error, or one fenced after it was logged. So after such a
+        try, before the next one (and once more after the last), `look()` says whether what
+        the tries were to write is there (`(result,)`) or not (None); if it is, nothing is
         written again. Starting a producer of the name ends every earlier try's transaction,
         one way or the other, so the look comes after that. With no `look`, `attempt` must be
-        idempotent."""
+        idempotent. An error while a commit's outcome is not known yet (the look's, a
+        producer's start) raises OutcomeUnknown."""
         if self.signer is None and self.verify_keys is not None:
             raise UnsignedPublisher(
                 f"{what} {self.name!r} needs GMM_PARAMS_SIGNING_KEY: with GMM_PARAMS_VERIFY_KEY "
                 "set and no signing key, the publisher would not see its own versions"
             )
         rng = random.Random()
+        maybe_committed = False  # a failed try reached its commit, and no look has run since
         for number in range(1, self.attempts + 2):
             began = time.monotonic()
             producer = AIOKafkaProducer(
@@ -653,44 +657,95 @@ class Publisher:
                 enable_idempotence=True,
                 acks="all",
             )
-            # start() initialises the transactions: it fences any other live publisher of this
-            # name and waits for its open transaction to be committed or aborted.
-            await producer.start()
+            writer = _Producer(producer)
             try:
-                if number > 1 and look is not None:
+                # start() initialises the transactions: it fences any other live publisher of
+                # this name and waits for its open transaction to be committed or aborted.
+                await producer.start()
+                if maybe_committed and look is not None:
                     done = await look()
                     if done is not None:
                         log.warning("%s %r: an earlier attempt had committed", what, self.name)
                         return done[0]
+                    maybe_committed = False
                 if number > self.attempts:
                     break
-                return await attempt(producer)
+                return await attempt(writer)
             # A publisher fenced while in its transaction gets ProducerFenced, or, from aiokafka,
             # IllegalOperation on its next send (its transaction was ended under it).
             except (ProducerFenced, InvalidProducerEpoch, IllegalOperation, KafkaError) as exc:
                 fenced = isinstance(exc, (ProducerFenced, InvalidProducerEpoch, IllegalOperation))
-                if not fenced and not outcome_unknown(exc):
-                    raise
+                if not writer.started_commit or not (fenced or outcome_unknown(exc)):
+                    if maybe_committed:
+                        raise OutcomeUnknown(f"{what} {self.name!r}", exc) from exc
+                    if not fenced:
+                        raise
+                # With no look, `attempt` is idempotent: whatever an earlier try did, the next
+                # one reads it first.
+                maybe_committed = look is not None and (maybe_committed or writer.started_commit)
                 wait = fenced_backoff(number, time.monotonic() - began, rng)
                 log.warning(
                     "%s %r: %s (%s); attempt %d of %d%s",
                     what,
                     self.name,
-                    "fenced by another publisher" if fenced else "outcome not known",
+                    "fenced by another publisher" if fenced else "commit's outcome not known",
                     _describe(exc),
                     number,
                     self.attempts,
                     f", next in {wait:.2f} s" if number < self.attempts else "",
                 )
+            except Exception as exc:
+                if maybe_committed:
+                    raise OutcomeUnknown(f"{what} {self.name!r}", exc) from exc
+                raise
             finally:
                 await producer.stop()
             if number < self.attempts:
                 await asyncio.sleep(wait)
-            elif look is None:
+            elif look is None or not maybe_committed:
                 break
         raise PublishConflict(
             f"{self.attempts} attempts at {what} {self.name!r} were fenced by other publishers "
-            "or ended with their outcome not known"
+            "or failed in their commits, and none of them committed"
+        )
+
+
+class _Producer:
+    """The transactional producer a try writes with. Its transaction waits for every record's
+    delivery before it commits: aiokafka commits a transaction one of whose batches failed for
+    good (a record too large for one topic), without that batch. And it tells whether the try
+    reached its commit (`started_commit`): only then can a failed try have committed."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self.sent: list[asyncio.Future[Any]] = []
+        self.started_commit = False
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
+    ) -> None:
+        """Queues a record in the transaction; the transaction's end waits for its delivery."""
+        self.sent.append(await self.producer.send(topic, value, key=key, headers=headers))
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """The producer's transaction: committed when the block ends and every record sent in
+        it was delivered, aborted when the block or a delivery raises."""
+        async with self.producer.transaction():
+            yield
+            await asyncio.gather(*self.sent)
+            self.started_commit = True
+
+
+class OutcomeUnknown(PublishConflict):
+    """A try's commit failed with its outcome not known, and what came after (a producer's
+    start, the look for what it wrote) failed too: it may or may not have been published.
+    Its `metadata.publication` on the history topic says (`gmm-trainer models --json`)."""
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        super().__init__(
+            f"{what}: a commit failed and it could not be told whether it went through "
+            f"({_describe(cause)}); look at the history before trying again"
         )
 
 

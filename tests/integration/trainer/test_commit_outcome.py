@@ -15,10 +15,12 @@ from typing import ClassVar
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, UnknownError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, UnknownError
 
 from kafka_common import params_topic
-from kafka_common.params_topic import PublishConflict, read_all, read_state
+from kafka_common.params_topic import PublishConflict, params_spec, read_all, read_state
+from kafka_common.topics import ensure_topics
 from support.harness import Topics
 from tests.integration.trainer.test_lifecycle import kafka, make_topics, model, publisher_of
 
@@ -82,7 +84,7 @@ def test_the_last_tries_lost_answer_is_looked_up_too(kafka_bootstrap, answer_los
     answer_lost.append("commit")
     assert asyncio.run(one_try.publish(model(), "trainer")).version == 1
     answer_lost.append("abort")
-    with pytest.raises(PublishConflict, match="outcome not known"):
+    with pytest.raises(PublishConflict, match="none of them committed"):
         asyncio.run(one_try.publish(model(), "trainer"))
     assert _history(kafka_bootstrap, topics) == [1]
 
@@ -97,3 +99,29 @@ def test_a_withdrawal_whose_commit_answer_was_lost_is_done(kafka_bootstrap, answ
     asyncio.run(publisher.withdraw_candidate(candidate.version))  # no StaleState
     served, shadow, highest = asyncio.run(read_state(kafka(kafka_bootstrap), topics.params, "gmm"))
     assert shadow is None and served is not None and served.version == 1 and highest == 2
+
+
+def test_a_record_the_broker_refuses_fails_the_whole_publication(kafka_bootstrap):
+    """aiokafka commits a transaction one of whose batches failed for good, without it: the
+    publisher waits for every record's delivery first, so a history record too large for its
+    topic aborts the params record too (never a served version missing from the history)."""
+    topics = Topics("refused")
+    settings = kafka(kafka_bootstrap)
+    asyncio.run(ensure_topics(settings, [params_spec(topics.params)]))
+
+    async def small_history() -> None:
+        admin = AIOKafkaAdminClient(**settings.client_options())
+        await admin.start()
+        try:
+            spec = NewTopic(topics.history, 1, 1, topic_configs={"max.message.bytes": "100"})
+            await admin.create_topics([spec])
+        finally:
+            await admin.close()
+
+    asyncio.run(small_history())
+    publisher = dataclasses.replace(publisher_of(kafka_bootstrap, topics), attempts=2)
+    with pytest.raises(MessageSizeTooLargeError):
+        asyncio.run(publisher.publish(model(), "trainer"))
+    served, _, highest = asyncio.run(read_state(settings, topics.params, "gmm"))
+    assert served is None and highest == 0
+    assert _history(kafka_bootstrap, topics) == []

@@ -15,6 +15,7 @@ from typing import ClassVar
 import pytest
 from aiokafka.errors import (
     IllegalOperation,
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
@@ -28,6 +29,8 @@ from numpy.testing import assert_allclose
 from kafka_common import params_topic
 from kafka_common.params_topic import (
     PUBLISH_BACKOFF_CAP_SECONDS,
+    OpenTransaction,
+    OutcomeUnknown,
     PublishConflict,
     Publisher,
     StaleState,
@@ -251,13 +254,19 @@ def test_which_errors_leave_the_outcome_unknown(error, unknown):
     assert outcome_unknown(error) is unknown
 
 
+def _at_commit(producer, error: Exception) -> Exception:
+    """`error`, as raised by the try's commit (the try reached it: it may have committed)."""
+    producer.started_commit = True
+    return error
+
+
 def test_after_an_unknown_outcome_the_retry_looks_first_and_writes_nothing_again(fake_kafka):
     """The failed commit had gone through: the look finds it, and no second try is made."""
     tries, looks = [], []
 
     async def attempt(producer):
         tries.append(producer)
-        raise _sender_error(UnknownError())
+        raise _at_commit(producer, _sender_error(UnknownError()))
 
     async def look():
         looks.append(len(tries))
@@ -269,23 +278,29 @@ def test_after_an_unknown_outcome_the_retry_looks_first_and_writes_nothing_again
     assert len(fake_kafka) == 1
 
 
-def test_after_an_unknown_outcome_that_did_not_commit_the_retry_writes(fake_kafka):
-    outcomes = [_sender_error(UnknownError()), ProducerFenced(), "done"]
+def test_after_a_failed_commit_that_did_not_commit_the_retry_writes(fake_kafka):
+    """A look after each try that reached its commit (unknown error, fenced there), none after
+    a try fenced before it."""
+    outcomes = ["unknown at commit", "fenced before", "fenced at commit", "done"]
     looks = []
 
     async def attempt(producer):
         outcome = outcomes.pop(0)
-        if isinstance(outcome, Exception):
-            raise outcome
+        if outcome == "unknown at commit":
+            raise _at_commit(producer, _sender_error(UnknownError()))
+        if outcome == "fenced at commit":
+            raise _at_commit(producer, ProducerFenced())
+        if outcome == "fenced before":
+            raise ProducerFenced()
         return outcome
 
     async def look():
-        looks.append(len(outcomes))
+        looks.append(outcomes[0])
         return None
 
     assert asyncio.run(_publisher()._exclusively("publishing", attempt, look)) == "done"
-    assert looks == [2, 1]  # before each retry, none before the first try
-    assert _FakeProducer.log == ["start", "stop"] * 3
+    assert looks == ["fenced before", "done"]
+    assert _FakeProducer.log == ["start", "stop"] * 4
 
 
 @pytest.mark.parametrize("committed", [True, False])
@@ -295,7 +310,7 @@ def test_the_last_tries_outcome_is_looked_at_too(fake_kafka, committed):
     seen = []
 
     async def attempt(producer):
-        raise _sender_error(UnknownError())
+        raise _at_commit(producer, _sender_error(UnknownError()))
 
     async def look():
         seen.append(True)
@@ -305,16 +320,72 @@ def test_the_last_tries_outcome_is_looked_at_too(fake_kafka, committed):
     if committed:
         assert asyncio.run(publisher._exclusively("publishing", attempt, look)) == "committed"
     else:
-        with pytest.raises(PublishConflict, match="3 attempts"):
+        with pytest.raises(PublishConflict, match="none of them committed") as info:
             asyncio.run(publisher._exclusively("publishing", attempt, look))
+        assert not isinstance(info.value, OutcomeUnknown)
     assert len(seen) == 3  # before the second and third tries, and after the third
     assert _FakeProducer.log == ["start", "stop"] * 4
     assert len(fake_kafka) == 2  # no wait before the last look
 
 
+def test_an_unknown_error_before_the_commit_ends_at_once(fake_kafka):
+    """Nothing was committed (a send timed out): no look, no retry."""
+
+    async def attempt(producer):
+        raise KafkaTimeoutError()
+
+    async def look():
+        raise AssertionError("nothing to look for")
+
+    with pytest.raises(KafkaTimeoutError):
+        asyncio.run(_publisher()._exclusively("publishing", attempt, look))
+    assert _FakeProducer.log == ["start", "stop"]
+
+
+@pytest.mark.parametrize("fails", ["look", "start"])
+def test_a_failure_while_a_commit_is_in_doubt_says_so(fake_kafka, monkeypatch, fails):
+    """The look (or the producer's start before it) fails after a commit failed: it cannot be
+    told whether that commit went through, and the error says so (a subclass of
+    PublishConflict, which callers report)."""
+    starts = []
+
+    async def start(self):
+        starts.append(True)
+        if fails == "start" and len(starts) == 2:
+            raise KafkaConnectionError()
+        _FakeProducer.log.append("start")
+
+    monkeypatch.setattr(_FakeProducer, "start", start)
+
+    async def attempt(producer):
+        raise _at_commit(producer, _sender_error(UnknownError()))
+
+    async def look():
+        raise OpenTransaction("stayed open")
+
+    with pytest.raises(OutcomeUnknown, match="could not be told") as info:
+        asyncio.run(_publisher()._exclusively("publishing", attempt, look))
+    assert isinstance(info.value, PublishConflict)
+    assert len(starts) == 2 and _FakeProducer.log[-1] == "stop"
+
+
+def test_with_no_look_a_failed_commit_is_simply_retried(fake_kafka):
+    """An idempotent attempt (re-asserting) reads again on its next try."""
+    outcomes = [ProducerFenced(), True]
+
+    async def attempt(producer):
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise _at_commit(producer, outcome)
+        return outcome
+
+    assert asyncio.run(_publisher()._exclusively("re-asserting", attempt)) is True
+    assert _FakeProducer.log == ["start", "stop"] * 2
+
+
 def test_a_refusal_ends_at_once_without_a_look(fake_kafka):
     async def attempt(producer):
-        raise _sender_error(TopicAuthorizationFailedError())
+        raise _at_commit(producer, _sender_error(TopicAuthorizationFailedError()))
 
     async def look():
         raise AssertionError("no look after a refusal")
