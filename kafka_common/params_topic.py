@@ -51,7 +51,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -94,6 +94,10 @@ PUBLISH_TRANSACTION_TIMEOUT_MS = 10_000
 SETTLE_SECONDS = 45.0
 
 OnCandidate = Callable[["ModelParams | None"], Awaitable[object]]
+
+#: What a publisher fenced while in its transaction gets: ProducerFenced, or, from aiokafka,
+#: IllegalOperation on its next send (its transaction was ended under it).
+_FENCED = (ProducerFenced, InvalidProducerEpoch, IllegalOperation)
 
 
 class UnsignedPublisher(SettingsError):
@@ -671,10 +675,8 @@ class Publisher:
                 if number > self.attempts:
                     break
                 return await attempt(writer)
-            # A publisher fenced while in its transaction gets ProducerFenced, or, from aiokafka,
-            # IllegalOperation on its next send (its transaction was ended under it).
-            except (ProducerFenced, InvalidProducerEpoch, IllegalOperation, KafkaError) as exc:
-                fenced = isinstance(exc, (ProducerFenced, InvalidProducerEpoch, IllegalOperation))
+            except (*_FENCED, KafkaError) as exc:
+                fenced = isinstance(exc, _FENCED)
                 if not writer.started_commit or not (fenced or outcome_unknown(exc)):
                     if maybe_committed:
                         raise OutcomeUnknown(f"{what} {self.name!r}", exc) from exc
@@ -756,21 +758,21 @@ def outcome_unknown(exc: BaseException) -> bool:
     retriable, found anywhere in the chain of causes (aiokafka wraps its sender's errors in a
     plain KafkaError). A refusal (authorization, a record too large, an invalid request) is
     not: it ends the publication."""
+    return any(
+        isinstance(e, (UnknownError, KafkaTimeoutError))
+        or (isinstance(e, KafkaError) and e.retriable)
+        for e in _causes(exc)
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then the exception it was raised from, and so on."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, (UnknownError, KafkaTimeoutError)):
-            return True
-        if isinstance(seen, KafkaError) and seen.retriable:
-            return True
+        yield seen
         seen = seen.__cause__
-    return False
 
 
 def _describe(exc: BaseException) -> str:
     """The exception and the causes it wraps, by class name: 'KafkaError <- UnknownError'."""
-    names: list[str] = []
-    seen: BaseException | None = exc
-    while seen is not None:
-        names.append(type(seen).__name__)
-        seen = seen.__cause__
-    return " <- ".join(names)
+    return " <- ".join(type(e).__name__ for e in _causes(exc))
