@@ -50,7 +50,14 @@ def answer_lost(monkeypatch):
 
 
 def _history(bootstrap: str, topics: Topics) -> list[int]:
-    return [m.version for m in asyncio.run(read_all(kafka(bootstrap), topics.history, "gmm"))]
+    models = asyncio.run(read_all(kafka(bootstrap), topics.history, topics.group))
+    return [m.version for m in models]
+
+
+def _publisher(bootstrap: str, topics: Topics):
+    """The publisher of a name of the test's own (`topics.group`): its transactional id is
+    the test's alone, so no other test's publisher fences its tries."""
+    return publisher_of(bootstrap, topics, topics.group)
 
 
 @pytest.mark.parametrize("ended", ["commit", "abort"])
@@ -59,14 +66,16 @@ def test_a_publication_whose_commit_answer_was_lost_is_one_version(
 ):
     topics = Topics(f"lost-{ended}")
     make_topics(kafka_bootstrap, topics)
-    publisher = publisher_of(kafka_bootstrap, topics)
+    publisher = _publisher(kafka_bootstrap, topics)
     assert asyncio.run(publisher.publish(model((2.0, 9.0)), "trainer")).version == 1
     answer_lost.append(ended)
     published = asyncio.run(publisher.publish(model((3.0, 8.0)), "trainer"))
 
     assert published.version == 2
     assert _history(kafka_bootstrap, topics) == [1, 2]  # not [1, 2, 3]
-    served, _, highest = asyncio.run(read_state(kafka(kafka_bootstrap), topics.params, "gmm"))
+    served, _, highest = asyncio.run(
+        read_state(kafka(kafka_bootstrap), topics.params, topics.group)
+    )
     assert served is not None and served.version == 2 and highest == 2
     assert served.metadata.extra["publication"] == published.metadata.extra["publication"]
     assert served.mixture.locs[0][0] == 3.0
@@ -78,7 +87,7 @@ def test_a_publication_whose_commit_answer_was_lost_is_one_version(
 def test_the_last_tries_lost_answer_is_looked_up_too(kafka_bootstrap, answer_lost):
     topics = Topics("lost-last")
     make_topics(kafka_bootstrap, topics)
-    publisher = publisher_of(kafka_bootstrap, topics)
+    publisher = _publisher(kafka_bootstrap, topics)
     one_try = dataclasses.replace(publisher, attempts=1)
 
     answer_lost.append("commit")
@@ -92,12 +101,14 @@ def test_the_last_tries_lost_answer_is_looked_up_too(kafka_bootstrap, answer_los
 def test_a_withdrawal_whose_commit_answer_was_lost_is_done(kafka_bootstrap, answer_lost):
     topics = Topics("lost-withdraw")
     make_topics(kafka_bootstrap, topics)
-    publisher = publisher_of(kafka_bootstrap, topics)
+    publisher = _publisher(kafka_bootstrap, topics)
     asyncio.run(publisher.publish(model(), "trainer"))
     candidate = asyncio.run(publisher.publish(model((2.5, 9.5)), "trainer", stage="candidate"))
     answer_lost.append("commit")
     asyncio.run(publisher.withdraw_candidate(candidate.version))  # no StaleState
-    served, shadow, highest = asyncio.run(read_state(kafka(kafka_bootstrap), topics.params, "gmm"))
+    served, shadow, highest = asyncio.run(
+        read_state(kafka(kafka_bootstrap), topics.params, topics.group)
+    )
     assert shadow is None and served is not None and served.version == 1 and highest == 2
 
 
@@ -119,9 +130,9 @@ def test_a_record_the_broker_refuses_fails_the_whole_publication(kafka_bootstrap
             await admin.close()
 
     asyncio.run(small_history())
-    publisher = dataclasses.replace(publisher_of(kafka_bootstrap, topics), attempts=2)
+    publisher = dataclasses.replace(_publisher(kafka_bootstrap, topics), attempts=2)
     with pytest.raises(MessageSizeTooLargeError):
         asyncio.run(publisher.publish(model(), "trainer"))
-    served, _, highest = asyncio.run(read_state(settings, topics.params, "gmm"))
+    served, _, highest = asyncio.run(read_state(settings, topics.params, topics.group))
     assert served is None and highest == 0
     assert _history(kafka_bootstrap, topics) == []
