@@ -48,6 +48,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import random
 import time
 import uuid
@@ -74,6 +75,7 @@ from wire.params_record import SIGNATURE_HEADER, STAGES, NameState, ParamsUpdate
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_U = TypeVar("_U")
 
 OnModel = Callable[[ModelParams], Awaitable[object]]
 OnReject = Callable[[str, str], None]  # (reason code, message)
@@ -92,6 +94,9 @@ PUBLISH_TRANSACTION_TIMEOUT_MS = 10_000
 #: transaction timeout, the broker's check for timed-out transactions (10 s by default), and
 #: a margin. Past it the publication fails (OpenTransaction) rather than read a stale state.
 SETTLE_SECONDS = 45.0
+#: How long a command-line publication (`gmm-trainer fit --publish`, `publish`, `rollback`) may
+#: take (Publisher.timeout_s): its tries, their backoff, and a look that settles.
+COMMAND_PUBLISH_SECONDS = 120.0
 
 OnCandidate = Callable[["ModelParams | None"], Awaitable[object]]
 
@@ -457,6 +462,11 @@ class Publisher:
     #: The other keys whose records it reads (GMM_PARAMS_VERIFY_KEY: while keys rotate, the
     #: key that signed the versions before). With no signer, these alone.
     verify_keys: Verifier | None = None
+    #: The most seconds one call may take, its tries, looks and waits together (None: no
+    #: limit). Past it the call ends with PublishTimedOut when no try had reached its commit
+    #: (nothing was committed), else with OutcomeUnknown: a caller's own timeout around the
+    #: call could not tell the two apart.
+    timeout_s: float | None = None
 
     @classmethod
     def from_settings(
@@ -541,7 +551,11 @@ class Publisher:
                     await self._send_withdrawal(producer, versioned.version)
             return versioned
 
-        return await self._exclusively("publishing", attempt, look)
+        try:
+            return await self._exclusively("publishing", attempt, look)
+        except OutcomeUnknown as exc:
+            exc.args = (f"{exc.args[0]} (its publication id: {publication})",)
+            raise
 
     async def reassert(self) -> bool:
         """Writes the name's current records again (the newest served version, the candidate
@@ -652,6 +666,13 @@ class Publisher:
             )
         rng = random.Random()
         maybe_committed = False  # a failed try reached its commit, and no look has run since
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+
+        async def bounded(step: Awaitable[_U]) -> _U:
+            if deadline is None:
+                return await step
+            return await asyncio.wait_for(step, max(0.0, deadline - time.monotonic()))
+
         for number in range(1, self.attempts + 2):
             began = time.monotonic()
             producer = AIOKafkaProducer(
@@ -665,16 +686,29 @@ class Publisher:
             try:
                 # start() initialises the transactions: it fences any other live publisher of
                 # this name and waits for its open transaction to be committed or aborted.
-                await producer.start()
+                await bounded(producer.start())
                 if maybe_committed and look is not None:
-                    done = await look()
+                    done = await bounded(look())
                     if done is not None:
                         log.warning("%s %r: an earlier attempt had committed", what, self.name)
                         return done[0]
                     maybe_committed = False
                 if number > self.attempts:
                     break
-                return await attempt(writer)
+                return await bounded(attempt(writer))
+            except TimeoutError as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    if maybe_committed or writer.started_commit:
+                        raise OutcomeUnknown(
+                            f"{what} {self.name!r}", exc, f"not done within {self.timeout_s:g} s"
+                        ) from exc
+                    raise PublishTimedOut(
+                        f"{what} {self.name!r}: not done within {self.timeout_s:g} s, and no "
+                        "attempt had reached its commit: nothing was committed"
+                    ) from exc
+                if maybe_committed:  # a timeout of Kafka's own
+                    raise OutcomeUnknown(f"{what} {self.name!r}", exc) from exc
+                raise
             except (*_FENCED, KafkaError) as exc:
                 fenced = isinstance(exc, _FENCED)
                 if not writer.started_commit or not (fenced or outcome_unknown(exc)):
@@ -703,7 +737,9 @@ class Publisher:
             finally:
                 await producer.stop()
             if number < self.attempts:
-                await asyncio.sleep(wait)
+                # Past the deadline, the next step's bound ends the call.
+                left = math.inf if deadline is None else deadline - time.monotonic()
+                await asyncio.sleep(max(0.0, min(wait, left)))
             elif look is None or not maybe_committed:
                 break
         raise PublishConflict(
@@ -739,15 +775,22 @@ class _Producer:
             self.started_commit = True
 
 
+class PublishTimedOut(PublishConflict):
+    """The call ran out of its time (Publisher.timeout_s) before any try reached its commit:
+    nothing of it was committed, and trying again is safe."""
+
+
 class OutcomeUnknown(PublishConflict):
     """A try's commit failed with its outcome not known, and what came after (a producer's
-    start, the look for what it wrote) failed too: it may or may not have been published.
-    Its `metadata.publication` on the history topic says (`gmm-trainer models --json`)."""
+    start, the look for what it wrote) failed too, or the call's time ran out meanwhile: it may
+    or may not have been published. Its `metadata.publication` on the history topic says
+    (`gmm-trainer models --json`); `publish` names it in the message."""
 
-    def __init__(self, what: str, cause: BaseException) -> None:
+    def __init__(self, what: str, cause: BaseException, detail: str | None = None) -> None:
         super().__init__(
-            f"{what}: a commit failed and it could not be told whether it went through "
-            f"({_describe(cause)}); look at the history before trying again"
+            f"{what}: a commit failed or went unanswered and it could not be told whether it "
+            f"went through ({detail or _describe(cause)}); look at the history before trying "
+            "again"
         )
 
 

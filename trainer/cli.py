@@ -132,11 +132,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         )
         return 0
     if args.publish:
-        from kafka_common.params_topic import OpenTransaction
+        from kafka_common.params_topic import OpenTransaction, PublishConflict
 
         try:
             model = asyncio.run(_publish(model))
-        except (SettingsError, OpenTransaction) as exc:
+        except (SettingsError, OpenTransaction, PublishConflict) as exc:
             return _fail(str(exc))
         except _kafka_errors() as exc:
             from kafka_common.connection import describe_kafka_error
@@ -298,8 +298,12 @@ async def _publish(model: ModelParams) -> ModelParams:
         params_topic.history_spec(settings.history_topic),
     ]
     await ensure_topics(settings.kafka, specs)
-    publisher = params_topic.Publisher.from_settings(settings)
-    model = await asyncio.wait_for(publisher.publish(model, "cli"), 60)
+    publisher = params_topic.Publisher.from_settings(
+        settings, timeout_s=params_topic.COMMAND_PUBLISH_SECONDS
+    )
+    # Bounded by the publisher itself, which alone can tell a publication that timed out
+    # before its commit (nothing published) from one whose commit went unanswered.
+    model = await publisher.publish(model, "cli")
     print(
         f"published {settings.model_name!r} version {model.version} to {settings.params_topic}",
         file=sys.stderr,
@@ -376,7 +380,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return _with_kafka(args, roll)
+    # The publication inside is bounded by its publisher (COMMAND_PUBLISH_SECONDS), which can
+    # tell a timeout before its commit from one after it; an outer timeout could not.
+    return _with_kafka(args, roll, timeout=None)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ parameters as a new version (compare-and-set, like any publication) with
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Any
@@ -17,6 +18,9 @@ from kafka_common.events import send_event
 from mixture.params import ModelParams
 from trainer.settings import TrainerSettings
 from wire.event import Event
+
+#: The most seconds `rollback` reads the history for (its publication has its own bound).
+READ_SECONDS = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +110,14 @@ async def list_versions(settings: TrainerSettings, name: str) -> list[VersionRow
 
 async def rollback(settings: TrainerSettings, name: str, to_version: int) -> ModelParams:
     """Publishes version `to_version`'s parameters as the next version of `name`."""
-    publisher = params_topic.Publisher.from_settings(settings, name)
-    history = await params_topic.read_all(
-        settings.kafka, settings.history_topic, name, verifier=publisher.verifier
+    publisher = params_topic.Publisher.from_settings(
+        settings, name, timeout_s=params_topic.COMMAND_PUBLISH_SECONDS
+    )
+    history = await asyncio.wait_for(
+        params_topic.read_all(
+            settings.kafka, settings.history_topic, name, verifier=publisher.verifier
+        ),
+        READ_SECONDS,
     )
     found = [m for m in history if m.version == to_version]
     if not found:

@@ -171,7 +171,9 @@ async def publish_params(
     ]
     # A first model may be the deployment's first.
     await _timed(ensure_topics(settings.kafka, specs), "creating the params topics")
-    publisher = params_topic.Publisher.from_settings(settings)
+    publisher = params_topic.Publisher.from_settings(
+        settings, timeout_s=params_topic.COMMAND_PUBLISH_SECONDS
+    )
     served, candidate, _ = await _timed(
         params_topic.read_state(
             settings.kafka,
@@ -219,8 +221,8 @@ async def publish_params(
     )
     stage = "candidate" if settings.promotion == "shadow" and served is not None else "served"
     expect = (served.version if served else 0, candidate.version if candidate else None)
-    published = await _timed(
-        publisher.publish(checked, published_by, stage=stage, expect=expect), "publishing"
-    )
+    # Bounded by the publisher, not _timed: it alone can tell a timeout before its commit
+    # (nothing published) from one after it (OutcomeUnknown).
+    published = await publisher.publish(checked, published_by, stage=stage, expect=expect)
     replaced = candidate.version if candidate is not None else None
     return Published(published, None, stage, compared, frozen, replaced)

@@ -33,6 +33,7 @@ from kafka_common.params_topic import (
     OutcomeUnknown,
     PublishConflict,
     Publisher,
+    PublishTimedOut,
     StaleState,
     _update,
     fenced_backoff,
@@ -40,6 +41,7 @@ from kafka_common.params_topic import (
 )
 from kafka_common.settings import KafkaSettings
 from kafka_common.signing import keygen
+from mixture.params import ModelParams
 from trainer.settings import TrainerSettings
 from wire.params_record import WITHDRAWN_SCHEMA, withdrawn_version
 
@@ -393,3 +395,66 @@ def test_a_refusal_ends_at_once_without_a_look(fake_kafka):
     with pytest.raises(KafkaError):
         asyncio.run(_publisher()._exclusively("publishing", attempt, look))
     assert _FakeProducer.log == ["start", "stop"]
+
+
+def _publisher_within(seconds: float) -> Publisher:
+    settings = TrainerSettings(params_topic="params", history_topic="history", model_name="gmm")
+    return Publisher.from_settings(settings, attempts=4, timeout_s=seconds)
+
+
+async def _never() -> None:
+    """A broker that never answers."""
+    await asyncio.Event().wait()
+
+
+def test_out_of_time_before_any_commit_nothing_was_published(fake_kafka):
+    """The call's own bound, not a caller's: it knows no try reached its commit."""
+
+    async def attempt(producer):
+        await _never()
+
+    with pytest.raises(PublishTimedOut, match="nothing was committed") as info:
+        asyncio.run(_publisher_within(0.05)._exclusively("publishing", attempt))
+    assert not isinstance(info.value, OutcomeUnknown)
+    assert _FakeProducer.log == ["start", "stop"]
+
+
+def test_out_of_time_with_a_commit_unanswered_the_outcome_is_unknown(fake_kafka):
+    async def attempt(producer):
+        producer.started_commit = True
+        await _never()
+
+    with pytest.raises(OutcomeUnknown, match=r"not done within 0\.05 s"):
+        asyncio.run(_publisher_within(0.05)._exclusively("publishing", attempt))
+    assert _FakeProducer.log == ["start", "stop"]
+
+
+def test_out_of_time_while_looking_after_a_failed_commit_the_outcome_is_unknown(fake_kafka):
+    async def attempt(producer):
+        raise _at_commit(producer, _sender_error(UnknownError()))
+
+    async def look():
+        await _never()
+
+    with pytest.raises(OutcomeUnknown, match="look at the history"):
+        asyncio.run(_publisher_within(0.05)._exclusively("publishing", attempt, look))
+    assert _FakeProducer.log == ["start", "stop"] * 2
+
+
+def test_a_timeout_of_kafkas_own_before_the_deadline_ends_the_call_as_before(fake_kafka):
+    async def attempt(producer):
+        raise TimeoutError("a request timed out")
+
+    with pytest.raises(TimeoutError, match="a request timed out") as info:
+        asyncio.run(_publisher_within(60)._exclusively("publishing", attempt))
+    assert not isinstance(info.value, PublishConflict)
+
+
+def test_an_unknown_outcome_of_publish_names_its_publication(monkeypatch):
+    async def unknown(self, what, attempt, look=None):
+        raise OutcomeUnknown(f"{what} 'gmm'", _sender_error(UnknownError()))
+
+    monkeypatch.setattr(Publisher, "_exclusively", unknown)
+    model = ModelParams.loads(json.dumps(GOOD).encode())
+    with pytest.raises(OutcomeUnknown, match=r"its publication id: [0-9a-f]{32}\)$"):
+        asyncio.run(_publisher().publish(model, "cli"))
