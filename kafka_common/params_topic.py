@@ -97,6 +97,8 @@ SETTLE_SECONDS = 45.0
 #: How long a command-line publication (`gmm-trainer fit --publish`, `publish`, `rollback`) may
 #: take (Publisher.timeout_s): its tries, their backoff, and a look that settles.
 COMMAND_PUBLISH_SECONDS = 120.0
+#: How long a publisher with a deadline waits for one of its producers to stop.
+STOP_SECONDS = 10.0
 
 OnCandidate = Callable[["ModelParams | None"], Awaitable[object]]
 
@@ -666,12 +668,30 @@ class Publisher:
             )
         rng = random.Random()
         maybe_committed = False  # a failed try reached its commit, and no look has run since
+        # A try reached its commit and no look has said it did not commit (with no look, never
+        # cleared): past the deadline, nothing can be said to be unpublished.
+        in_doubt = False
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
 
         async def bounded(step: Awaitable[_U]) -> _U:
+            """The step, or TimeoutError at the deadline. The step is cancelled then but not
+            waited for: a try cancelled before its commit aborts its transaction, and the
+            abort waits on the broker for as long as it does not answer (the start of the next
+            producer of the name, or the broker's transaction timeout, ends it anyway)."""
             if deadline is None:
                 return await step
-            return await asyncio.wait_for(step, max(0.0, deadline - time.monotonic()))
+            task = asyncio.ensure_future(step)
+            try:
+                done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+            except BaseException:
+                task.cancel()
+                raise
+            if not done:
+                task.cancel()
+                # Its end (an error, or the cancellation) is taken, so that nothing is logged.
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                raise TimeoutError
+            return task.result()
 
         for number in range(1, self.attempts + 2):
             began = time.monotonic()
@@ -692,13 +712,13 @@ class Publisher:
                     if done is not None:
                         log.warning("%s %r: an earlier attempt had committed", what, self.name)
                         return done[0]
-                    maybe_committed = False
+                    maybe_committed = in_doubt = False
                 if number > self.attempts:
                     break
                 return await bounded(attempt(writer))
             except TimeoutError as exc:
                 if deadline is not None and time.monotonic() >= deadline:
-                    if maybe_committed or writer.started_commit:
+                    if in_doubt or writer.started_commit:
                         raise OutcomeUnknown(
                             f"{what} {self.name!r}", exc, f"not done within {self.timeout_s:g} s"
                         ) from exc
@@ -706,9 +726,13 @@ class Publisher:
                         f"{what} {self.name!r}: not done within {self.timeout_s:g} s, and no "
                         "attempt had reached its commit: nothing was committed"
                     ) from exc
-                if maybe_committed:  # a timeout of Kafka's own
+                # A timeout of Kafka's own.
+                if maybe_committed or writer.started_commit:
                     raise OutcomeUnknown(f"{what} {self.name!r}", exc) from exc
-                raise
+                raise TimeoutError(
+                    f"{what} {self.name!r}: Kafka did not answer in time ({exc or 'no detail'}); "
+                    "nothing was committed"
+                ) from exc
             except (*_FENCED, KafkaError) as exc:
                 fenced = isinstance(exc, _FENCED)
                 if not writer.started_commit or not (fenced or outcome_unknown(exc)):
@@ -719,6 +743,7 @@ class Publisher:
                 # With no look, `attempt` is idempotent: whatever an earlier try did, the next
                 # one reads it first.
                 maybe_committed = look is not None and (maybe_committed or writer.started_commit)
+                in_doubt = in_doubt or writer.started_commit
                 wait = fenced_backoff(number, time.monotonic() - began, rng)
                 log.warning(
                     "%s %r: %s (%s); attempt %d of %d%s",
@@ -735,7 +760,11 @@ class Publisher:
                     raise OutcomeUnknown(f"{what} {self.name!r}", exc) from exc
                 raise
             finally:
-                await producer.stop()
+                if deadline is None:
+                    await producer.stop()
+                else:  # a producer whose broker stopped answering may never finish stopping
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(producer.stop(), STOP_SECONDS)
             if number < self.attempts:
                 # Past the deadline, the next step's bound ends the call.
                 left = math.inf if deadline is None else deadline - time.monotonic()

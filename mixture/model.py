@@ -35,6 +35,7 @@ from mixture.sites import global_sites, serving_to_sites, sites_to_serving
 
 __all__ = [
     "CholeskyNormal",
+    "StandardisedCholeskyNormal",
     "ZeroFilledMask",
     "assignment_model",
     "floored_tril",
@@ -118,31 +119,45 @@ def make_mixture_model(
 class CholeskyNormal(dist.MultivariateNormal):
     """MultivariateNormal(loc, scale_tril) whose log density inverts the (tiny, D x D) factors
     once and multiplies, instead of a batched triangular solve per point: many times faster on
-    CPU for the enumerated (K, N) batch, and the same density.
-
-    For the fit's shapes (the points (N, D), the factors batched over components only) the
-    product is taken as inv @ x - inv @ loc: one matrix product of every point by every factor,
-    whose gradient is one more, where the residuals x - loc_k per component and point, and
-    their gradient, went through memory (a D=8, K=4 step over 100k points: 0.45x the time).
-    In float32 that difference loses about eps * |x| / sigma_k of z where inv @ (x - loc) lost
-    eps * |x - loc| / sigma_k: negligible on standardised points (|x| of a few sigma of the
-    data), which are all the fit passes."""
+    CPU for the enumerated (K, N) batch, and the same density."""
 
     def log_prob(self, value: Any) -> Any:
+        inv, half_log_det, d = self._inverse()
+        z = jnp.einsum("...ij,...j->...i", inv, value - self.loc)
+        return -0.5 * (z * z).sum(-1) - half_log_det - 0.5 * d * jnp.log(2 * jnp.pi)
+
+    def _inverse(self) -> tuple[Any, Any, int]:
         tril = self.scale_tril
         d = tril.shape[-1]
         inv = jax.scipy.linalg.solve_triangular(
             tril, jnp.broadcast_to(jnp.eye(d, dtype=tril.dtype), tril.shape), lower=True
         )
-        if jnp.ndim(value) == 2 and (tril.ndim == 2 or tril.shape[-3] == 1):
-            # The points' axis meets a factor axis of size 1 (or none): one product serves.
-            factors = inv if inv.ndim == 2 else inv[..., 0, :, :]
-            z = jnp.einsum("nj,...ij->...ni", value, factors) - jnp.einsum(
-                "...ij,...j->...i", inv, self.loc
-            )
-        else:
-            z = jnp.einsum("...ij,...j->...i", inv, value - self.loc)
-        half_log_det = jnp.log(jnp.diagonal(tril, axis1=-2, axis2=-1)).sum(-1)
+        return inv, jnp.log(jnp.diagonal(tril, axis1=-2, axis2=-1)).sum(-1), d
+
+
+class StandardisedCholeskyNormal(CholeskyNormal):
+    """CholeskyNormal for the fit's standardised points (N, D), with factors batched over the
+    components only: z = inv @ x - inv @ loc, one matrix product of every point by every
+    component's inverse factor (and one more for the gradient), where the residuals x - loc_k
+    per component and point, and their gradient, went through memory (a D=8, K=4 step over
+    100k points: 0.45x the time).
+
+    In float32 the product form loses about eps |inv| |x| of z, where inv @ (x - loc) loses
+    eps |inv| |x - loc|. The standardised points already carry eps |x| of rounding against the
+    float64 data, which inv amplifies the same way, so against the data both forms are off by
+    the same order. Points in data units (a large offset, a small spread) are not standardised:
+    they take CholeskyNormal's residual form (`assignment_model`)."""
+
+    def log_prob(self, value: Any) -> Any:
+        tril = self.scale_tril
+        if jnp.ndim(value) != 2 or (tril.ndim > 2 and tril.shape[-3] != 1):
+            return super().log_prob(value)
+        inv, half_log_det, d = self._inverse()
+        # The points' axis meets a factor axis of size 1 (or none): one product serves.
+        factors = inv if inv.ndim == 2 else inv[..., 0, :, :]
+        z = jnp.einsum("nj,...ij->...ni", value, factors) - jnp.einsum(
+            "...ij,...j->...i", inv, self.loc
+        )
         return -0.5 * (z * z).sum(-1) - half_log_det - 0.5 * d * jnp.log(2 * jnp.pi)
 
 
@@ -165,9 +180,9 @@ def _component(
     """The observation distribution of the assigned component (diagonal types: over the
     coordinates `coords` marks observed, if given)."""
     if covariance == "tied":
-        return CholeskyNormal(locs[assignment], scale_tril=scale)
+        return StandardisedCholeskyNormal(locs[assignment], scale_tril=scale)
     if covariance == "full":
-        return CholeskyNormal(locs[assignment], scale_tril=scale[assignment])
+        return StandardisedCholeskyNormal(locs[assignment], scale_tril=scale[assignment])
     component_scale = scale if covariance == "tied-diag" else scale[assignment]
     normal = dist.Normal(locs[assignment], component_scale)
     return (normal if coords is None else ZeroFilledMask(normal, coords)).to_event(1)

@@ -19,7 +19,8 @@ from mixture.params import ModelParams
 from trainer.settings import TrainerSettings
 from wire.event import Event
 
-#: The most seconds `rollback` reads the history for (its publication has its own bound).
+#: The most seconds `rollback` reads the history, and then sends its event, for (its publication
+#: has its own bound).
 READ_SECONDS = 60.0
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,10 @@ async def rollback(settings: TrainerSettings, name: str, to_version: int) -> Mod
                 float(to_version),
                 detail=f"version {to_version}'s parameters published as version {model.version}",
             )
-            await send_event(settings.kafka, settings.events_topic, event)
+            # Bounded: the rollback stands, and the command must say so.
+            await asyncio.wait_for(
+                send_event(settings.kafka, settings.events_topic, event), READ_SECONDS
+            )
         except Exception as exc:  # the rollback stands; the event is information
             log.warning("could not send the rollback event: %s", exc)
     return model

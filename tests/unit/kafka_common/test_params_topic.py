@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import json
 import random
+import time
 from types import SimpleNamespace
 from typing import ClassVar
 
@@ -458,3 +459,43 @@ def test_an_unknown_outcome_of_publish_names_its_publication(monkeypatch):
     model = ModelParams.loads(json.dumps(GOOD).encode())
     with pytest.raises(OutcomeUnknown, match=r"its publication id: [0-9a-f]{32}\)$"):
         asyncio.run(_publisher().publish(model, "cli"))
+
+
+def test_out_of_time_a_try_whose_abort_never_ends_is_not_waited_for(fake_kafka):
+    """aiokafka aborts a cancelled try's transaction and waits on the broker for it."""
+
+    async def attempt(producer):
+        try:
+            await _never()
+        finally:
+            await _never()  # the abort, on a broker that never answers
+
+    began = time.monotonic()
+    with pytest.raises(PublishTimedOut):
+        asyncio.run(_publisher_within(0.05)._exclusively("publishing", attempt))
+    assert time.monotonic() - began < 5
+    assert _FakeProducer.log == ["start", "stop"]
+
+
+def test_kafkas_own_timeout_in_a_commit_leaves_the_outcome_unknown(fake_kafka):
+    async def attempt(producer):
+        raise _at_commit(producer, TimeoutError())
+
+    with pytest.raises(OutcomeUnknown):
+        asyncio.run(_publisher_within(60)._exclusively("publishing", attempt))
+
+
+def test_out_of_time_after_a_commit_that_nothing_looked_at_the_outcome_is_unknown(fake_kafka):
+    """With no look (an idempotent call), a try fenced in its commit may have committed: the
+    deadline after it cannot say that nothing was."""
+    tries = []
+
+    async def attempt(producer):
+        tries.append(producer)
+        if len(tries) == 1:
+            raise _at_commit(producer, ProducerFenced())
+        await _never()
+
+    with pytest.raises(OutcomeUnknown):
+        asyncio.run(_publisher_within(0.05)._exclusively("re-asserting", attempt))
+    assert len(tries) == 2

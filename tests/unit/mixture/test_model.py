@@ -1,5 +1,7 @@
-"""The fit model's densities: CholeskyNormal is MultivariateNormal's density in every shape the
-model gives it, and ZeroFilledMask is MaskedDistribution's without broadcasting the points."""
+"""The fit model's densities: CholeskyNormal and its product form for standardised points are
+MultivariateNormal's density in every shape the model gives them (the residual form stays exact
+for points far from the origin), and ZeroFilledMask is MaskedDistribution's without
+broadcasting the points."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpyro.distributions as dist
 import pytest
 from numpy.testing import assert_allclose
 
-from mixture.model import CholeskyNormal, ZeroFilledMask
+from mixture.model import CholeskyNormal, StandardisedCholeskyNormal, ZeroFilledMask
 
 K, D, N = 4, 8, 300
 
@@ -24,7 +26,8 @@ def _factors(rng: np.random.Generator, count: int) -> np.ndarray:
     "shapes",
     ["full (K, 1) batch", "tied: one factor", "one component", "factors per point"],
 )
-def test_cholesky_normal_is_the_multivariate_normal_density(shapes):
+@pytest.mark.parametrize("family", [CholeskyNormal, StandardisedCholeskyNormal])
+def test_cholesky_normal_is_the_multivariate_normal_density(shapes, family):
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(N, D)).astype(np.float32))
     locs = jnp.asarray(rng.normal(size=(K, D)).astype(np.float32))
@@ -35,13 +38,14 @@ def test_cholesky_normal_is_the_multivariate_normal_density(shapes):
         "one component": (locs[0], trils[0]),
         "factors per point": (locs[:, None], jnp.broadcast_to(trils[:, None], (K, N, D, D))),
     }[shapes]
-    ours = CholeskyNormal(loc, scale_tril=tril).log_prob(x)
+    ours = family(loc, scale_tril=tril).log_prob(x)
     reference = dist.MultivariateNormal(loc, scale_tril=tril).log_prob(x)
     assert ours.shape == reference.shape
     assert_allclose(ours, reference, rtol=2e-5, atol=2e-4)
 
 
-def test_cholesky_normal_gradients_match_the_reference():
+@pytest.mark.parametrize("family", [CholeskyNormal, StandardisedCholeskyNormal])
+def test_cholesky_normal_gradients_match_the_reference(family):
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(N, D)).astype(np.float32))
     locs = jnp.asarray(rng.normal(size=(K, 1, D)).astype(np.float32))
@@ -50,7 +54,7 @@ def test_cholesky_normal_gradients_match_the_reference():
     def total(family):
         return lambda loc, tril: family(loc, scale_tril=tril).log_prob(x).sum()
 
-    ours = jax.grad(total(CholeskyNormal), argnums=(0, 1))(locs, trils)
+    ours = jax.grad(total(family), argnums=(0, 1))(locs, trils)
     reference = jax.grad(total(dist.MultivariateNormal), argnums=(0, 1))(locs, trils)
     for a, b in zip(ours, reference, strict=True):
         assert_allclose(a, b, rtol=1e-3, atol=1e-2)
@@ -79,3 +83,17 @@ def test_zero_filled_mask_is_the_masked_density_and_leaves_the_points_unbroadcas
     assert np.all(np.asarray(ours)[:, N - 20 :] == 0.0)
     unmasked = ZeroFilledMask(base, True).log_prob(x)
     assert_allclose(unmasked, base.log_prob(x), rtol=1e-6)
+
+
+def test_the_residual_form_stays_exact_for_points_far_from_the_origin():
+    """Data units (assignment_model): an offset of 1e5 and a spread of 0.1 cancel most digits of
+    inv @ x - inv @ loc in float32, not of inv @ (x - loc)."""
+    rng = np.random.default_rng(6)
+    loc = (1e5 + rng.normal(size=D)).astype(np.float32)
+    x = (loc + 0.1 * rng.normal(size=(N, D))).astype(np.float32)
+    z = (x.astype(np.float64) - loc.astype(np.float64)) / np.float64(np.float32(0.1))
+    scale = np.log(np.float64(np.float32(0.1)))
+    reference = -0.5 * (z * z).sum(-1) - D * scale - 0.5 * D * np.log(2 * np.pi)
+    tril = jnp.eye(D, dtype=jnp.float32) * np.float32(0.1)
+    ours = CholeskyNormal(jnp.asarray(loc), scale_tril=tril).log_prob(jnp.asarray(x))
+    assert_allclose(ours, reference, atol=1e-3)
