@@ -318,7 +318,7 @@ def old_faithful() -> dict[str, Any]:
         plan = [("cold cache", cache)] + [("warm cache", cache)] * WARM_CACHE_RUNS
         for label, setting in [*plan, ("no cache (off)", "off")]:
             wall, stdout = _timed_run(cmd, {**os.environ, "GMM_JAX_CACHE_DIR": setting})
-            fit_s = re.search(r" in ([0-9.]+)s;", stdout)
+            fit_s = re.search(r" in ([0-9.]+)s\b", stdout)
             model = ModelParams.loads(pathlib.Path(out).read_text())
             runs.append(
                 {

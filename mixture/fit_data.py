@@ -24,7 +24,9 @@ from mixture.params import (
     Priors,
     column_stats,
     data_priors,
+    grouped_rows,
     range_and_sums,
+    row_group,
     seed_priors,
 )
 from mixture.points import MAX_ABS
@@ -235,12 +237,17 @@ def padded_points(
     n, dim = x.shape
     padded = aligned_zeros((size, dim), np.float32)
     rows = 1 << 15  # a block at a time: whole-window temporaries cost more than the arithmetic
-    buffer = np.empty((min(rows, n), dim))
+    buffer = np.empty(min(rows, n) * dim)
+    group = row_group(dim)
     for i in range(0, n, rows):
-        block = x[i : i + rows]
-        centred = np.subtract(block, std.mean, out=buffer[: len(block)])
-        # Divided in float64 and rounded once into the float32 rows, as std.points(block) is.
-        np.divide(centred, std.std, out=padded[i : i + len(block)], casting="same_kind")
+        parts = grouped_rows(x[i : i + rows], group)
+        targets = grouped_rows(padded[i : i + min(rows, n - i)], group)  # views: padded's own
+        for (part, repeat), (target, _) in zip(parts, targets, strict=True):
+            centred = np.subtract(
+                part, np.tile(std.mean, repeat), out=buffer[: part.size].reshape(part.shape)
+            )
+            # Divided in float64 and rounded once into the float32 rows, as std.points(x) is.
+            np.divide(centred, np.tile(std.std, repeat), out=target, casting="same_kind")
     if complete is None:
         flat = padded[:n].reshape(-1)
         # One BLAS pass settles the common case: a NaN (missing) makes the sum of squares NaN.

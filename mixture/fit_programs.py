@@ -561,27 +561,35 @@ def kmeans_plus_plus(key: Any, points: Any, n_valid: Any, n_components: int) -> 
     uniformly from the first n_valid points, each next one with probability proportional to
     its squared distance to the nearest location drawn so far. Points at zero distance (all
     drawn already, or repeated values) fall back to uniform draws."""
-    valid = jnp.arange(points.shape[0]) < n_valid
+    n = points.shape[0]
+    valid = jnp.arange(n) < n_valid
+    sq = (points * points).sum(-1)
     first_key, key = jax.random.split(key)
     first = points[jax.random.randint(first_key, (), 0, n_valid)]
     locs = jnp.zeros((n_components, points.shape[1]), points.dtype).at[0].set(first)
+    # Draws by inverse CDF in two levels: a block of `width` points by the blocks' cumulative
+    # weights, then a point by the block's own. XLA's CPU cumsum is a reduce-window as wide as
+    # its input (N additions per point): two of about sqrt(N) cost a fraction of one of N.
+    width = min(n & -n, 1 << (n.bit_length() // 2))
 
     def nearest(loc: Any) -> Any:
-        return jnp.where(valid, ((points - loc) ** 2).sum(-1), 0.0)
+        # One matrix-vector product, not a (candidates, N, D) difference under vmap (seeding
+        # 100 candidates of K=4 in D=8 took 3.3 ms that way, 0.6 this way). The points are
+        # standardised, so the expansion's cancellation stays small against the distances.
+        return jnp.where(valid, jnp.maximum(sq - 2.0 * (points @ loc) + loc @ loc, 0.0), 0.0)
 
     def draw(j: Any, carry: Any) -> Any:
         locs, d2, key = carry
         key, sub = jax.random.split(key)
-        # One uniform number and the cumulative weights (not a Gumbel draw per point, which
-        # cost more than the rest of the candidates' scoring).
-        weights = jnp.where(d2.sum() > 0, d2, valid.astype(d2.dtype))
-        # A scan in log2(N) passes: XLA's CPU cumsum is a reduce-window as wide as the sample
-        # (N additions per point: half the candidates' seeding time at 1,024 points).
-        cumulative = jax.lax.associative_scan(jnp.add, weights)
+        weights = jnp.where(d2.sum() > 0, d2, valid.astype(d2.dtype)).reshape(-1, width)
+        totals = weights.sum(axis=1)
+        cumulative = jnp.cumsum(totals)
         u = jax.random.uniform(sub, dtype=cumulative.dtype) * cumulative[-1]
         # How many cumulative weights are <= u: the index searchsorted(side="right") gives,
         # as one comparison (a binary search compiles to a loop of its own).
-        pick = jnp.minimum(jnp.sum(cumulative <= u), n_valid - 1)
+        block = jnp.minimum(jnp.sum(cumulative <= u), totals.shape[0] - 1)
+        within = jnp.cumsum(weights[block]) <= u - (cumulative[block] - totals[block])
+        pick = jnp.minimum(block * width + jnp.minimum(jnp.sum(within), width - 1), n_valid - 1)
         loc = points[pick]
         return locs.at[j].set(loc), jnp.minimum(d2, nearest(loc)), key
 

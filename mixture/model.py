@@ -165,8 +165,8 @@ class ZeroFilledMask(dist.MaskedDistribution):
     """`base.mask(mask)` for points whose masked values (padding rows, missing coordinates) are
     zeros already, as `mixture.fit_data` pads them: MaskedDistribution first replaces masked
     values by feasible ones, a `where` that broadcast the points against the enumerated
-    components (a K x N x D copy in every step, and CholeskyNormal's one product lost). The
-    log density is the same: masked terms are 0."""
+    components (a K x N x D copy in every step, and StandardisedCholeskyNormal's one product
+    lost). The log density is the same: masked terms are 0."""
 
     def log_prob(self, value: Any, intermediates: Any = None) -> Any:
         if isinstance(self._mask, bool):

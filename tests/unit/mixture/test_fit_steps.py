@@ -46,6 +46,21 @@ def test_kmeans_plus_plus_never_seeds_from_padding_and_survives_repeated_values(
     assert_allclose(seeds, 3.0)
 
 
+def test_kmeans_plus_plus_draws_in_proportion_to_squared_distance():
+    """The second seed is drawn with probability proportional to its squared distance to the
+    first, across the blocks the two-level draw takes (points 0..5 and two padding rows: blocks
+    of four)."""
+    padded = np.zeros((8, 1), np.float32)
+    padded[:6, 0] = np.arange(6)
+    keys = jax.random.split(jax.random.PRNGKey(3), 6000)
+    seeds = np.asarray(jax.vmap(lambda k: kmeans_plus_plus(k, jnp.asarray(padded), 6, 2))(keys))
+    second = seeds[seeds[:, 0, 0] == 0.0, 1, 0]
+    assert len(second) > 500
+    expected = np.arange(6.0) ** 2 / (np.arange(6.0) ** 2).sum()
+    observed = np.bincount(second.astype(int), minlength=6) / len(second)
+    assert_allclose(observed, expected, atol=0.05)
+
+
 def test_random_init_is_the_tutorials_uniform_draw():
     """init="random" draws locations uniformly from the valid points, as the tutorial does."""
     x = jnp.arange(8.0)[:, None]
