@@ -544,7 +544,7 @@ def lloyd(locs: Any, points: Any, valid: Any, steps: int) -> Any:
     sq = (points * points).sum(-1)[:, None]
 
     def step(_: Any, locs: Any) -> Any:
-        d2 = sq - 2.0 * points @ locs.T + (locs * locs).sum(-1)[None, :]
+        d2 = sq - 2.0 * _exact_dot(points, locs.T) + (locs * locs).sum(-1)[None, :]
         nearest = jnp.argmin(d2, axis=-1)
         member = ((nearest[:, None] == jnp.arange(k)[None, :]) & valid[:, None]).astype(
             points.dtype
@@ -576,7 +576,8 @@ def kmeans_plus_plus(key: Any, points: Any, n_valid: Any, n_components: int) -> 
         # One matrix-vector product, not a (candidates, N, D) difference under vmap (seeding
         # 100 candidates of K=4 in D=8 took 3.3 ms that way, 0.6 this way). The points are
         # standardised, so the expansion's cancellation stays small against the distances.
-        return jnp.where(valid, jnp.maximum(sq - 2.0 * (points @ loc) + loc @ loc, 0.0), 0.0)
+        d2 = sq - 2.0 * _exact_dot(points, loc) + _exact_dot(loc, loc)
+        return jnp.where(valid, jnp.maximum(d2, 0.0), 0.0)
 
     def draw(j: Any, carry: Any) -> Any:
         locs, d2, key = carry
@@ -588,10 +589,19 @@ def kmeans_plus_plus(key: Any, points: Any, n_valid: Any, n_components: int) -> 
         # How many cumulative weights are <= u: the index searchsorted(side="right") gives,
         # as one comparison (a binary search compiles to a loop of its own).
         block = jnp.minimum(jnp.sum(cumulative <= u), totals.shape[0] - 1)
-        within = jnp.cumsum(weights[block]) <= u - (cumulative[block] - totals[block])
+        # Rounding can put u a hair before the block's start: clamped, the draw skips the
+        # block's leading zero weights instead of taking its first point.
+        rest = jnp.maximum(u - (cumulative[block] - totals[block]), 0.0)
+        within = jnp.cumsum(weights[block]) <= rest
         pick = jnp.minimum(block * width + jnp.minimum(jnp.sum(within), width - 1), n_valid - 1)
         loc = points[pick]
         return locs.at[j].set(loc), jnp.minimum(d2, nearest(loc)), key
 
     locs, _, _ = jax.lax.fori_loop(1, n_components, draw, (locs, nearest(first), key))
     return locs
+
+
+def _exact_dot(a: Any, b: Any) -> Any:
+    """a @ b in full float32: a GPU may otherwise take float32 products at TF32's precision
+    (about 1e-3), noise as large as the distances within a cluster. CPUs compute it so anyway."""
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
