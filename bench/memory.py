@@ -462,9 +462,9 @@ def verdict(default: dict[str, Any], diagnostic: dict[str, Any]) -> str:
             "bytes object it returns). Each output a batch holds until it is acknowledged is "
             "such a block; once glibc has freed a mmapped block it raises its mmap threshold to "
             "that size and serves the next ones from its heap, whose pages stay resident as "
-            "blocks come and go. So the worker copies each output over 2 KiB to its exact "
-            "size (`stream_app.batch._json`, `bytes(memoryview(value))`): before it did, this "
-            "run's defaults held 74-91 MiB, over the bound, in five runs."
+            "blocks come and go. So the worker copies each output to its exact size "
+            "(`wire.common.exact_size`, `bytes(memoryview(value))`): before it copied those "
+            "over 2 KiB, this run's defaults held 74-91 MiB, over the bound, in five runs."
         )
     else:
         text += ")."

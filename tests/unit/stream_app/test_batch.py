@@ -15,6 +15,7 @@ from mixture.params import MixtureParams, ModelParams
 from stream_app.model_state import ServingModel
 from stream_app.records import InRecord, cut_key, refused_letter
 from tests.unit.stream_app.fakes import process_batch, reasons
+from wire import assignment
 
 PARAMS = MixtureParams(
     np.array([0.375, 0.625]), np.array([[0.4989], [10.9845]]), np.array([0.6514])
@@ -139,3 +140,44 @@ def test_a_cut_key_is_described_in_assignments_dead_letters_and_stand_ins():
     assert {k: letter[k] for k in expected} == expected
     stand_in = json.loads(refused_letter(out.assignments[0], "output_rejected", "no").value)
     assert {k: stand_in[k] for k in expected} == expected
+
+
+def test_assignments_are_the_wire_formats_own_bytes():
+    """encode_slice writes common records itself, in one dict; each must be byte for byte what
+    wire.assignment.encode writes (ids of each kind, integer coordinates, long ids, a null
+    timestamp), and the records it leaves to that encoder (a cut key) likewise."""
+    clf = make_classifier(2, 2, max_batch=64)
+    params = MixtureParams(PARAMS.weights, np.array([[0.5, 0.0], [11.0, 1.0]]), np.ones(2))
+    model = ServingModel(ModelParams(7, params), clf, clf.prepare(params))
+    long_key, cut = cut_key(b"k" * 5000, 64)
+    records = [
+        rec(b'{"id": "a", "x": [0.25, 1e-300]}', 1),
+        rec(b'{"id": 12, "x": [3, -4]}', 2),  # integer coordinates are echoed as sent
+        rec(b'{"x": [10.5, 1.5]}', 3, key=None),  # no id: topic:partition:offset
+        rec(json.dumps({"id": "i" * 3000, "x": [1.0, 2.0]}).encode(), 4),
+        InRecord(b"k", b'{"id": "t", "x": [1.0, 2.0]}', "points", 0, 5, None),
+        InRecord(long_key, b'{"id": "c", "x": [1.0, 2.0]}', "points", 0, 6, 1.5, cut),
+    ]
+    scalars = [rec(b'{"id": "s", "x": 0.2}', 7), rec(b'{"x": 11}', 8)]  # D=1: bare numbers
+    out = process_batch(records, model, 65536)
+    out_1d = process_batch(scalars, serving(0), 65536)
+    assert len(out.assignments) == len(records) and len(out_1d.assignments) == len(scalars)
+    for o, r in zip(out.assignments + out_1d.assignments, records + scalars, strict=True):
+        doc = json.loads(o.value)
+        x = json.loads(r.value)["x"]
+        expected = assignment.encode(
+            doc["id"],
+            [x] if not isinstance(x, list) else x,
+            not isinstance(x, list),
+            doc["assignment"],
+            doc["probs"],
+            doc["log_likelihood"],
+            doc["model"],
+            doc["model_version"],
+            r.timestamp,
+            doc["ts_out"],
+            r.source(),
+            r.key_cut,
+        )
+        assert o.value == expected
+        assert type(o.value) is bytes and len(o.value) == len(expected)

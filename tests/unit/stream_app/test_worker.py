@@ -5,6 +5,7 @@ scoring beside it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
 
@@ -21,7 +22,7 @@ from stream_app.records import InRecord
 from stream_app.settings import WorkerSettings
 from stream_app.shadow import compare
 from stream_app.source import InBatch
-from stream_app.worker import Worker
+from stream_app.worker import STREAM_GC_THRESHOLD, Worker
 from tests.unit.stream_app.fakes import TP0, FakeCommitter, FakeSink
 
 PARAMS = MixtureParams(np.array([0.4, 0.6]), np.array([[0.0], [10.0]]), np.array([1.0]))
@@ -210,3 +211,22 @@ def test_a_worker_with_an_events_key_signs_its_events(classifier, tmp_path):
     assert unsigned.events.producer is not None and unsigned.events.producer.signer is None
     with pytest.raises(SettingsError, match="GMM_EVENTS_SIGNING_KEY"):
         WorkerSettings.from_env({"GMM_EVENTS_SIGNING_KEY": str(public)})
+
+
+async def test_streaming_runs_with_rare_young_collections_and_restores_them(classifier):
+    """While it streams, the worker's young garbage collections wait for STREAM_GC_THRESHOLD
+    allocations (the records' objects die by reference counting); when it stops, the
+    interpreter's thresholds are as before."""
+    worker, *_ = make_worker(classifier)
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+
+    async def feed(put):
+        seen.append(gc.get_threshold())
+
+    worker.path.feed = feed  # type: ignore[method-assign]
+    worker.holder.ready.set()
+    await worker.feed(lambda b: asyncio.sleep(0))
+    assert seen == [(STREAM_GC_THRESHOLD, *before[1:])]
+    assert before[0] < STREAM_GC_THRESHOLD
+    assert gc.get_threshold() == before
