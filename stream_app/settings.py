@@ -105,7 +105,10 @@ class WorkerSettings:
     web_host: str = env_field("GMM_WORKER_WEB_HOST", "0.0.0.0", "Address the web server binds")
     max_batch: int = env_field("GMM_MAX_BATCH", 1024, "Largest micro-batch (records)")
     max_delay_ms: float = env_field(
-        "GMM_MAX_DELAY_MS", 20.0, "Longest a record waits for its micro-batch to fill (ms)"
+        "GMM_MAX_DELAY_MS",
+        20.0,
+        "Longest a record waits for its micro-batch to fill (ms), counted from the broker's "
+        "append time where the input topic has LogAppendTime, else from its arrival",
     )
     max_batch_bytes: int = env_field(
         "GMM_MAX_BATCH_BYTES",

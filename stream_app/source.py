@@ -7,10 +7,11 @@ bench/results/stream.md). Here a micro-batch is one `getmany` call: records stay
 ConsumerRecords, and a batch becomes one event on the agent's channel (stream_app.agents).
 
 Micro-batching follows Triton's dynamic batcher: a batch closes when it holds `max_batch`
-records or `max_batch_bytes` of keys and values, or `max_delay` after its first record arrived,
-whichever comes first. Records fetched past a full batch are carried to the next one (never
-fetched twice); a rebalance drops them, as it drops a partial batch, since the consumer then
-reads on from the committed offsets. With the consumer's fetches bounded in bytes
+records or `max_batch_bytes` of keys and values, or `max_delay` after its first record arrived
+(on a topic stamped with LogAppendTime, after the broker appended it), whichever comes first.
+Records fetched past a full batch are carried to the next one (never fetched twice); a
+rebalance drops them, as it drops a partial batch, since the consumer then reads on from the
+committed offsets. With the consumer's fetches bounded in bytes
 (`KafkaSettings.consumer_options`), the records a worker holds are bounded in bytes too.
 
 A key longer than `max_key_bytes` is cut here, before the batch holds it (`records.cut_key`).
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import operator
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -39,6 +41,10 @@ from stream_app.metrics import WorkerMetrics
 from stream_app.records import InRecord, cut_key
 
 log = logging.getLogger(__name__)
+
+#: ConsumerRecord.timestamp_type of a record stamped by the broker (the topic's
+#: message.timestamp.type=LogAppendTime); 0 is the producer's CreateTime.
+LOG_APPEND_TIME = 1
 
 #: How often the lag gauges are refreshed from the broker.
 LAG_INTERVAL_S = 5.0
@@ -190,6 +196,7 @@ class PointSource(ConsumerRebalanceListener):
         records: list[InRecord] = []
         offsets: dict[TopicPartition, int] = {}
         deadline: float | None = None
+        appended = math.inf  # the batch's oldest broker append time (ms), if its topic has them
         size = 0  # bytes of keys and values in the batch
         while len(records) < self.max_batch:
             if self._carry:
@@ -206,11 +213,19 @@ class PointSource(ConsumerRebalanceListener):
                     # partition's new owner).
                     log.info("dropping a partial batch of %d records at a rebalance", len(records))
                     records, offsets, deadline, size = [], {}, None, 0
+                    appended = math.inf
                 fetched = list(got.items())
             for n, (tp, items) in enumerate(fetched):
                 room = self.max_batch - len(records)
                 take, size = fitting(items, room, size, self.max_batch_bytes)
                 if take:
+                    first = items[0]
+                    if (
+                        deadline is None
+                        and first.timestamp_type == LOG_APPEND_TIME
+                        and first.timestamp >= 0
+                    ):
+                        appended = min(appended, first.timestamp)
                     records.extend(in_records(items[:take], self.max_key_bytes))
                     offsets[tp] = items[take - 1].offset + 1
                 if take < len(items):  # the batch is full: the rest starts the next one
@@ -221,12 +236,24 @@ class PointSource(ConsumerRebalanceListener):
             if deadline is None:
                 if not records:
                     continue
-                deadline = time.monotonic() + self.max_delay_s
+                deadline = time.monotonic() + self.max_delay_s - self._waited(appended)
             if time.monotonic() >= deadline:
                 break
         number = self._fetched
         self._fetched += 1
         return InBatch(number, records, offsets)
+
+    def _waited(self, appended_ms: float) -> float:
+        """How long the batch's first record has already waited since the broker appended it
+        (0 without a broker append time), at most the batch's delay.
+
+        Latency is seen from the input's append time (a topic with LogAppendTime stamps it), so
+        the batch's delay runs from there too: the fetch's own delay (a few ms) no longer adds
+        to it. A producer's CreateTime is never used: it may be event time, hours old. A clock
+        ahead of the broker's only closes batches sooner; one behind, as before."""
+        if appended_ms == math.inf:
+            return 0.0
+        return min(max(0.0, time.time() - appended_ms / 1000), self.max_delay_s)
 
     async def watch_lag(self, interval_s: float = LAG_INTERVAL_S) -> None:
         """Refreshes the lag gauges on a timer, so a stalled stream shows a growing lag."""

@@ -3,13 +3,16 @@ full batch carried (never lost, never read twice), long keys cut."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
+import time
 
 from aiokafka import ConsumerRecord, TopicPartition
 
 from kafka_common.settings import KafkaSettings
 from stream_app.records import KeyCut, cut_key
-from stream_app.source import PointSource, fitting, in_records
+from stream_app.source import LOG_APPEND_TIME, PointSource, fitting, in_records
 
 TP0 = TopicPartition("points", 0)
 TP1 = TopicPartition("points", 1)
@@ -107,3 +110,45 @@ def test_a_key_over_the_limit_is_cut_to_its_first_bytes_with_its_size_and_digest
     assert cut.key_cut == KeyCut(len(long_key), hashlib.sha256(long_key).hexdigest())
     assert cut_key(b"abc", 3) == (b"abc", None)
     assert cut_key(b"abcd", 3)[0] == b"abc"
+
+
+class WaitingConsumer:
+    """getmany hands out `first` once, then waits out each timeout with nothing; it notes
+    every timeout asked for."""
+
+    def __init__(self, first: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        self.first: dict[TopicPartition, list[ConsumerRecord]] | None = first
+        self.timeouts: list[int] = []
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None):
+        if self.first is not None:
+            first, self.first = self.first, None
+            return first
+        self.timeouts.append(timeout_ms)
+        await asyncio.sleep(timeout_ms / 1000)
+        return {}
+
+
+def stamped(offset: int, age_s: float, timestamp_type: int):
+    r = record(TP0, offset)
+    return dataclasses.replace(
+        r, timestamp=int((time.time() - age_s) * 1000), timestamp_type=timestamp_type
+    )
+
+
+async def test_a_batch_waits_its_delay_from_the_brokers_append_time_when_the_topic_has_one():
+    """On a LogAppendTime topic the delay runs from the first record's append time (its fetch
+    took part of it); a producer's CreateTime, maybe event time, is never trusted."""
+    by_type = {}
+    for timestamp_type, age_s in ((LOG_APPEND_TIME, 0.12), (0, 0.12), (LOG_APPEND_TIME, 60.0)):
+        consumer = WaitingConsumer({TP0: [stamped(0, age_s, timestamp_type)]})
+        src = PointSource(KafkaSettings(), "points", "g", 100, 0.2, 10.0)
+        src.consumer = consumer  # type: ignore[assignment]
+        batch = await src.next_batch()
+        assert [r.offset for r in batch.records] == [0]
+        by_type[(timestamp_type, age_s)] = consumer.timeouts
+    appended = by_type[(LOG_APPEND_TIME, 0.12)]
+    assert 40 <= appended[0] <= 85  # 200 ms from the append: about 80 left at the fetch
+    create_time = by_type[(0, 0.12)]
+    assert 150 <= create_time[0] <= 200  # the whole delay, from the arrival
+    assert by_type[(LOG_APPEND_TIME, 60.0)] == []  # already late: the batch closes at once
