@@ -141,6 +141,10 @@ class Delivery:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # sorted below: every failure has an outcome
+                    # The traceback holds this frame, which holds the error and every output
+                    # of the slice: a reference cycle only the garbage collector frees, and
+                    # the worker collects rarely while it streams (worker.STREAM_GC_THRESHOLD).
+                    exc.__traceback__ = None
                     error = exc
                 kind = classify_error(error)
                 self._count(kind, error)

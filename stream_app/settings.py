@@ -108,7 +108,8 @@ class WorkerSettings:
         "GMM_MAX_DELAY_MS",
         20.0,
         "Longest a record waits for its micro-batch to fill (ms), counted from the broker's "
-        "append time where the input topic has LogAppendTime, else from its arrival",
+        "append time where the input topic has LogAppendTime (the fetch's delay counts toward "
+        "at most half of it), else from its arrival",
     )
     max_batch_bytes: int = env_field(
         "GMM_MAX_BATCH_BYTES",

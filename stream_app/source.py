@@ -8,7 +8,8 @@ ConsumerRecords, and a batch becomes one event on the agent's channel (stream_ap
 
 Micro-batching follows Triton's dynamic batcher: a batch closes when it holds `max_batch`
 records or `max_batch_bytes` of keys and values, or `max_delay` after its first record arrived
-(on a topic stamped with LogAppendTime, after the broker appended it), whichever comes first.
+(on a topic stamped with LogAppendTime, counted from the broker's append, the fetch's share at
+most half of it), whichever comes first.
 Records fetched past a full batch are carried to the next one (never fetched twice); a
 rebalance drops them, as it drops a partial batch, since the consumer then reads on from the
 committed offsets. With the consumer's fetches bounded in bytes
@@ -245,15 +246,18 @@ class PointSource(ConsumerRebalanceListener):
 
     def _waited(self, appended_ms: float) -> float:
         """How long the batch's first record has already waited since the broker appended it
-        (0 without a broker append time), at most the batch's delay.
+        (0 without a broker append time), at most half the batch's delay.
 
         Latency is seen from the input's append time (a topic with LogAppendTime stamps it), so
         the batch's delay runs from there too: the fetch's own delay (a few ms) no longer adds
-        to it. A producer's CreateTime is never used: it may be event time, hours old. A clock
-        ahead of the broker's only closes batches sooner; one behind, as before."""
+        to it. A producer's CreateTime is never used: it may be event time, hours old. The cap
+        keeps batching alive when the append time misleads: a worker clock ahead of the
+        broker's, or records already late (a consumer behind, a transaction committed late)
+        would otherwise close every batch at its first fetch; at worst a batch now waits half
+        its delay. A clock behind the broker's changes nothing."""
         if appended_ms == math.inf:
             return 0.0
-        return min(max(0.0, time.time() - appended_ms / 1000), self.max_delay_s)
+        return min(max(0.0, time.time() - appended_ms / 1000), self.max_delay_s / 2)
 
     async def watch_lag(self, interval_s: float = LAG_INTERVAL_S) -> None:
         """Refreshes the lag gauges on a timer, so a stalled stream shows a growing lag."""

@@ -12,6 +12,7 @@ from numpy.testing import assert_allclose
 
 from mixture.classify import make_classifier
 from mixture.params import MixtureParams, ModelParams
+from stream_app.batch import classify_slice, encode_slice, parse_slice
 from stream_app.model_state import ServingModel
 from stream_app.records import InRecord, cut_key, refused_letter
 from tests.unit.stream_app.fakes import process_batch, reasons
@@ -159,25 +160,27 @@ def test_assignments_are_the_wire_formats_own_bytes():
         InRecord(long_key, b'{"id": "c", "x": [1.0, 2.0]}', "points", 0, 6, 1.5, cut),
     ]
     scalars = [rec(b'{"id": "s", "x": 0.2}', 7), rec(b'{"x": 11}', 8)]  # D=1: bare numbers
-    out = process_batch(records, model, 65536)
-    out_1d = process_batch(scalars, serving(0), 65536)
-    assert len(out.assignments) == len(records) and len(out_1d.assignments) == len(scalars)
-    for o, r in zip(out.assignments + out_1d.assignments, records + scalars, strict=True):
-        doc = json.loads(o.value)
-        x = json.loads(r.value)["x"]
-        expected = assignment.encode(
-            doc["id"],
-            [x] if not isinstance(x, list) else x,
-            not isinstance(x, list),
-            doc["assignment"],
-            doc["probs"],
-            doc["log_likelihood"],
-            doc["model"],
-            doc["model_version"],
-            r.timestamp,
-            doc["ts_out"],
-            r.source(),
-            r.key_cut,
-        )
-        assert o.value == expected
-        assert type(o.value) is bytes and len(o.value) == len(expected)
+    for slice_records, served in ((records, model), (scalars, serving(0))):
+        parsed = parse_slice(slice_records, served.model.mixture.dim, 65536)
+        result, _ = classify_slice(parsed, served)
+        out = encode_slice(parsed, result, 7, model_name="m")
+        assert len(out.assignments) == len(slice_records)
+        ids = [json.loads(r.value).get("id") for r in slice_records]
+        for i, (o, r) in enumerate(zip(out.assignments, slice_records, strict=True)):
+            x = json.loads(r.value)["x"]
+            expected = assignment.encode(
+                f"points:{r.partition}:{r.offset}" if ids[i] is None else ids[i],
+                [x] if not isinstance(x, list) else x,
+                not isinstance(x, list),
+                result.assignment.tolist()[i],
+                result.probs.tolist()[i],
+                result.log_likelihood.tolist()[i],
+                "m",
+                7,
+                r.timestamp,
+                json.loads(o.value)["ts_out"],  # the clock's, when it encoded
+                r.source(),
+                r.key_cut,
+            )
+            assert o.value == expected
+            assert type(o.value) is bytes

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
 import json
 
 import pytest
@@ -194,3 +196,24 @@ async def test_kafka_sink_fails_only_the_outputs_it_could_not_queue():
     assert sorted(o.source["offset"] for o in queued) == [0, 2, 4, 6]
     assert sorted(o.source["offset"] for o in failed) == [1, 3, 5, 7]  # each exactly once
     assert len(queued) + len(failed) == 8
+
+
+@pytest.mark.parametrize("error", [KafkaTimeoutError, MessageSizeTooLargeError])
+async def test_a_failed_send_leaves_no_cycle_holding_the_slices_outputs(error):
+    """The worker collects garbage rarely while it streams: a failed send must not leave the
+    delivering frame (and through it every output of the slice) in a reference cycle."""
+    sink = FakeSink(batch_size=2)
+    sink.decide = lambda batch, attempt: error() if attempt == 1 else None
+    gc.collect()
+    gc.disable()
+    try:
+        await make(sink).deliver([output(i) for i in range(4)])
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        held = [o for o in gc.garbage if inspect.isframe(o) and o.f_code.co_name == "_deliver"]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert sorted(o.source["offset"] for o in sink.acked) == [0, 1, 2, 3]
+    assert held == []

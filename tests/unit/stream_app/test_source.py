@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import time
 
+import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
 from kafka_common.settings import KafkaSettings
@@ -129,26 +130,39 @@ class WaitingConsumer:
         return {}
 
 
-def stamped(offset: int, age_s: float, timestamp_type: int):
-    r = record(TP0, offset)
-    return dataclasses.replace(
-        r, timestamp=int((time.time() - age_s) * 1000), timestamp_type=timestamp_type
-    )
+def stamped(tp: TopicPartition, age_s: float, timestamp_type: int, timestamp: int | None = None):
+    r = record(tp, 0)
+    if timestamp is None:
+        timestamp = int((time.time() - age_s) * 1000)
+    return dataclasses.replace(r, timestamp=timestamp, timestamp_type=timestamp_type)
 
 
-async def test_a_batch_waits_its_delay_from_the_brokers_append_time_when_the_topic_has_one():
-    """On a LogAppendTime topic the delay runs from the first record's append time (its fetch
-    took part of it); a producer's CreateTime, maybe event time, is never trusted."""
-    by_type = {}
-    for timestamp_type, age_s in ((LOG_APPEND_TIME, 0.12), (0, 0.12), (LOG_APPEND_TIME, 60.0)):
-        consumer = WaitingConsumer({TP0: [stamped(0, age_s, timestamp_type)]})
-        src = PointSource(KafkaSettings(), "points", "g", 100, 0.2, 10.0)
-        src.consumer = consumer  # type: ignore[assignment]
-        batch = await src.next_batch()
-        assert [r.offset for r in batch.records] == [0]
-        by_type[(timestamp_type, age_s)] = consumer.timeouts
-    appended = by_type[(LOG_APPEND_TIME, 0.12)]
-    assert 40 <= appended[0] <= 85  # 200 ms from the append: about 80 left at the fetch
-    create_time = by_type[(0, 0.12)]
-    assert 150 <= create_time[0] <= 200  # the whole delay, from the arrival
-    assert by_type[(LOG_APPEND_TIME, 60.0)] == []  # already late: the batch closes at once
+@pytest.mark.parametrize(
+    ("first", "low", "high"),
+    [
+        # 200 ms from the broker's append: about 140 left when the record is fetched
+        ([(TP0, 0.06, LOG_APPEND_TIME, None)], 100, 141),
+        # a producer's CreateTime (maybe event time) is never trusted: the whole delay
+        ([(TP0, 0.06, 0, None)], 160, 200),
+        # already late (or a worker clock ahead): still half the delay, batching stays alive
+        ([(TP0, 60.0, LOG_APPEND_TIME, None)], 60, 100),
+        # a worker clock behind the broker's: the whole delay, as without append times
+        ([(TP0, -5.0, LOG_APPEND_TIME, None)], 160, 200),
+        # no timestamp at all
+        ([(TP0, 0.0, LOG_APPEND_TIME, -1)], 160, 200),
+        # the oldest first record of the batch's partitions counts
+        ([(TP0, 0.02, LOG_APPEND_TIME, None), (TP1, 0.08, LOG_APPEND_TIME, None)], 80, 121),
+    ],
+)
+async def test_a_batch_waits_its_delay_from_the_brokers_append_time_when_the_topic_has_one(
+    first, low, high
+):
+    """On a LogAppendTime topic a batch's delay runs from its first record's append time (its
+    fetch took part of it), that part capped at half the delay."""
+    first = [stamped(*spec) for spec in first]  # stamped now, not at collection
+    consumer = WaitingConsumer({TopicPartition(r.topic, r.partition): [r] for r in first})
+    src = PointSource(KafkaSettings(), "points", "g", 100, 0.2, 10.0)
+    src.consumer = consumer  # type: ignore[assignment]
+    batch = await src.next_batch()
+    assert len(batch.records) == len(first)
+    assert low <= consumer.timeouts[0] <= high
