@@ -18,13 +18,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import orjson
 
 from mixture.classify import Classification
 from mixture.points import Point, PointError, decode_point
 from stream_app.records import InRecord, Outgoing, dead_letter, refused_letter
 from wire import assignment as assignment_format
-from wire.common import SourceRef, exact_size
 
 if TYPE_CHECKING:  # types only: this module runs without Faust (bench/device uses it so)
     from stream_app.model_state import ServingModel
@@ -141,44 +139,23 @@ def encode_slice(
                 )
             )
             continue
-        source: SourceRef = {"topic": r.topic, "partition": r.partition, "offset": r.offset}
+        source = r.source()
         a = assignments[i]
         point_id = p.id if p.id is not None else f"{r.topic}:{r.partition}:{r.offset}"
-        x = p.x
-        if r.key_cut is None and None not in x:
-            # The common record, in one dict and one orjson call: the same bytes as
-            # assignment_format.encode (a unit test holds them equal), without its two
-            # function calls a record (a sixth of the slice's encoding time).
-            value = orjson.dumps(
-                {
-                    "id": point_id,
-                    "x": x[0] if p.scalar else x,
-                    "assignment": a,
-                    "probs": probs[i],
-                    "log_likelihood": loglik[i],
-                    "model": model_name,
-                    "model_version": version,
-                    "ts_in": r.timestamp,
-                    "ts_out": ts_out,
-                    "source": source,
-                }
-            )
-            value = exact_size(value)
-        else:  # missing coordinates, or a cut key: the fields only they have
-            value = assignment_format.encode(
-                point_id,
-                x,
-                p.scalar,
-                a,
-                probs[i],
-                loglik[i],
-                model_name,
-                version,
-                r.timestamp,
-                ts_out,
-                source,
-                r.key_cut,
-            )
+        value = assignment_format.encode(
+            point_id,
+            p.x,
+            p.scalar,
+            a,
+            probs[i],
+            loglik[i],
+            model_name,
+            version,
+            r.timestamp,
+            ts_out,
+            source,
+            r.key_cut,
+        )
         o = _new(
             Outgoing, (r.key, value, r.timestamp, r.partition, False, source, None, a, r.key_cut)
         )

@@ -53,12 +53,13 @@ def exact_size(value: bytes) -> bytes:
     """orjson's `value` copied to its exact size.
 
     orjson returns its whole working buffer, sized for the worst-case escaping of every string
-    (519 KB for a 60 KB output, about 1 KB for a 250-byte assignment), and an output is held
+    (519 KB for a 60 KB output, 4 KB for a 262-byte assignment), and an output is held
     until the broker acknowledges it. Held, those buffers fill memory with mostly unused blocks
     (bench/results/memory.md), and the worker's batches of outputs in flight, spread over them,
-    encoded at a third of the speed: 1,024 held assignments took 5.0 us each as orjson returns
-    them, 2.1 us copied (the copy, a few hundred bytes from Python's small-object allocator,
-    included; the working buffer is freed at once and reused by the next call).
+    encoded at half the speed: 1,024 held assignments took 4.8-5.0 us each as orjson returns
+    them, 2.6 us copied (the copy, a few hundred bytes from Python's small-object allocator,
+    included; the working buffer is freed at once and reused by the next call). Not held, the
+    copy costs about 0.3 us.
     """
     return bytes(memoryview(value))
 

@@ -144,9 +144,9 @@ def test_a_cut_key_is_described_in_assignments_dead_letters_and_stand_ins():
 
 
 def test_assignments_are_the_wire_formats_own_bytes():
-    """encode_slice writes common records itself, in one dict; each must be byte for byte what
-    wire.assignment.encode writes (ids of each kind, integer coordinates, long ids, a null
-    timestamp), and the records it leaves to that encoder (a cut key) likewise."""
+    """Each assignment is byte for byte what wire.assignment.encode writes for its record and
+    the classifier's own outputs for it (ids of each kind, integer coordinates, long ids, a null
+    timestamp, a cut key, bare numbers in D=1), whatever path encode_slice takes to it."""
     clf = make_classifier(2, 2, max_batch=64)
     params = MixtureParams(PARAMS.weights, np.array([[0.5, 0.0], [11.0, 1.0]]), np.ones(2))
     model = ServingModel(ModelParams(7, params), clf, clf.prepare(params))
