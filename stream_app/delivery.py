@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import operator
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
@@ -42,9 +41,6 @@ from stream_app.metrics import WorkerMetrics
 from stream_app.records import Outgoing, refused_letter
 
 log = logging.getLogger(__name__)
-
-#: An output's (dead letter?, input partition): where KafkaSink sends it.
-_TARGET = operator.itemgetter(4, 3)
 
 #: Largest record batch; the broker accepts up to 1 MiB by default.
 MAX_BATCH_BYTES = 512 * 1024
@@ -288,15 +284,10 @@ class KafkaSink:
             return [(failed_future(RuntimeError("the producer is stopped")), list(outputs))]
         parts: list[tuple[asyncio.Future, list[Outgoing]]] = []
         try:
-            # Grouped by (dead letter?, input partition) first: one dict lookup per output,
-            # none when (as for most slices) every output shares one.
-            targets = list(map(_TARGET, outputs))
-            if len(set(targets)) == 1:
-                by_input: dict[tuple[bool, int], list[Outgoing]] = {targets[0]: list(outputs)}
-            else:
-                by_input = collections.defaultdict(list)
-                for target, out in zip(targets, outputs, strict=True):
-                    by_input[target].append(out)
+            # Grouped by (dead letter?, input partition) first: one dict lookup per output.
+            by_input: dict[tuple[bool, int], list[Outgoing]] = collections.defaultdict(list)
+            for out in outputs:
+                by_input[(out[4], out[3])].append(out)
             groups: dict[tuple[str, int], list[Outgoing]] = collections.defaultdict(list)
             counts: dict[str, list[int]] = {}
             for (dead_letter, input_partition), outs in by_input.items():

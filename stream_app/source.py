@@ -9,10 +9,9 @@ ConsumerRecords, and a batch becomes one event on the agent's channel (stream_ap
 Micro-batching follows Triton's dynamic batcher: a batch closes when it holds `max_batch`
 records or `max_batch_bytes` of keys and values, or `max_delay` after its first record arrived
 (on a topic stamped with LogAppendTime, counted from the broker's append, the fetch's share at
-most half of it), whichever comes first.
-Records fetched past a full batch are carried to the next one (never fetched twice); a
-rebalance drops them, as it drops a partial batch, since the consumer then reads on from the
-committed offsets. With the consumer's fetches bounded in bytes
+most half of it), whichever comes first. Records fetched past a full batch are carried to the
+next one (never fetched twice); a rebalance drops them, as it drops a partial batch, since the
+consumer then reads on from the committed offsets. With the consumer's fetches bounded in bytes
 (`KafkaSettings.consumer_options`), the records a worker holds are bounded in bytes too.
 
 A key longer than `max_key_bytes` is cut here, before the batch holds it (`records.cut_key`).
