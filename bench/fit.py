@@ -63,6 +63,12 @@ WARM_CACHE_RUNS = 3
 FAITHFUL_SKLEARN_N_INIT = FitConfig().n_best
 #: The trainer's fit settings (its FitConfig takes only K, the covariance and the restarts).
 WARM = FitConfig()
+#: Seconds every timed run waits first, so that it starts on an idle machine: scikit-learn's
+#: multithreaded BLAS leaves its worker threads spinning for a while after a fit, and on 2 CPUs
+#: they took one from whatever ran next (ours: a 1-D refit of 100k points 3.7 ms after a pause,
+#: up to 8.6 right after scikit-learn's run at its defaults). The trainer's refits, minutes apart,
+#: start from an idle process too.
+QUIET_S = 0.3
 
 
 def _truth_8d() -> MixtureParams:
@@ -131,6 +137,7 @@ def ours(
 ) -> tuple[dict[str, Any], MixtureParams]:
     before = fit_compilations()
     key = jax.random.PRNGKey(seed)  # made before the clock, as the trainer makes its key
+    time.sleep(QUIET_S)
     t0 = time.perf_counter()
     r = fit_map(x, key, config, warm_start=warm)
     seconds = time.perf_counter() - t0
@@ -146,6 +153,7 @@ def ours(
 
 
 def sklearn(gm: GaussianMixture, x: np.ndarray) -> dict[str, Any]:
+    time.sleep(QUIET_S)
     t0 = time.perf_counter()
     gm.fit(x)
     seconds = time.perf_counter() - t0
@@ -164,6 +172,7 @@ def gmmx_fit(x: np.ndarray, k: int) -> dict[str, Any]:
     import jax.numpy as jnp
     from gmmx import EMFitter, GaussianMixtureModelJax
 
+    time.sleep(QUIET_S)
     t0 = time.perf_counter()
     xj = jnp.asarray(x, jnp.float32)
     start = GaussianMixtureModelJax.from_k_means(xj, k, random_state=0)
@@ -438,7 +447,8 @@ def _warm_section(rows: list[dict[str, Any]]) -> str:
         "Like for like: both systems first fit a previous window, then refit fresh windows of "
         "the same size drawn from the same mixture, each warm-started from its own previous "
         "solution. Ours runs the trainer's default config (`n_init="
-        f"{rows[0]['n_init']}` random candidates scored with the warm start in one pass, on "
+        f"{rows[0]['n_init']}` random candidates scored with the warm start in one pass (the "
+        "model's loss, its likelihood in closed form), on "
         f"a random sample of {WARM.refit_score_points:,} of the window's points; when the warm "
         "start scores best it alone is optimised, as in "
         f"{won} of {len(refits)} refits here); scikit-learn's `warm_start=True` runs EM from its "
@@ -513,12 +523,15 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{m['cpus']} CPUs, {m['machine']}, JAX {m['jax']} on {m['jax_backend']}, Python "
         f"{m['python']}; 1-minute load average {load['start']:.1f} at the start, "
         f"{load['end']:.1f} at the end (this benchmark counts for 1 to 2 of it). One process, "
-        "one run of each (no best-of). Log-likelihoods are the mean log p(x) per point on the "
-        "window fitted, both models scored by the same float64 evaluator; positive differences "
-        "favour ours. Ours is a MAP fit (weak priors placed on the data) of the enumerated "
-        "ELBO, by EM-preconditioned steps (cold fits and warm refits); scikit-learn's "
-        "is maximum-likelihood EM (its defaults: it stops when "
-        "the mean log-likelihood per point changes by less than 1e-3, or after 100 "
+        f"one run of each (no best-of), each timed run after a {payload['quiet_s']:g} s pause "
+        "(so that it starts on an idle machine: scikit-learn's multithreaded BLAS leaves "
+        "worker threads spinning after a fit, which took a CPU from the next run). "
+        "Log-likelihoods are the "
+        "mean log p(x) per point on the window fitted, both models scored by the same float64 "
+        "evaluator; positive differences favour ours. Ours is a MAP fit (weak priors placed on "
+        "the data) of the enumerated ELBO, by EM-preconditioned steps (cold fits and warm "
+        "refits); scikit-learn's is maximum-likelihood EM (its defaults: it stops when the "
+        "mean log-likelihood per point changes by less than 1e-3, or after 100 "
         "iterations)."
         + (
             f" The warm section was rerun on its own after the rest (`--warm-only`; load "
@@ -595,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
                 warm.append(bench_warm(case, n, start)[0])
         payload["warm"] = warm
         payload["warm_rerun"] = {"machine": machine(), "load_average_1min": os.getloadavg()[0]}
+        payload["quiet_s"] = QUIET_S
         path = write_results("fit", payload, markdown(payload))
         plot(warm)
         print(f"wrote {path}", file=sys.stderr)
@@ -621,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         "scope": SCOPE,
         # Other work on the machine slows both sides; the 1-minute load average shows it.
         "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
+        "quiet_s": QUIET_S,
         "cold": cold,
         "warm": warm,
         "old_faithful": old_faithful(),

@@ -1,9 +1,9 @@
 """MAP fit of the mixture's globals: SVI + TraceEnum_ELBO + AutoDelta + optax, as one driver.
 
 `fit_map` prepares the window (`mixture.fit_data`: standardised, padded, masked), scores
-config.n_init candidates in one vmapped ELBO pass (k-means++ seeded, with the current model in
-one slot for refits), optimises the best config.n_best together and keeps the lowest final
-loss. Its programs and their cache are `mixture.fit_programs.FitPrograms`'.
+config.n_init candidates in one vmapped pass of the loss (k-means++ seeded, with the current
+model in one slot for refits), optimises the best config.n_best together and keeps the lowest
+final loss. Its programs and their cache are `mixture.fit_programs.FitPrograms`'.
 
 Steps are EM-preconditioned (`mixture.precondition`: the gradient of the same SVI loss, scaled
 as Xu and Jordan show EM's step is), for cold fits and for refits whose warm start scores best:

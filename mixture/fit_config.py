@@ -34,7 +34,7 @@ class FitConfig:
     #: kmeans_steps of Lloyd's k-means, so starts rarely put two components on one cluster,
     #: the saddles slow EM runs crawl away from) or "random" (uniformly, the tutorial's).
     init: InitChoice = "kmeans++"
-    #: Random initial candidates, all scored in one vmapped ELBO pass.
+    #: Random initial candidates, all scored in one vmapped pass of the loss.
     n_init: int = 100
     #: With init "kmeans++": Lloyd's k-means steps that move a cold fit's candidates (on the
     #: scoring sample) before they are scored, as scikit-learn starts EM from k-means: EM then

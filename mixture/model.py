@@ -42,6 +42,7 @@ __all__ = [
     "global_sites",
     "likelihood_assignment_model",
     "make_mixture_model",
+    "serving_scale",
     "serving_to_sites",
     "sites_to_serving",
 ]
@@ -195,6 +196,21 @@ def floored_tril(scales: Any, corr: Any, reg_covar: float) -> Any:
         return tril
     cov = tril @ jnp.swapaxes(tril, -1, -2)
     return jnp.linalg.cholesky(cov + reg_covar * jnp.eye(cov.shape[-1]))
+
+
+def serving_scale(
+    sites: dict[str, Any], covariance: str, reg_covar: float, n_components: int, dim: int
+) -> Any:
+    """The model's scale of one set of site values in serving form, floor included (jnp,
+    traceable; `mixture.sites.sites_to_serving` is its numpy twin): (D,) tied-diag, (K, D) diag
+    and spherical, (K, D, D) Cholesky factors for tied and full."""
+    if is_cholesky(covariance):
+        tril = floored_tril(sites["scales"], sites["corr"], reg_covar)
+        return jnp.broadcast_to(tril, (n_components, dim, dim))
+    scale = jnp.sqrt(sites["scale"] ** 2 + reg_covar)
+    if covariance == "spherical":
+        return jnp.broadcast_to(scale[:, None], (n_components, dim))
+    return scale
 
 
 @config_enumerate
