@@ -447,8 +447,8 @@ def _warm_section(rows: list[dict[str, Any]]) -> str:
         "Like for like: both systems first fit a previous window, then refit fresh windows of "
         "the same size drawn from the same mixture, each warm-started from its own previous "
         "solution. Ours runs the trainer's default config (`n_init="
-        f"{rows[0]['n_init']}` random candidates scored with the warm start in one pass (the "
-        "model's loss, its likelihood in closed form), on "
+        f"{rows[0]['n_init']}`: the warm start and {rows[0]['n_init'] - 1} random candidates "
+        "scored in one pass (the model's loss, its likelihood in closed form), on "
         f"a random sample of {WARM.refit_score_points:,} of the window's points; when the warm "
         "start scores best it alone is optimised, as in "
         f"{won} of {len(refits)} refits here); scikit-learn's `warm_start=True` runs EM from its "
@@ -523,9 +523,10 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{m['cpus']} CPUs, {m['machine']}, JAX {m['jax']} on {m['jax_backend']}, Python "
         f"{m['python']}; 1-minute load average {load['start']:.1f} at the start, "
         f"{load['end']:.1f} at the end (this benchmark counts for 1 to 2 of it). One process, "
-        f"one run of each (no best-of), each timed run after a {payload['quiet_s']:g} s pause "
-        "(so that it starts on an idle machine: scikit-learn's multithreaded BLAS leaves "
-        "worker threads spinning after a fit, which took a CPU from the next run). "
+        f"one run of each (no best-of), each timed run in this process after a "
+        f"{payload['quiet_s']:g} s pause (so that it starts on an idle machine: scikit-learn's "
+        "multithreaded BLAS leaves worker threads spinning after a fit, which took a CPU from "
+        "the next run). "
         "Log-likelihoods are the "
         "mean log p(x) per point on the window fitted, both models scored by the same float64 "
         "evaluator; positive differences favour ours. Ours is a MAP fit (weak priors placed on "
@@ -596,6 +597,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.warm_only:
         payload = json.loads((RESULTS / "fit.json").read_text())
+        if payload.get("quiet_s") != QUIET_S:
+            raise SystemExit(
+                "bench.fit --warm-only: the results on file were timed with another pause; "
+                "rerun the whole benchmark"
+            )
         enable_compilation_cache("off")
         warm = []
         for case in CASES:
@@ -608,7 +614,6 @@ def main(argv: list[str] | None = None) -> int:
                 warm.append(bench_warm(case, n, start)[0])
         payload["warm"] = warm
         payload["warm_rerun"] = {"machine": machine(), "load_average_1min": os.getloadavg()[0]}
-        payload["quiet_s"] = QUIET_S
         path = write_results("fit", payload, markdown(payload))
         plot(warm)
         print(f"wrote {path}", file=sys.stderr)

@@ -223,8 +223,8 @@ def fit(p: Payload) -> str:
         for c in cases
     )
     return (
-        f"one run each, both fits in the same process, each timed run after a {p['quiet_s']:g} s "
-        "pause (an idle machine): warm = the trainer's refit (compiled, "
+        f"one run each, both fits in the same process, each timed fit after a {p['quiet_s']:g} "
+        "s pause (an idle machine): warm = the trainer's refit (compiled, "
         "warm-started) against scikit-learn's `warm_start=True` EM on the same new windows "
         "(in the faster of its settings: its defaults, or its BLAS and OpenMP pools at one "
         f"thread), worst of {len(warm[0]['rounds'])} rounds; cold = 10 optimised starts each, ours "
