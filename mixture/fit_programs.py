@@ -263,7 +263,7 @@ def build_program(
     from numpyro.infer.autoguide import AutoDelta
     from numpyro.infer.util import log_density
 
-    from mixture.model import StandardisedCholeskyNormal, make_mixture_model, serving_scale
+    from mixture.model import StandardisedCholeskyNormal, likelihood_scale, make_mixture_model
 
     jit = functools.partial(jax.jit, compiler_options=compiler_options())
     k = config.n_components
@@ -326,11 +326,12 @@ def build_program(
     def mixture_log_likelihood(values: dict[str, Any], points: Any, mask: Any) -> Any:
         """sum over the counted points of log p(x) under one candidate's site values: what the
         model's likelihood adds to its loss (over the observed coordinates of a 2-D mask)."""
-        scale = serving_scale(values, covariance, config.reg_covar, k, dim)
+        scale = likelihood_scale(values, covariance, config.reg_covar, k, dim)
         locs = values["locs"]
         rows = mask if mask.ndim == 1 else mask.any(-1)
         if is_cholesky(covariance):  # the model's own density: one product for every point
-            component = StandardisedCholeskyNormal(locs[:, None], scale_tril=scale[:, None])
+            tril = scale if scale.ndim == 2 else scale[:, None]  # tied: one factor for all
+            component = StandardisedCholeskyNormal(locs[:, None], scale_tril=tril)
             per_component = component.log_prob(points)  # (K, B)
         elif mask.ndim == 2:  # the observed coordinates only
             residuals = points[None] - locs[:, None]  # (K, B, D)

@@ -41,8 +41,8 @@ __all__ = [
     "floored_tril",
     "global_sites",
     "likelihood_assignment_model",
+    "likelihood_scale",
     "make_mixture_model",
-    "serving_scale",
     "serving_to_sites",
     "sites_to_serving",
 ]
@@ -92,12 +92,8 @@ def make_mixture_model(
             scales = numpyro.sample("scales", scale_prior.to_event(1))
             corr = numpyro.sample("corr", dist.LKJCholesky(d, priors.lkj_concentration))
 
-        if is_cholesky(covariance):
-            tril = floored_tril(scales, corr, reg_covar)
-        else:
-            scale = jnp.sqrt(scale**2 + reg_covar)
-            if covariance == "spherical":
-                scale = jnp.broadcast_to(scale[:, None], (k, d))
+        globals_ = {"scales": scales, "corr": corr} if is_cholesky(covariance) else {"scale": scale}
+        spread = likelihood_scale(globals_, covariance, reg_covar, k, d)
 
         coords = mask if mask is not None and mask.ndim == 2 else None
         rows = mask if coords is None else coords.any(-1)
@@ -110,7 +106,6 @@ def make_mixture_model(
                     if k > 1
                     else jnp.zeros((), jnp.int32)
                 )
-            spread = tril if is_cholesky(covariance) else scale
             obs = _component(locs, spread, assignment, covariance, coords)
             numpyro.sample("obs", obs if rows is None else ZeroFilledMask(obs, rows), obs=points)
 
@@ -198,15 +193,15 @@ def floored_tril(scales: Any, corr: Any, reg_covar: float) -> Any:
     return jnp.linalg.cholesky(cov + reg_covar * jnp.eye(cov.shape[-1]))
 
 
-def serving_scale(
+def likelihood_scale(
     sites: dict[str, Any], covariance: str, reg_covar: float, n_components: int, dim: int
 ) -> Any:
-    """The model's scale of one set of site values in serving form, floor included (jnp,
-    traceable; `mixture.sites.sites_to_serving` is its numpy twin): (D,) tied-diag, (K, D) diag
-    and spherical, (K, D, D) Cholesky factors for tied and full."""
+    """The scale the model's likelihood takes, from its scale sites, the floor included (jnp,
+    traceable): (D, D) tied and (K, D, D) full Cholesky factors, (D,) tied-diag, (K, D) diag
+    and spherical. The model uses it, and so does the fit's closed-form ranking of candidates
+    (`mixture.fit_programs`); `mixture.sites.sites_to_serving` is its numpy twin."""
     if is_cholesky(covariance):
-        tril = floored_tril(sites["scales"], sites["corr"], reg_covar)
-        return jnp.broadcast_to(tril, (n_components, dim, dim))
+        return floored_tril(sites["scales"], sites["corr"], reg_covar)
     scale = jnp.sqrt(sites["scale"] ** 2 + reg_covar)
     if covariance == "spherical":
         return jnp.broadcast_to(scale[:, None], (n_components, dim))
