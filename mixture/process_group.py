@@ -64,7 +64,11 @@ class PointGroup:
         """(n,) True for this process's share of the `count` largest values over every
         process (NaN counts as -inf); ties go to the earlier point in process order, then in
         each process's own order: as a stable sort of the concatenated values would choose."""
-        v = np.nan_to_num(np.asarray(values, np.float64), nan=-np.inf)
+        # NaN to -inf only: nan_to_num would also turn +-inf into the largest finite values,
+        # making -inf tie with -1.8e308.
+        v = np.nan_to_num(
+            np.asarray(values, np.float64), nan=-np.inf, posinf=np.inf, neginf=-np.inf
+        )
         n = int(self.total(len(v)))
         chosen = np.zeros(len(v), bool)
         count = min(max(count, 0), n)

@@ -182,3 +182,11 @@ def test_the_trim_cap_picks_the_farthest_across_parts():
     assert one.sum() == int(robust.MAX_TRIM_SHARE * len(x))
     got = across(split(x, [7, 200]), lambda p, g: robust.implausible(p, params, 0.0, g))
     assert_array_equal(np.concatenate(got), one)
+
+
+def test_minus_infinity_ranks_below_the_lowest_finite_value():
+    """-inf is not the lowest finite float (a tie there picked -inf first; hypothesis found it)."""
+    x = np.array([0.0] * 6 + [-np.inf, -np.finfo(np.float64).max])
+    assert_array_equal(ONE_PROCESS.largest(x, 7), [True] * 6 + [False, True])
+    x = np.array([np.inf, np.finfo(np.float64).max, np.nan])
+    assert_array_equal(ONE_PROCESS.largest(x, 1), [True, False, False])
