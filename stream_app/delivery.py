@@ -139,7 +139,7 @@ class Delivery:
                 except Exception as exc:  # sorted below: every failure has an outcome
                     # The traceback holds this frame, which holds the error and every output
                     # of the slice: a reference cycle only the garbage collector frees, and
-                    # the worker collects rarely while it streams (worker.STREAM_GC_THRESHOLD).
+                    # the worker collects rarely while it streams (gc_policy.STREAM_GC_THRESHOLD).
                     exc.__traceback__ = None
                     error = exc
                 kind = classify_error(error)

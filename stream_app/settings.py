@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 #: thousands of rows; slices of 1,024 (mixture.classify.default_sizes picks the padding sizes
 #: alike).
 SLICE_RECORDS_ACCELERATOR = 1024
+#: GMM_MAX_BATCH's default: on a CPU, also the default slice.
+DEFAULT_MAX_BATCH = 1024
 
 
 @functools.cache
@@ -107,7 +109,7 @@ class WorkerSettings:
     )
     web_port: int = env_field("GMM_WORKER_WEB_PORT", 6066, "Port of /metrics, /health and /ready")
     web_host: str = env_field("GMM_WORKER_WEB_HOST", "0.0.0.0", "Address the web server binds")
-    max_batch: int = env_field("GMM_MAX_BATCH", 1024, "Largest micro-batch (records)")
+    max_batch: int = env_field("GMM_MAX_BATCH", DEFAULT_MAX_BATCH, "Largest micro-batch (records)")
     max_delay_ms: float = env_field(
         "GMM_MAX_DELAY_MS",
         20.0,

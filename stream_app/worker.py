@@ -14,7 +14,6 @@ starts nothing until the app's tasks call `feed` and `follow_params`.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -31,6 +30,7 @@ from stream_app.delivery import Delivery, KafkaSink
 from stream_app.drift import DriftDetector
 from stream_app.drift_watch import DriftWatch
 from stream_app.event_sink import EventSink
+from stream_app.gc_policy import streaming_gc
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_follower import ModelFollower
 from stream_app.model_state import ModelHolder
@@ -41,14 +41,6 @@ from stream_app.shadow import ShadowScorer
 from stream_app.source import InBatch, PointSource
 
 log = logging.getLogger(__name__)
-
-#: Tracked objects allocated (net) between two young garbage collections while streaming
-#: (Python's default is 700). The records' objects die by reference counting, not by the
-#: collector, but at the default a young collection ran every few records' worth of allocations
-#: and walked the batches in flight: 1-2 us of the worker's ~16 us of CPU per record
-#: (gc.callbacks, draining a backlog). Cycles (rare here: exceptions, closed tasks) wait at
-#: most this many allocations, a few MB.
-STREAM_GC_THRESHOLD = 100_000
 
 
 def _terminate(reason: str) -> None:
@@ -181,16 +173,10 @@ class Worker:
     async def feed(self, put: Callable[[InBatch], Awaitable[None]]) -> None:
         """Reads the input topic in micro-batches for the agent, once a model is being served."""
         await self.holder.ready.wait()  # no model, no consumption: records wait in Kafka
-        # What exists now (JAX, NumPyro, Faust, the compiled classifier) lives as long as the
-        # process: frozen, a full garbage collection no longer walks it, a 100-200 ms pause that
-        # otherwise hit the stream every few seconds.
-        gc.freeze()
-        thresholds = gc.get_threshold()
-        gc.set_threshold(STREAM_GC_THRESHOLD, *thresholds[1:])
         try:
-            await self.path.feed(put)
+            with streaming_gc():
+                await self.path.feed(put)
         finally:
-            gc.set_threshold(*thresholds)
             await self.events.stop()
 
     async def handle(self, batch: InBatch) -> None:

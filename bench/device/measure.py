@@ -64,6 +64,7 @@ from mixture.classify import (
 from mixture.fit import FitConfig, fit_map
 from mixture.params import MixtureParams, ModelParams
 from stream_app.batch import classify_slice, encode_slice, parse_slice
+from stream_app.gc_policy import streaming_gc
 from stream_app.model_state import ServingModel
 from stream_app.records import InRecord
 from trainer.settings import TrainerSettings
@@ -275,18 +276,19 @@ def serving_case(serving: ServingModel, records: list[InRecord], slice_size: int
     classify_slice(first, serving)  # compiles this slice's padded size
     gc.collect()
     outputs = 0
-    for start in range(0, len(records), slice_size):
-        t0 = time.perf_counter()
-        parsed = parse_slice(records[start : start + slice_size], dim, 65536)
-        t1 = time.perf_counter()
-        result, _ = classify_slice(parsed, serving)
-        t2 = time.perf_counter()
-        outcome = encode_slice(parsed, result, serving.model.version)
-        t3 = time.perf_counter()
-        outputs += len(outcome.assignments)
-        stage["parse"] += t1 - t0
-        stage["classify"] += t2 - t1
-        stage["encode"] += t3 - t2
+    with streaming_gc():  # the collector as the worker runs it while streaming
+        for start in range(0, len(records), slice_size):
+            t0 = time.perf_counter()
+            parsed = parse_slice(records[start : start + slice_size], dim, 65536)
+            t1 = time.perf_counter()
+            result, _ = classify_slice(parsed, serving)
+            t2 = time.perf_counter()
+            outcome = encode_slice(parsed, result, serving.model.version)
+            t3 = time.perf_counter()
+            outputs += len(outcome.assignments)
+            stage["parse"] += t1 - t0
+            stage["classify"] += t2 - t1
+            stage["encode"] += t3 - t2
     if outputs != len(records):
         raise AssertionError(f"{outputs} assignments for {len(records)} records")
     n, total = len(records), sum(stage.values())

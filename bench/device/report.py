@@ -7,7 +7,7 @@ import pathlib
 from typing import Any
 
 from bench._common import markdown_table
-from stream_app.settings import SLICE_RECORDS_ACCELERATOR, SLICE_RECORDS_CPU
+from stream_app.settings import DEFAULT_MAX_BATCH, SLICE_RECORDS_ACCELERATOR
 
 
 def best_pps(rows: list[dict], model: str, backend: str, batch: int, method: str) -> float | None:
@@ -101,9 +101,9 @@ def serving_md(rows: list[dict]) -> str:
         "The worker's own steps (`stream_app.batch.parse_slice` -> `classify_slice` -> "
         "`encode_slice`) over JSON records, one slice after another on one thread. "
         '"Host-only bound" is parse and encode alone: no device makes a worker faster than '
-        f"that. The worker's slice is {SLICE_RECORDS_CPU} records on a CPU and "
-        f"{SLICE_RECORDS_ACCELERATOR} on a GPU (`GMM_SLICE_RECORDS=0`).\n\n"
-        + markdown_table(header, table)
+        "that. The worker's slice is the whole batch on a CPU (at the default batch, "
+        f"{DEFAULT_MAX_BATCH} records) and {SLICE_RECORDS_ACCELERATOR} on a GPU "
+        "(`GMM_SLICE_RECORDS=0`).\n\n" + markdown_table(header, table)
     )
 
 
@@ -198,7 +198,7 @@ def summary(payload: dict) -> list[str]:
                     f"{min(ratios):.1f}x-{max(ratios):.1f}x (target >= 10x for the wide model)"
                 )
     for r in payload.get("serving", []):
-        default = SLICE_RECORDS_CPU if r["backend"] == "cpu" else SLICE_RECORDS_ACCELERATOR
+        default = DEFAULT_MAX_BATCH if r["backend"] == "cpu" else SLICE_RECORDS_ACCELERATOR
         if r["slice"] == default:
             lines.append(
                 f"serving {r['model']} on {r['backend']}, slice {r['slice']}: "

@@ -17,12 +17,13 @@ from mixture.params import MixtureParams, ModelParams
 from stream_app import shadow as shadow_module
 from stream_app.checkpoint import Checkpoint
 from stream_app.delivery import Delivery
+from stream_app.gc_policy import STREAM_GC_THRESHOLD
 from stream_app.model_state import ServingModel
 from stream_app.records import InRecord
 from stream_app.settings import WorkerSettings
 from stream_app.shadow import compare
 from stream_app.source import InBatch
-from stream_app.worker import STREAM_GC_THRESHOLD, Worker
+from stream_app.worker import Worker
 from tests.unit.stream_app.fakes import TP0, FakeCommitter, FakeSink
 
 PARAMS = MixtureParams(np.array([0.4, 0.6]), np.array([[0.0], [10.0]]), np.array([1.0]))
