@@ -33,11 +33,12 @@ if TYPE_CHECKING:
 
 #: GMM_SLICE_RECORDS=0 picks the slice by JAX's backend. On a CPU a batch is one slice: its
 #: outputs are sent as one record batch per output partition. Slices of 256 (the default until
-#: measured otherwise) cut a batch's outputs into four times as many record batches, and the
-#: producer keeps one in flight per partition, so each waited for the one before it: the
-#: worker drained 1.2-1.8x faster with slices of 1,024 at batch 1,024, and 1.1-1.2x faster
-#: again with slices of 4,096 at batch 4,096, at 2, 12 and 64 partitions, its p99 at 5,000 and
-#: 20,000 records/s unchanged (bench.stream). On a GPU a call costs about the same up to
+#: measured otherwise) cut a batch's outputs into four times as many record batches, and
+#: aiokafka's producer sends one request at a time to a broker, with one record batch per
+#: partition in it, so a batch took four requests where it now takes one: the worker drained
+#: 1.2-1.8x faster with slices of 1,024 at batch 1,024, and 1.1-1.2x faster again with slices
+#: of 4,096 at batch 4,096, at 2, 12 and 64 partitions, its p99 at 5,000 and 20,000 records/s
+#: unchanged (bench.stream). On a GPU a call costs about the same up to
 #: thousands of rows; slices of 1,024 (mixture.classify.default_sizes picks the padding sizes
 #: alike).
 SLICE_RECORDS_ACCELERATOR = 1024
