@@ -282,8 +282,9 @@ class DriftDetector:
         return 0.0 if self._ph is None else self._ph.statistic
 
     def update(self, log_px: ArrayLike) -> DriftAlarm | None:
-        """Adds one slice's per-record log p(x) (1-D); returns an alarm if this slice completed
-        a block that did. Non-finite values are skipped (and counted in `skipped`)."""
+        """Adds one slice's per-record log p(x) (1-D), in blocks of exactly `block_records`
+        whatever the slice's size (the rest waits for the next slice); returns the first alarm
+        a block of it raised. Non-finite values are skipped (and counted in `skipped`)."""
         values = np.asarray(log_px, dtype=np.float64)
         if values.ndim != 1:
             raise ValueError(f"log_px must be 1-D, got shape {values.shape}")
@@ -291,8 +292,17 @@ class DriftDetector:
             finite = np.isfinite(values)
             self.skipped += values.size - int(np.count_nonzero(finite))
             values = values[finite]
-        if not values.size:
-            return None
+        first: DriftAlarm | None = None
+        start = 0
+        while start < values.size:
+            stop = start + self.block_records - self._pending_records
+            alarm = self._add(values[start:stop])
+            first = first or alarm
+            start = stop
+        return first
+
+    def _add(self, values: np.ndarray) -> DriftAlarm | None:
+        """Adds values that complete at most one block."""
         if self._clip is None:  # warming up: the range is not known yet
             self._warmup_values.append(np.array(values))  # a copy: the caller's may change
         else:

@@ -252,7 +252,7 @@ def test_tiny_warm_ups_never_let_the_two_lowest_or_highest_set_the_range(
     assert clip_bounds(np.array(values), 0.01, 2.0) == pytest.approx(expected)
     shuffled = np.random.default_rng(12).permutation(values)
     half = len(values) // 2
-    det = DriftDetector(warmup_blocks=2, block_records=half)
+    det = DriftDetector(warmup_blocks=len(values), block_records=1)  # every record warms up
     det.update(shuffled[:half])
     det.update(shuffled[half:])
     assert (DEFAULT_CLIP_QUANTILE, DEFAULT_CLIP_MARGIN) == (0.01, 2.0)
@@ -407,3 +407,23 @@ def test_the_drift_watch_feeds_per_record_log_likelihoods():
     assert metrics.drift_alarms._value.get() == 1
     watch.reset()
     assert det.warming_up and det.clip_range is None
+
+
+def test_blocks_are_block_records_long_whatever_the_slices():
+    """A slice of 1,024 records is 8 blocks of 128, not one block of 1,024: the warm-up and the
+    test see the same blocks however the worker slices its batches."""
+    rng = np.random.default_rng(3)
+    values = rng.normal(-2.0, 1.0, 20 * 128 + 50)
+    one = DriftDetector(warmup_blocks=16, block_records=128)
+    assert one.update(values) is None
+    small = DriftDetector(warmup_blocks=16, block_records=128)
+    for start in range(0, values.size, 7):
+        assert small.update(values[start : start + 7]) is None
+    for det in (one, small):
+        assert not det.warming_up
+        assert det.records == 20 * 128  # the last 50 wait for the next slice
+    assert one.baseline == pytest.approx(small.baseline)
+    assert one.record_sd == pytest.approx(small.record_sd)
+    assert one.statistic == pytest.approx(small.statistic)
+    # A drop inside one large slice raises the alarm, as it does slice by slice.
+    assert one.update(rng.normal(-5.0, 1.0, 4096)) is not None
