@@ -249,7 +249,7 @@ def delays(
                     seen = after
                     for piece in dirty if runs[i][1] else clean:
                         seen += piece.size
-                        if live[i].update(piece) is not None:
+                        if live[i].update(piece):
                             found[(i, d)].append(seen)
                             del live[i]
                             break
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     md = (
         "# Drift alarms (simulated)\n\n"
         "`stream_app.drift.DriftDetector` (Page-Hinkley, mode down, alpha 1, on block "
-        f"means of >= {DEFAULT_BLOCK_RECORDS} records standardised by a warm-up, refined while "
+        f"means of {DEFAULT_BLOCK_RECORDS} records standardised by a warm-up, refined while "
         "in control, every record's log p(x) clipped into the warm-up's range [Q(q) - m (Q(0.5) "
         "- Q(q)), Q(1 - q) + m (Q(1 - q) - Q(0.5))], Q its records' quantiles, "
         f"q = {DEFAULT_CLIP_QUANTILE:g}, m = {DEFAULT_CLIP_MARGIN:g}) fed the "

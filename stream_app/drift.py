@@ -9,9 +9,9 @@ alarm into a metric and an event.
 
 How it works:
 
-1. **Blocks.** Slices are pooled into blocks of at least `block_records` records; a slice at
-   least that large is a block alone. The statistic's time scale is then records, not slices,
-   whatever their sizes. A non-finite value (a record with log p(x) = -inf) is skipped and
+1. **Blocks.** Slices are cut and pooled into blocks of exactly `block_records` records (what
+   is left of a slice waits for the next). The statistic's time scale is then records, not
+   slices, whatever their sizes. A non-finite value (a record with log p(x) = -inf) is skipped and
    counted in `skipped`; an empty slice does nothing.
 2. **Clipping.** Every record's log p(x) is clipped into the baseline's range [low, high]
    before it enters a block mean. The range is set from the warm-up's records by `clip_bounds`
@@ -24,8 +24,8 @@ How it works:
    Q(0.009)), and the margins put the range's ends far outside the clean data, so that clean
    records are almost never clipped and a drop keeps all of its signal (most of a small
    shift's lives in the lower tail of log p(x)), while a broken record still counts as no more
-   than `low` or `high`. The warm-up keeps its records until it ends (its blocks: at most
-   `warmup_blocks` x (`block_records` + the largest slice) values), sets the range from them,
+   than `low` or `high`. The warm-up keeps its records until it ends (its blocks:
+   `warmup_blocks` x `block_records` values), sets the range from them,
    and clips them too before the baseline is estimated from its block means.
 3. **Baseline.** The first `warmup_blocks` blocks after a reset set the baseline: the mean
    log p(x) per record, mu, and its spread per record, sigma, estimated from the block means
@@ -222,7 +222,7 @@ class DriftDetector:
     def _rearm(self) -> None:
         self._ph: PageHinkleyDown | None = None
         self._clip: tuple[float, float] | None = None
-        # The warm-up's records (each slice's finite values) and its completed blocks' sizes.
+        # The warm-up's records (finite values, a block's part at a time) and its blocks' sizes.
         self._warmup_values: list[np.ndarray] = []
         self._warmup_sizes: list[int] = []
         self._records = 0
@@ -281,10 +281,11 @@ class DriftDetector:
         """The current Page-Hinkley statistic (0 while warming up); an alarm at > threshold."""
         return 0.0 if self._ph is None else self._ph.statistic
 
-    def update(self, log_px: ArrayLike) -> DriftAlarm | None:
+    def update(self, log_px: ArrayLike) -> list[DriftAlarm]:
         """Adds one slice's per-record log p(x) (1-D), in blocks of exactly `block_records`
-        whatever the slice's size (the rest waits for the next slice); returns the first alarm
-        a block of it raised. Non-finite values are skipped (and counted in `skipped`)."""
+        whatever the slice's size (the rest waits for the next slice); returns the alarms its
+        blocks raised, in order (a large slice may hold a drop, the warm-up after it, and
+        another drop). Non-finite values are skipped (and counted in `skipped`)."""
         values = np.asarray(log_px, dtype=np.float64)
         if values.ndim != 1:
             raise ValueError(f"log_px must be 1-D, got shape {values.shape}")
@@ -292,14 +293,15 @@ class DriftDetector:
             finite = np.isfinite(values)
             self.skipped += values.size - int(np.count_nonzero(finite))
             values = values[finite]
-        first: DriftAlarm | None = None
+        alarms = []
         start = 0
         while start < values.size:
             stop = start + self.block_records - self._pending_records
             alarm = self._add(values[start:stop])
-            first = first or alarm
+            if alarm is not None:
+                alarms.append(alarm)
             start = stop
-        return first
+        return alarms
 
     def _add(self, values: np.ndarray) -> DriftAlarm | None:
         """Adds values that complete at most one block."""

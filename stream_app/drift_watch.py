@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 
 from stream_app.batch import BatchOutcome
-from stream_app.drift import DriftDetector
+from stream_app.drift import DriftAlarm, DriftDetector
 from stream_app.event_sink import EventSink
 from stream_app.metrics import WorkerMetrics
 from wire.event import Event
@@ -44,23 +44,25 @@ class DriftWatch:
         """A delivered slice's assignments (a slice of a previous model is not counted)."""
         if not outcome.assignments or outcome.model_version != self.served_version():
             return
-        alarm = self.detector.update(outcome.log_likelihoods)
+        alarms = self.detector.update(outcome.log_likelihoods)
         self.metrics.drift_statistic.set(self.detector.statistic)
-        if alarm is None:
-            return
+        for alarm in alarms:
+            self._raise(alarm, outcome.model_version)
+
+    def _raise(self, alarm: DriftAlarm, version: int) -> None:
         self.metrics.drift_alarms.inc()
         log.warning(
             "drift: mean log p(x) %.4f vs the baseline %.4f of model version %d (statistic %.1f)",
             alarm.current,
             alarm.baseline,
-            outcome.model_version,
+            version,
             alarm.statistic,
         )
         self.events.send(
             Event.now(
                 "drift",
                 self.model_name,
-                outcome.model_version,
+                version,
                 alarm.statistic,
                 detail=f"mean log p(x) {alarm.current:.4f} vs baseline {alarm.baseline:.4f}",
                 data={

@@ -31,17 +31,20 @@ from mixture.params import ModelParams, ParamsError
 if TYPE_CHECKING:
     from kafka_common.event_signing import EventSigner
 
-#: GMM_SLICE_RECORDS=0 picks the slice by JAX's backend. On a CPU a batch is one slice: its
-#: outputs are sent as one record batch per output partition. Slices of 256 (the default until
-#: measured otherwise) cut a batch's outputs into four times as many record batches, and
-#: aiokafka's producer sends one request at a time to a broker, with one record batch per
-#: partition in it, so a batch took four requests where it now takes one: the worker drained
-#: 1.2-1.8x faster with slices of 1,024 at batch 1,024, and 1.1-1.2x faster again with slices
-#: of 4,096 at batch 4,096, at 2, 12 and 64 partitions, its p99 at 5,000 and 20,000 records/s
-#: unchanged (bench.stream). On a GPU a call costs about the same up to
-#: thousands of rows; slices of 1,024 (mixture.classify.default_sizes picks the padding sizes
-#: alike).
+#: GMM_SLICE_RECORDS=0 picks the slice by JAX's backend. On a CPU a batch of up to
+#: SLICE_RECORDS_CPU records is one slice: its outputs are sent as one record batch per output
+#: partition (up to 512 KiB each). Slices of 256 (the default until measured otherwise) cut a
+#: batch's outputs into four times as many record batches, and aiokafka's producer sends one
+#: request at a time to a broker, with one record batch per partition in it, so a batch took
+#: four requests where it now takes one: the worker drained 1.2-1.8x faster with slices of
+#: 1,024 at batch 1,024, and 1.1-1.2x faster again with slices of 4,096 at batch 4,096, at 2, 12
+#: and 64 partitions, its p99 at 5,000 and 20,000 records/s unchanged (bench.stream). A larger
+#: batch is cut into slices of 4,096 (the largest measured), so that the event loop, which
+#: validates and encodes a slice without a pause, turns at least that often. On a GPU a call
+#: costs about the same up to thousands of rows; slices of 1,024
+#: (mixture.classify.default_sizes picks the padding sizes alike).
 SLICE_RECORDS_ACCELERATOR = 1024
+SLICE_RECORDS_CPU = 4096
 #: GMM_MAX_BATCH's default: on a CPU, also the default slice.
 DEFAULT_MAX_BATCH = 1024
 
@@ -135,7 +138,8 @@ class WorkerSettings:
         "GMM_SLICE_RECORDS",
         0,
         "Records classified and sent at a time within a batch, capped by GMM_MAX_BATCH; 0: by "
-        f"JAX's backend, the whole batch on a CPU, {SLICE_RECORDS_ACCELERATOR} on a GPU",
+        f"JAX's backend, the whole batch up to {SLICE_RECORDS_CPU} on a CPU, "
+        f"{SLICE_RECORDS_ACCELERATOR} on a GPU",
     )
     pad_sizes: str = env_field(
         "GMM_PAD_SIZES",
@@ -289,7 +293,7 @@ class WorkerSettings:
         batch."""
         records = self.slice_records
         if records == 0:
-            records = self.max_batch if jax_backend() == "cpu" else SLICE_RECORDS_ACCELERATOR
+            records = SLICE_RECORDS_CPU if jax_backend() == "cpu" else SLICE_RECORDS_ACCELERATOR
         return min(records, self.max_batch)
 
     @property

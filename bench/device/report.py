@@ -7,7 +7,7 @@ import pathlib
 from typing import Any
 
 from bench._common import markdown_table
-from stream_app.settings import DEFAULT_MAX_BATCH, SLICE_RECORDS_ACCELERATOR
+from stream_app.settings import DEFAULT_MAX_BATCH, SLICE_RECORDS_ACCELERATOR, SLICE_RECORDS_CPU
 
 
 def best_pps(rows: list[dict], model: str, backend: str, batch: int, method: str) -> float | None:
@@ -101,9 +101,9 @@ def serving_md(rows: list[dict]) -> str:
         "The worker's own steps (`stream_app.batch.parse_slice` -> `classify_slice` -> "
         "`encode_slice`) over JSON records, one slice after another on one thread. "
         '"Host-only bound" is parse and encode alone: no device makes a worker faster than '
-        "that. The worker's slice is the whole batch on a CPU (at the default batch, "
-        f"{DEFAULT_MAX_BATCH} records) and {SLICE_RECORDS_ACCELERATOR} on a GPU "
-        "(`GMM_SLICE_RECORDS=0`).\n\n" + markdown_table(header, table)
+        f"that. The worker's slice is the whole batch (up to {SLICE_RECORDS_CPU} records; at "
+        f"the default batch, {DEFAULT_MAX_BATCH}) on a CPU and {SLICE_RECORDS_ACCELERATOR} on a "
+        "GPU (`GMM_SLICE_RECORDS=0`).\n\n" + markdown_table(header, table)
     )
 
 

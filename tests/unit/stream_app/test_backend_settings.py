@@ -7,7 +7,7 @@ import pytest
 from kafka_common.settings import SettingsError
 from mixture.classify import default_sizes
 from stream_app import settings as settings_module
-from stream_app.settings import SLICE_RECORDS_ACCELERATOR, WorkerSettings
+from stream_app.settings import SLICE_RECORDS_ACCELERATOR, SLICE_RECORDS_CPU, WorkerSettings
 
 
 def test_on_a_cpu_a_batch_is_one_slice_and_the_padding_stays_as_it_was():
@@ -16,6 +16,9 @@ def test_on_a_cpu_a_batch_is_one_slice_and_the_padding_stays_as_it_was():
     assert s.slice_records == 0 and s.slice_size == s.max_batch == 1024
     assert WorkerSettings.from_env({"GMM_MAX_BATCH": "4096"}).slice_size == 4096
     assert WorkerSettings.from_env({"GMM_MAX_BATCH": "256"}).slice_size == 256
+    # a larger batch: slices of 4,096, so the event loop turns at least that often
+    assert WorkerSettings.from_env({"GMM_MAX_BATCH": "65536"}).slice_size == SLICE_RECORDS_CPU
+    assert SLICE_RECORDS_CPU == 4096
     assert s.classifier_sizes is None  # the classifier's default for the backend
     assert default_sizes(s.max_batch) == (16, 64, 256, 1024)
 

@@ -44,9 +44,7 @@ def feed(det: DriftDetector, slices: list[np.ndarray]) -> list[tuple[int, DriftA
     alarms, seen = [], 0
     for s in slices:
         seen += len(s)
-        alarm = det.update(s)
-        if alarm is not None:
-            alarms.append((seen, alarm))
+        alarms += [(seen, alarm) for alarm in det.update(s)]
     return alarms
 
 
@@ -114,9 +112,9 @@ def test_reset_sets_a_new_baseline_for_a_new_model():
 def test_no_alarm_while_warming_up_and_blocks_pool_small_batches():
     det = DriftDetector(warmup_blocks=4, block_records=100)
     for _ in range(39):  # 3.9 blocks of 10 records: still warming up
-        assert det.update(np.full(10, MU)) is None
+        assert det.update(np.full(10, MU)) == []
     assert det.warming_up and det.records == 300 and det.clip_range is None
-    assert det.update(np.full(10, MU + 0.01)) is None
+    assert det.update(np.full(10, MU + 0.01)) == []
     assert not det.warming_up and det.records == 400
     assert det.baseline == pytest.approx(MU + 0.00025)
 
@@ -130,13 +128,13 @@ def test_an_increase_does_not_alarm():
 
 def test_empty_and_non_finite_records_are_skipped_one_by_one():
     det = DriftDetector(warmup_blocks=2, block_records=1)
-    assert det.update([]) is None and det.update(np.zeros(0)) is None
+    assert det.update([]) == [] and det.update(np.zeros(0)) == []
     assert det.skipped == 0
     for bad in ([math.nan] * 5, [-math.inf] * 5, [math.inf], [math.nan, math.inf, -math.inf]):
-        assert det.update(bad) is None
+        assert det.update(bad) == []
     assert det.skipped == 14 and det.records == 0 and det.warming_up
     # the finite records of a slice count, the others are skipped
-    assert det.update([MU, math.nan]) is None and det.update([-math.inf, MU + 0.1]) is None
+    assert det.update([MU, math.nan]) == [] and det.update([-math.inf, MU + 0.1]) == []
     assert det.skipped == 16 and det.records == 2 and not det.warming_up
 
 
@@ -157,7 +155,7 @@ def test_the_caller_may_reuse_its_array():
 def test_a_constant_stream_does_not_divide_by_zero():
     det = DriftDetector(warmup_blocks=2, block_records=256)
     for _ in range(10):
-        assert det.update(np.full(256, -1.0)) is None
+        assert det.update(np.full(256, -1.0)) == []
     assert det.record_sd is not None and det.record_sd > 0
     lo, hi = det.clip_range or (0.0, 0.0)
     assert lo < -1.0 < hi and hi - lo == pytest.approx(2 * MIN_RECORD_SD)
@@ -301,7 +299,7 @@ def test_the_clipping_parameters_are_checked(kwargs):
 def alarm_block(det: DriftDetector, slices: list[np.ndarray]) -> int | None:
     """The 0-based index of the slice that raised the first alarm."""
     for i, s in enumerate(slices):
-        if det.update(s) is not None:
+        if det.update(s):
             return i
     return None
 
@@ -340,7 +338,7 @@ def test_one_broken_record_after_the_warm_up_raises_no_alarm(sign, seed):
     twin = copy.deepcopy(det)
     broken = slice_.copy()
     broken[17] = sign * GLITCH
-    assert det.update(broken) is None and twin.update(slice_) is None
+    assert det.update(broken) == [] and twin.update(slice_) == []
     # one record moves the block's standardised mean by at most (range width) / (sqrt(n) sd)
     bound = (hi - lo) / (math.sqrt(256) * sd_before)  # about 3 x 4.65 sd / 16 sd: 0.87
     assert bound < 1 < det.threshold
@@ -415,10 +413,10 @@ def test_blocks_are_block_records_long_whatever_the_slices():
     rng = np.random.default_rng(3)
     values = rng.normal(-2.0, 1.0, 20 * 128 + 50)
     one = DriftDetector(warmup_blocks=16, block_records=128)
-    assert one.update(values) is None
+    assert one.update(values) == []
     small = DriftDetector(warmup_blocks=16, block_records=128)
     for start in range(0, values.size, 7):
-        assert small.update(values[start : start + 7]) is None
+        assert small.update(values[start : start + 7]) == []
     for det in (one, small):
         assert not det.warming_up
         assert det.records == 20 * 128  # the last 50 wait for the next slice
@@ -426,4 +424,35 @@ def test_blocks_are_block_records_long_whatever_the_slices():
     assert one.record_sd == pytest.approx(small.record_sd)
     assert one.statistic == pytest.approx(small.statistic)
     # A drop inside one large slice raises the alarm, as it does slice by slice.
-    assert one.update(rng.normal(-5.0, 1.0, 4096)) is not None
+    assert len(one.update(rng.normal(-5.0, 1.0, 4096))) == 1
+
+
+def test_every_alarm_in_one_large_slice_is_returned():
+    """A mean that keeps falling: one slice of 65,536 records raises the alarms that slices of
+    1,024 raise, each of them returned (the worker counts and reports each)."""
+    rng = np.random.default_rng(0)
+    warm = rng.normal(-2.0, 1.0, 64 * 256)
+    falling = np.concatenate([rng.normal(-2.0 - 0.5 * i, 1.0, 256) for i in range(256)])
+    found = []
+    for size in (1024, falling.size):
+        det = DriftDetector()
+        assert det.update(warm) == []
+        alarms = [
+            a for s in range(0, falling.size, size) for a in det.update(falling[s : s + size])
+        ]
+        assert [a.alarm for a in alarms] == list(range(1, det.alarms + 1))
+        found.append([(a.alarm, a.records) for a in alarms])
+    assert len(found[0]) >= 2 and found[0] == found[1]
+
+
+def test_the_drift_watch_reports_every_alarm_of_a_slice():
+    rng = np.random.default_rng(0)
+    metrics, events = WorkerMetrics(64), Events()
+    det = DriftDetector(warmup_blocks=4, block_records=64)
+    watch = DriftWatch(det, metrics, events, "gmm", "w-1", lambda: 3)  # type: ignore[arg-type]
+    warm = MU + SD * rng.standard_normal(4 * 64)
+    steps = [MU - k * 5 * SD + SD * rng.standard_normal(8 * 64) for k in (1, 2)]
+    watch.observe(outcome(np.concatenate([warm, *steps])))  # one slice: warm-up, two drops
+    assert det.alarms >= 2
+    assert [e.kind for e in events.sent] == ["drift"] * det.alarms
+    assert metrics.drift_alarms._value.get() == det.alarms
