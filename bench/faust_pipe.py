@@ -22,6 +22,11 @@ app = faust.App(
     value_serializer="raw",
     consumer_auto_offset_reset="earliest",
     producer_acks=-1,
+    producer_compression_type=(
+        None
+        if os.environ.get("GMM_OUTPUT_COMPRESSION", "none") == "none"
+        else os.environ["GMM_OUTPUT_COMPRESSION"]
+    ),
     web_port=int(os.environ["GMM_WORKER_WEB_PORT"]),
     web_bind="127.0.0.1",
     datadir=os.environ.get("GMM_WORKER_DATA_DIR", "/tmp/faust-pipe"),

@@ -36,6 +36,7 @@ def build_app(args: argparse.Namespace) -> Any:
         auto_offset_reset="earliest",
         processing_guarantee="at-least-once",
         consumer_extra_config={"isolation.level": "read_committed"},
+        producer_extra_config={"compression.type": args.compression},
         state_dir=args.state_dir or tempfile.mkdtemp(prefix="quix-pipe-"),
         loglevel="WARNING",
     )

@@ -20,6 +20,7 @@ import signal
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
+from bench.rdkafka_pipe import add_compression
 from kafka_common.batch_sender import BatchSender
 
 
@@ -33,7 +34,10 @@ async def pipe(args: argparse.Namespace) -> None:
         fetch_max_wait_ms=5,
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=args.bootstrap, acks="all", enable_idempotence=True
+        bootstrap_servers=args.bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        compression_type=None if args.compression == "none" else args.compression,
     )
     await consumer.start()
     await producer.start()
@@ -78,6 +82,7 @@ def main() -> None:
     parser.add_argument("--dest", required=True)
     parser.add_argument("--group", required=True)
     parser.add_argument("--max-batch", type=int, default=1024)
+    add_compression(parser)
     parser.add_argument("--per-record", action="store_true", help="send record by record")
     parser.add_argument("--json", action="store_true", help="decode and encode JSON per record")
     asyncio.run(pipe(parser.parse_args()))

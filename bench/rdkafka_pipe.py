@@ -6,7 +6,8 @@ decoded with orjson; the batch is classified at once with numpy (the closed form
 over the components of log w_k + log N(x | loc_k, scale_k)); per record an assignment-like JSON
 answer (`id`, `x`, `assignment`, `probs`, `log_likelihood`, and the input's `ts_in` and `source`
 as the worker's assignment record has them) is encoded with orjson and produced, with the input's
-key, on the input's partition by an idempotent acks=all producer. The batch's offsets are
+key, on the input's partition by an idempotent acks=all producer, its record batches compressed
+with `--compression` (bench.stream passes the worker's codec). The batch's offsets are
 committed only once every output of the batch has a successful delivery report (at least once:
 a crash repeats the batch, never loses it). Runs until stopped (SIGTERM).
 
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from kafka_common.settings import COMPRESSIONS
 from mixture.params import ModelParams
 
 
@@ -119,7 +121,12 @@ def pipe(args: argparse.Namespace) -> None:
         }
     )
     producer = Producer(
-        {"bootstrap.servers": args.bootstrap, "acks": "all", "enable.idempotence": True}
+        {
+            "bootstrap.servers": args.bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "compression.type": args.compression,
+        }
     )
     failed: list[Any] = []
 
@@ -205,7 +212,14 @@ def pipe_parser(description: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--dest", required=True)
     parser.add_argument("--group", required=True)
     parser.add_argument("--params", required=True, help="the model: a gmm-params JSON file")
+    add_compression(parser)
     return parser
+
+
+def add_compression(parser: argparse.ArgumentParser) -> None:
+    """`--compression`: the codec of the pipe's record batches (bench.stream passes the
+    worker's, so that every system writes the same bytes)."""
+    parser.add_argument("--compression", choices=COMPRESSIONS, default="none")
 
 
 def main() -> None:

@@ -50,6 +50,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench._common import RESULTS, machine, markdown_table, write_results
 from kafka_common.batch_sender import BatchSender, send_paced
+from kafka_common.settings import COMPRESSIONS, KafkaSettings
 from support.harness import (
     ROOT,
     SEED_MODEL,
@@ -68,6 +69,8 @@ PARTITIONS = 2
 WORKER_CONFIGS = [(256, 5.0), (1024, 20.0), (4096, 50.0)]
 #: Fixed offered loads of the latency phase (records/s), besides half of each drain rate.
 LOADS = (5000.0, 20000.0)
+#: The worker's default output codec, which every system uses unless --compression says.
+OUTPUT_COMPRESSION = KafkaSettings().output_compression
 #: The latency target: p99 end-to-end within the setting's max delay plus this (ms).
 BUDGET_SLACK_MS = 10.0
 #: The interpreter that runs the Quix app: quixstreams cannot share the dev venv (it requires
@@ -305,9 +308,10 @@ class Pipe:
             self.proc.wait(10)
 
 
-def _pipe_args(topics: Topics) -> list[str]:
+def _pipe_args(topics: Topics, compression: str) -> list[str]:
     return [
         *("--bootstrap", BOOTSTRAP),
+        *("--compression", compression),
         *("--source", topics.input),
         *("--dest", topics.output),
         *("--group", topics.group),
@@ -316,11 +320,16 @@ def _pipe_args(topics: Topics) -> list[str]:
 
 class RawPipe(Pipe):
     def __init__(
-        self, topics: Topics, max_batch: int, per_record: bool = False, json: bool = False
+        self,
+        topics: Topics,
+        max_batch: int,
+        per_record: bool = False,
+        json: bool = False,
+        compression: str = "none",
     ) -> None:
         super().__init__(
             [
-                *("-m", "bench.raw_pipe", *_pipe_args(topics)),
+                *("-m", "bench.raw_pipe", *_pipe_args(topics, compression)),
                 *("--max-batch", str(max_batch)),
                 *(["--per-record"] if per_record else []),
                 *(["--json"] if json else []),
@@ -329,10 +338,12 @@ class RawPipe(Pipe):
 
 
 class RdkafkaPipe(Pipe):
-    def __init__(self, topics: Topics, params: pathlib.Path, max_batch: int) -> None:
+    def __init__(
+        self, topics: Topics, params: pathlib.Path, max_batch: int, compression: str
+    ) -> None:
         super().__init__(
             [
-                *("-m", "bench.rdkafka_pipe", *_pipe_args(topics)),
+                *("-m", "bench.rdkafka_pipe", *_pipe_args(topics, compression)),
                 *("--params", str(params), "--max-batch", str(max_batch)),
             ]
         )
@@ -340,11 +351,16 @@ class RdkafkaPipe(Pipe):
 
 class QuixPipe(Pipe):
     def __init__(
-        self, topics: Topics, params: pathlib.Path, log_dir: pathlib.Path, python: str
+        self,
+        topics: Topics,
+        params: pathlib.Path,
+        log_dir: pathlib.Path,
+        python: str,
+        compression: str,
     ) -> None:
         super().__init__(
             [
-                *("-m", "bench.quix_pipe", *_pipe_args(topics)),
+                *("-m", "bench.quix_pipe", *_pipe_args(topics, compression)),
                 *("--params", str(params), "--state-dir", str(log_dir / f"quix-{topics.group}")),
             ],
             python=python,
@@ -354,9 +370,10 @@ class QuixPipe(Pipe):
 
 
 class FaustPipe(Pipe):
-    def __init__(self, topics: Topics, log_dir: pathlib.Path) -> None:
+    def __init__(self, topics: Topics, log_dir: pathlib.Path, compression: str) -> None:
         env = {
             **os.environ,
+            "GMM_OUTPUT_COMPRESSION": compression,
             "KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP,
             "GMM_INPUT_TOPIC": topics.input,
             "GMM_OUTPUT_TOPIC": topics.output,
@@ -413,9 +430,13 @@ def systems(
     log_dir: pathlib.Path,
     params: pathlib.Path | None = None,
     quix_python: str = QUIX_PYTHON,
+    compression: str = OUTPUT_COMPRESSION,
 ) -> list[System]:
     """Every system under test, baselines first. params: the model as a gmm-params JSON file
-    (the pipes that classify read it; the worker reads the same model from its params topic)."""
+    (the pipes that classify read it; the worker reads the same model from its params topic).
+    Every system compresses its outputs with `compression` (by default the worker's codec),
+    so all of them write the same bytes."""
+    c = compression
     if params is None:
         params = log_dir / "model.json"
         params.write_text(SEED_MODEL.dumps())
@@ -424,38 +445,45 @@ def systems(
             RDKAFKA,
             "rdkafka pipe: decode, classify, encode (batch 1024)",
             "rdk",
-            lambda t, _p: RdkafkaPipe(t, params, 1024),
+            lambda t, _p: RdkafkaPipe(t, params, 1024, c),
         ),
-        System(RAW, "raw aiokafka pipe (batch 1024)", "raw", lambda t, _p: RawPipe(t, 1024)),
+        System(
+            RAW,
+            "raw aiokafka pipe (batch 1024)",
+            "raw",
+            lambda t, _p: RawPipe(t, 1024, compression=c),
+        ),
         System(
             "raw-per-record",
             "raw aiokafka pipe, per-record send (batch 1024)",
             "rawpr",
-            lambda t, _p: RawPipe(t, 1024, per_record=True),
+            lambda t, _p: RawPipe(t, 1024, per_record=True, compression=c),
         ),
         System(
             "json",
             "JSON pipe: decode and encode JSON per record, no model (batch 1024)",
             "jpipe",
-            lambda t, _p: RawPipe(t, 1024, json=True),
+            lambda t, _p: RawPipe(t, 1024, json=True, compression=c),
         ),
         System(
             QUIX,
             "Quix Streams app: decode, classify, encode per record",
             "quix",
-            lambda t, _p: QuixPipe(t, params, log_dir, quix_python),
+            lambda t, _p: QuixPipe(t, params, log_dir, quix_python, c),
         ),
         System(
             "faust",
             "Faust pipe, no model (batch 1024)",
             "fpipe",
-            lambda t, _p: FaustPipe(t, log_dir),
+            lambda t, _p: FaustPipe(t, log_dir, c),
         ),
     ]
     for max_batch, delay in configs:
 
         def start(t: Topics, p: int, b: int = max_batch, d: float = delay) -> Any:
-            return start_worker(b, d, log_dir, GMM_INPUT_PARTITIONS=str(p))(t)
+            return start_worker(
+                b, d, log_dir, GMM_INPUT_PARTITIONS=str(p), GMM_OUTPUT_COMPRESSION=c
+            )(t)
 
         out.append(
             System(
@@ -690,6 +718,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quix-python", default=QUIX_PYTHON, help="the interpreter that runs the Quix app"
     )
+    parser.add_argument(
+        "--compression",
+        choices=COMPRESSIONS,
+        default=OUTPUT_COMPRESSION,
+        help="every system's output codec (default: the worker's, GMM_OUTPUT_COMPRESSION's)",
+    )
     args = parser.parse_args(argv)
     n_drain, seconds = (40_000, 4.0) if args.quick else (200_000, 8.0)
     n_drain = args.records or n_drain
@@ -700,7 +734,9 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="bench-stream-"))
     out_dir = output_dir(args.out, args.quick)
 
-    every = systems(WORKER_CONFIGS, log_dir, quix_python=args.quix_python)
+    every = systems(
+        WORKER_CONFIGS, log_dir, quix_python=args.quix_python, compression=args.compression
+    )
     known = [s.key for s in every]
     if args.systems:
         wanted = _parse_list(args.systems, str)

@@ -224,16 +224,30 @@ class _Batch:
     def __init__(self, batch: Any, data: bytes, start: int, end: int) -> None:
         self._batch = batch
         self._data, self._start, self._end = data, start, end  # sliced only when needed
-        self._records = self._read()
+        self._records: Iterator[Any] | None = None
 
     def __getattr__(self, name: str) -> Any:  # base_offset, is_control_batch, validate_crc, ...
         return getattr(self._batch, name)
 
-    def __iter__(self) -> _Batch:
-        return self
+    def __iter__(self) -> Iterator[Any]:
+        if self._records is None:
+            self._records = self._all()
+        return self._records
 
-    def __next__(self) -> Any:
-        return next(self._records)
+    def __next__(self) -> Any:  # aiokafka reads a control batch's marker so
+        return next(iter(self))
+
+    def _all(self) -> Iterator[Any]:
+        try:
+            # The compiled parser reads the whole batch in one call, so the fetcher's loop
+            # over it runs no Python frame of this module per record.
+            return iter(list(self._batch))
+        except Exception:
+            if self._batch.magic < 2 or self._batch.is_control_batch:
+                raise
+        # Read it afresh, record by record, keeping what parses.
+        self._batch = type(self._batch)(self._data[self._start : self._end])
+        return self._read()
 
     def _read(self) -> Iterator[Any]:
         last = -1

@@ -12,7 +12,6 @@ switch interval (5 ms) for the other.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from mixture.classify import Classification
+from mixture.point_batches import common_points
 from mixture.points import Point, PointError, decode_point
 from stream_app.records import InRecord, Outgoing, dead_letter, refused_letter
 from wire import assignment as assignment_format
@@ -76,6 +76,11 @@ def parse_slice(
     """
     valid: list[tuple[InRecord, Point]] = []
     dead: list[Outgoing] = []
+    common = common_points([r.value for r in records], dim, max_record_bytes)
+    if common is not None:  # every record a valid point of the usual shape
+        decoded, coords = common
+        valid = list(zip(records, decoded, strict=True))
+        return ParsedSlice(valid, dead, coords, _keys(valid, temperature, seed))
     for r in records:
         try:
             if r.value is None:
@@ -86,12 +91,17 @@ def parse_slice(
         except PointError as exc:
             dead.append(dead_letter(r, exc.reason, str(exc), dlq_payload_bytes))
     points = np.array([p.x for _, p in valid], dtype=np.float64).reshape(len(valid), dim)
-    keys = None
-    if temperature == 1 and valid:
-        if seed is None:
-            raise ValueError("temperature 1 needs a seed")
-        keys = record_keys(seed, [r for r, _ in valid])
-    return ParsedSlice(valid, dead, points, keys)
+    return ParsedSlice(valid, dead, points, _keys(valid, temperature, seed))
+
+
+def _keys(
+    valid: list[tuple[InRecord, Point]], temperature: int, seed: int | None
+) -> np.ndarray | None:
+    if temperature != 1 or not valid:
+        return None
+    if seed is None:
+        raise ValueError("temperature 1 needs a seed")
+    return record_keys(seed, [r for r, _ in valid])
 
 
 def classify_slice(parsed: ParsedSlice, serving: ServingModel) -> tuple[Classification, float]:
@@ -119,62 +129,77 @@ def encode_slice(
         empty = np.zeros(0)
         return BatchOutcome([], dead, np.zeros(0, np.int32), empty, 0.0, empty, version)
     ts_out = time.time()
-    # A point whose results overflowed float32 gets a dead letter, not NaN in an output (JSON
-    # has no NaN).
-    finite = result.finite()
     assignments = result.assignment.tolist()
     probs = result.probs.tolist()
     loglik = result.log_likelihood.tolist()
-    out = []
+    # A point whose results overflowed float32 gets a dead letter, not NaN in an output (JSON
+    # has no NaN).
+    finite = result.finite()
     served = finite.copy()  # which valid points get an assignment
-    all_finite = bool(finite.all())
-    for i, (r, p) in enumerate(valid):
-        if not all_finite and not finite[i]:
-            dead.append(
-                dead_letter(
-                    r,
-                    "not_classifiable",
-                    "the model's probabilities for this point are not finite",
-                    dlq_payload_bytes,
+    rows: Sequence[int] = range(len(valid))
+    late: list[tuple[int, Outgoing]] = []  # dead letters of valid points, by point
+    if not finite.all():
+        rows = np.flatnonzero(finite).tolist()
+        for i in np.flatnonzero(~finite).tolist():
+            late.append(
+                (
+                    i,
+                    dead_letter(
+                        valid[i][0],
+                        "not_classifiable",
+                        "the model's probabilities for this point are not finite",
+                        dlq_payload_bytes,
+                    ),
                 )
             )
-            continue
-        source = r.source()
-        a = assignments[i]
-        point_id = p.id if p.id is not None else f"{r.topic}:{r.partition}:{r.offset}"
-        value = assignment_format.encode(
-            point_id,
+    kept = valid if len(rows) == len(valid) else [valid[i] for i in rows]
+    if len(rows) != len(valid):
+        assignments = [assignments[i] for i in rows]
+        probs = [probs[i] for i in rows]
+        loglik = [loglik[i] for i in rows]
+    encoded = [
+        (
+            p.id if p.id is not None else f"{r.topic}:{r.partition}:{r.offset}",
             p.x,
             p.scalar,
             a,
-            probs[i],
-            loglik[i],
-            model_name,
-            version,
+            pr,
+            ll,
             r.timestamp,
-            ts_out,
-            source,
+            r.source(),
             r.key_cut,
         )
-        o = _new(
-            Outgoing, (r.key, value, r.timestamp, r.partition, False, source, None, a, r.key_cut)
-        )
-        if len(value) > max_output_bytes:
-            dead.append(
-                refused_letter(
-                    o,
-                    "output_too_large",
-                    f"the assignment is {len(value)} bytes, over {max_output_bytes}",
+        for (r, p), a, pr, ll in zip(kept, assignments, probs, loglik, strict=True)
+    ]
+    values = assignment_format.encode_many(encoded, model_name, version, ts_out)
+    out = [
+        _new(Outgoing, (r.key, value, r.timestamp, r.partition, False, row[7], None, a, r.key_cut))
+        for (r, _), a, value, row in zip(kept, assignments, values, encoded, strict=True)
+    ]
+    if values and max(map(len, values)) > max_output_bytes:
+        fits = []
+        for i, o in zip(rows, out, strict=True):
+            if len(o.value) <= max_output_bytes:
+                fits.append(o)
+                continue
+            late.append(
+                (
+                    i,
+                    refused_letter(
+                        o,
+                        "output_too_large",
+                        f"the assignment is {len(o.value)} bytes, over {max_output_bytes}",
+                    ),
                 )
             )
             served[i] = False
-            continue
-        out.append(o)
+        out = fits
+    dead += [letter for _, letter in sorted(late, key=lambda item: item[0])]
     return BatchOutcome(
         out,
         dead,
         result.assignment[served],
-        np.array([math.nan if o.ts_in is None else o.ts_in for o in out], dtype=np.float64),
+        np.array([o.ts_in for o in out], dtype=np.float64),  # None (unknown) becomes NaN
         inference_seconds,
         np.asarray(result.log_likelihood[served], dtype=np.float64),
         version,

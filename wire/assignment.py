@@ -12,9 +12,18 @@ input record) and `gmm-classify`'s output lines.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NotRequired, TypedDict
 
-from wire.common import KeyCut, SourceRef, WireError, decode_object, dumps
+from wire.common import (
+    KeyCut,
+    SourceRef,
+    WireError,
+    add_key_cut,
+    decode_object,
+    dumps,
+    dumps_each,
+)
 
 #: The fields every record has, and their JSON types (checked by `decode`).
 FIELDS: dict[str, tuple[type, ...]] = {
@@ -81,6 +90,47 @@ def encode(
     if None in x:
         doc["missing"] = [j for j, v in enumerate(x) if v is None]
     return dumps(doc, key_cut)
+
+
+#: One assignment of `encode_many`: the arguments of `encode` that differ between records.
+Row = tuple[
+    str | int,  # id
+    list[Any],  # x as decoded
+    bool,  # scalar
+    int,  # assignment
+    list[float],  # probs
+    float,  # log_likelihood
+    float | None,  # ts_in
+    SourceRef | None,
+    KeyCut | None,
+]
+
+
+def encode_many(rows: Sequence[Row], model: str, model_version: int, ts_out: float) -> list[bytes]:
+    """The assignments of one classified slice, as `encode` gives each (same bytes): one orjson
+    call for all of them, which halves the per-record cost of encoding at stream rates."""
+    docs: list[dict[str, Any]] = [
+        {
+            "id": point_id,
+            "x": x[0] if scalar else x,
+            "assignment": assignment,
+            "probs": probs,
+            "log_likelihood": log_likelihood,
+            "model": model,
+            "model_version": model_version,
+            "ts_in": ts_in,
+            "ts_out": ts_out,
+            "source": source,
+        }
+        for point_id, x, scalar, assignment, probs, log_likelihood, ts_in, source, _ in rows
+    ]
+    # Rare: the optional fields, in encode's order.
+    for i in [i for i, row in enumerate(rows) if row[8] is not None or None in row[1]]:
+        x, doc = rows[i][1], docs[i]
+        if None in x:
+            doc["missing"] = [j for j, v in enumerate(x) if v is None]
+        add_key_cut(doc, rows[i][8])
+    return dumps_each(docs, "id")
 
 
 def decode(value: bytes | str) -> AssignmentRecord:
