@@ -21,11 +21,13 @@ that both stamp records with the broker's LogAppendTime:
      time (joined by the key, which every system keeps).
 Rounds interleave every system at every partition count, so that a slow spell of the shared
 machine hits all of them; each ratio is taken against the rdkafka pipe (and the Quix app) of the
-same round and partition count. All against the same broker (`make kafka-up`). Writes
+same round and partition count. Every system writes its outputs in record batches compressed
+with the same codec (`--compression`; by default the worker's, GMM_OUTPUT_COMPRESSION's zstd), so
+each moves the same bytes. All against the same broker (`make kafka-up`). Writes
 bench/results/stream.{md,json,png} (`--quick`: a temporary directory, unless `--out`).
 
     python -m bench.stream [--quick] [--partitions 2,12,64] [--loads 5000,20000]
-        [--systems rdkafka,worker-1024] [--rounds N] [--out DIR]
+        [--systems rdkafka,worker-1024] [--rounds N] [--compression CODEC] [--out DIR]
 """
 
 from __future__ import annotations
@@ -781,7 +783,16 @@ def main(argv: list[str] | None = None) -> int:
                     runs[s.key] = {"system": s.name, "partitions": p, "error": repr(exc)}
             by_partitions[p].append(runs)
         payload = report(
-            by_partitions, chosen, skipped, n_drain, seconds, loads, i + 1, args.quick, out_dir
+            by_partitions,
+            chosen,
+            skipped,
+            n_drain,
+            seconds,
+            loads,
+            i + 1,
+            args.quick,
+            out_dir,
+            compression=args.compression,
         )
     print(f"results in {out_dir} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
     print(payload["markdown"])
@@ -799,6 +810,7 @@ def report(
     quick: bool,
     out_dir: pathlib.Path,
     plot: bool = True,
+    compression: str = OUTPUT_COMPRESSION,
 ) -> dict[str, Any]:
     """Writes the results so far (after every round: a long run interrupted keeps its rounds)."""
     sections: list[dict[str, Any]] = [
@@ -816,6 +828,7 @@ def report(
         "drain_records": n_drain,
         "latency_seconds": seconds,
         "loads_records_per_second": list(loads),
+        "output_compression": compression,
         "rounds_done": rounds_done,
         "systems": [s.key for s in chosen],
         "skipped": skipped,
@@ -830,6 +843,9 @@ def report(
         f"drain rate of a preloaded backlog of {n_drain:,} records. Latency: output append time "
         "minus input append time, at half of that system's drain rate and at each fixed load, "
         f"for {seconds:g} s each; a load above the system's drain rate is not run (saturated). "
+        f"Every system writes its outputs in record batches of one codec, {compression}"
+        + (" (the worker's default)" if compression == OUTPUT_COMPRESSION else "")
+        + ", so each moves the same bytes. "
         f"Medians of {rounds_done} interleaved round(s), with the range in brackets; each ratio "
         "is against the rdkafka pipe (or the Quix app) of its own round and partition count, "
         "median and worst round."

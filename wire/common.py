@@ -78,8 +78,9 @@ def dumps_each(docs: list[dict[str, Any]], first_key: str) -> list[bytes]:
 
     Every doc's first key must be `first_key`, and no object nested in one may start with it:
     the joined array is cut where `{"first_key":` begins, which marks a doc's start and nothing
-    else (inside a JSON string every `"` is escaped). One call and a cut cost about half of an
-    orjson call per doc (bench/results/encode.md); each value is its own exact-size copy.
+    else (inside a JSON string every `"` is escaped). For the worker's assignments one call and
+    the cuts cost 0.21 us a record against 0.30 for a call per doc and 0.15 for the copies that
+    `exact_size` makes then; each value here is its own exact-size copy too.
     """
     if not docs:
         return []
@@ -90,7 +91,7 @@ def dumps_each(docs: list[dict[str, Any]], first_key: str) -> list[bytes]:
     for i, byte in enumerate(mark[1:], 1):  # a few candidates ({ of nested objects) fail here
         starts = starts[raw[starts + i] == byte]
     cuts = starts.tolist()
-    if len(cuts) != len(docs):  # a doc not as promised: encode one by one
+    if len(cuts) != len(docs) or cuts[0] != 1:  # docs not as promised: one by one
         return [exact_size(orjson.dumps(doc)) for doc in docs]
     cuts.append(len(joined))  # each doc ends one byte before the next starts (, or ])
     return [joined[a : b - 1] for a, b in itertools.pairwise(cuts)]

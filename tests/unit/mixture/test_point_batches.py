@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
 from mixture.params import MAX_DIM
-from mixture.point_batches import _common_shape, decode_coordinates
+from mixture.point_batches import _common_shape, common_points, decode_coordinates
 from mixture.points import PointError, decode_point
 
 MAX_BYTES = 4096
@@ -107,3 +107,21 @@ def test_one_glitch_sends_the_batch_one_by_one_and_loses_nothing():
     index, coords = decoded.points[2]
     assert len(index) == 999 and 500 not in index
     assert_array_equal(coords[:, 0], [float(i) for i in range(1000) if i != 500])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(valid | glitch, max_size=12), st.sampled_from([None, 1, 2]))
+def test_common_points_are_decode_point_s_or_none(values, dim):
+    """The worker's batch path: each Point exactly as decode_point gives it (x as sent,
+    integers kept, bare numbers marked), or None whenever the batch is not all of the usual
+    shape, so that the worker decides record by record."""
+    common = common_points(values, dim, MAX_BYTES)
+    if common is None:
+        assert _common_shape(values, dim, MAX_BYTES) is None
+        return
+    points, coords = common
+    expected = [decode_point(v, dim, MAX_BYTES) for v in values]
+    assert points == expected
+    assert [list(map(type, p.x)) for p in points] == [list(map(type, p.x)) for p in expected]
+    same_as_one_by_one(values, dim)
+    assert_array_equal(coords, np.array([p.x for p in points], np.float64))

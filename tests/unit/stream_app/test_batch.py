@@ -184,3 +184,40 @@ def test_assignments_are_the_wire_formats_own_bytes():
             )
             assert o.value == expected
             assert type(o.value) is bytes
+
+
+@pytest.mark.parametrize("temperature", [0, 1])
+def test_a_slice_of_usual_records_parses_as_one_with_a_glitch_does(temperature):
+    """The whole-slice path (every record a usual point) and the record-by-record one (a slice
+    with a glitch) give the same points, coordinates and per-record keys."""
+    good = [rec(json.dumps({"id": f"p{i}", "x": [i / 3, 1]}).encode(), i) for i in range(6)]
+    fast = parse_slice(good, 2, 65536, temperature, seed=5)
+    slow = parse_slice([*good, rec(b"garbage", 99)], 2, 65536, temperature, seed=5)
+    assert [p for _, p in fast.valid] == [p for _, p in slow.valid]
+    assert [r for r, _ in fast.valid] == good and fast.dead == [] and len(slow.dead) == 1
+    assert fast.points.dtype == np.float64
+    assert_allclose(fast.points, slow.points, rtol=0)
+    if temperature:
+        assert (fast.keys == slow.keys).all()
+    else:
+        assert fast.keys is None and slow.keys is None
+
+
+def test_dead_letters_of_scored_points_follow_the_points_order():
+    """A point the model cannot score and an output too large, interleaved: their dead letters
+    come after the slice's invalid records, in the order of their points."""
+    tiny = MixtureParams(np.array([0.5, 0.5]), np.array([[0.0], [1.0]]), np.array([1e-12]))
+    clf = make_classifier(2, 1, max_batch=64)
+    model = ServingModel(ModelParams(1, tiny), clf, clf.prepare(tiny))
+    records = [
+        rec(json.dumps({"id": "i" * 400, "x": 0.0}).encode(), 1),  # too large an output
+        rec(b'{"x": 1e14}', 2),  # not classifiable
+        rec(b"garbage", 3),
+        rec(json.dumps({"id": "j" * 400, "x": 1.0}).encode(), 4),  # too large
+        rec(b'{"x": 0.5}', 5),
+    ]
+    out = process_batch(records, model, 65536, max_output_bytes=300)
+    assert reasons(out) == ["not_json", "output_too_large", "not_classifiable", "output_too_large"]
+    assert [json.loads(o.value)["source"]["offset"] for o in out.dead_letters] == [3, 1, 2, 4]
+    assert [o.source["offset"] for o in out.assignments] == [5]
+    assert len(out.components) == len(out.log_likelihoods) == 1

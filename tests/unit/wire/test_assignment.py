@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wire import assignment
-from wire.common import KeyCut, WireError
+from wire.common import KeyCut, WireError, dumps_each
 
 SOURCE = {"topic": "points", "partition": 2, "offset": 41}
 
@@ -66,3 +68,49 @@ def test_offline_records_have_no_source():
 def test_malformed_records_are_refused_with_the_reason(value, message):
     with pytest.raises(WireError, match=message):
         assignment.decode(value)
+
+
+point_ids = (
+    st.text(max_size=12)
+    | st.sampled_from(['{"id":', '},{"id":1', '"', "\\", "é\u2028", "{}"])
+    | st.integers(-(2**63), 2**63 - 1)
+)
+numbers = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(10**6), 10**6)
+rows = st.tuples(
+    point_ids,
+    st.lists(numbers | st.none(), min_size=1, max_size=3),
+    st.booleans(),
+    st.integers(0, 5),
+    st.lists(st.floats(0, 1), min_size=1, max_size=3),
+    st.floats(-1e6, 0),
+    st.none() | st.floats(0, 2e9),
+    st.none() | st.builds(lambda o: {**SOURCE, "offset": o}, st.integers(0, 2**40)),
+    st.none() | st.builds(KeyCut, st.integers(5000, 10**6), st.text("0123456789abcdef")),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(rows, max_size=8))
+def test_encode_many_writes_encode_s_bytes_for_every_row(batch):
+    batch = [(*row[:2], row[2] and len(row[1]) == 1, *row[3:]) for row in batch]
+    expected = [
+        encoded(
+            point_id=p, x=x, scalar=s, assignment=a, probs=pr, log_likelihood=ll,
+            model="m", model_version=3, ts_in=t, ts_out=9.5, source=src, key_cut=cut,
+        )
+        for p, x, s, a, pr, ll, t, src, cut in batch
+    ]  # fmt: skip
+    assert assignment.encode_many(batch, "m", 3, 9.5) == expected
+
+
+def test_dumps_each_cuts_only_at_each_doc_s_start():
+    docs = [
+        {"id": '},{"id":', "n": {"k": 1}},
+        {"id": 2, "text": '{"id": 3}'},
+        {"id": None, "nested": [{"a": "{"}]},
+    ]
+    assert dumps_each(docs, "id") == [orjson.dumps(d) for d in docs]
+    assert dumps_each([], "id") == []
+    # docs not as promised (a nested object starting with the key): encoded one by one
+    for odd in ([{"a": {"id": 1}}, {"id": 2}, {"id": 3, "b": {"id": 4}}], [{"a": {"id": 1}}]):
+        assert dumps_each(odd, "id") == [orjson.dumps(d) for d in odd]
