@@ -157,24 +157,21 @@ def encode_slice(
         assignments = [assignments[i] for i in rows]
         probs = [probs[i] for i in rows]
         loglik = [loglik[i] for i in rows]
-    encoded = [
-        (
-            p.id if p.id is not None else f"{r.topic}:{r.partition}:{r.offset}",
-            p.x,
-            p.scalar,
-            a,
-            pr,
-            ll,
-            r.timestamp,
-            r.source(),
-            r.key_cut,
-        )
-        for (r, p), a, pr, ll in zip(kept, assignments, probs, loglik, strict=True)
-    ]
-    values = assignment_format.encode_many(encoded, model_name, version, ts_out)
+    sources = [r.source() for r, _ in kept]
+    values = assignment_format.encode_many(
+        kept,
+        [p.id if p.id is not None else f"{r.topic}:{r.partition}:{r.offset}" for r, p in kept],
+        sources,
+        assignments,
+        probs,
+        loglik,
+        model_name,
+        version,
+        ts_out,
+    )
     out = [
-        _new(Outgoing, (r.key, value, r.timestamp, r.partition, False, row[7], None, a, r.key_cut))
-        for (r, _), a, value, row in zip(kept, assignments, values, encoded, strict=True)
+        _new(Outgoing, (r.key, value, r.timestamp, r.partition, False, source, None, a, r.key_cut))
+        for (r, _), a, value, source in zip(kept, assignments, values, sources, strict=True)
     ]
     if values and max(map(len, values)) > max_output_bytes:
         fits = []

@@ -13,7 +13,7 @@ input record) and `gmm-classify`'s output lines.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict
 
 from wire.common import (
     KeyCut,
@@ -92,44 +92,64 @@ def encode(
     return dumps(doc, key_cut)
 
 
-#: One assignment of `encode_many`: the arguments of `encode` that differ between records.
-Row = tuple[
-    str | int,  # id
-    list[Any],  # x as decoded
-    bool,  # scalar
-    int,  # assignment
-    list[float],  # probs
-    float,  # log_likelihood
-    float | None,  # ts_in
-    SourceRef | None,
-    KeyCut | None,
-]
+class Answered(Protocol):
+    """What `encode_many` reads of an input record (the worker's InRecord has it)."""
+
+    @property
+    def timestamp(self) -> float | None: ...
+    @property
+    def key_cut(self) -> KeyCut | None: ...
 
 
-def encode_many(rows: Sequence[Row], model: str, model_version: int, ts_out: float) -> list[bytes]:
-    """The assignments of one classified slice, as `encode` gives each (same bytes): one orjson
-    call for all of them, which halves the per-record cost of encoding at stream rates."""
+class Decoded(Protocol):
+    """What `encode_many` reads of a decoded point (mixture.points.Point has it)."""
+
+    @property
+    def x(self) -> list[Any]: ...
+    @property
+    def scalar(self) -> bool: ...
+
+
+def encode_many(
+    answered: Sequence[tuple[Answered, Decoded]],
+    ids: Sequence[str | int],
+    sources: Sequence[SourceRef | None],
+    assignments: Sequence[int],
+    probs: Sequence[list[float]],
+    log_likelihoods: Sequence[float],
+    model: str,
+    model_version: int,
+    ts_out: float,
+) -> list[bytes]:
+    """The assignments of one classified slice, each as `encode` writes it (the same bytes):
+    for each (input record, its point) of `answered`, with that row of the other columns.
+
+    One orjson call for the whole slice (`dumps_each`) and no tuple per record on the way:
+    at stream rates this is most of what encoding costs (see bench/results/stream.md).
+    """
     docs: list[dict[str, Any]] = [
         {
             "id": point_id,
-            "x": x[0] if scalar else x,
+            "x": p.x[0] if p.scalar else p.x,
             "assignment": assignment,
-            "probs": probs,
+            "probs": row_probs,
             "log_likelihood": log_likelihood,
             "model": model,
             "model_version": model_version,
-            "ts_in": ts_in,
+            "ts_in": r.timestamp,
             "ts_out": ts_out,
             "source": source,
         }
-        for point_id, x, scalar, assignment, probs, log_likelihood, ts_in, source, _ in rows
+        for (r, p), point_id, source, assignment, row_probs, log_likelihood in zip(
+            answered, ids, sources, assignments, probs, log_likelihoods, strict=True
+        )
     ]
     # Rare: the optional fields, in encode's order.
-    for i in [i for i, row in enumerate(rows) if row[8] is not None or None in row[1]]:
-        x, doc = rows[i][1], docs[i]
-        if None in x:
-            doc["missing"] = [j for j, v in enumerate(x) if v is None]
-        add_key_cut(doc, rows[i][8])
+    for i in [i for i, (r, p) in enumerate(answered) if r.key_cut is not None or None in p.x]:
+        (r, p), doc = answered[i], docs[i]
+        if None in p.x:
+            doc["missing"] = [j for j, v in enumerate(p.x) if v is None]
+        add_key_cut(doc, r.key_cut)
     return dumps_each(docs, "id")
 
 

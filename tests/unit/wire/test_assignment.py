@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -89,6 +91,16 @@ rows = st.tuples(
 )
 
 
+class Input(NamedTuple):
+    timestamp: float | None
+    key_cut: KeyCut | None
+
+
+class Decoded(NamedTuple):
+    x: list
+    scalar: bool
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(rows, max_size=8))
 def test_encode_many_writes_encode_s_bytes_for_every_row(batch):
@@ -100,7 +112,9 @@ def test_encode_many_writes_encode_s_bytes_for_every_row(batch):
         )
         for p, x, s, a, pr, ll, t, src, cut in batch
     ]  # fmt: skip
-    assert assignment.encode_many(batch, "m", 3, 9.5) == expected
+    answered = [(Input(row[6], row[8]), Decoded(row[1], row[2])) for row in batch]
+    columns = [[row[i] for row in batch] for i in (0, 7, 3, 4, 5)]
+    assert assignment.encode_many(answered, *columns, "m", 3, 9.5) == expected
 
 
 def test_dumps_each_cuts_only_at_each_doc_s_start():
