@@ -15,6 +15,11 @@ from typing import Any
 
 import faust
 
+from kafka_common import zstd_level
+
+if os.environ.get("GMM_OUTPUT_COMPRESSION") == "zstd" and os.environ.get("GMM_OUTPUT_ZSTD_LEVEL"):
+    zstd_level.install(int(os.environ["GMM_OUTPUT_ZSTD_LEVEL"]))
+
 app = faust.App(
     os.environ["GMM_CONSUMER_GROUP"],
     broker=f"kafka://{os.environ['KAFKA_BOOTSTRAP_SERVERS']}",

@@ -23,7 +23,7 @@ import argparse
 import tempfile
 from typing import Any
 
-from bench.rdkafka_pipe import Classifier, pipe_parser
+from bench.rdkafka_pipe import Classifier, pipe_parser, rdkafka_compression
 
 
 def build_app(args: argparse.Namespace) -> Any:
@@ -36,7 +36,7 @@ def build_app(args: argparse.Namespace) -> Any:
         auto_offset_reset="earliest",
         processing_guarantee="at-least-once",
         consumer_extra_config={"isolation.level": "read_committed"},
-        producer_extra_config={"compression.type": args.compression},
+        producer_extra_config=rdkafka_compression(args),
         state_dir=args.state_dir or tempfile.mkdtemp(prefix="quix-pipe-"),
         loglevel="WARNING",
     )

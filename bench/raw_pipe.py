@@ -21,6 +21,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from bench.rdkafka_pipe import add_compression
+from kafka_common import zstd_level
 from kafka_common.batch_sender import BatchSender
 
 
@@ -33,6 +34,8 @@ async def pipe(args: argparse.Namespace) -> None:
         auto_offset_reset="earliest",
         fetch_max_wait_ms=5,
     )
+    if args.compression == "zstd" and args.compression_level is not None:
+        zstd_level.install(args.compression_level)
     producer = AIOKafkaProducer(
         bootstrap_servers=args.bootstrap,
         acks="all",

@@ -125,7 +125,7 @@ def pipe(args: argparse.Namespace) -> None:
             "bootstrap.servers": args.bootstrap,
             "acks": "all",
             "enable.idempotence": True,
-            "compression.type": args.compression,
+            **rdkafka_compression(args),
         }
     )
     failed: list[Any] = []
@@ -217,9 +217,20 @@ def pipe_parser(description: str | None) -> argparse.ArgumentParser:
 
 
 def add_compression(parser: argparse.ArgumentParser) -> None:
-    """`--compression`: the codec of the pipe's record batches (bench.stream passes the
-    worker's, so that every system writes the same bytes)."""
+    """`--compression` and `--compression-level`: the codec of the pipe's record batches and
+    its level (bench.stream passes the worker's, so that every system writes the same bytes)."""
     parser.add_argument("--compression", choices=COMPRESSIONS, default="none")
+    parser.add_argument(
+        "--compression-level", type=int, help="the codec's level (default: the client's)"
+    )
+
+
+def rdkafka_compression(args: argparse.Namespace) -> dict[str, Any]:
+    """librdkafka's producer properties for `add_compression`'s options."""
+    props: dict[str, Any] = {"compression.type": args.compression}
+    if args.compression_level is not None:
+        props["compression.level"] = args.compression_level
+    return props
 
 
 def main() -> None:

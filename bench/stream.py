@@ -22,9 +22,10 @@ that both stamp records with the broker's LogAppendTime:
 Rounds interleave every system at every partition count, so that a slow spell of the shared
 machine hits all of them; each ratio is taken against the rdkafka pipe (and the Quix app) of the
 same round and partition count. Every system writes its outputs in record batches compressed
-with the same codec (`--compression`; by default the worker's, GMM_OUTPUT_COMPRESSION's zstd), so
-each moves the same bytes. All against the same broker (`make kafka-up`). Writes
-bench/results/stream.{md,json,png} (`--quick`: a temporary directory, unless `--out`).
+with the same codec (`--compression`; by default the worker's, GMM_OUTPUT_COMPRESSION's zstd, at
+the worker's GMM_OUTPUT_ZSTD_LEVEL), so each moves the same bytes. All against the same broker
+(`make kafka-up`). Writes bench/results/stream.{md,json,png} (`--quick`: a temporary directory,
+unless `--out`).
 
     python -m bench.stream [--quick] [--partitions 2,12,64] [--loads 5000,20000]
         [--systems rdkafka,worker-1024] [--rounds N] [--compression CODEC] [--out DIR]
@@ -73,6 +74,8 @@ WORKER_CONFIGS = [(256, 5.0), (1024, 20.0), (4096, 50.0)]
 LOADS = (5000.0, 20000.0)
 #: The worker's default output codec, which every system uses unless --compression says.
 OUTPUT_COMPRESSION = KafkaSettings().output_compression
+#: The worker's default zstd level, which every system compresses zstd batches at.
+ZSTD_LEVEL = KafkaSettings().output_zstd_level
 #: The latency target: p99 end-to-end within the setting's max delay plus this (ms).
 BUDGET_SLACK_MS = 10.0
 #: The interpreter that runs the Quix app: quixstreams cannot share the dev venv (it requires
@@ -311,9 +314,10 @@ class Pipe:
 
 
 def _pipe_args(topics: Topics, compression: str) -> list[str]:
+    level = ["--compression-level", str(ZSTD_LEVEL)] if compression == "zstd" else []
     return [
         *("--bootstrap", BOOTSTRAP),
-        *("--compression", compression),
+        *("--compression", compression, *level),
         *("--source", topics.input),
         *("--dest", topics.output),
         *("--group", topics.group),
@@ -376,6 +380,7 @@ class FaustPipe(Pipe):
         env = {
             **os.environ,
             "GMM_OUTPUT_COMPRESSION": compression,
+            "GMM_OUTPUT_ZSTD_LEVEL": str(ZSTD_LEVEL),
             "KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP,
             "GMM_INPUT_TOPIC": topics.input,
             "GMM_OUTPUT_TOPIC": topics.output,
@@ -844,6 +849,7 @@ def report(
         "minus input append time, at half of that system's drain rate and at each fixed load, "
         f"for {seconds:g} s each; a load above the system's drain rate is not run (saturated). "
         f"Every system writes its outputs in record batches of one codec, {compression}"
+        + (f" at level {ZSTD_LEVEL}" if compression == "zstd" else "")
         + (" (the worker's default)" if compression == OUTPUT_COMPRESSION else "")
         + ", so each moves the same bytes. "
         f"Medians of {rounds_done} interleaved round(s), with the range in brackets; each ratio "

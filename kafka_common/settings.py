@@ -260,6 +260,13 @@ class KafkaSettings:
         "(bench/results/codecs.md)",
         choices=COMPRESSIONS,
     )
+    output_zstd_level: int = env_field(
+        "GMM_OUTPUT_ZSTD_LEVEL",
+        1,
+        "zstd level (1-19) of the record batches this process writes when "
+        "GMM_OUTPUT_COMPRESSION=zstd; 1: the JSON assignments at 0.7x level 3's CPU and no "
+        "more bytes (kafka_common/zstd_level.py)",
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.sasl_password, Secret):  # KafkaSettings(sasl_password="...")
@@ -294,6 +301,10 @@ class KafkaSettings:
         ):
             if not 1024 <= value <= _INT32_MAX:  # the fetch request's fields are int32
                 raise SettingsError(f"{name} must be between 1024 and {_INT32_MAX}, got {value}")
+        if not 1 <= self.output_zstd_level <= 19:
+            raise SettingsError(
+                f"GMM_OUTPUT_ZSTD_LEVEL must be between 1 and 19, got {self.output_zstd_level}"
+            )
         if self.fetch_max_bytes < self.fetch_partition_max_bytes:
             raise SettingsError(
                 f"GMM_FETCH_MAX_BYTES ({self.fetch_max_bytes}) must be >= "
@@ -341,6 +352,11 @@ class KafkaSettings:
         }
 
     def producer_options(self) -> dict[str, Any]:
-        """Keyword arguments for every aiokafka producer of the project (its codec)."""
+        """Keyword arguments for every aiokafka producer of the project (its codec); zstd
+        batches are compressed at GMM_OUTPUT_ZSTD_LEVEL (`zstd_level`)."""
+        from kafka_common import zstd_level
+
         codec = self.output_compression
+        if codec == "zstd":
+            zstd_level.install(self.output_zstd_level)
         return {**self.client_options(), "compression_type": None if codec == "none" else codec}

@@ -9,6 +9,7 @@ import typing
 
 import pytest
 
+from kafka_common import zstd_level
 from kafka_common.settings import KafkaSettings, Secret, SettingsError, describe, load
 from stream_app.settings import WorkerSettings
 from trainer.settings import TrainerSettings
@@ -58,6 +59,8 @@ def test_values_are_parsed_and_typed():
         ({"GMM_FETCH_MAX_BYTES": "2048"}, "GMM_FETCH_MAX_BYTES .2048. must be >="),
         ({"GMM_MAX_BATCH_BYTES": "10"}, "GMM_MAX_BATCH_BYTES must be >= 1024"),
         ({"GMM_MAX_KEY_BYTES": "999999"}, "GMM_MAX_KEY_BYTES must be between 0 and"),
+        ({"GMM_OUTPUT_ZSTD_LEVEL": "0"}, "GMM_OUTPUT_ZSTD_LEVEL must be between 1 and 19"),
+        ({"GMM_OUTPUT_ZSTD_LEVEL": "22"}, "GMM_OUTPUT_ZSTD_LEVEL must be between 1 and 19"),
     ],
 )
 def test_bad_values_name_their_variable(env, message):
@@ -76,6 +79,10 @@ def test_every_consumer_reads_committed_records_in_bounded_fetches_and_producers
         1 << 20,
     )
     assert kafka.producer_options()["compression_type"] == "zstd"
+    assert zstd_level.installed_level() == 1  # GMM_OUTPUT_ZSTD_LEVEL's default
+    WorkerSettings.from_env({"GMM_OUTPUT_ZSTD_LEVEL": "7"}).kafka.producer_options()
+    assert zstd_level.installed_level() == 7
+    kafka.producer_options()
     none = WorkerSettings.from_env({"GMM_OUTPUT_COMPRESSION": "none"}).kafka
     assert none.producer_options()["compression_type"] is None
     assert "compression_type" not in kafka.client_options()  # admin clients take neither
