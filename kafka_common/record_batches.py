@@ -48,6 +48,10 @@ except ImportError:  # pragma: no cover
 UNDECODABLE_HEADER = "gmm-undecodable"
 
 _V2_HEADER = 61  # bytes of a v2 batch header before its records
+_V2_COUNT = 57  # where its records count is
+#: Records of one batch read into a list at once (about the worker's largest micro-batch); a
+#: batch with more is read record by record, so a batch never becomes millions of objects.
+READ_AT_ONCE = 4096
 _LOG_APPEND_TIME = 1
 
 
@@ -238,16 +242,24 @@ class _Batch:
         return next(iter(self))
 
     def _all(self) -> Iterator[Any]:
+        if self._batch.magic < 2 or self._count() > READ_AT_ONCE:
+            return self._read()  # a legacy batch, or one too large to hold as records at once
         try:
             # The compiled parser reads the whole batch in one call, so the fetcher's loop
             # over it runs no Python frame of this module per record.
             return iter(list(self._batch))
         except Exception:
-            if self._batch.magic < 2 or self._batch.is_control_batch:
+            if self._batch.is_control_batch:
                 raise
         # Read it afresh, record by record, keeping what parses.
         self._batch = type(self._batch)(self._data[self._start : self._end])
         return self._read()
+
+    def _count(self) -> int:
+        """The records count of the v2 batch's header: what the parser will read (a batch of
+        tiny records compressed well can hold millions, however small its bytes)."""
+        (count,) = struct.unpack_from(">i", self._data, self._start + _V2_COUNT)
+        return int(count)
 
     def _read(self) -> Iterator[Any]:
         last = -1

@@ -164,3 +164,31 @@ def stand_in_record(record):
 def test_a_real_null_value_is_no_stand_in():
     (tombstone,) = read(batch_bytes([(b"k", None, [("h", b"v")])]))
     assert rb.undecodable_reason(stand_in_record(tombstone)) is None
+
+
+@pytest.mark.parametrize("at_once", [rb.READ_AT_ONCE, 1])
+def test_large_batches_are_read_record_by_record_with_the_same_outcome(at_once, monkeypatch):
+    """A batch of more than READ_AT_ONCE records (however well compressed) is never held as
+    records at once; small ones are read in one call; both give the same records, and both
+    read a bad header name leniently."""
+    monkeypatch.setattr(rb, "READ_AT_ONCE", at_once)
+    many = [(b"k%d" % i, b"%d" % i, []) for i in range(rb.READ_AT_ONCE + 10)]
+    got = read(batch_bytes(many, "zstd"))
+    assert [(r.offset, r.value) for r in got] == [(100 + i, b"%d" % i) for i in range(len(many))]
+    records = [(b"a", b"1", []), (b"b", b"2", [("XQ", b"v")]), (b"c", b"3", [])]
+    bad = read(batch_bytes(records).replace(b"XQ", b"\xff\xfe"))
+    assert [(r.offset, r.value, tuple(r.headers)) for r in bad] == [
+        (100, b"1", ()),
+        (101, b"2", (("\ufffd\ufffd", b"v"),)),
+        (102, b"3", ()),
+    ]
+
+
+def test_only_batches_of_at_most_read_at_once_records_become_a_list():
+    import types
+
+    for n, lazy in ((rb.READ_AT_ONCE, False), (rb.READ_AT_ONCE + 1, True)):
+        data = batch_bytes([(None, b"v", [])] * n, "zstd")
+        batch = rb.TolerantRecords(data).next_batch()
+        assert isinstance(iter(batch), types.GeneratorType) is lazy
+        assert sum(1 for _ in batch) == n
