@@ -78,9 +78,9 @@ def dumps_each(docs: list[dict[str, Any]], first_key: str) -> list[bytes]:
 
     Every doc's first key must be `first_key`, and no object nested in one may start with it:
     the joined array is cut where `{"first_key":` begins, which marks a doc's start and nothing
-    else (inside a JSON string every `"` is escaped). For the worker's assignments one call and
-    the cuts cost 0.21 us a record against 0.30 for a call per doc and 0.15 for the copies that
-    `exact_size` makes then; each value here is its own exact-size copy too.
+    else (inside a JSON string every `"` is escaped). Each value is its own exact-size copy,
+    as `exact_size` makes. For 1,024 of the worker's assignments: 0.33 us a record, against 0.37
+    for a call and a copy per doc.
     """
     if not docs:
         return []
