@@ -74,7 +74,8 @@ WORKER_CONFIGS = [(256, 5.0), (1024, 20.0), (4096, 50.0)]
 LOADS = (5000.0, 20000.0)
 #: The worker's default output codec, which every system uses unless --compression says.
 OUTPUT_COMPRESSION = KafkaSettings().output_compression
-#: The worker's default zstd level, which every system compresses zstd batches at.
+#: The worker's default zstd level, which every system compresses zstd batches at (the worker
+#: too, whatever GMM_OUTPUT_ZSTD_LEVEL is set to). Other codecs run at each client's default.
 ZSTD_LEVEL = KafkaSettings().output_zstd_level
 #: The latency target: p99 end-to-end within the setting's max delay plus this (ms).
 BUDGET_SLACK_MS = 10.0
@@ -489,7 +490,12 @@ def systems(
 
         def start(t: Topics, p: int, b: int = max_batch, d: float = delay) -> Any:
             return start_worker(
-                b, d, log_dir, GMM_INPUT_PARTITIONS=str(p), GMM_OUTPUT_COMPRESSION=c
+                b,
+                d,
+                log_dir,
+                GMM_INPUT_PARTITIONS=str(p),
+                GMM_OUTPUT_COMPRESSION=c,
+                GMM_OUTPUT_ZSTD_LEVEL=str(ZSTD_LEVEL),  # the baselines' level, whatever is set
             )(t)
 
         out.append(

@@ -12,8 +12,12 @@ input record) and `gmm-classify`'s output lines.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any, NotRequired, Protocol, TypedDict
+
+import numpy as np
+import orjson
 
 from wire.common import (
     KeyCut,
@@ -22,7 +26,7 @@ from wire.common import (
     add_key_cut,
     decode_object,
     dumps,
-    dumps_each,
+    exact_size,
 )
 
 #: The fields every record has, and their JSON types (checked by `decode`).
@@ -124,7 +128,7 @@ def encode_many(
     """The assignments of one classified slice, each as `encode` writes it (the same bytes):
     for each (input record, its point) of `answered`, with that row of the other columns.
 
-    One orjson call for the whole slice (`dumps_each`) and no tuple per record on the way:
+    One orjson call for the whole slice (`_dumps_each`) and no tuple per record on the way:
     at stream rates this is most of what encoding costs (see bench/results/stream.md).
     """
     docs: list[dict[str, Any]] = [
@@ -150,7 +154,34 @@ def encode_many(
         if None in p.x:
             doc["missing"] = [j for j, v in enumerate(p.x) if v is None]
         add_key_cut(doc, r.key_cut)
-    return dumps_each(docs, "id")
+    return _dumps_each(docs)
+
+
+def _dumps_each(docs: list[dict[str, Any]]) -> list[bytes]:
+    """Each assignment doc as compact JSON, as `dumps` gives it, in one orjson call.
+
+    The joined array is cut where `{"id":` begins. Every doc here starts with "id" and no
+    object nested in one does (`source` starts with "topic"), and inside a JSON string every `"`
+    is escaped, so the mark is each doc's start and nothing else; this holds for these docs
+    only, which is why the cut lives here. Each value is its own exact-size copy, as
+    `exact_size` makes. For 1,024 of the worker's assignments: 0.33 us a record, against 0.37
+    for a call and a copy per doc.
+    """
+    if not docs:
+        return []
+    joined = orjson.dumps(docs)
+    raw = np.frombuffer(joined, np.uint8)
+    starts = np.flatnonzero(raw[: len(raw) - len(_MARK)] == _MARK[0])
+    for i, byte in enumerate(_MARK[1:], 1):  # a few candidates ({ of `source`) fail here
+        starts = starts[raw[starts + i] == byte]
+    cuts = starts.tolist()
+    if len(cuts) != len(docs) or cuts[0] != 1:  # cannot happen (see above); never cut wrong
+        return [exact_size(orjson.dumps(doc)) for doc in docs]
+    cuts.append(len(joined))  # each doc ends one byte before the next starts (, or ])
+    return [joined[a : b - 1] for a, b in itertools.pairwise(cuts)]
+
+
+_MARK = b'{"id":'
 
 
 def decode(value: bytes | str) -> AssignmentRecord:

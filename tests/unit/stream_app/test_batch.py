@@ -12,6 +12,7 @@ from numpy.testing import assert_allclose
 
 from mixture.classify import make_classifier
 from mixture.params import MixtureParams, ModelParams
+from stream_app import batch as batch_module
 from stream_app.batch import classify_slice, encode_slice, parse_slice
 from stream_app.model_state import ServingModel
 from stream_app.records import InRecord, cut_key, refused_letter
@@ -187,11 +188,13 @@ def test_assignments_are_the_wire_formats_own_bytes():
 
 
 @pytest.mark.parametrize("temperature", [0, 1])
-def test_a_slice_of_usual_records_parses_as_one_with_a_glitch_does(temperature):
+def test_a_slice_of_usual_records_parses_as_one_with_a_glitch_does(temperature, monkeypatch):
     """The whole-slice path (every record a usual point) and the record-by-record one (a slice
     with a glitch) give the same points, coordinates and per-record keys."""
     good = [rec(json.dumps({"id": f"p{i}", "x": [i / 3, 1]}).encode(), i) for i in range(6)]
-    fast = parse_slice(good, 2, 65536, temperature, seed=5)
+    with monkeypatch.context() as m:  # the usual slice never takes the record-by-record path
+        m.setattr(batch_module, "decode_point", None)
+        fast = parse_slice(good, 2, 65536, temperature, seed=5)
     slow = parse_slice([*good, rec(b"garbage", 99)], 2, 65536, temperature, seed=5)
     assert [p for _, p in fast.valid] == [p for _, p in slow.valid]
     assert [r for r, _ in fast.valid] == good and fast.dead == [] and len(slow.dead) == 1

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wire import assignment
-from wire.common import KeyCut, WireError, dumps_each
+from wire.common import KeyCut, WireError
 
 SOURCE = {"topic": "points", "partition": 2, "offset": 41}
 
@@ -117,14 +117,14 @@ def test_encode_many_writes_encode_s_bytes_for_every_row(batch):
     assert assignment.encode_many(answered, *columns, "m", 3, 9.5) == expected
 
 
-def test_dumps_each_cuts_only_at_each_doc_s_start():
+def test_the_slice_is_cut_only_at_each_doc_s_start():
     docs = [
         {"id": '},{"id":', "n": {"k": 1}},
-        {"id": 2, "text": '{"id": 3}'},
+        {"id": 2, "text": '{"id": 3}', "s": {"topic": "{", "partition": 0}},
         {"id": None, "nested": [{"a": "{"}]},
     ]
-    assert dumps_each(docs, "id") == [orjson.dumps(d) for d in docs]
-    assert dumps_each([], "id") == []
-    # docs not as promised (a nested object starting with the key): encoded one by one
+    assert assignment._dumps_each(docs) == [orjson.dumps(d) for d in docs]
+    assert assignment._dumps_each([]) == []
+    # docs not as promised: encoded one by one rather than cut wrong
     for odd in ([{"a": {"id": 1}}, {"id": 2}, {"id": 3, "b": {"id": 4}}], [{"a": {"id": 1}}]):
-        assert dumps_each(odd, "id") == [orjson.dumps(d) for d in odd]
+        assert assignment._dumps_each(odd) == [orjson.dumps(d) for d in odd]
