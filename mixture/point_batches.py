@@ -22,6 +22,7 @@ from mixture.points import DEFAULT_MAX_BYTES, MAX_ABS, Point, PointError, decode
 
 _NUMBERS = frozenset((float, int))
 _IDS = frozenset((str, int, type(None)))
+_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (about 2x faster)
 
 
 class DecodedPoints(NamedTuple):
@@ -73,9 +74,6 @@ def common_points(
     else:
         points = [_new(Point, (obj.get("id"), [x], True)) for obj, x in zip(objs, xs, strict=True)]
     return points, coords
-
-
-_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (about 2x faster)
 
 
 def _common_objects(

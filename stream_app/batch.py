@@ -152,8 +152,9 @@ def encode_slice(
                     ),
                 )
             )
-    kept = valid if len(rows) == len(valid) else [valid[i] for i in rows]
+    kept = valid
     if len(rows) != len(valid):
+        kept = [valid[i] for i in rows]
         assignments = [assignments[i] for i in rows]
         probs = [probs[i] for i in rows]
         loglik = [loglik[i] for i in rows]

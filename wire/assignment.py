@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any, NotRequired, Protocol, TypedDict
+from typing import Any, NamedTuple, NotRequired, Protocol, TypedDict
 
 import numpy as np
 import orjson
@@ -25,7 +25,6 @@ from wire.common import (
     WireError,
     add_key_cut,
     decode_object,
-    dumps,
     exact_size,
 )
 
@@ -79,21 +78,20 @@ def encode(
 ) -> bytes:
     """One assignment as JSON bytes. `x` is the point as decoded (None: missing), `scalar`
     whether it was sent as a bare number (it is echoed the same way)."""
-    doc: dict[str, Any] = {
-        "id": point_id,
-        "x": x[0] if scalar else x,
-        "assignment": assignment,
-        "probs": probs,
-        "log_likelihood": log_likelihood,
-        "model": model,
-        "model_version": model_version,
-        "ts_in": ts_in,
-        "ts_out": ts_out,
-        "source": source,
-    }
-    if None in x:
-        doc["missing"] = [j for j, v in enumerate(x) if v is None]
-    return dumps(doc, key_cut)
+    one = _One(ts_in, key_cut, x, scalar)
+    return encode_many(
+        [(one, one)], [point_id], [source], [assignment], [probs], [log_likelihood], model,
+        model_version, ts_out,
+    )[0]  # fmt: skip
+
+
+class _One(NamedTuple):
+    """One record's fields, as `encode_many` reads them of an input record and its point."""
+
+    timestamp: float | None
+    key_cut: KeyCut | None
+    x: list[Any]
+    scalar: bool
 
 
 class Answered(Protocol):
@@ -125,7 +123,7 @@ def encode_many(
     model_version: int,
     ts_out: float,
 ) -> list[bytes]:
-    """The assignments of one classified slice, each as `encode` writes it (the same bytes):
+    """The assignments of one classified slice (`encode` is the one-record case):
     for each (input record, its point) of `answered`, with that row of the other columns.
 
     One orjson call for the whole slice (`_dumps_each`) and no tuple per record on the way:
