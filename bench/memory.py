@@ -26,7 +26,6 @@ Writes bench/results/memory.{md,json}.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import contextlib
 import json
@@ -41,7 +40,6 @@ import time
 from typing import Any
 
 import numpy as np
-from aiokafka.admin import AIOKafkaAdminClient
 
 from bench._common import machine, markdown_table, write_results
 from stream_app.record_path import MAX_IN_FLIGHT
@@ -53,6 +51,7 @@ from support.harness import (
     consume,
     count_records,
     create_worker_topics,
+    delete_topics,
     publish_model,
     wait_for,
 )
@@ -340,7 +339,7 @@ def measure(name: str, env: dict[str, str], n: int, log_dir: pathlib.Path) -> di
     # Output bytes per input byte (keys and values), from the first records of each topic.
     ins = consume(BOOTSTRAP, topics.input, 40)
     outs = consume(BOOTSTRAP, topics.output, 40)
-    delete_topics(topics)  # ~240 MB of the broker's disk per configuration
+    delete_topics(BOOTSTRAP, topics)  # ~240 MB of the broker's disk per configuration
     size = statistics.mean(len(r.key or b"") + len(r.value or b"") for r in ins)
     out_size = statistics.mean(len(r.key or b"") + len(r.value or b"") for r in outs)
     result = {
@@ -380,23 +379,6 @@ def measure(name: str, env: dict[str, str], n: int, log_dir: pathlib.Path) -> di
     if outputs != n or dead:
         print(f"{name}: expected {n} outputs and no dead letters", file=sys.stderr)
     return result
-
-
-def delete_topics(topics: Topics) -> None:
-    async def delete() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-        await admin.start()
-        try:
-            await admin.delete_topics(
-                [topics.input, topics.output, topics.dlq, topics.params, topics.events]
-            )
-        finally:
-            await admin.close()
-
-    try:
-        asyncio.run(delete())
-    except Exception as exc:  # only tidying: the measurement stands
-        print(f"could not delete the topics of {topics.group}: {exc}", file=sys.stderr)
 
 
 def batch_sizes(metrics_text: str) -> dict[str, float]:

@@ -340,10 +340,12 @@ class KafkaSettings:
     def consumer_options(self) -> dict[str, Any]:
         """Keyword arguments for every aiokafka consumer of the project: committed records only
         (an aborted transaction's records are never read) and fetches bounded in bytes. Every
-        record batch the broker accepted is read, or stood in for (`record_batches`)."""
-        from kafka_common import record_batches
+        record batch the broker accepted is read, or stood in for (`record_batches`), and its
+        records are built a batch at a time (`fetched_records`)."""
+        from kafka_common import fetched_records, record_batches
 
         record_batches.install(self.fetch_decompressed_max_bytes)
+        fetched_records.install()
         return {
             **self.client_options(),
             "isolation_level": "read_committed",

@@ -30,6 +30,7 @@ import math
 import operator
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from itertools import repeat
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -54,17 +55,37 @@ IDLE_POLL_S = 0.5
 
 
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (about 2x faster)
+_topic = operator.attrgetter("topic")
+_partition = operator.attrgetter("partition")
+_offset = operator.attrgetter("offset")
+_timestamp = operator.attrgetter("timestamp")
+_key = operator.attrgetter("key")
+_value = operator.attrgetter("value")
 
 
-def _in_record(r: ConsumerRecord) -> InRecord:
-    ts = r.timestamp / 1000 if r.timestamp is not None and r.timestamp >= 0 else None
-    return _new(InRecord, (r.key, r.value, r.topic, r.partition, r.offset, ts, None, None))
+def _seconds(stamps: list[int | None]) -> list[float | None]:
+    """Broker timestamps (ms) in seconds; None where a record has none (-1)."""
+    if None not in stamps and min(stamps, default=0) >= 0:  # type: ignore[type-var,operator]
+        return [t / 1000 for t in stamps]  # type: ignore[operator]
+    return [t / 1000 if t is not None and t >= 0 else None for t in stamps]
 
 
 def in_records(items: list[ConsumerRecord], max_key_bytes: int) -> list[InRecord]:
     """The batch's view of consumed records; a key over `max_key_bytes` is cut (`cut_key`),
     a stand-in for unreadable records says so (`undecodable`)."""
-    out = list(map(_in_record, items))
+    n = len(items)
+    rows = zip(
+        map(_key, items),
+        map(_value, items),
+        map(_topic, items),
+        map(_partition, items),
+        map(_offset, items),
+        _seconds(list(map(_timestamp, items))),
+        repeat(None, n),
+        repeat(None, n),
+        strict=True,
+    )
+    out = list(map(_new, repeat(InRecord, n), rows))  # C loops: no Python frame per record
     if max(map(_key_size, items)) > max_key_bytes:
         for i, r in enumerate(out):
             if r.key is not None and len(r.key) > max_key_bytes:

@@ -95,6 +95,34 @@ class Topics:
         self.group = f"it-{stem}-{tag}"
 
 
+def delete_topics(bootstrap: str, topics: Topics) -> None:
+    """Deletes every topic of `topics`, the ones its services made included (a Faust app's
+    own topics are named after the group); a benchmark calls it after each run, so the broker
+    is the same size for every system it measures. Tidying only: a failure is printed."""
+
+    async def delete() -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            prefix = topics.input.rsplit(".", 1)[0] + "."
+            names = [
+                name
+                for name in await admin.list_topics()
+                if name.startswith((prefix, f"{topics.group}-"))
+            ]
+            if names:
+                await admin.delete_topics(names)
+        finally:
+            await admin.close()
+
+    try:
+        run(delete())
+    except Exception as exc:
+        print(f"could not delete the topics of {topics.group}: {exc}", file=sys.stderr)
+
+
 class Worker:
     """A `gmm-worker` process on the test's topics, with its own web port and log file."""
 
