@@ -624,6 +624,8 @@ def summarize_systems(
             ]
             if ratios:
                 versus[name] = {**_spread(ratios), "worst": float(min(ratios))}
+                if name == "same_batch":
+                    versus[name]["baseline"] = base
         entry["throughput_vs"] = versus
         loads = []
         for j, first in enumerate(runs[0]["loads"]):

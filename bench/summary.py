@@ -304,6 +304,10 @@ def _stream_by_partitions(p: Payload) -> str:
                 continue
             worst = f" (worst {_x(v['worst'])})" if r.get("rounds", n_rounds) > 1 else ""
             parts.append(f"{_x(v['median'])}x{worst} {name}")
+        same = (r.get("throughput_vs") or {}).get("same_batch")
+        if same is not None and same.get("baseline") not in STREAM_BASELINES:
+            worst = f" (worst {_x(same['worst'])})" if r.get("rounds", n_rounds) > 1 else ""
+            parts.append(f"{_x(same['median'])}x{worst} the rdkafka pipe at the same batch size")
         return ", ".join(parts)
 
     def at_loads(r: Payload) -> str:

@@ -16,9 +16,10 @@ decide), a batch with more than `record_batches.READ_AT_ONCE` records held that 
 from __future__ import annotations
 
 import operator
+import weakref
 from collections.abc import Iterator
 from itertools import islice, repeat
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import aiokafka.errors as kafka_errors
 from aiokafka.consumer import fetcher
@@ -93,41 +94,15 @@ class BatchedPartitionRecords(fetcher.PartitionRecords):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Generators that held `self` would make a cycle that leaves every fetch (its records
+        # and bytes) to the garbage collector instead of freeing it at once, and the collector's
+        # passes over them show as pauses of tens of ms: aiokafka's own is never run here, and
+        # ours holds a weak proxy.
+        self._records_iterator = None
         self._pending: list[FetchedRecord] = []
         self._at = 0  # the next of `_pending` to hand out
-        self._chunks = self._read_chunks()
-
-    def _data_batches(self) -> Iterator[Any]:
-        """The batches whose records are read, skipping as aiokafka's `_unpack_records` does:
-        aborted transactions' batches (read_committed) and control batches."""
-        records = self._records
-        while records.has_next():
-            batch = records.next_batch()
-            if self._check_crcs and not batch.validate_crc():
-                raise kafka_errors.CorruptRecordException(f"Invalid CRC - {self._tp}")
-            if self._isolation_level == fetcher.READ_COMMITTED and batch.producer_id is not None:
-                self._consume_aborted_up_to(batch.base_offset)
-                if batch.is_control_batch and self._contains_abort_marker(batch):
-                    self._aborted_producers.discard(batch.producer_id)
-                if batch.is_transactional and batch.producer_id in self._aborted_producers:
-                    self.next_fetch_offset = batch.next_offset
-                    continue
-            if batch.is_control_batch:
-                self.next_fetch_offset = batch.next_offset
-                continue
-            yield batch
-            # As aiokafka: the batch's own end, past records compaction removed.
-            self.next_fetch_offset = batch.next_offset
-
-    def _read_chunks(self) -> Iterator[list[FetchedRecord]]:
-        for batch in self._data_batches():
-            parsed = iter(batch)
-            while chunk := list(islice(parsed, READ_AT_ONCE)):
-                if chunk[0].offset < self.next_fetch_offset:  # a compressed legacy set's head
-                    chunk = [r for r in chunk if r.offset >= self.next_fetch_offset]
-                    if not chunk:
-                        continue
-                yield build(self._tp, chunk, self._key_deserializer, self._value_deserializer)
+        owner = cast(BatchedPartitionRecords, weakref.proxy(self))
+        self._chunks: Iterator[list[FetchedRecord]] = _read_chunks(owner)
 
     def _fill(self) -> bool:
         """Reads the next chunk of records into `_pending`; False when none is left."""
@@ -162,6 +137,41 @@ class BatchedPartitionRecords(fetcher.PartitionRecords):
             else:
                 out = piece
         return out, False
+
+
+def _data_batches(owner: BatchedPartitionRecords) -> Iterator[Any]:
+    """The batches whose records are read, skipping as aiokafka's `_unpack_records` does:
+    aborted transactions' batches (read_committed) and control batches."""
+    records = owner._records
+    while records.has_next():
+        batch = records.next_batch()
+        if owner._check_crcs and not batch.validate_crc():
+            raise kafka_errors.CorruptRecordException(f"Invalid CRC - {owner._tp}")
+        if owner._isolation_level == fetcher.READ_COMMITTED and batch.producer_id is not None:
+            owner._consume_aborted_up_to(batch.base_offset)
+            if batch.is_control_batch and owner._contains_abort_marker(batch):
+                owner._aborted_producers.discard(batch.producer_id)
+            if batch.is_transactional and batch.producer_id in owner._aborted_producers:
+                owner.next_fetch_offset = batch.next_offset
+                continue
+        if batch.is_control_batch:
+            owner.next_fetch_offset = batch.next_offset
+            continue
+        yield batch
+        # As aiokafka: the batch's own end, past records compaction removed.
+        owner.next_fetch_offset = batch.next_offset
+
+
+def _read_chunks(owner: BatchedPartitionRecords) -> Iterator[list[FetchedRecord]]:
+    """`owner`'s records, a batch (or READ_AT_ONCE of its records) at a time, built."""
+    for batch in _data_batches(owner):
+        parsed = iter(batch)
+        while chunk := list(islice(parsed, READ_AT_ONCE)):
+            if chunk[0].offset < owner.next_fetch_offset:  # a compressed legacy set's head
+                chunk = [r for r in chunk if r.offset >= owner.next_fetch_offset]
+                if not chunk:
+                    continue
+            yield build(owner._tp, chunk, owner._key_deserializer, owner._value_deserializer)
 
 
 _original_getall = fetcher.FetchResult.getall

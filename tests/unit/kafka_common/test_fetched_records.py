@@ -34,7 +34,8 @@ def batch(base, records, *, codec=0, producer_id=-1, control=False):
         2, codec, transactional, producer_id, 0 if transactional else -1, -1, 10**8
     )
     for i, (key, value, headers) in enumerate(records):
-        builder.append(i, timestamp=1_700_000_000_000 + base + i, key=key, value=value, headers=headers)
+        stamp = 1_700_000_000_000 + base + i
+        builder.append(i, timestamp=stamp, key=key, value=value, headers=headers)
     raw = bytearray(builder.build())
     raw[0:8] = base.to_bytes(8, "big")
     if control:  # the control flag, and the CRC over the attributes onwards again
@@ -174,11 +175,32 @@ def test_a_fetched_record_has_consumer_records_fields_in_its_order():
 
 def test_deserializers_see_the_raw_bytes_and_sizes_stay_the_raw_sizes():
     data = batch(10, [(b"key", b"value", []), (None, None, [])])
+    upper, size = (lambda k: k and k.upper()), (lambda v: v and len(v))
     records = fr.BatchedPartitionRecords(
-        TP, rb.TolerantRecords(data), [], 10, lambda k: k and k.upper(), lambda v: v and len(v), False, 0
+        TP, rb.TolerantRecords(data), [], 10, upper, size, False, fetcher.READ_COMMITTED
     )
     got, _ = records.take(None)
     assert [(r.key, r.value, r.serialized_key_size, r.serialized_value_size) for r in got] == [
         (b"KEY", 5, 3, 5),
         (None, None, -1, -1),
     ]
+
+
+@pytest.mark.parametrize("taken", [0, 1, None])
+def test_a_fetch_is_freed_as_soon_as_it_is_dropped_not_by_the_garbage_collector(taken):
+    import gc
+    import weakref
+
+    data, aborted = random_fetch(random.Random(5))
+    gc.disable()
+    try:
+        records = fr.BatchedPartitionRecords(
+            TP, rb.TolerantRecords(data), aborted, 10, None, None, False, fetcher.READ_COMMITTED
+        )
+        if taken != 0:
+            records.take(taken)
+        alive = weakref.ref(records)
+        del records
+        assert alive() is None  # no reference cycle: freed at once, with its records and bytes
+    finally:
+        gc.enable()

@@ -166,3 +166,24 @@ async def test_a_batch_waits_its_delay_from_the_brokers_append_time_when_the_top
     batch = await src.next_batch()
     assert len(batch.records) == len(first)
     assert low <= consumer.timeouts[0] <= high
+
+
+@pytest.mark.parametrize("timestamps", [[5, 1_700_000_000_123], [-1, 7], [None, 0]])
+def test_in_records_reads_consumer_records_and_fetched_records_alike(timestamps):
+    from kafka_common.fetched_records import FetchedRecord
+
+    items = [
+        dataclasses.replace(record(TP1, 10 + i, key=key), timestamp=ts)
+        for i, (key, ts) in enumerate(zip([b"a", None], timestamps, strict=True))
+    ]
+    fetched = [FetchedRecord(*dataclasses.astuple(r)) for r in items]
+    got = in_records(items, 4096)
+    assert got == in_records(fetched, 4096)
+    assert [(r.key, r.topic, r.partition, r.offset) for r in got] == [
+        (b"a", "points", 1, 10),
+        (None, "points", 1, 11),
+    ]
+    assert [r.timestamp for r in got] == [
+        None if ts is None or ts < 0 else ts / 1000 for ts in timestamps
+    ]
+    assert all(r.key_cut is None and r.undecodable is None for r in got)
