@@ -45,13 +45,9 @@ class FetchedRecord(NamedTuple):
 
 
 _new = tuple.__new__
-_offset = operator.attrgetter("offset")
-_timestamp = operator.attrgetter("timestamp")
-_timestamp_type = operator.attrgetter("timestamp_type")
-_key = operator.attrgetter("key")
-_value = operator.attrgetter("value")
-_checksum = operator.attrgetter("checksum")
-_headers = operator.attrgetter("headers")
+#: A getter per field of a consumed record (a ConsumerRecord, a FetchedRecord or a parsed
+#: record), for the C-level loops that read one field of every record of a batch.
+FIELD = {name: operator.attrgetter(name) for name in FetchedRecord._fields}
 
 
 def _sizes(fields: list[Any]) -> Any:
@@ -68,21 +64,21 @@ def build(
     value_deserializer: Any = None,
 ) -> list[FetchedRecord]:
     """`records` (one batch's, as its parser reads them) as consumed records, built at once."""
-    keys = list(map(_key, records))
-    values = list(map(_value, records))
+    keys = list(map(FIELD["key"], records))
+    values = list(map(FIELD["value"], records))
     n = len(records)
     rows = zip(
         repeat(tp.topic, n),
         repeat(tp.partition, n),
-        map(_offset, records),
-        map(_timestamp, records),
-        map(_timestamp_type, records),
+        map(FIELD["offset"], records),
+        map(FIELD["timestamp"], records),
+        map(FIELD["timestamp_type"], records),
         keys if key_deserializer is None else map(key_deserializer, keys),
         values if value_deserializer is None else map(value_deserializer, values),
-        map(_checksum, records),
+        map(FIELD["checksum"], records),
         _sizes(keys),
         _sizes(values),
-        map(tuple, map(_headers, records)),
+        map(tuple, map(FIELD["headers"], records)),
         strict=True,
     )
     return list(map(_new, repeat(FetchedRecord, n), rows))
@@ -181,7 +177,7 @@ def _getall(self: Any, max_records: int | None = None) -> list[Any]:
     """FetchResult.getall over `BatchedPartitionRecords`: the same answer, in list slices."""
     records = self._partition_records
     if not isinstance(records, BatchedPartitionRecords):
-        return list(_original_getall(self, max_records))
+        return _original_getall(self, max_records)
     if not self.check_assignment(self._topic_partition) or not self.has_more():
         return []
     out, done = records.take(max_records)

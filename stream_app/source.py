@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import operator
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from itertools import repeat
@@ -36,6 +35,7 @@ from typing import NamedTuple
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from kafka_common.fetched_records import FIELD
 from kafka_common.record_batches import undecodable_reason
 from kafka_common.settings import KafkaSettings
 from stream_app.metrics import WorkerMetrics
@@ -55,12 +55,6 @@ IDLE_POLL_S = 0.5
 
 
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (about 2x faster)
-_topic = operator.attrgetter("topic")
-_partition = operator.attrgetter("partition")
-_offset = operator.attrgetter("offset")
-_timestamp = operator.attrgetter("timestamp")
-_key = operator.attrgetter("key")
-_value = operator.attrgetter("value")
 
 
 def _seconds(stamps: list[int | None]) -> list[float | None]:
@@ -75,12 +69,12 @@ def in_records(items: list[ConsumerRecord], max_key_bytes: int) -> list[InRecord
     a stand-in for unreadable records says so (`undecodable`)."""
     n = len(items)
     rows = zip(
-        map(_key, items),
-        map(_value, items),
-        map(_topic, items),
-        map(_partition, items),
-        map(_offset, items),
-        _seconds(list(map(_timestamp, items))),
+        map(FIELD["key"], items),
+        map(FIELD["value"], items),
+        map(FIELD["topic"], items),
+        map(FIELD["partition"], items),
+        map(FIELD["offset"], items),
+        _seconds(list(map(FIELD["timestamp"], items))),
         repeat(None, n),
         repeat(None, n),
         strict=True,
@@ -98,8 +92,8 @@ def in_records(items: list[ConsumerRecord], max_key_bytes: int) -> list[InRecord
     return out
 
 
-_key_size = operator.attrgetter("serialized_key_size")
-_value_size = operator.attrgetter("serialized_value_size")
+_key_size = FIELD["serialized_key_size"]
+_value_size = FIELD["serialized_value_size"]
 
 
 def _record_bytes(r: ConsumerRecord) -> int:
